@@ -1,0 +1,94 @@
+//! Elementwise comparison with a tolerance `atol + rtol * |expected|`.
+//!
+//! Any element over tolerance fails, and so does a NaN or infinity where the expected value is
+//! finite (or a finite value where it is not, or an infinity of the other sign). Means never decide.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+/// The outcome of comparing `actual` against `expected`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    pub len: usize,
+    pub max_abs_err: f64,
+    pub max_rel_err: f64,
+    /// Largest |actual - expected| / (atol + rtol * |expected|): <= 1 passes.
+    pub max_tolerance_used: f64,
+    /// Elements whose finiteness (or infinity's sign, or NaN-ness) differs from the expected value.
+    pub nonfinite_mismatches: usize,
+    /// Elements over tolerance (non-finite mismatches included).
+    pub failures: usize,
+    /// Index, actual and expected value of the worst element (first non-finite mismatch if any).
+    pub worst: Option<(usize, f32, f32)>,
+}
+
+impl Comparison {
+    pub fn passed(&self) -> bool {
+        self.failures == 0
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} elements: max abs {:.3e}, max rel {:.3e}, tolerance used {:.3}, non-finite mismatches {}, failures {}",
+            self.len, self.max_abs_err, self.max_rel_err, self.max_tolerance_used, self.nonfinite_mismatches, self.failures
+        )?;
+        if let Some((i, a, e)) = self.worst {
+            write!(f, " (worst at {i}: got {a:e}, expected {e:e})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compare elementwise. Lengths must match (a mismatch counts every element as failed).
+pub fn compare(actual: &[f32], expected: &[f32], tol: Tolerance) -> Comparison {
+    let mut c = Comparison {
+        len: expected.len(),
+        max_abs_err: 0.0,
+        max_rel_err: 0.0,
+        max_tolerance_used: 0.0,
+        nonfinite_mismatches: 0,
+        failures: 0,
+        worst: None,
+    };
+    if actual.len() != expected.len() {
+        c.failures = actual.len().max(expected.len());
+        c.max_tolerance_used = f64::INFINITY;
+        return c;
+    }
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        if !e.is_finite() || !a.is_finite() {
+            let same = (a.is_nan() && e.is_nan()) || (a.is_infinite() && a == e);
+            if !same {
+                c.nonfinite_mismatches += 1;
+                c.failures += 1;
+                if c.nonfinite_mismatches == 1 {
+                    c.worst = Some((i, a, e));
+                }
+                c.max_tolerance_used = f64::INFINITY;
+            }
+            continue;
+        }
+        let abs = (a as f64 - e as f64).abs();
+        let rel = if e != 0.0 { abs / (e as f64).abs() } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
+        let allowed = tol.atol as f64 + tol.rtol as f64 * (e as f64).abs();
+        let used = if allowed > 0.0 { abs / allowed } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
+        c.max_abs_err = c.max_abs_err.max(abs);
+        c.max_rel_err = c.max_rel_err.max(rel);
+        if used > 1.0 {
+            c.failures += 1;
+        }
+        if used > c.max_tolerance_used && c.nonfinite_mismatches == 0 {
+            c.max_tolerance_used = used;
+            c.worst = Some((i, a, e));
+        }
+    }
+    c
+}

@@ -1,0 +1,3 @@
+//! Comparing results against references and goldens.
+
+pub mod metrics;

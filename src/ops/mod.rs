@@ -1,0 +1,10 @@
+//! Safe wrappers, one file per op. Each validates ranks, shapes, dtypes and alignment first and
+//! returns a typed error naming the op and the values; only then does it launch. The validation
+//! functions are public and pure, so they are also what the CPU references use.
+
+pub mod rmsnorm;
+
+/// Threads for a one-block-per-row kernel: `items` work items rounded up to whole warps, at most 1024.
+pub(crate) fn row_block_threads(items: usize) -> u32 {
+    items.div_ceil(32).clamp(1, 32) as u32 * 32
+}
