@@ -10,11 +10,13 @@
 //! Every op stores f32, f16 or bf16 and computes in FP32, rounding where PyTorch rounds.
 //! Every public function returns [`Result`]; bad input is an [`Error`] naming the op and the values.
 
+pub mod check;
 pub mod dtype;
 pub mod error;
 pub mod golden;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod ops;
 pub mod reference;
 pub mod tensor;

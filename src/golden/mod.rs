@@ -1,3 +1,4 @@
 //! Comparing results against references and goldens.
 
 pub mod metrics;
+pub mod tolerance;

@@ -48,3 +48,73 @@ pub fn add_rmsnorm(x: &HostTensor, residual: &HostTensor, weight: &HostTensor, e
     }
     Ok((HostTensor::from_f32(dtype, x.dims(), sum)?, HostTensor::from_f32(dtype, x.dims(), out)?))
 }
+
+/// A case whose answer was worked out by hand (derivations beside each), for checking the reference.
+pub struct KnownAnswer {
+    pub name: &'static str,
+    pub dtype: crate::DType,
+    pub x: Vec<f32>,
+    /// `Some` for the fused add + RMSNorm.
+    pub residual: Option<Vec<f32>>,
+    pub weight: Vec<f32>,
+    pub eps: f32,
+    /// For the fused op, the expected residual sum.
+    pub expected_residual: Option<Vec<f32>>,
+    pub expected: Vec<f32>,
+}
+
+/// Hand-computed cases: each exposes one part of the formula (mean of squares, eps, weight,
+/// double rounding, rounding of the residual sum).
+pub fn known_answers() -> Vec<KnownAnswer> {
+    use crate::DType::{BF16, F32};
+    let case = |name, dtype, x: &[f32], weight: &[f32], eps, expected: &[f32]| KnownAnswer {
+        name,
+        dtype,
+        x: x.to_vec(),
+        residual: None,
+        weight: weight.to_vec(),
+        eps,
+        expected_residual: None,
+        expected: expected.to_vec(),
+    };
+    let s = 12.5f64.sqrt();
+    vec![
+        // mean(9, 16) = 12.5; y = x / sqrt(12.5).
+        case("3-4-5", F32, &[3.0, 4.0], &[1.0, 1.0], 0.0, &[(3.0 / s) as f32, (4.0 / s) as f32]),
+        // mean = 1, inv = 1: y = w (each element of the weight reaches its own column).
+        case("weight", F32, &[1.0, -1.0, 1.0, -1.0], &[0.5, 2.0, -1.0, 0.0], 0.0, &[0.5, -2.0, -1.0, -0.0]),
+        // mean(4) = 4, inv = 0.5.
+        case("halves", F32, &[2.0, -2.0, 2.0, -2.0], &[1.0; 4], 0.0, &[1.0, -1.0, 1.0, -1.0]),
+        // mean 0: eps keeps rsqrt finite, y = 0 rather than NaN.
+        case("zeros+eps", F32, &[0.0; 3], &[1.0; 3], 1e-6, &[0.0; 3]),
+        // eps = 3 with mean 1: inv = 1/sqrt(4) = 0.5.
+        case("eps", F32, &[1.0, 1.0], &[1.0, 1.0], 3.0, &[0.5, 0.5]),
+        // bf16 double rounding: x * inv = [0.63245553, 1.26491106] -> bf16 [0.6328125, 1.265625];
+        // times 1.015625 = [0.64270020, 1.28540039] -> bf16 [0.64453125, 1.2890625].
+        // Rounding once (w * x * inv -> bf16) would give [0.640625, 1.28125].
+        case("bf16-double-rounding", BF16, &[1.0, 2.0], &[1.015625, 1.015625], 0.0, &[0.64453125, 1.2890625]),
+        // Fused: r = x + residual = [3, 4], then the 3-4-5 case.
+        KnownAnswer {
+            name: "fused-3-4-5",
+            dtype: F32,
+            x: vec![1.0, 2.0],
+            residual: Some(vec![2.0, 2.0]),
+            weight: vec![1.0, 1.0],
+            eps: 0.0,
+            expected_residual: Some(vec![3.0, 4.0]),
+            expected: vec![(3.0 / s) as f32, (4.0 / s) as f32],
+        },
+        // Fused, bf16: 256 + 1 = 257 lies halfway between bf16 256 and 258: ties to even -> 256.
+        // The row [256, 256] has mean 65536, inv 1/256: y = [1, 1].
+        KnownAnswer {
+            name: "fused-bf16-sum-rounding",
+            dtype: BF16,
+            x: vec![256.0, 255.0],
+            residual: Some(vec![1.0, 1.0]),
+            weight: vec![1.0, 1.0],
+            eps: 0.0,
+            expected_residual: Some(vec![256.0, 256.0]),
+            expected: vec![1.0, 1.0],
+        },
+    ]
+}

@@ -1,0 +1,166 @@
+//! `qwen-kernels check`: every available check on one backend, one table row each.
+//!
+//! - `cuda`: each kernel against the CPU reference at both models' shapes, in f32, f16 and bf16,
+//!   on inputs with the models' hazards (a few channels in the thousands, as Qwen2.5's massive
+//!   activations; values near zero).
+//! - `cpu`: the CPU references against their hand-computed cases.
+
+use crate::golden::metrics::{compare, Comparison, Tolerance};
+use crate::golden::tolerance::rmsnorm_vs_reference;
+use crate::model::Qwen2Config;
+use crate::ops::rmsnorm as rms_op;
+use crate::reference::rmsnorm as rms_ref;
+use crate::{DType, DeviceTensor, Gpu, HostTensor, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Cuda,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+/// One line of the report.
+pub struct Row {
+    pub op: String,
+    pub case: String,
+    pub dtype: DType,
+    pub against: &'static str,
+    pub tolerance: Tolerance,
+    pub comparison: Comparison,
+}
+
+/// A small deterministic generator for check inputs (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+}
+
+/// Hidden states with the models' hazards: most values in [-2, 2), channel 7 at about -4192 and
+/// channel 11 at about 8000 (the massive activations of Qwen2.5), every 13th value tiny.
+fn hidden_states(rng: &mut Rng, rows: usize, hidden: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(rows * hidden);
+    for _ in 0..rows {
+        for c in 0..hidden {
+            v.push(match c {
+                7 => -4192.0 + rng.uniform(-8.0, 8.0),
+                11 => 8000.0 + rng.uniform(-32.0, 32.0),
+                _ if c % 13 == 0 => rng.uniform(-1e-4, 1e-4),
+                _ => rng.uniform(-2.0, 2.0),
+            });
+        }
+    }
+    v
+}
+
+/// The CPU references against their hand-computed answers.
+pub fn cpu_rows() -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for case in rms_ref::known_answers() {
+        let n = case.x.len();
+        let x = HostTensor::from_f32(case.dtype, &[1, n], case.x.clone())?;
+        let w = HostTensor::from_f32(case.dtype, &[n], case.weight.clone())?;
+        // Expected values are exact in the dtype or correctly rounded f64 values: one rounding.
+        let tol = Tolerance { atol: 0.0, rtol: case.dtype.epsilon() / 2.0 };
+        let (op, y, res) = match &case.residual {
+            None => (rms_op::OP, rms_ref::rmsnorm(&x, &w, case.eps)?, None),
+            Some(r) => {
+                let r = HostTensor::from_f32(case.dtype, &[1, n], r.clone())?;
+                let (res, y) = rms_ref::add_rmsnorm(&x, &r, &w, case.eps)?;
+                (rms_op::FUSED_OP, y, Some(res))
+            }
+        };
+        let mut comparison = compare(y.data(), &case.expected, tol);
+        if let (Some(res), Some(expected)) = (res, &case.expected_residual) {
+            let r = compare(res.data(), expected, Tolerance { atol: 0.0, rtol: 0.0 });
+            comparison.failures += r.failures;
+        }
+        rows.push(Row { op: op.into(), case: case.name.into(), dtype: case.dtype, against: "hand-computed", tolerance: tol, comparison });
+    }
+    Ok(rows)
+}
+
+/// Each kernel against the CPU reference at the models' shapes.
+pub fn cuda_rows(gpu: &Gpu) -> Result<Vec<Row>> {
+    const ROWS: usize = 7;
+    let mut out = Vec::new();
+    let mut rng = Rng(0x5eed);
+    for cfg in Qwen2Config::presets() {
+        let hidden = cfg.hidden_size;
+        let eps = cfg.rms_norm_eps;
+        for dtype in DType::ALL {
+            let x = HostTensor::from_f32(dtype, &[ROWS, hidden], hidden_states(&mut rng, ROWS, hidden))?;
+            let res = HostTensor::from_f32(dtype, &[ROWS, hidden], hidden_states(&mut rng, ROWS, hidden))?;
+            let w = HostTensor::from_f32(dtype, &[hidden], (0..hidden).map(|_| rng.uniform(0.0, 3.0)).collect())?;
+            let tol = rmsnorm_vs_reference(dtype, hidden);
+
+            let dx = DeviceTensor::from_host(gpu, &x)?;
+            let dw = DeviceTensor::from_host(gpu, &w)?;
+            let mut dy = DeviceTensor::zeros(gpu, dtype, &[ROWS, hidden])?;
+            rms_op::rmsnorm(gpu, &dx.view(), &dw.view(), eps, &mut dy.view_mut())?;
+            let expected = rms_ref::rmsnorm(&x, &w, eps)?;
+            let comparison = compare(dy.to_host(gpu)?.data(), expected.data(), tol);
+            out.push(Row { op: rms_op::OP.into(), case: cfg.name.into(), dtype, against: "cpu reference", tolerance: tol, comparison });
+
+            let mut dres = DeviceTensor::from_host(gpu, &res)?;
+            rms_op::add_rmsnorm(gpu, &dx.view(), &mut dres.view_mut(), &dw.view(), eps, &mut dy.view_mut())?;
+            let (expected_res, expected) = rms_ref::add_rmsnorm(&x, &res, &w, eps)?;
+            let mut comparison = compare(dy.to_host(gpu)?.data(), expected.data(), tol);
+            // The residual sum is one rounding of the same float sum on both sides: bit-exact.
+            let r = compare(dres.to_host(gpu)?.data(), expected_res.data(), Tolerance { atol: 0.0, rtol: 0.0 });
+            comparison.failures += r.failures;
+            out.push(Row { op: rms_op::FUSED_OP.into(), case: cfg.name.into(), dtype, against: "cpu reference", tolerance: tol, comparison });
+        }
+    }
+    Ok(out)
+}
+
+/// Print the table; returns the number of failed rows.
+pub fn print_table(backend: Backend, rows: &[Row]) -> usize {
+    println!(
+        "{:<12} {:<24} {:<5} {:<8} {:<14} {:>10} {:>10} {:>9} {:>9}  {}",
+        "op", "case", "dtype", "backend", "against", "max_abs", "max_rel", "rtol", "tol_used", "result"
+    );
+    let mut failed = 0;
+    for r in rows {
+        let verdict = if r.comparison.passed() { "PASS" } else { "FAIL" };
+        if !r.comparison.passed() {
+            failed += 1;
+        }
+        println!(
+            "{:<12} {:<24} {:<5} {:<8} {:<14} {:>10.3e} {:>10.3e} {:>9.2e} {:>9.3}  {}",
+            r.op,
+            r.case,
+            r.dtype.name(),
+            backend.name(),
+            r.against,
+            r.comparison.max_abs_err,
+            r.comparison.max_rel_err,
+            r.tolerance.rtol,
+            r.comparison.max_tolerance_used,
+            verdict
+        );
+        if !r.comparison.passed() {
+            println!("    {}", r.comparison);
+        }
+    }
+    failed
+}
