@@ -1,29 +1,9 @@
-//! Shared by the integration tests: the GPU (or a visible skip), inputs, guard bands.
+//! Shared by the integration tests: inputs, guard bands, the list of sizes.
 #![allow(dead_code)]
 
-use qwen_kernels::{DType, Error, Gpu, HostTensor};
+use qwen_kernels::{DType, HostTensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::io::Write;
-use std::sync::OnceLock;
-
-/// The shared GPU, or `None` after printing why GPU tests are skipped. With `QK_REQUIRE_GPU=1` a
-/// missing GPU fails the test instead. The message goes straight to the process's stderr, past the
-/// test harness's output capture, so skips are visible in every `cargo test` run.
-pub fn gpu(test: &str) -> Option<&'static Gpu> {
-    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    let gpu = GPU.get_or_init(|| Gpu::new(0).map_err(|e: Error| e.to_string()));
-    match gpu {
-        Ok(g) => Some(g),
-        Err(reason) => {
-            if std::env::var("QK_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: QK_REQUIRE_GPU=1 but no GPU: {reason}");
-            }
-            let _ = writeln!(std::io::stderr(), "{test}: skipped: {reason}");
-            None
-        }
-    }
-}
 
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)

@@ -1,0 +1,59 @@
+//! What build.rs produced: kernels for every target, and ptxas' resource report.
+
+use qwen_kernels::kernels;
+
+/// CI sets QK_REQUIRE_KERNELS=1 so a build that silently lost nvcc fails instead of passing.
+#[test]
+fn kernels_are_built_when_required() {
+    if std::env::var("QK_REQUIRE_KERNELS").is_ok_and(|v| v == "1") {
+        assert!(kernels::built(), "QK_REQUIRE_KERNELS=1 but the crate was built without nvcc");
+    }
+    if !kernels::built() {
+        assert!(matches!(qwen_kernels::Gpu::new(0), Err(qwen_kernels::Error::KernelsNotBuilt)));
+    }
+}
+
+#[test]
+fn every_module_is_embedded_for_every_default_target() {
+    if !kernels::built() {
+        return;
+    }
+    let names: Vec<&str> = kernels::MODULES.iter().map(|m| m.0).collect();
+    assert!(names.contains(&"rmsnorm"), "{names:?}");
+    let resources = kernels::resources();
+    let targets = kernels::TARGETS.unwrap();
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        assert_eq!(targets, "sm_80, sm_86, sm_89, sm_90 + compute_80 PTX");
+        for sm in ["sm_80", "sm_86", "sm_89", "sm_90"] {
+            for kernel in ["rmsnorm_bf16_vec", "add_rmsnorm_f16_scalar", "rmsnorm_f32_vec"] {
+                assert!(
+                    resources.iter().any(|r| r.kernel == kernel && r.target == sm),
+                    "{kernel} for {sm} missing from the ptxas report"
+                );
+            }
+        }
+    }
+}
+
+/// Spills to local memory are a performance bug in kernels this small: none allowed.
+#[test]
+fn no_kernel_spills_registers() {
+    for r in kernels::resources() {
+        assert!(r.registers > 0, "{r:?}");
+        assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{r:?}");
+    }
+}
+
+#[test]
+fn ptxas_report_parser_reads_nvcc_13_output() {
+    let report = "ptxas info    : Compiling entry function 'rmsnorm_f32_vec' for 'sm_90'\n\
+                  ptxas info    : Function properties for rmsnorm_f32_vec\n\
+                  \x20   8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+                  ptxas info    : Used 29 registers, used 1 barriers, 132 bytes smem\n";
+    let r = kernels::parse_ptxas_report(report);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].kernel.as_str(), r[0].target.as_str(), r[0].registers, r[0].stack_frame_bytes, r[0].spill_store_bytes, r[0].spill_load_bytes),
+        ("rmsnorm_f32_vec", "sm_90", 29, 8, 4, 12)
+    );
+}
