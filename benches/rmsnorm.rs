@@ -133,6 +133,10 @@ fn copy_bandwidth_gbps(gpu: &Gpu) -> f64 {
 fn bench(c: &mut Criterion) {
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
+        Err(e) if std::env::var("QK_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            eprintln!("rmsnorm bench: QK_REQUIRE_GPU=1 but no GPU: {e}");
+            std::process::exit(1);
+        }
         Err(e) => {
             println!("rmsnorm bench: skipped: {e}");
             return;
