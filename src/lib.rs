@@ -42,6 +42,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod reference;
+pub mod synth;
 pub mod tensor;
 
 pub use dtype::DType;
