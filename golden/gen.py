@@ -1,0 +1,178 @@
+"""Golden generator: transformers' own Qwen2 modules compute every golden the crate is checked against.
+
+    pip install -r golden/requirements.txt
+    python3 golden/gen.py                       # every model, into golden/data/
+    python3 golden/gen.py --model qwen2.5-0.5b  # one model
+
+No math is re-implemented here: each golden is the output of a transformers module (Qwen2RMSNorm, ...)
+run twice on the same inputs, once in float64 (the truth) and once at the storage dtype (what PyTorch
+itself gets, for the "PyTorch ratio": our error over PyTorch's, both against the truth).
+
+Inputs are drawn from golden/synth.py, whose bits src/synth.rs reproduces. For each storage dtype the
+inputs are first rounded to that dtype and the truth is computed from the rounded inputs, so the truth
+of every dtype is exact for the inputs a kernel of that dtype receives.
+
+Files: golden/data/<model>/ops.safetensors, one per model, with metadata (format, version, model,
+config, seed, torch and transformers versions, the generating command). Tensor names:
+    <op>.<dtype>.<name>        inputs (stored in <dtype>)
+    <op>.<dtype>.<out>.truth   float64 output of the module in float64
+    <op>.<dtype>.<out>.torch   output of the module at <dtype> (stored in <dtype>)
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import transformers
+from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import synth  # noqa: E402
+
+FORMAT = "qwen-kernels-golden"
+VERSION = "1"
+SEED = 20251123
+
+# The subset of each model's config.json the goldens depend on.
+# Qwen/Qwen2.5-0.5B-Instruct: published config.json.
+# WeiboAI/VibeThinker-1.5B: the architecture of its base, Qwen/Qwen2.5-Math-1.5B. rope_theta,
+# max_position_embeddings and tie_word_embeddings are the base's values until read from
+# VibeThinker's own config.json (kept in sync with src/model/config.rs).
+PRESETS = {
+    "qwen2.5-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, head_dim=64, vocab_size=151936, max_position_embeddings=32768,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    ),
+    "vibethinker-1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, head_dim=128, vocab_size=151936, max_position_embeddings=4096,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    ),
+}
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+# Rows of the per-op goldens: a short prompt's worth of tokens.
+TOKENS = 8
+
+
+def make_config(preset):
+    values = dict(PRESETS[preset])
+    theta = values.pop("rope_theta")
+    config = Qwen2Config(**values, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    return config
+
+
+def synth_tensor(name, shape, scale, offset=0.0):
+    """A synthetic bf16 tensor from golden/synth.py (offset added in float32, then rounded to bf16)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    bits = synth.tensor_bf16_bits(SEED, name, numel, scale)
+    values = torch.from_numpy(synth.bits_to_f32(bits).copy()).reshape(shape)
+    return (values + offset).to(torch.bfloat16)
+
+
+def hidden_states(name, hidden):
+    """Residual-stream-like rows with the hazards of these models: most values within a few units,
+    two massive-activation channels on the first token (about -4192 and 7968, as measured in
+    Qwen2.5), and a row of small values."""
+    x = synth_tensor(name, (TOKENS, hidden), 6.0).float()
+    x[0, 3] = -4192.0
+    x[0, hidden // 2 + 5] = 7968.0
+    x[TOKENS - 1] *= 1e-3
+    return x.to(torch.bfloat16)
+
+
+def rmsnorm_goldens(preset, config, out):
+    hidden = config.hidden_size
+    eps = config.rms_norm_eps
+    x_bf16 = hidden_states(f"golden.{preset}.rmsnorm.x", hidden)
+    residual_bf16 = hidden_states(f"golden.{preset}.rmsnorm.residual", hidden)
+    # Real RMSNorm weights are mostly positive and spread over a few units.
+    w_bf16 = synth_tensor(f"golden.{preset}.rmsnorm.weight", (hidden,), 4.0, offset=1.0)
+    for dname, dtype in DTYPES.items():
+        x, residual, w = x_bf16.to(dtype), residual_bf16.to(dtype), w_bf16.to(dtype)
+        truth_norm = Qwen2RMSNorm(hidden, eps=eps).to(torch.float64)
+        torch_norm = Qwen2RMSNorm(hidden, eps=eps).to(dtype)
+        with torch.no_grad():
+            truth_norm.weight.copy_(w.to(torch.float64))
+            torch_norm.weight.copy_(w)
+            out[f"rmsnorm.{dname}.x"] = x
+            out[f"rmsnorm.{dname}.weight"] = w
+            out[f"rmsnorm.{dname}.y.truth"] = truth_norm(x.to(torch.float64))
+            out[f"rmsnorm.{dname}.y.torch"] = torch_norm(x)
+            # The decoder layer: `hidden_states = residual + hidden_states`, then the norm.
+            sum_truth = residual.to(torch.float64) + x.to(torch.float64)
+            sum_torch = residual + x
+            out[f"add_rmsnorm.{dname}.x"] = x
+            out[f"add_rmsnorm.{dname}.residual"] = residual
+            out[f"add_rmsnorm.{dname}.weight"] = w
+            out[f"add_rmsnorm.{dname}.residual_out.truth"] = sum_truth
+            out[f"add_rmsnorm.{dname}.residual_out.torch"] = sum_torch
+            out[f"add_rmsnorm.{dname}.y.truth"] = truth_norm(sum_truth)
+            out[f"add_rmsnorm.{dname}.y.torch"] = torch_norm(sum_torch)
+
+
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int32: "I32", torch.int64: "I64"}
+
+
+def save_safetensors(tensors, path, metadata):
+    """The safetensors format, written with sorted keys so the same goldens give the same bytes
+    (safetensors' own writer orders the metadata by a hash map)."""
+    header = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for data in chunks:
+            f.write(data)
+
+
+def metadata(preset, config, command):
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": preset,
+        "config": json.dumps(PRESETS[preset], sort_keys=True),
+        "seed": str(SEED),
+        "profile": "synthetic",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "command": command,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="all", choices=["all", *PRESETS])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    models = list(PRESETS) if args.model == "all" else [args.model]
+    for preset in models:
+        config = make_config(preset)
+        tensors = {}
+        rmsnorm_goldens(preset, config, tensors)
+        directory = os.path.join(args.out, preset)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "ops.safetensors")
+        save_safetensors(tensors, path, metadata(preset, config, f"python3 golden/gen.py --model {preset}"))
+        print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
