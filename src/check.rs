@@ -1,12 +1,16 @@
 //! `qwen-kernels check`: every available check on one backend, one table row each.
 //!
-//! - `cuda`: each kernel against the CPU reference at both models' shapes, in f32, f16 and bf16,
-//!   on inputs with the models' hazards (a few channels in the thousands, as Qwen2.5's massive
-//!   activations; values near zero).
-//! - `cpu`: the CPU references against their hand-computed cases.
+//! - goldens (both backends): each op of the chosen backend (the CPU reference or the CUDA kernel)
+//!   against PyTorch's float64 truth from `golden/data`, per model and storage dtype, with the
+//!   tolerance table of `golden::tolerance::table`, and PyTorch's own error at that dtype beside ours
+//!   (the ratio: ours / PyTorch's rel-L2, both against the truth).
+//! - `cuda`: also each kernel against the CPU reference at both models' shapes, in f32, f16 and bf16,
+//!   on inputs with the models' hazards (a few channels in the thousands, values near zero).
+//! - `cpu`: also the CPU references against their hand-computed cases.
 
 use crate::golden::metrics::{compare, Comparison, Tolerance};
-use crate::golden::tolerance::rmsnorm_vs_reference;
+use crate::golden::tolerance::{rmsnorm_vs_reference, table};
+use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::ops::rmsnorm as rms_op;
 use crate::reference::rmsnorm as rms_ref;
@@ -35,6 +39,8 @@ pub struct Row {
     pub against: &'static str,
     pub tolerance: Tolerance,
     pub comparison: Comparison,
+    /// PyTorch's own output at this dtype against the same truth (golden rows only).
+    pub pytorch: Option<Comparison>,
 }
 
 /// A small deterministic generator for check inputs (splitmix64).
@@ -93,9 +99,86 @@ pub fn cpu_rows() -> Result<Vec<Row>> {
             let r = compare(res.data(), expected, Tolerance { atol: 0.0, rtol: 0.0 });
             comparison.failures += r.failures;
         }
-        rows.push(Row { op: op.into(), case: case.name.into(), dtype: case.dtype, against: "hand-computed", tolerance: tol, comparison });
+        rows.push(Row { op: op.into(), case: case.name.into(), dtype: case.dtype, against: "hand-computed", tolerance: tol, comparison, pytorch: None });
     }
     Ok(rows)
+}
+
+/// `(residual_out, y)` of the fused op: by the CPU reference, or by the kernel when `gpu` is given.
+fn run_add_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, residual: &HostTensor, w: &HostTensor, eps: f32) -> Result<(HostTensor, HostTensor)> {
+    let Some(gpu) = gpu else { return rms_ref::add_rmsnorm(x, residual, w, eps) };
+    let dx = DeviceTensor::from_host(gpu, x)?;
+    let dw = DeviceTensor::from_host(gpu, w)?;
+    let mut dres = DeviceTensor::from_host(gpu, residual)?;
+    let mut dy = DeviceTensor::zeros(gpu, x.dtype(), x.dims())?;
+    rms_op::add_rmsnorm(gpu, &dx.view(), &mut dres.view_mut(), &dw.view(), eps, &mut dy.view_mut())?;
+    Ok((dres.to_host(gpu)?, dy.to_host(gpu)?))
+}
+
+/// `y` of RMSNorm: by the CPU reference, or by the kernel when `gpu` is given.
+fn run_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, eps: f32) -> Result<HostTensor> {
+    let Some(gpu) = gpu else { return rms_ref::rmsnorm(x, w, eps) };
+    let dx = DeviceTensor::from_host(gpu, x)?;
+    let dw = DeviceTensor::from_host(gpu, w)?;
+    let mut dy = DeviceTensor::zeros(gpu, x.dtype(), x.dims())?;
+    rms_op::rmsnorm(gpu, &dx.view(), &dw.view(), eps, &mut dy.view_mut())?;
+    dy.to_host(gpu)
+}
+
+/// Each op against the PyTorch goldens of both models: the CPU reference when `gpu` is `None`,
+/// else the kernels.
+pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for cfg in Qwen2Config::presets() {
+        let file = GoldenFile::open(cfg.name, "ops")?;
+        let eps = cfg.rms_norm_eps;
+        let hidden = cfg.hidden_size;
+        for dtype in DType::ALL {
+            let name = |op: &str, t: &str| format!("{op}.{dtype}.{t}");
+            let mut row = |op: &str, tolerance: Tolerance, ours: &HostTensor, truth: &str, torch: &str| -> Result<()> {
+                let truth = file.tensor(&name(op, truth))?.values;
+                let torch = file.host(&name(op, torch))?;
+                out.push(Row {
+                    op: op.to_string(),
+                    case: cfg.name.to_string(),
+                    dtype,
+                    against: "pytorch f64",
+                    tolerance,
+                    comparison: compare(ours.data(), &truth, tolerance),
+                    pytorch: Some(compare(torch.data(), &truth, tolerance)),
+                });
+                Ok(())
+            };
+
+            let x = file.host(&name("rmsnorm", "x"))?;
+            let w = file.host(&name("rmsnorm", "weight"))?;
+            let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let y = run_rmsnorm(gpu, &x, &w, eps)?;
+            row("rmsnorm", table::rmsnorm(dtype, hidden, max_w), &y, "y.truth", "y.torch")?;
+
+            let op = "add_rmsnorm";
+            let x = file.host(&name(op, "x"))?;
+            let residual = file.host(&name(op, "residual"))?;
+            let w = file.host(&name(op, "weight"))?;
+            let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (res, y) = run_add_rmsnorm(gpu, &x, &residual, &w, eps)?;
+            row(op, table::add_rmsnorm(dtype, hidden, max_w), &y, "y.truth", "y.torch")?;
+            // Reported as its own row: the residual stream the next layer reads.
+            let truth = file.tensor(&name(op, "residual_out.truth"))?.values;
+            let torch = file.host(&name(op, "residual_out.torch"))?;
+            let tol = table::residual_add(dtype);
+            out.push(Row {
+                op: "add_rmsnorm.residual".into(),
+                case: cfg.name.into(),
+                dtype,
+                against: "pytorch f64",
+                tolerance: tol,
+                comparison: compare(res.data(), &truth, tol),
+                pytorch: Some(compare(torch.data(), &truth, tol)),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Each kernel against the CPU reference at the models' shapes.
@@ -118,7 +201,7 @@ pub fn cuda_rows(gpu: &Gpu) -> Result<Vec<Row>> {
             rms_op::rmsnorm(gpu, &dx.view(), &dw.view(), eps, &mut dy.view_mut())?;
             let expected = rms_ref::rmsnorm(&x, &w, eps)?;
             let comparison = compare(dy.to_host(gpu)?.data(), expected.data(), tol);
-            out.push(Row { op: rms_op::OP.into(), case: cfg.name.into(), dtype, against: "cpu reference", tolerance: tol, comparison });
+            out.push(Row { op: rms_op::OP.into(), case: cfg.name.into(), dtype, against: "cpu reference", tolerance: tol, comparison, pytorch: None });
 
             let mut dres = DeviceTensor::from_host(gpu, &res)?;
             rms_op::add_rmsnorm(gpu, &dx.view(), &mut dres.view_mut(), &dw.view(), eps, &mut dy.view_mut())?;
@@ -127,17 +210,21 @@ pub fn cuda_rows(gpu: &Gpu) -> Result<Vec<Row>> {
             // The residual sum is one rounding of the same float sum on both sides: bit-exact.
             let r = compare(dres.to_host(gpu)?.data(), expected_res.data(), Tolerance { atol: 0.0, rtol: 0.0 });
             comparison.failures += r.failures;
-            out.push(Row { op: rms_op::FUSED_OP.into(), case: cfg.name.into(), dtype, against: "cpu reference", tolerance: tol, comparison });
+            out.push(Row { op: rms_op::FUSED_OP.into(), case: cfg.name.into(), dtype, against: "cpu reference", tolerance: tol, comparison, pytorch: None });
         }
     }
     Ok(out)
 }
 
 /// Print the table; returns the number of failed rows.
+///
+/// Columns: max_abs and rel_l2 of our output against the expected values; rtol of the tolerance;
+/// tol_used, the largest |error| / (atol + rtol |expected|) (<= 1 passes); vs_torch, our rel-L2
+/// over PyTorch's at the same dtype, both against the float64 truth (golden rows only).
 pub fn print_table(backend: Backend, rows: &[Row]) -> usize {
     println!(
-        "{:<12} {:<24} {:<5} {:<8} {:<14} {:>10} {:>10} {:>9} {:>9}  {}",
-        "op", "case", "dtype", "backend", "against", "max_abs", "max_rel", "rtol", "tol_used", "result"
+        "{:<21} {:<24} {:<5} {:<7} {:<14} {:>10} {:>10} {:>9} {:>9} {:>9}  {}",
+        "op", "case", "dtype", "backend", "against", "max_abs", "rel_l2", "rtol", "tol_used", "vs_torch", "result"
     );
     let mut failed = 0;
     for r in rows {
@@ -145,17 +232,24 @@ pub fn print_table(backend: Backend, rows: &[Row]) -> usize {
         if !r.comparison.passed() {
             failed += 1;
         }
+        let vs_torch = match &r.pytorch {
+            Some(p) if p.rel_l2 > 0.0 => format!("{:.3}", r.comparison.rel_l2 / p.rel_l2),
+            Some(_) if r.comparison.rel_l2 == 0.0 => "1 (=0)".to_string(),
+            Some(_) => "inf".to_string(),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<12} {:<24} {:<5} {:<8} {:<14} {:>10.3e} {:>10.3e} {:>9.2e} {:>9.3}  {}",
+            "{:<21} {:<24} {:<5} {:<7} {:<14} {:>10.3e} {:>10.3e} {:>9.2e} {:>9.3} {:>9}  {}",
             r.op,
             r.case,
             r.dtype.name(),
             backend.name(),
             r.against,
             r.comparison.max_abs_err,
-            r.comparison.max_rel_err,
+            r.comparison.rel_l2,
             r.tolerance.rtol,
             r.comparison.max_tolerance_used,
+            vs_torch,
             verdict
         );
         if !r.comparison.passed() {

@@ -34,6 +34,10 @@ pub enum Error {
     #[error("{op}: invalid argument: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
 
+    /// A golden file is missing, stale or malformed.
+    #[error("golden file {path}: {detail} (regenerate: python3 golden/gen.py --model {model})")]
+    Golden { path: String, detail: String, model: String },
+
     #[error("CUDA call {call} failed: {source}")]
     Cuda {
         call: String,

@@ -62,9 +62,15 @@ fn run_check(args: &Args) -> Result<ExitCode, Error> {
                 "backend: cuda on device {} {} (sm_{}{}, driver {})",
                 i.ordinal, i.name, i.compute_capability.0, i.compute_capability.1, i.driver_version
             );
-            check::cuda_rows(gpu)?
+            let mut rows = check::golden_rows(Some(gpu))?;
+            rows.extend(check::cuda_rows(gpu)?);
+            rows
         }
-        None => check::cpu_rows()?,
+        None => {
+            let mut rows = check::golden_rows(None)?;
+            rows.extend(check::cpu_rows()?);
+            rows
+        }
     };
     let failed = check::print_table(backend, &rows);
     println!("{} passed, {} failed", rows.len() - failed, failed);

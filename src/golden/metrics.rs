@@ -24,7 +24,11 @@ pub struct Comparison {
     /// Elements over tolerance (non-finite mismatches included).
     pub failures: usize,
     /// Index, actual and expected value of the worst element (first non-finite mismatch if any).
-    pub worst: Option<(usize, f32, f32)>,
+    pub worst: Option<(usize, f64, f64)>,
+    /// ||actual - expected|| / ||expected|| over the finite pairs (0 when both are 0).
+    pub rel_l2: f64,
+    /// cos(actual, expected) over the finite pairs (1 when both are 0).
+    pub cosine: f64,
 }
 
 impl Comparison {
@@ -37,8 +41,16 @@ impl fmt::Display for Comparison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} elements: max abs {:.3e}, max rel {:.3e}, tolerance used {:.3}, non-finite mismatches {}, failures {}",
-            self.len, self.max_abs_err, self.max_rel_err, self.max_tolerance_used, self.nonfinite_mismatches, self.failures
+            "{} elements: max abs {:.3e}, max rel {:.3e}, rel-L2 {:.3e}, cosine {:.9}, tolerance used {:.3}, \
+             non-finite mismatches {}, failures {}",
+            self.len,
+            self.max_abs_err,
+            self.max_rel_err,
+            self.rel_l2,
+            self.cosine,
+            self.max_tolerance_used,
+            self.nonfinite_mismatches,
+            self.failures
         )?;
         if let Some((i, a, e)) = self.worst {
             write!(f, " (worst at {i}: got {a:e}, expected {e:e})")?;
@@ -48,7 +60,8 @@ impl fmt::Display for Comparison {
 }
 
 /// Compare elementwise. Lengths must match (a mismatch counts every element as failed).
-pub fn compare(actual: &[f32], expected: &[f32], tol: Tolerance) -> Comparison {
+/// `expected` may be f32 (a reference) or f64 (a float64 truth).
+pub fn compare<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Tolerance) -> Comparison {
     let mut c = Comparison {
         len: expected.len(),
         max_abs_err: 0.0,
@@ -57,13 +70,17 @@ pub fn compare(actual: &[f32], expected: &[f32], tol: Tolerance) -> Comparison {
         nonfinite_mismatches: 0,
         failures: 0,
         worst: None,
+        rel_l2: 0.0,
+        cosine: 1.0,
     };
+    let (mut diff_sq, mut exp_sq, mut act_sq, mut dot) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     if actual.len() != expected.len() {
         c.failures = actual.len().max(expected.len());
         c.max_tolerance_used = f64::INFINITY;
         return c;
     }
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let (a, e): (f64, f64) = (a.into(), e.into());
         if !e.is_finite() || !a.is_finite() {
             let same = (a.is_nan() && e.is_nan()) || (a.is_infinite() && a == e);
             if !same {
@@ -76,9 +93,13 @@ pub fn compare(actual: &[f32], expected: &[f32], tol: Tolerance) -> Comparison {
             }
             continue;
         }
-        let abs = (a as f64 - e as f64).abs();
-        let rel = if e != 0.0 { abs / (e as f64).abs() } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
-        let allowed = tol.atol as f64 + tol.rtol as f64 * (e as f64).abs();
+        diff_sq += (a - e) * (a - e);
+        exp_sq += e * e;
+        act_sq += a * a;
+        dot += a * e;
+        let abs = (a - e).abs();
+        let rel = if e != 0.0 { abs / e.abs() } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
+        let allowed = tol.atol as f64 + tol.rtol as f64 * e.abs();
         let used = if allowed > 0.0 { abs / allowed } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
         c.max_abs_err = c.max_abs_err.max(abs);
         c.max_rel_err = c.max_rel_err.max(rel);
@@ -90,5 +111,7 @@ pub fn compare(actual: &[f32], expected: &[f32], tol: Tolerance) -> Comparison {
             c.worst = Some((i, a, e));
         }
     }
+    c.rel_l2 = if exp_sq > 0.0 { (diff_sq / exp_sq).sqrt() } else if diff_sq == 0.0 { 0.0 } else { f64::INFINITY };
+    c.cosine = if exp_sq > 0.0 && act_sq > 0.0 { dot / (exp_sq.sqrt() * act_sq.sqrt()) } else if exp_sq == act_sq { 1.0 } else { 0.0 };
     c
 }

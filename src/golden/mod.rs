@@ -1,4 +1,7 @@
 //! Comparing results against references and goldens.
 
+pub mod file;
 pub mod metrics;
 pub mod tolerance;
+
+pub use file::{GoldenFile, GoldenTensor};

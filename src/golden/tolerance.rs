@@ -34,3 +34,59 @@ pub fn rmsnorm_vs_reference(dtype: DType, hidden: usize) -> Tolerance {
     };
     Tolerance { atol: subnormal_spacing(dtype), rtol }
 }
+
+/// Unit roundoff of `dtype`: the largest relative change one rounding to nearest makes (eps / 2).
+pub fn unit_roundoff(dtype: DType) -> f32 {
+    dtype.epsilon() / 2.0
+}
+
+/// How an op's output is rounded, counted from the PyTorch code it mirrors.
+#[derive(Clone, Copy, Debug)]
+pub struct Roundings {
+    /// Roundings to the storage dtype between the inputs and the output, each counted with the
+    /// relative error it can carry into the output (one unit roundoff each).
+    pub storage: u32,
+    /// Length of the longest FP32 reduction feeding the output (0 if none).
+    pub fp32_reduction: usize,
+    /// Largest factor by which an absolute rounding error near zero is multiplied on its way to the
+    /// output (a weight applied after a rounding), at least 1.
+    pub gain: f32,
+}
+
+/// Tolerance against a float64 truth computed by PyTorch from the same storage-dtype inputs.
+///
+/// Each of the `storage` roundings changes the output by at most one unit roundoff u_T relative
+/// (normal numbers) or tiny_T / 2 absolute near zero, times `gain`; the FP32 arithmetic around a
+/// reduction of n terms adds (n / 2 + 4) u32 (see `rmsnorm_vs_reference`). So
+///     rtol = storage * u_T + (n / 2 + 4) * u32,   atol = storage * gain * tiny_T / 2.
+/// In f32 storage u_T = u32.
+pub fn vs_truth(dtype: DType, r: Roundings) -> Tolerance {
+    let u32_ = unit_roundoff(DType::F32);
+    let rtol = r.storage as f32 * unit_roundoff(dtype) + (r.fp32_reduction as f32 / 2.0 + 4.0) * u32_;
+    let atol = r.storage as f32 * r.gain.max(1.0) * subnormal_spacing(dtype) / 2.0;
+    Tolerance { atol, rtol }
+}
+
+/// The tolerance table against float64 truths: one entry per op output, the roundings counted from
+/// the transformers code beside it.
+pub mod table {
+    use super::{vs_truth, Roundings, Tolerance};
+    use crate::DType;
+
+    /// Qwen2RMSNorm: `T(x * inv)` then `T(w * .)`: 2 roundings, the weight multiplies the first;
+    /// the mean of squares is an FP32 reduction over the row.
+    pub fn rmsnorm(dtype: DType, hidden: usize, max_abs_weight: f32) -> Tolerance {
+        vs_truth(dtype, Roundings { storage: 2, fp32_reduction: hidden, gain: max_abs_weight })
+    }
+
+    /// `residual + hidden_states` in the storage dtype: 1 rounding.
+    pub fn residual_add(dtype: DType) -> Tolerance {
+        vs_truth(dtype, Roundings { storage: 1, fp32_reduction: 0, gain: 1.0 })
+    }
+
+    /// RMSNorm of the rounded residual sum: the sum's rounding moves each element by u_T and the
+    /// row's norm by at most u_T (2 roundings' worth), then RMSNorm's own 2.
+    pub fn add_rmsnorm(dtype: DType, hidden: usize, max_abs_weight: f32) -> Tolerance {
+        vs_truth(dtype, Roundings { storage: 4, fp32_reduction: hidden, gain: max_abs_weight })
+    }
+}

@@ -1,0 +1,88 @@
+//! The PyTorch goldens (golden/data, made by golden/gen.py): the CPU references pass them all, and
+//! references with known kinds of bug fail them.
+
+use qwen_kernels::check::golden_rows;
+use qwen_kernels::golden::metrics::compare;
+use qwen_kernels::golden::tolerance::table;
+use qwen_kernels::golden::GoldenFile;
+use qwen_kernels::model::Qwen2Config;
+use qwen_kernels::{DType, Error};
+
+#[test]
+fn golden_files_say_how_they_were_made() {
+    for cfg in Qwen2Config::presets() {
+        let f = GoldenFile::open(cfg.name, "ops").unwrap();
+        assert_eq!(f.metadata("model"), Some(cfg.name));
+        assert_eq!(f.metadata("command"), Some(format!("python3 golden/gen.py --model {}", cfg.name).as_str()));
+        assert!(f.metadata("torch").unwrap().starts_with("2.11.0"));
+        assert_eq!(f.metadata("transformers"), Some("5.17.0"));
+        // The config the goldens were made with is the crate's preset.
+        let config: serde_json::Value = serde_json::from_str(f.metadata("config").unwrap()).unwrap();
+        assert_eq!(config["hidden_size"].as_u64(), Some(cfg.hidden_size as u64));
+        assert_eq!(config["rms_norm_eps"].as_f64().map(|v| v as f32), Some(cfg.rms_norm_eps));
+        assert_eq!(config["rope_theta"].as_f64().map(|v| v as f32), Some(cfg.rope_theta));
+        assert_eq!(config["num_key_value_heads"].as_u64(), Some(cfg.num_key_value_heads as u64));
+    }
+}
+
+#[test]
+fn cpu_references_pass_every_golden() {
+    let rows = golden_rows(None).unwrap();
+    assert_eq!(rows.len(), 2 * 3 * 3, "2 models x 3 dtypes x 3 outputs");
+    for r in &rows {
+        assert!(r.comparison.passed(), "{} {} {}: {}", r.op, r.case, r.dtype, r.comparison);
+        // PyTorch's own output at that dtype passes the same tolerance: it is not tighter than the
+        // rounding PyTorch itself does.
+        let p = r.pytorch.as_ref().unwrap();
+        assert!(p.passed(), "pytorch {} {} {}: {p}", r.op, r.case, r.dtype);
+    }
+}
+
+#[test]
+fn missing_golden_names_the_command_that_makes_it() {
+    let e = GoldenFile::open("qwen2.5-0.5b", "no-such-file").err().unwrap();
+    assert!(matches!(e, Error::Golden { .. }));
+    assert!(e.to_string().contains("python3 golden/gen.py --model qwen2.5-0.5b"), "{e}");
+    let f = GoldenFile::open("qwen2.5-0.5b", "ops").unwrap();
+    assert!(f.tensor("rmsnorm.bf16.nothing").is_err());
+}
+
+/// RMSNorm of the golden inputs with a deliberate bug; the golden must reject it.
+fn broken_rmsnorm(model: &str, dtype: DType, bug: &str) -> bool {
+    let cfg = Qwen2Config::preset(model).unwrap();
+    let f = GoldenFile::open(model, "ops").unwrap();
+    let x = f.host(&format!("rmsnorm.{dtype}.x")).unwrap();
+    let w = f.host(&format!("rmsnorm.{dtype}.weight")).unwrap();
+    let truth = f.tensor(&format!("rmsnorm.{dtype}.y.truth")).unwrap().values;
+    let hidden = cfg.hidden_size;
+    let mut y = Vec::new();
+    for row in x.data().chunks(hidden) {
+        let sum_sq: f32 = match bug {
+            // squares and their sum in the storage dtype (f16 overflows on massive activations)
+            "squares in storage dtype" => row.iter().fold(0.0, |acc, &v| dtype.round(acc + dtype.round(v * v))),
+            _ => row.iter().map(|&v| v * v).sum(),
+        };
+        let n = if bug == "mean over hidden - 1" { hidden - 1 } else { hidden };
+        let inv = 1.0 / (sum_sq / n as f32 + cfg.rms_norm_eps).sqrt();
+        for (&v, &wi) in row.iter().zip(w.data()) {
+            let wi = if bug == "weight as 1 + w" { 1.0 + wi } else { wi };
+            y.push(dtype.round(wi * dtype.round(v * inv)));
+        }
+    }
+    let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+    !compare(&y, &truth, table::rmsnorm(dtype, hidden, max_w)).passed()
+}
+
+#[test]
+fn broken_references_fail_the_goldens() {
+    for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
+        for dtype in DType::ALL {
+            assert!(!broken_rmsnorm(model, dtype, "none"), "the unbroken variant must pass ({model} {dtype})");
+            assert!(broken_rmsnorm(model, dtype, "weight as 1 + w"), "{model} {dtype}");
+        }
+        // Dividing by hidden - 1 scales every output by about 1 + 1 / (2 hidden) (5.6e-4 at 896):
+        // far outside the f32 tolerance, below one bf16 rounding (3.9e-3), so only f32 can see it.
+        assert!(broken_rmsnorm(model, DType::F32, "mean over hidden - 1"), "{model}");
+        assert!(broken_rmsnorm(model, DType::F16, "squares in storage dtype"), "{model}");
+    }
+}
