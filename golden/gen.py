@@ -26,7 +26,7 @@ import sys
 import torch
 import transformers
 from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
-from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2RMSNorm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synth  # noqa: E402
@@ -71,7 +71,7 @@ def synth_tensor(name, shape, scale, offset=0.0):
     numel = 1
     for d in shape:
         numel *= d
-    bits = synth.tensor_bf16_bits(SEED, name, numel, scale)
+    bits = synth.tensor_bf16_bits(SEED, name, numel, repr(float(scale)))
     values = torch.from_numpy(synth.bits_to_f32(bits).copy()).reshape(shape)
     return (values + offset).to(torch.bfloat16)
 
@@ -142,6 +142,75 @@ def save_safetensors(tensors, path, metadata):
             f.write(data)
 
 
+# Standard deviation of synth's unit stream (four 16-bit uniforms): 1/sqrt(12).
+UNIT_STD = 0.28867513459481287
+
+# Bias outliers of Qwen2.5's q/k projections (values seen in the released checkpoints): a dropped
+# bias changes these outputs by tens, which no tolerance hides.
+Q_BIAS_OUTLIERS = {5: -14.4, 70: -15.4, 131: -34.0}
+
+
+def synth_weight(name, shape, scale, recorded):
+    """A bf16 weight from golden/synth.py that the golden file does not store: its recipe and
+    checksum go into the metadata (`synth.<name>`) and Rust regenerates it (src/synth.rs)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    scale_text = repr(float(scale))
+    bits = synth.tensor_bf16_bits(SEED, name, numel, scale_text)
+    recorded[f"synth.{name}"] = json.dumps({"seed": str(SEED), "name": name, "shape": list(shape),
+                                           "scale": scale_text, "checksum": str(synth.checksum(bits))},
+                                          sort_keys=True)
+    return torch.from_numpy(synth.bits_to_f32(bits).copy()).reshape(shape).to(torch.bfloat16)
+
+
+def linear_goldens(preset, config, out, recorded):
+    """q_proj and k_proj (with biases carrying Qwen2.5's outliers) and o_proj (no bias) of a
+    Qwen2Attention layer, weights in [out_features, in_features] layout. k_proj is non-square in both
+    models; q_proj and o_proj are square, where only values (not shapes) expose a transposed read.
+    The weights are not stored: for dtype d the weight is synth `<proj>.weight` rounded to d."""
+    hidden = config.hidden_size
+    q_out = config.num_attention_heads * config.head_dim
+    kv_out = config.num_key_value_heads * config.head_dim
+    x_bf16 = synth_tensor(f"golden.{preset}.linear.x", (TOKENS, hidden), 1.0 / UNIT_STD)
+    attn_out = synth_tensor(f"golden.{preset}.linear.o_in", (TOKENS, q_out), 1.0 / UNIT_STD)
+    projections = {  # name: (out_features, in_features, input, has bias)
+        "q_proj": (q_out, hidden, x_bf16, True),
+        "k_proj": (kv_out, hidden, x_bf16, True),
+        "o_proj": (hidden, q_out, attn_out, False),
+    }
+    params = {}
+    for name, (n_out, n_in, _, has_bias) in projections.items():
+        w = synth_weight(f"golden.{preset}.{name}.weight", (n_out, n_in), 0.02 / UNIT_STD, recorded)
+        b = None
+        if has_bias:
+            b = synth_tensor(f"golden.{preset}.{name}.bias", (n_out,), 0.5 / UNIT_STD).float()
+            for i, v in Q_BIAS_OUTLIERS.items():
+                b[i % n_out] = v
+            b = b.to(torch.bfloat16)
+        params[name] = (w, b)
+    for dname, dtype in DTYPES.items():
+        truth_attn = Qwen2Attention(config, layer_idx=0).to(torch.float64)
+        torch_attn = Qwen2Attention(config, layer_idx=0).to(dtype)
+        for name, (_, _, inp, _) in projections.items():
+            w, b = params[name]
+            w, b = w.to(dtype), (b.to(dtype) if b is not None else None)
+            truth_mod, torch_mod = getattr(truth_attn, name), getattr(torch_attn, name)
+            assert (truth_mod.bias is not None) == (b is not None), f"{name}: bias presence differs from Qwen2"
+            assert tuple(truth_mod.weight.shape) == tuple(w.shape), f"{name}: {truth_mod.weight.shape}"
+            with torch.no_grad():
+                truth_mod.weight.copy_(w.to(torch.float64))
+                torch_mod.weight.copy_(w)
+                if b is not None:
+                    truth_mod.bias.copy_(b.to(torch.float64))
+                    torch_mod.bias.copy_(b)
+                    out[f"{name}.{dname}.bias"] = b
+                x = inp.to(dtype)
+                out[f"{name}.{dname}.x"] = x
+                out[f"{name}.{dname}.y.truth"] = truth_mod(x.to(torch.float64))
+                out[f"{name}.{dname}.y.torch"] = torch_mod(x)
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -167,10 +236,14 @@ def main():
         config = make_config(preset)
         tensors = {}
         rmsnorm_goldens(preset, config, tensors)
+        recorded = {}
+        linear_goldens(preset, config, tensors, recorded)
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")
-        save_safetensors(tensors, path, metadata(preset, config, f"python3 golden/gen.py --model {preset}"))
+        meta = metadata(preset, config, f"python3 golden/gen.py --model {preset}")
+        meta.update(recorded)
+        save_safetensors(tensors, path, meta)
         print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
 
 

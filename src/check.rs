@@ -13,6 +13,7 @@ use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::ops::rmsnorm as rms_op;
+use crate::reference::linear::{abs_dot_bound, linear};
 use crate::reference::rmsnorm as rms_ref;
 use crate::{DType, DeviceTensor, Gpu, HostTensor, Result};
 
@@ -163,6 +164,21 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
             let (res, y) = run_add_rmsnorm(gpu, &x, &residual, &w, eps)?;
             row(op, table::add_rmsnorm(dtype, hidden, max_w), &y, "y.truth", "y.torch")?;
+            // Linear layers: the CPU reference only until the GEMM wrapper exists.
+            if gpu.is_none() {
+                for proj in ["q_proj", "k_proj", "o_proj"] {
+                    let x = file.host(&name(proj, "x"))?;
+                    let w = file.synth_weight(&format!("golden.{}.{proj}.weight", cfg.name))?;
+                    let dims = w.dims().to_vec();
+                    let w = HostTensor::from_f32(dtype, &dims, w.into_data())?;
+                    let b = file.host(&name(proj, "bias")).ok();
+                    let y = linear(&x, &w, b.as_ref())?;
+                    let max_abs_dot = abs_dot_bound(&x, &w, b.as_ref())?.into_iter().fold(0f32, f32::max);
+                    let in_features = *x.dims().last().unwrap();
+                    row(proj, table::linear(dtype, in_features, max_abs_dot), &y, "y.truth", "y.torch")?;
+                }
+            }
+
             // Reported as its own row: the residual stream the next layer reads.
             let truth = file.tensor(&name(op, "residual_out.truth"))?.values;
             let torch = file.host(&name(op, "residual_out.torch"))?;

@@ -6,7 +6,8 @@ use qwen_kernels::golden::metrics::compare;
 use qwen_kernels::golden::tolerance::table;
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::Qwen2Config;
-use qwen_kernels::{DType, Error};
+use qwen_kernels::reference::linear::{abs_dot_bound, linear};
+use qwen_kernels::{DType, Error, HostTensor};
 
 #[test]
 fn golden_files_say_how_they_were_made() {
@@ -28,7 +29,7 @@ fn golden_files_say_how_they_were_made() {
 #[test]
 fn cpu_references_pass_every_golden() {
     let rows = golden_rows(None).unwrap();
-    assert_eq!(rows.len(), 2 * 3 * 3, "2 models x 3 dtypes x 3 outputs");
+    assert_eq!(rows.len(), 2 * 3 * 6, "2 models x 3 dtypes x (3 RMSNorm outputs + 3 projections)");
     for r in &rows {
         assert!(r.comparison.passed(), "{} {} {}: {}", r.op, r.case, r.dtype, r.comparison);
         // PyTorch's own output at that dtype passes the same tolerance: it is not tighter than the
@@ -84,5 +85,55 @@ fn broken_references_fail_the_goldens() {
         // far outside the f32 tolerance, below one bf16 rounding (3.9e-3), so only f32 can see it.
         assert!(broken_rmsnorm(model, DType::F32, "mean over hidden - 1"), "{model}");
         assert!(broken_rmsnorm(model, DType::F16, "squares in storage dtype"), "{model}");
+    }
+}
+
+/// A projection of the golden inputs computed with a deliberate bug; true if the golden rejects it.
+fn broken_projection(model: &str, proj: &str, dtype: DType, bug: &str) -> bool {
+    let f = GoldenFile::open(model, "ops").unwrap();
+    let x = f.host(&format!("{proj}.{dtype}.x")).unwrap();
+    let w = f.synth_weight(&format!("golden.{model}.{proj}.weight")).unwrap();
+    let (out, inp) = (w.dims()[0], w.dims()[1]);
+    let mut values = w.into_data();
+    if bug == "transposed weight" {
+        // Read the [out, in] buffer as if it were [in, out]: same shape claim, wrong element order.
+        let original = values.clone();
+        for j in 0..out {
+            for k in 0..inp {
+                values[j * inp + k] = original[k * out + j];
+            }
+        }
+    }
+    let w = HostTensor::from_f32(dtype, &[out, inp], values).unwrap();
+    let b = f.host(&format!("{proj}.{dtype}.bias")).ok();
+    let b = if bug == "dropped bias" { None } else { b };
+    let y = linear(&x, &w, b.as_ref()).unwrap();
+    let truth = f.tensor(&format!("{proj}.{dtype}.y.truth")).unwrap().values;
+    let max_abs_dot = abs_dot_bound(&x, &w, b.as_ref()).unwrap().into_iter().fold(0f32, f32::max);
+    !compare(y.data(), &truth, table::linear(dtype, inp, max_abs_dot)).passed()
+}
+
+#[test]
+fn transposed_weights_and_dropped_biases_fail_the_goldens() {
+    for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
+        for dtype in DType::ALL {
+            assert!(!broken_projection(model, "q_proj", dtype, "none"), "{model} {dtype}: unbroken must pass");
+            // q_proj is square in both models: only the values can expose a transposed read.
+            assert!(broken_projection(model, "q_proj", dtype, "transposed weight"), "{model} {dtype}");
+            assert!(broken_projection(model, "q_proj", dtype, "dropped bias"), "{model} {dtype}");
+            assert!(broken_projection(model, "k_proj", dtype, "dropped bias"), "{model} {dtype}");
+        }
+    }
+}
+
+#[test]
+fn synthetic_weights_regenerate_with_their_recorded_checksums() {
+    for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
+        let f = GoldenFile::open(model, "ops").unwrap();
+        for proj in ["q_proj", "k_proj", "o_proj"] {
+            // synth_weight verifies the checksum gen.py recorded; an error would say which differs.
+            let w = f.synth_weight(&format!("golden.{model}.{proj}.weight")).unwrap();
+            assert_eq!(w.dtype(), DType::BF16);
+        }
     }
 }

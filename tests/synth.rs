@@ -5,9 +5,9 @@ use qwen_kernels::synth::{bf16_bits_rne, checksum, name_hash, parse_scale, tenso
 
 #[test]
 fn rust_reproduces_the_python_generator() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/data/synth_vectors.json");
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (regenerate: python3 golden/synth_vectors.py)"));
+    let path = qwen_kernels::golden::file::data_dir().join("synth_vectors.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (regenerate: python3 golden/synth_vectors.py)", path.display()));
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let vectors = doc["vectors"].as_array().unwrap();
     assert!(vectors.len() >= 6);

@@ -79,6 +79,19 @@ pub mod table {
         vs_truth(dtype, Roundings { storage: 2, fp32_reduction: hidden, gain: max_abs_weight })
     }
 
+    /// nn.Linear (`addmm`): FP32 accumulation of `in_features` products and the bias, one rounding
+    /// to the storage dtype. The accumulation's error is bounded by (in_features + 2) u32 times the
+    /// sum of |x_k w_k| + |b| (not |y|: products cancel), so that bound's largest value over the
+    /// outputs, `max_abs_dot`, sets atol; the final rounding sets rtol.
+    pub fn linear(dtype: DType, in_features: usize, max_abs_dot: f32) -> Tolerance {
+        let u32_ = super::unit_roundoff(DType::F32);
+        let accumulation = (in_features as f32 + 2.0) * u32_ * max_abs_dot;
+        Tolerance {
+            atol: accumulation + super::subnormal_spacing(dtype) / 2.0,
+            rtol: super::unit_roundoff(dtype) + 2.0 * u32_,
+        }
+    }
+
     /// `residual + hidden_states` in the storage dtype: 1 rounding.
     pub fn residual_add(dtype: DType) -> Tolerance {
         vs_truth(dtype, Roundings { storage: 1, fp32_reduction: 0, gain: 1.0 })

@@ -2,6 +2,7 @@
 //! returns a typed error naming the op and the values; only then does it launch. The validation
 //! functions are public and pure, so they are also what the CPU references use.
 
+pub mod gemm;
 pub mod rmsnorm;
 
 /// Threads for a one-block-per-row kernel: `items` work items rounded up to whole warps, at most 1024.
