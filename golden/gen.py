@@ -26,7 +26,7 @@ import sys
 import torch
 import transformers
 from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2RMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP, Qwen2RMSNorm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synth  # noqa: E402
@@ -211,6 +211,27 @@ def linear_goldens(preset, config, out, recorded):
                 out[f"{name}.{dname}.y.torch"] = torch_mod(x)
 
 
+def swiglu_goldens(preset, config, out):
+    """Qwen2MLP's `act_fn(gate_proj(x)) * up_proj(x)`: the module's own act_fn and product on gate
+    and up given in dtype d (as a kernel receives them from the gate/up GEMMs), spanning the values
+    where SiLU bends and products that overflow f16."""
+    inter = config.intermediate_size
+    # Two rows: the op is elementwise, 2 x intermediate values cover its numerics.
+    gate_bf16 = synth_tensor(f"golden.{preset}.swiglu.gate", (2, inter), 6.0 / UNIT_STD)
+    up_bf16 = synth_tensor(f"golden.{preset}.swiglu.up", (2, inter), 3.0 / UNIT_STD)
+    gate_bf16[0, :4] = torch.tensor([-30.0, 30.0, -0.0, 300.0], dtype=torch.bfloat16)
+    up_bf16[0, :4] = torch.tensor([2.0, -2.0, 5.0, 300.0], dtype=torch.bfloat16)
+    for dname, dtype in DTYPES.items():
+        truth_mlp = Qwen2MLP(config).to(torch.float64)
+        torch_mlp = Qwen2MLP(config).to(dtype)
+        with torch.no_grad():
+            gate, up = gate_bf16.to(dtype), up_bf16.to(dtype)
+            out[f"swiglu.{dname}.gate"] = gate
+            out[f"swiglu.{dname}.up"] = up
+            out[f"swiglu.{dname}.y.truth"] = truth_mlp.act_fn(gate.to(torch.float64)) * up.to(torch.float64)
+            out[f"swiglu.{dname}.y.torch"] = torch_mlp.act_fn(gate) * up
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -238,6 +259,7 @@ def main():
         rmsnorm_goldens(preset, config, tensors)
         recorded = {}
         linear_goldens(preset, config, tensors, recorded)
+        swiglu_goldens(preset, config, tensors)
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")

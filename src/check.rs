@@ -15,6 +15,7 @@ use crate::model::Qwen2Config;
 use crate::ops::rmsnorm as rms_op;
 use crate::reference::linear::{abs_dot_bound, linear};
 use crate::reference::rmsnorm as rms_ref;
+use crate::reference::swiglu::swiglu;
 use crate::{DType, DeviceTensor, Gpu, HostTensor, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +127,19 @@ fn run_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, eps: f32) -> R
     dy.to_host(gpu)
 }
 
+/// A float64 truth as the storage dtype can hold it: values past the dtype's largest finite value
+/// become the infinity they round to (f16 holds nothing above 65504: 300 * 300 is inf there, and
+/// inf is the right answer); everything else is left exact.
+pub fn in_range(dtype: DType, truth: Vec<f64>) -> Vec<f64> {
+    truth
+        .into_iter()
+        .map(|t| {
+            let rounded = dtype.round(t as f32);
+            if rounded.is_infinite() && t.is_finite() { rounded as f64 } else { t }
+        })
+        .collect()
+}
+
 /// Each op against the PyTorch goldens of both models: the CPU reference when `gpu` is `None`,
 /// else the kernels.
 pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
@@ -137,7 +151,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
         for dtype in DType::ALL {
             let name = |op: &str, t: &str| format!("{op}.{dtype}.{t}");
             let mut row = |op: &str, tolerance: Tolerance, ours: &HostTensor, truth: &str, torch: &str| -> Result<()> {
-                let truth = file.tensor(&name(op, truth))?.values;
+                let truth = in_range(dtype, file.tensor(&name(op, truth))?.values);
                 let torch = file.host(&name(op, torch))?;
                 out.push(Row {
                     op: op.to_string(),
@@ -164,8 +178,13 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
             let (res, y) = run_add_rmsnorm(gpu, &x, &residual, &w, eps)?;
             row(op, table::add_rmsnorm(dtype, hidden, max_w), &y, "y.truth", "y.torch")?;
-            // Linear layers: the CPU reference only until the GEMM wrapper exists.
+            // Linear layers and SwiGLU: the CPU reference only until their kernels exist.
             if gpu.is_none() {
+                let gate = file.host(&name("swiglu", "gate"))?;
+                let up = file.host(&name("swiglu", "up"))?;
+                let max_up = up.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+                row("swiglu", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, "y.truth", "y.torch")?;
+
                 for proj in ["q_proj", "k_proj", "o_proj"] {
                     let x = file.host(&name(proj, "x"))?;
                     let w = file.synth_weight(&format!("golden.{}.{proj}.weight", cfg.name))?;
@@ -180,7 +199,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             }
 
             // Reported as its own row: the residual stream the next layer reads.
-            let truth = file.tensor(&name(op, "residual_out.truth"))?.values;
+            let truth = in_range(dtype, file.tensor(&name(op, "residual_out.truth"))?.values);
             let torch = file.host(&name(op, "residual_out.torch"))?;
             let tol = table::residual_add(dtype);
             out.push(Row {

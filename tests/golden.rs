@@ -6,7 +6,9 @@ use qwen_kernels::golden::metrics::compare;
 use qwen_kernels::golden::tolerance::table;
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::Qwen2Config;
+use qwen_kernels::check::in_range;
 use qwen_kernels::reference::linear::{abs_dot_bound, linear};
+use qwen_kernels::reference::swiglu::silu;
 use qwen_kernels::{DType, Error, HostTensor};
 
 #[test]
@@ -29,7 +31,7 @@ fn golden_files_say_how_they_were_made() {
 #[test]
 fn cpu_references_pass_every_golden() {
     let rows = golden_rows(None).unwrap();
-    assert_eq!(rows.len(), 2 * 3 * 6, "2 models x 3 dtypes x (3 RMSNorm outputs + 3 projections)");
+    assert_eq!(rows.len(), 2 * 3 * 7, "2 models x 3 dtypes x (3 RMSNorm outputs + 3 projections + SwiGLU)");
     for r in &rows {
         assert!(r.comparison.passed(), "{} {} {}: {}", r.op, r.case, r.dtype, r.comparison);
         // PyTorch's own output at that dtype passes the same tolerance: it is not tighter than the
@@ -134,6 +136,37 @@ fn synthetic_weights_regenerate_with_their_recorded_checksums() {
             // synth_weight verifies the checksum gen.py recorded; an error would say which differs.
             let w = f.synth_weight(&format!("golden.{model}.{proj}.weight")).unwrap();
             assert_eq!(w.dtype(), DType::BF16);
+        }
+    }
+}
+
+/// SwiGLU of the golden inputs with a deliberate bug; true if the golden rejects it.
+fn broken_swiglu(model: &str, dtype: DType, bug: &str) -> bool {
+    let f = GoldenFile::open(model, "ops").unwrap();
+    let gate = f.host(&format!("swiglu.{dtype}.gate")).unwrap();
+    let up = f.host(&format!("swiglu.{dtype}.up")).unwrap();
+    let truth = in_range(dtype, f.tensor(&format!("swiglu.{dtype}.y.truth")).unwrap().values);
+    let y: Vec<f32> = gate
+        .data()
+        .iter()
+        .zip(up.data())
+        .map(|(&g, &u)| match bug {
+            "act on up" => dtype.round(dtype.round(silu(u)) * g),
+            "sigmoid for silu" => dtype.round(dtype.round(1.0 / (1.0 + (-g).exp())) * u),
+            _ => dtype.round(dtype.round(silu(g)) * u),
+        })
+        .collect();
+    let max_up = up.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+    !compare(&y, &truth, table::swiglu(dtype, max_up)).passed()
+}
+
+#[test]
+fn broken_swiglu_fails_the_goldens() {
+    for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
+        for dtype in DType::ALL {
+            assert!(!broken_swiglu(model, dtype, "none"), "{model} {dtype}: unbroken must pass");
+            assert!(broken_swiglu(model, dtype, "act on up"), "{model} {dtype}");
+            assert!(broken_swiglu(model, dtype, "sigmoid for silu"), "{model} {dtype}");
         }
     }
 }

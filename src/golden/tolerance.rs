@@ -92,6 +92,12 @@ pub mod table {
         }
     }
 
+    /// `act_fn(gate) * up`: SiLU in FP32 (exp, add, divide: within the 4 u32 of the FP32 term),
+    /// rounded to the dtype, times `up`, rounded again: 2 roundings, the first multiplied by |up|.
+    pub fn swiglu(dtype: DType, max_abs_up: f32) -> Tolerance {
+        vs_truth(dtype, Roundings { storage: 2, fp32_reduction: 0, gain: max_abs_up })
+    }
+
     /// `residual + hidden_states` in the storage dtype: 1 rounding.
     pub fn residual_add(dtype: DType) -> Tolerance {
         vs_truth(dtype, Roundings { storage: 1, fp32_reduction: 0, gain: 1.0 })

@@ -4,6 +4,7 @@
 
 pub mod gemm;
 pub mod rmsnorm;
+pub mod swiglu;
 
 /// Threads for a one-block-per-row kernel: `items` work items rounded up to whole warps, at most 1024.
 pub(crate) fn row_block_threads(items: usize) -> u32 {

@@ -5,3 +5,4 @@
 
 pub mod linear;
 pub mod rmsnorm;
+pub mod swiglu;
