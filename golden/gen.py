@@ -26,7 +26,13 @@ import sys
 import torch
 import transformers
 from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP, Qwen2RMSNorm
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2Attention,
+    Qwen2MLP,
+    Qwen2RMSNorm,
+    Qwen2RotaryEmbedding,
+    apply_rotary_pos_emb,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synth  # noqa: E402
@@ -232,6 +238,47 @@ def swiglu_goldens(preset, config, out):
             out[f"swiglu.{dname}.y.torch"] = torch_mlp.act_fn(gate) * up
 
 
+def rope_positions(config):
+    """Positions from the start to the model's last one, out of order, with 15962 (whose angle bf16
+    cannot hold: it rounds to 15936 or 15968) where the model reaches it."""
+    last = config.max_position_embeddings - 1
+    positions = [0, 1, last, 7, 100, last // 2 + 3, last - 1, 15962 if last >= 15962 else last // 4]
+    assert len(positions) == TOKENS and max(positions) <= last
+    return positions
+
+
+def rope_goldens(preset, config, out):
+    """Qwen2RotaryEmbedding (cos/sin from FP32 angles, cast to the activation dtype) and
+    apply_rotary_pos_emb on q [T, heads, head_dim] and k [T, kv_heads, head_dim], at positions up to
+    the model's maximum; q and k carry VibeThinker layer-0 magnitudes (|q| ~ 116, |k| ~ 405) in a few
+    heads. Stored in our layout [T, heads, head_dim]; transformers works on [1, heads, T, head_dim].
+    The truth is the same modules on float64 q and k: transformers computes the angles in FP32 even
+    then (its forward forces float32), so the truth is exact for FP32 angles."""
+    heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    positions = torch.tensor([rope_positions(config)], dtype=torch.int64)
+    q_bf16 = synth_tensor(f"golden.{preset}.rope.q", (TOKENS, heads, head_dim), 2.0 / UNIT_STD).float()
+    k_bf16 = synth_tensor(f"golden.{preset}.rope.k", (TOKENS, kv_heads, head_dim), 2.0 / UNIT_STD).float()
+    q_bf16[:, 0, 3] = 116.0
+    k_bf16[:, 0, head_dim // 2 + 3] = -405.0
+    q_bf16, k_bf16 = q_bf16.to(torch.bfloat16), k_bf16.to(torch.bfloat16)
+    rotary = Qwen2RotaryEmbedding(config)
+    out["rope.positions"] = positions[0].to(torch.int32)
+    out["rope.inv_freq"] = rotary.inv_freq.float()
+    for dname, dtype in DTYPES.items():
+        q, k = q_bf16.to(dtype), k_bf16.to(dtype)
+        out[f"rope.{dname}.q"] = q
+        out[f"rope.{dname}.k"] = k
+        for kind, qq, kk in (("truth", q.to(torch.float64), k.to(torch.float64)), ("torch", q, k)):
+            q_hf, k_hf = qq.transpose(0, 1)[None], kk.transpose(0, 1)[None]  # [1, heads, T, head_dim]
+            cos, sin = rotary(q_hf, positions)
+            q_embed, k_embed = apply_rotary_pos_emb(q_hf, k_hf, cos, sin)
+            out[f"rope.{dname}.q_embed.{kind}"] = q_embed[0].transpose(0, 1)
+            out[f"rope.{dname}.k_embed.{kind}"] = k_embed[0].transpose(0, 1)
+            if kind == "truth":
+                out["rope.cos"] = cos[0].float()  # FP32 values (exact in float64)
+                out["rope.sin"] = sin[0].float()
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -260,6 +307,7 @@ def main():
         recorded = {}
         linear_goldens(preset, config, tensors, recorded)
         swiglu_goldens(preset, config, tensors)
+        rope_goldens(preset, config, tensors)
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")

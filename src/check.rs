@@ -8,13 +8,14 @@
 //!   on inputs with the models' hazards (a few channels in the thousands, values near zero).
 //! - `cpu`: also the CPU references against their hand-computed cases.
 
-use crate::golden::metrics::{compare, Comparison, Tolerance};
+use crate::golden::metrics::{compare, compare_scaled, Comparison, Tolerance};
 use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::ops::rmsnorm as rms_op;
 use crate::reference::linear::{abs_dot_bound, linear};
 use crate::reference::rmsnorm as rms_ref;
+use crate::reference::rope::{error_scale, rope};
 use crate::reference::swiglu::swiglu;
 use crate::{DType, DeviceTensor, Gpu, HostTensor, Result};
 
@@ -150,17 +151,18 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
         let hidden = cfg.hidden_size;
         for dtype in DType::ALL {
             let name = |op: &str, t: &str| format!("{op}.{dtype}.{t}");
-            let mut row = |op: &str, tolerance: Tolerance, ours: &HostTensor, truth: &str, torch: &str| -> Result<()> {
-                let truth = in_range(dtype, file.tensor(&name(op, truth))?.values);
-                let torch = file.host(&name(op, torch))?;
+            // One row: `ours` against `<op>.<dtype>.<output>.truth`, PyTorch's `.torch` beside it.
+            let mut row = |label: &str, op: &str, output: &str, tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
+                let truth = in_range(dtype, file.tensor(&name(op, &format!("{output}.truth")))?.values);
+                let torch = file.host(&name(op, &format!("{output}.torch")))?;
                 out.push(Row {
-                    op: op.to_string(),
+                    op: label.to_string(),
                     case: cfg.name.to_string(),
                     dtype,
                     against: "pytorch f64",
                     tolerance,
-                    comparison: compare(ours.data(), &truth, tolerance),
-                    pytorch: Some(compare(torch.data(), &truth, tolerance)),
+                    comparison: compare_scaled(ours.data(), &truth, tolerance, scale),
+                    pytorch: Some(compare_scaled(torch.data(), &truth, tolerance, scale)),
                 });
                 Ok(())
             };
@@ -169,7 +171,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let w = file.host(&name("rmsnorm", "weight"))?;
             let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
             let y = run_rmsnorm(gpu, &x, &w, eps)?;
-            row("rmsnorm", table::rmsnorm(dtype, hidden, max_w), &y, "y.truth", "y.torch")?;
+            row("rmsnorm", "rmsnorm", "y", table::rmsnorm(dtype, hidden, max_w), &y, None)?;
 
             let op = "add_rmsnorm";
             let x = file.host(&name(op, "x"))?;
@@ -177,13 +179,24 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let w = file.host(&name(op, "weight"))?;
             let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
             let (res, y) = run_add_rmsnorm(gpu, &x, &residual, &w, eps)?;
-            row(op, table::add_rmsnorm(dtype, hidden, max_w), &y, "y.truth", "y.torch")?;
+            row(op, op, "y", table::add_rmsnorm(dtype, hidden, max_w), &y, None)?;
+            // Its own row: the residual stream the next layer reads.
+            row("add_rmsnorm.residual", op, "residual_out", table::residual_add(dtype), &res, None)?;
+
             // Linear layers and SwiGLU: the CPU reference only until their kernels exist.
             if gpu.is_none() {
                 let gate = file.host(&name("swiglu", "gate"))?;
                 let up = file.host(&name("swiglu", "up"))?;
                 let max_up = up.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-                row("swiglu", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, "y.truth", "y.torch")?;
+                row("swiglu", "swiglu", "y", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, None)?;
+
+                let positions: Vec<i32> = file.tensor("rope.positions")?.values.iter().map(|&p| p as i32).collect();
+                for which in ["q", "k"] {
+                    let x = file.host(&name("rope", which))?;
+                    let ours = rope(&x, &positions, cfg.rope_theta, cfg.max_position_embeddings)?;
+                    let scale = error_scale(&x);
+                    row(&format!("rope.{which}"), "rope", &format!("{which}_embed"), table::rope(dtype), &ours, Some(&scale))?;
+                }
 
                 for proj in ["q_proj", "k_proj", "o_proj"] {
                     let x = file.host(&name(proj, "x"))?;
@@ -194,23 +207,9 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                     let y = linear(&x, &w, b.as_ref())?;
                     let max_abs_dot = abs_dot_bound(&x, &w, b.as_ref())?.into_iter().fold(0f32, f32::max);
                     let in_features = *x.dims().last().unwrap();
-                    row(proj, table::linear(dtype, in_features, max_abs_dot), &y, "y.truth", "y.torch")?;
+                    row(proj, proj, "y", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
                 }
             }
-
-            // Reported as its own row: the residual stream the next layer reads.
-            let truth = in_range(dtype, file.tensor(&name(op, "residual_out.truth"))?.values);
-            let torch = file.host(&name(op, "residual_out.torch"))?;
-            let tol = table::residual_add(dtype);
-            out.push(Row {
-                op: "add_rmsnorm.residual".into(),
-                case: cfg.name.into(),
-                dtype,
-                against: "pytorch f64",
-                tolerance: tol,
-                comparison: compare(res.data(), &truth, tol),
-                pytorch: Some(compare(torch.data(), &truth, tol)),
-            });
         }
     }
     Ok(out)

@@ -2,12 +2,14 @@
 //! references with known kinds of bug fail them.
 
 use qwen_kernels::check::golden_rows;
-use qwen_kernels::golden::metrics::compare;
+use qwen_kernels::golden::metrics::{compare, Tolerance};
 use qwen_kernels::golden::tolerance::table;
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::Qwen2Config;
 use qwen_kernels::check::in_range;
 use qwen_kernels::reference::linear::{abs_dot_bound, linear};
+use qwen_kernels::golden::metrics::compare_scaled;
+use qwen_kernels::reference::rope::{cos_sin, error_scale, inv_freq};
 use qwen_kernels::reference::swiglu::silu;
 use qwen_kernels::{DType, Error, HostTensor};
 
@@ -31,7 +33,7 @@ fn golden_files_say_how_they_were_made() {
 #[test]
 fn cpu_references_pass_every_golden() {
     let rows = golden_rows(None).unwrap();
-    assert_eq!(rows.len(), 2 * 3 * 7, "2 models x 3 dtypes x (3 RMSNorm outputs + 3 projections + SwiGLU)");
+    assert_eq!(rows.len(), 2 * 3 * 9, "2 models x 3 dtypes x (3 RMSNorm outputs, 3 projections, SwiGLU, RoPE q and k)");
     for r in &rows {
         assert!(r.comparison.passed(), "{} {} {}: {}", r.op, r.case, r.dtype, r.comparison);
         // PyTorch's own output at that dtype passes the same tolerance: it is not tighter than the
@@ -167,6 +169,84 @@ fn broken_swiglu_fails_the_goldens() {
             assert!(!broken_swiglu(model, dtype, "none"), "{model} {dtype}: unbroken must pass");
             assert!(broken_swiglu(model, dtype, "act on up"), "{model} {dtype}");
             assert!(broken_swiglu(model, dtype, "sigmoid for silu"), "{model} {dtype}");
+        }
+    }
+}
+
+#[test]
+fn rope_tables_match_transformers() {
+    for cfg in Qwen2Config::presets() {
+        let f = GoldenFile::open(cfg.name, "ops").unwrap();
+        let golden_inv: Vec<f32> = f.tensor("rope.inv_freq").unwrap().values_f32();
+        // inv_freq = 1 / theta^(2i/d) in FP32: bit for bit.
+        let ours = inv_freq(cfg.rope_theta, cfg.head_dim);
+        assert_eq!(ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), golden_inv.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}", cfg.name);
+        // cos/sin of the FP32 angles, up to the last position: within 2 FP32 ulps of PyTorch's.
+        let positions: Vec<i32> = f.tensor("rope.positions").unwrap().values.iter().map(|&p| p as i32).collect();
+        assert_eq!(*positions.iter().max().unwrap() as usize, cfg.max_position_embeddings - 1);
+        let (cos, sin) = cos_sin(&positions, &ours);
+        for (ours, theirs) in [(cos, "rope.cos"), (sin, "rope.sin")] {
+            let golden = f.tensor(theirs).unwrap().values;
+            let c = compare(&ours, &golden, Tolerance { atol: 2.0 * f32::EPSILON, rtol: 0.0 });
+            assert!(c.passed(), "{} {theirs}: {c}", cfg.name);
+        }
+    }
+}
+
+/// RoPE of the golden q with a deliberate bug; true if the golden rejects it.
+fn broken_rope(model: &str, dtype: DType, bug: &str) -> bool {
+    let cfg = Qwen2Config::preset(model).unwrap();
+    let f = GoldenFile::open(model, "ops").unwrap();
+    let x = f.host(&format!("rope.{dtype}.q")).unwrap();
+    let truth = f.tensor(&format!("rope.{dtype}.q_embed.truth")).unwrap().values;
+    let mut positions: Vec<i32> = f.tensor("rope.positions").unwrap().values.iter().map(|&p| p as i32).collect();
+    if bug == "position stuck at 0" {
+        positions.fill(0);
+    }
+    let freqs = inv_freq(cfg.rope_theta, cfg.head_dim);
+    let (mut cos, mut sin) = cos_sin(&positions, &freqs);
+    if bug == "bf16 angles" {
+        // Angles rounded to bf16 before cos/sin (a bf16 angle table).
+        let half = cfg.head_dim / 2;
+        for (t, &p) in positions.iter().enumerate() {
+            for i in 0..cfg.head_dim {
+                let angle = DType::BF16.round(p as f32 * freqs[i % half]);
+                cos[t * cfg.head_dim + i] = angle.cos();
+                sin[t * cfg.head_dim + i] = angle.sin();
+            }
+        }
+    }
+    let (d, half) = (cfg.head_dim, cfg.head_dim / 2);
+    let mut y = Vec::new();
+    for (t, token) in x.data().chunks(x.dims()[1] * d).enumerate() {
+        for head in token.chunks(d) {
+            for i in 0..d {
+                let (partner, sign) = match bug {
+                    // GPT-J style: pairs (2j, 2j + 1) instead of (i, i + d/2).
+                    "interleaved pairs" => (i ^ 1, if i % 2 == 0 { -1.0 } else { 1.0 }),
+                    _ => ((i + half) % d, if i < half { -1.0 } else { 1.0 }),
+                };
+                let a = dtype.round(head[i] * dtype.round(cos[t * d + i]));
+                let b = dtype.round(sign * head[partner] * dtype.round(sin[t * d + i]));
+                y.push(dtype.round(a + b));
+            }
+        }
+    }
+    !compare_scaled(&y, &truth, table::rope(dtype), Some(&error_scale(&x))).passed()
+}
+
+#[test]
+fn broken_rope_fails_the_goldens() {
+    for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
+        for dtype in DType::ALL {
+            assert!(!broken_rope(model, dtype, "none"), "{model} {dtype}: unbroken must pass");
+            assert!(broken_rope(model, dtype, "position stuck at 0"), "{model} {dtype}");
+            assert!(broken_rope(model, dtype, "interleaved pairs"), "{model} {dtype}");
+        }
+        // A bf16 angle is off by up to 16 rad at position 15962 (Qwen2.5) or 8 rad near 4095:
+        // visible in every storage dtype.
+        for dtype in DType::ALL {
+            assert!(broken_rope(model, dtype, "bf16 angles"), "{model} {dtype}");
         }
     }
 }

@@ -59,9 +59,17 @@ impl fmt::Display for Comparison {
     }
 }
 
-/// Compare elementwise. Lengths must match (a mismatch counts every element as failed).
-/// `expected` may be f32 (a reference) or f64 (a float64 truth).
+/// Compare elementwise: element i passes if |actual - expected| <= atol + rtol * |expected|.
+/// Lengths must match (a mismatch counts every element as failed). `expected` may be f32 (a
+/// reference) or f64 (a float64 truth).
 pub fn compare<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Tolerance) -> Comparison {
+    compare_scaled(actual, expected, tol, None)
+}
+
+/// As `compare`, with element i allowed atol * scale[i] + rtol * |expected[i]|: for outputs whose
+/// absolute error is proportional to the size of their inputs rather than of the output itself
+/// (a rotation of two values, a sum whose terms cancel).
+pub fn compare_scaled<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Tolerance, scale: Option<&[f32]>) -> Comparison {
     let mut c = Comparison {
         len: expected.len(),
         max_abs_err: 0.0,
@@ -74,7 +82,7 @@ pub fn compare<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Toleran
         cosine: 1.0,
     };
     let (mut diff_sq, mut exp_sq, mut act_sq, mut dot) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    if actual.len() != expected.len() {
+    if actual.len() != expected.len() || scale.is_some_and(|s| s.len() != expected.len()) {
         c.failures = actual.len().max(expected.len());
         c.max_tolerance_used = f64::INFINITY;
         return c;
@@ -99,7 +107,8 @@ pub fn compare<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Toleran
         dot += a * e;
         let abs = (a - e).abs();
         let rel = if e != 0.0 { abs / e.abs() } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
-        let allowed = tol.atol as f64 + tol.rtol as f64 * e.abs();
+        let atol = tol.atol as f64 * scale.map_or(1.0, |s| s[i] as f64);
+        let allowed = atol + tol.rtol as f64 * e.abs();
         let used = if allowed > 0.0 { abs / allowed } else if abs == 0.0 { 0.0 } else { f64::INFINITY };
         c.max_abs_err = c.max_abs_err.max(abs);
         c.max_rel_err = c.max_rel_err.max(rel);

@@ -98,6 +98,16 @@ pub mod table {
         vs_truth(dtype, Roundings { storage: 2, fp32_reduction: 0, gain: max_abs_up })
     }
 
+    /// apply_rotary_pos_emb: out_i = T(T(x_i T(c_i)) + T(+-x_j T(s_i))): the roundings of cos, sin
+    /// and the two products act on |x_i| + |x_j| (2 u_T each side), the sum's on |out_i| (u_T).
+    /// Used with `compare_scaled` and scale_i = |x_i| + |x_j|; the FP32 cos/sin differ from
+    /// PyTorch's by a few u32 (4 u32 of atol).
+    pub fn rope(dtype: DType) -> Tolerance {
+        let u = super::unit_roundoff(dtype);
+        let u32_ = super::unit_roundoff(DType::F32);
+        Tolerance { atol: 2.0 * u + 4.0 * u32_, rtol: u }
+    }
+
     /// `residual + hidden_states` in the storage dtype: 1 rounding.
     pub fn residual_add(dtype: DType) -> Tolerance {
         vs_truth(dtype, Roundings { storage: 1, fp32_reduction: 0, gain: 1.0 })

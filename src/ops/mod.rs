@@ -4,6 +4,7 @@
 
 pub mod gemm;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 /// Threads for a one-block-per-row kernel: `items` work items rounded up to whole warps, at most 1024.

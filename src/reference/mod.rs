@@ -5,4 +5,5 @@
 
 pub mod linear;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
