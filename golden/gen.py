@@ -32,7 +32,9 @@ from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2RMSNorm,
     Qwen2RotaryEmbedding,
     apply_rotary_pos_emb,
+    eager_attention_forward,
 )
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synth  # noqa: E402
@@ -279,6 +281,68 @@ def rope_goldens(preset, config, out):
                 out["rope.sin"] = sin[0].float()
 
 
+# (label, new tokens T, context length S): queries are the last T of S positions, causal.
+ATTENTION_CASES = [
+    ("prefill16", 16, 16),  # a prompt, no cache
+    ("chunk5of40", 5, 40),  # a prompt chunk after 35 cached tokens
+    ("decode1", 1, 1),      # first decode step
+    ("decode37", 1, 37),
+    ("decode300", 1, 300),
+]
+
+# VibeThinker layer 0: |q| up to about 116 and |k| up to about 405. Eight aligned dimensions give
+# q.k = 8 * 116 * 405 = 375840, past FP16's 65504 before scaling; scaled by 128^-0.5 it is 33226.
+STRESS_DIMS, STRESS_Q, STRESS_K = 8, 116.0, 405.0
+
+
+def attention_goldens(preset, config, out):
+    """Attention as Qwen2Attention computes it: transformers' eager_attention_forward (q k^T in the
+    storage dtype, scaled, additive causal mask, softmax in FP32, cast, p v) on given q [T, H, D]
+    and k, v [S, KV, D] (after RoPE), and the SDPA path transformers uses by default. The truth is
+    eager attention in float64. Stored in our layouts; transformers works on [1, heads, tokens, D].
+
+    Every case has an attention sink: key 0 aligned with every query, so the first token takes
+    most of the weight, as in trained models. VibeThinker also gets `stress8`, its layer-0
+    magnitudes, where PyTorch's eager FP16 attention overflows (asserted below)."""
+    heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    scaling = head_dim ** -0.5
+    cases = list(ATTENTION_CASES) + ([("stress8", 8, 8)] if preset == "vibethinker-1.5b" else [])
+    for label, tokens, context in cases:
+        q = synth_tensor(f"golden.{preset}.attention.{label}.q", (tokens, heads, head_dim), 1.5 / UNIT_STD).float()
+        k = synth_tensor(f"golden.{preset}.attention.{label}.k", (context, kv_heads, head_dim), 1.5 / UNIT_STD).float()
+        v = synth_tensor(f"golden.{preset}.attention.{label}.v", (context, kv_heads, head_dim), 1.0 / UNIT_STD).float()
+        sink = torch.where(torch.arange(head_dim) % 2 == 0, 1.0, -1.0)
+        k[0] += 4.0 * sink
+        q += 0.5 * sink
+        if label == "stress8":
+            q[:, :, :STRESS_DIMS] = STRESS_Q * sink[:STRESS_DIMS]
+            k[:, :, :STRESS_DIMS] = STRESS_K * sink[:STRESS_DIMS]
+        q, k, v = q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
+        # Query i sits at position context - tokens + i and sees keys 0 ..= that position.
+        masked = torch.arange(context)[None, :] > (context - tokens + torch.arange(tokens))[:, None]
+        for dname, dtype in DTYPES.items():
+            qd, kd, vd = q.to(dtype), k.to(dtype), v.to(dtype)
+            key = f"attention.{label}.{dname}"
+            out[f"{key}.q"], out[f"{key}.k"], out[f"{key}.v"] = qd, kd, vd
+            for kind, run_dtype in (("truth", torch.float64), ("torch", dtype)):
+                module = Qwen2Attention(config, layer_idx=0).to(run_dtype).eval()
+                mask = torch.zeros(tokens, context, dtype=run_dtype).masked_fill(masked, torch.finfo(run_dtype).min)
+                hf = lambda t: t.to(run_dtype).transpose(0, 1)[None]  # noqa: E731  [1, heads, tokens, D]
+                with torch.no_grad():
+                    o, _ = eager_attention_forward(module, hf(qd), hf(kd), hf(vd), mask[None, None], scaling=scaling)
+                    out[f"{key}.o.{kind}"] = o[0]  # eager returns [1, tokens, heads, D]
+                    if kind == "torch":
+                        o, _ = sdpa_attention_forward(module, hf(qd), hf(kd), hf(vd), mask[None, None], scaling=scaling)
+                        out[f"{key}.o.sdpa"] = o[0]
+            if label == "stress8":
+                eager_finite = bool(torch.isfinite(out[f"{key}.o.torch"]).all())
+                if dname == "f16":
+                    assert not eager_finite, "the stress case must overflow PyTorch's eager FP16 attention"
+                else:
+                    assert eager_finite, f"stress8 {dname}: eager attention should stay finite"
+                assert bool(torch.isfinite(out[f"{key}.o.truth"]).all())
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -308,6 +372,7 @@ def main():
         linear_goldens(preset, config, tensors, recorded)
         swiglu_goldens(preset, config, tensors)
         rope_goldens(preset, config, tensors)
+        attention_goldens(preset, config, tensors)
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")

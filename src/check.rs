@@ -13,6 +13,7 @@ use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::ops::rmsnorm as rms_op;
+use crate::reference::attention::{attention, error_scale as attention_error_scale};
 use crate::reference::linear::{abs_dot_bound, linear};
 use crate::reference::rmsnorm as rms_ref;
 use crate::reference::rope::{error_scale, rope};
@@ -128,6 +129,10 @@ fn run_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, eps: f32) -> R
     dy.to_host(gpu)
 }
 
+/// Attention goldens in `ops.safetensors` (golden/gen.py's ATTENTION_CASES, and VibeThinker's
+/// layer-0 stress case).
+pub const ATTENTION_CASES: [&str; 6] = ["prefill16", "chunk5of40", "decode1", "decode37", "decode300", "stress8"];
+
 /// A float64 truth as the storage dtype can hold it: values past the dtype's largest finite value
 /// become the infinity they round to (f16 holds nothing above 65504: 300 * 300 is inf there, and
 /// inf is the right answer); everything else is left exact.
@@ -151,10 +156,11 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
         let hidden = cfg.hidden_size;
         for dtype in DType::ALL {
             let name = |op: &str, t: &str| format!("{op}.{dtype}.{t}");
-            // One row: `ours` against `<op>.<dtype>.<output>.truth`, PyTorch's `.torch` beside it.
-            let mut row = |label: &str, op: &str, output: &str, tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
+            // One row: `ours` against `<op>.<dtype>.<output>.truth`, PyTorch's `.<peer>` beside it
+            // (`torch`: the module at that dtype; `sdpa`: transformers' SDPA attention path).
+            let mut row = |label: &str, op: &str, output: &str, peer: &str, tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
                 let truth = in_range(dtype, file.tensor(&name(op, &format!("{output}.truth")))?.values);
-                let torch = file.host(&name(op, &format!("{output}.torch")))?;
+                let torch = file.host(&name(op, &format!("{output}.{peer}")))?;
                 out.push(Row {
                     op: label.to_string(),
                     case: cfg.name.to_string(),
@@ -171,7 +177,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let w = file.host(&name("rmsnorm", "weight"))?;
             let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
             let y = run_rmsnorm(gpu, &x, &w, eps)?;
-            row("rmsnorm", "rmsnorm", "y", table::rmsnorm(dtype, hidden, max_w), &y, None)?;
+            row("rmsnorm", "rmsnorm", "y", "torch", table::rmsnorm(dtype, hidden, max_w), &y, None)?;
 
             let op = "add_rmsnorm";
             let x = file.host(&name(op, "x"))?;
@@ -179,23 +185,36 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let w = file.host(&name(op, "weight"))?;
             let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
             let (res, y) = run_add_rmsnorm(gpu, &x, &residual, &w, eps)?;
-            row(op, op, "y", table::add_rmsnorm(dtype, hidden, max_w), &y, None)?;
+            row(op, op, "y", "torch", table::add_rmsnorm(dtype, hidden, max_w), &y, None)?;
             // Its own row: the residual stream the next layer reads.
-            row("add_rmsnorm.residual", op, "residual_out", table::residual_add(dtype), &res, None)?;
+            row("add_rmsnorm.residual", op, "residual_out", "torch", table::residual_add(dtype), &res, None)?;
 
             // Linear layers and SwiGLU: the CPU reference only until their kernels exist.
             if gpu.is_none() {
                 let gate = file.host(&name("swiglu", "gate"))?;
                 let up = file.host(&name("swiglu", "up"))?;
                 let max_up = up.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-                row("swiglu", "swiglu", "y", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, None)?;
+                row("swiglu", "swiglu", "y", "torch", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, None)?;
 
                 let positions: Vec<i32> = file.tensor("rope.positions")?.values.iter().map(|&p| p as i32).collect();
                 for which in ["q", "k"] {
                     let x = file.host(&name("rope", which))?;
                     let ours = rope(&x, &positions, cfg.rope_theta, cfg.max_position_embeddings)?;
                     let scale = error_scale(&x);
-                    row(&format!("rope.{which}"), "rope", &format!("{which}_embed"), table::rope(dtype), &ours, Some(&scale))?;
+                    row(&format!("rope.{which}"), "rope", &format!("{which}_embed"), "torch", table::rope(dtype), &ours, Some(&scale))?;
+                }
+
+                // Attention: against the float64 eager truth; PyTorch's column is transformers'
+                // default SDPA path (its eager FP16 path overflows on the stress case).
+                for case in ATTENTION_CASES {
+                    let key = |t: &str| format!("attention.{case}.{dtype}.{t}");
+                    if !file.has(&key("q")) {
+                        continue;
+                    }
+                    let (q, k, v) = (file.host(&key("q"))?, file.host(&key("k"))?, file.host(&key("v"))?);
+                    let scale = attention_error_scale(&q, &k, &v)?;
+                    let op = format!("attention.{case}");
+                    row(&op, &op, "o", "sdpa", table::attention(dtype), &attention(&q, &k, &v)?, Some(&scale))?;
                 }
 
                 for proj in ["q_proj", "k_proj", "o_proj"] {
@@ -207,7 +226,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                     let y = linear(&x, &w, b.as_ref())?;
                     let max_abs_dot = abs_dot_bound(&x, &w, b.as_ref())?.into_iter().fold(0f32, f32::max);
                     let in_features = *x.dims().last().unwrap();
-                    row(proj, proj, "y", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
+                    row(proj, proj, "y", "torch", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
                 }
             }
         }

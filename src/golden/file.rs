@@ -73,6 +73,11 @@ impl GoldenFile {
         Error::Golden { path: self.path.display().to_string(), detail, model: self.model.clone() }
     }
 
+    /// Whether the file holds tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        SafeTensors::deserialize(&self.bytes).is_ok_and(|st| st.tensor(name).is_ok())
+    }
+
     /// Tensor `name` as f64 values.
     pub fn tensor(&self, name: &str) -> Result<GoldenTensor> {
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;

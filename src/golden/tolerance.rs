@@ -108,6 +108,13 @@ pub mod table {
         Tolerance { atol: 2.0 * u + 4.0 * u32_, rtol: u }
     }
 
+    /// Attention with FP32 logits and softmax (`reference::attention`): one rounding of the output
+    /// (rtol u_T); the FP32 error, proportional to the logits' and v's sizes, goes through
+    /// `compare_scaled` with `reference::attention::error_scale` (in units of u32, so atol = u32).
+    pub fn attention(dtype: DType) -> Tolerance {
+        Tolerance { atol: super::unit_roundoff(DType::F32), rtol: super::unit_roundoff(dtype) }
+    }
+
     /// `residual + hidden_states` in the storage dtype: 1 rounding.
     pub fn residual_add(dtype: DType) -> Tolerance {
         vs_truth(dtype, Roundings { storage: 1, fp32_reduction: 0, gain: 1.0 })

@@ -1,0 +1,80 @@
+//! GQA attention with FP32 logits and softmax, on the CPU: the crate's attention contract.
+//!
+//! transformers' eager path (eager_attention_forward) computes `matmul(q, k^T)` in the storage
+//! dtype (rounded, unscaled: FP16 overflows there), scales, adds the mask, softmaxes in FP32, casts
+//! back and multiplies by v in the storage dtype. This reference keeps every intermediate in FP32
+//! instead, as our kernels do, rounding once at the end:
+//! ```text
+//! logit[s] = f32(sum_i q_i k_si) * head_dim^-0.5          for s <= position(t)   (sum exact in f64)
+//! p[s]     = exp(logit[s] - max) / sum_s exp(...)          (FP32; the sum exact in f64)
+//! o_d      = T(f32(sum_s p[s] v_sd))
+//! ```
+
+use crate::error::Result;
+use crate::ops::attention::check;
+use crate::tensor::HostTensor;
+
+/// o [T, heads, head_dim] of q [T, heads, D] against k, v [S, kv_heads, D], causal.
+pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<HostTensor> {
+    let d = check(q.layout(), k.layout(), v.layout())?;
+    let dtype = q.dtype();
+    let scale = (d.head_dim as f64).powf(-0.5) as f32;
+    let (qd, kd, vd) = (q.data(), k.data(), v.data());
+    let kv_row = d.kv_heads * d.head_dim;
+    let mut out = Vec::with_capacity(qd.len());
+    let mut logits = vec![0f32; d.context];
+    for t in 0..d.tokens {
+        let visible = d.context - d.tokens + t + 1;
+        for h in 0..d.heads {
+            let kvh = h / d.group();
+            let qv = &qd[(t * d.heads + h) * d.head_dim..][..d.head_dim];
+            for (s, l) in logits[..visible].iter_mut().enumerate() {
+                let kv = &kd[s * kv_row + kvh * d.head_dim..][..d.head_dim];
+                let dot: f64 = qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum();
+                *l = dot as f32 * scale;
+            }
+            let max = logits[..visible].iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+            for l in &mut logits[..visible] {
+                *l = (*l - max).exp();
+            }
+            let sum = logits[..visible].iter().map(|&e| e as f64).sum::<f64>() as f32;
+            for i in 0..d.head_dim {
+                let acc: f64 = (0..visible).map(|s| (logits[s] / sum) as f64 * vd[s * kv_row + kvh * d.head_dim + i] as f64).sum();
+                out.push(dtype.round(acc as f32));
+            }
+        }
+    }
+    HostTensor::from_f32(dtype, q.dims(), out)
+}
+
+/// Per output element, the scale of FP32 attention's absolute error, in units of u32 (2^-24):
+/// with L the largest scaled |logit| bound of the row (sum_i |q_i k_si| / sqrt(D)) and V_d the
+/// largest |v_sd| over visible keys, logits err by at most (D + 2) u32 L, the softmax turns that
+/// into at most twice as much relative error in each p (plus (S + 8) u32 for exp, sum, divide),
+/// and p v adds (S + 2) u32 V_d: |error| <= u32 V_d (2 (D + 2) L + 3 S + 12).
+pub fn error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<Vec<f32>> {
+    let d = check(q.layout(), k.layout(), v.layout())?;
+    let scale = (d.head_dim as f64).powf(-0.5);
+    let kv_row = d.kv_heads * d.head_dim;
+    let (qd, kd, vd) = (q.data(), k.data(), v.data());
+    let mut out = Vec::with_capacity(qd.len());
+    for t in 0..d.tokens {
+        let visible = d.context - d.tokens + t + 1;
+        for h in 0..d.heads {
+            let kvh = h / d.group();
+            let qv = &qd[(t * d.heads + h) * d.head_dim..][..d.head_dim];
+            let l = (0..visible)
+                .map(|s| {
+                    let kv = &kd[s * kv_row + kvh * d.head_dim..][..d.head_dim];
+                    qv.iter().zip(kv).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * scale
+                })
+                .fold(0f64, f64::max);
+            for i in 0..d.head_dim {
+                let v_max = (0..visible).map(|s| vd[s * kv_row + kvh * d.head_dim + i].abs() as f64).fold(0f64, f64::max);
+                let factor = 2.0 * (d.head_dim as f64 + 2.0) * l + 3.0 * visible as f64 + 12.0;
+                out.push((v_max * factor) as f32);
+            }
+        }
+    }
+    Ok(out)
+}
