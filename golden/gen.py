@@ -343,6 +343,38 @@ def attention_goldens(preset, config, out):
                 assert bool(torch.isfinite(out[f"{key}.o.truth"]).all())
 
 
+# Token ids the tokenizer can produce; embedding rows past it are padding (never trained).
+REAL_VOCAB = 151665
+
+
+def lm_head_goldens(preset, config, out, recorded):
+    """The tied lm_head of Qwen2ForCausalLM (its `nn.Linear(hidden, vocab, bias=False)`, sharing the
+    embedding's weight when tie_word_embeddings) on one final-normed hidden state, and torch.argmax of its logits bounded by
+    the real vocabulary. The embedding's real rows and its padded rows are two synth tensors; the
+    padded rows are drawn 25 times larger, so their logits beat every real logit (asserted): an
+    unbounded argmax picks a padded id. Logits truths are stored as float32 (one rounding of the
+    float64 value: 2^-24 relative, far inside every tolerance) to keep the files small."""
+    hidden, vocab = config.hidden_size, config.vocab_size
+    real = synth_weight(f"golden.{preset}.embed_tokens.real", (REAL_VOCAB, hidden), 0.02 / UNIT_STD, recorded)
+    padded = synth_weight(f"golden.{preset}.embed_tokens.padded", (vocab - REAL_VOCAB, hidden), 0.5 / UNIT_STD, recorded)
+    weight = torch.cat([real, padded])
+    x_bf16 = synth_tensor(f"golden.{preset}.lm_head.x", (1, hidden), 1.0 / UNIT_STD)
+    for dname, dtype in DTYPES.items():
+        x = x_bf16.to(dtype)
+        out[f"lm_head.{dname}.x"] = x
+        for kind, run_dtype in (("truth", torch.float64), ("torch", dtype)):
+            lm_head = torch.nn.Linear(hidden, vocab, bias=False).to(run_dtype)
+            with torch.no_grad():
+                lm_head.weight.copy_(weight.to(dtype).to(run_dtype))
+                logits = lm_head(x.to(run_dtype))
+            out[f"lm_head.{dname}.logits.{kind}"] = logits.float() if kind == "truth" else logits
+            bounded = torch.argmax(logits[:, :REAL_VOCAB], dim=-1)
+            unbounded = torch.argmax(logits, dim=-1)
+            assert int(unbounded[0]) >= REAL_VOCAB, "padded rows must beat every real logit"
+            out[f"argmax.{dname}.index.{kind}"] = bounded.to(torch.int32)
+            out[f"argmax.{dname}.unbounded.{kind}"] = unbounded.to(torch.int32)
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -373,6 +405,7 @@ def main():
         swiglu_goldens(preset, config, tensors)
         rope_goldens(preset, config, tensors)
         attention_goldens(preset, config, tensors)
+        lm_head_goldens(preset, config, tensors, recorded)
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")

@@ -13,6 +13,7 @@ use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::ops::rmsnorm as rms_op;
+use crate::reference::argmax::argmax;
 use crate::reference::attention::{attention, error_scale as attention_error_scale};
 use crate::reference::linear::{abs_dot_bound, linear};
 use crate::reference::rmsnorm as rms_ref;
@@ -154,6 +155,9 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
         let file = GoldenFile::open(cfg.name, "ops")?;
         let eps = cfg.rms_norm_eps;
         let hidden = cfg.hidden_size;
+        // The tied embedding / lm_head weight [vocab, hidden]: regenerated once per model.
+        let lm_head_bf16 = if gpu.is_none() { Some(lm_head_weight(&file, &cfg)?) } else { None };
+        let mut argmax_rows = Vec::new();
         for dtype in DType::ALL {
             let name = |op: &str, t: &str| format!("{op}.{dtype}.{t}");
             // One row: `ours` against `<op>.<dtype>.<output>.truth`, PyTorch's `.<peer>` beside it
@@ -217,6 +221,16 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                     row(&op, &op, "o", "sdpa", table::attention(dtype), &attention(&q, &k, &v)?, Some(&scale))?;
                 }
 
+                // lm_head logits over the whole padded vocabulary, then the bounded argmax.
+                if let Some(w) = &lm_head_bf16 {
+                    let w = HostTensor::from_f32(dtype, w.dims(), w.data().to_vec())?;
+                    let x = file.host(&name("lm_head", "x"))?;
+                    let logits = linear(&x, &w, None)?;
+                    let max_abs_dot = abs_dot_bound(&x, &w, None)?.into_iter().fold(0f32, f32::max);
+                    let tol = table::linear(dtype, hidden, max_abs_dot);
+                    row("lm_head", "lm_head", "logits", "torch", tol, &logits, None)?;
+                    argmax_rows.push(argmax_row(&file, cfg.name, dtype, &logits, cfg.real_vocab_size, tol)?);
+                }
                 for proj in ["q_proj", "k_proj", "o_proj"] {
                     let x = file.host(&name(proj, "x"))?;
                     let w = file.synth_weight(&format!("golden.{}.{proj}.weight", cfg.name))?;
@@ -230,8 +244,39 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                 }
             }
         }
+        out.extend(argmax_rows);
     }
     Ok(out)
+}
+
+/// The tied embedding / lm_head weight [vocab, hidden] as bf16: real rows and padded rows, each
+/// regenerated from its synth recipe in the golden file.
+fn lm_head_weight(file: &GoldenFile, cfg: &Qwen2Config) -> Result<HostTensor> {
+    let real = file.synth_weight(&format!("golden.{}.embed_tokens.real", cfg.name))?;
+    let padded = file.synth_weight(&format!("golden.{}.embed_tokens.padded", cfg.name))?;
+    let mut values = real.into_data();
+    values.extend_from_slice(padded.data());
+    HostTensor::from_f32(DType::BF16, &[cfg.vocab_size, cfg.hidden_size], values)
+}
+
+/// Bounded argmax of our logits against the golden: the index must be a real token, and its
+/// truth logit within two tolerances of the truth's maximum (bf16 logits tie for real: their
+/// ulp is 0.125 between 16 and 32, so the exact index may legitimately differ).
+fn argmax_row(file: &GoldenFile, model: &str, dtype: DType, logits: &HostTensor, n_valid: usize, tol: Tolerance) -> Result<Row> {
+    let ours = argmax(logits, n_valid)?;
+    let truth = file.tensor(&format!("lm_head.{dtype}.logits.truth"))?.values;
+    let truth_index = file.tensor(&format!("argmax.{dtype}.index.truth"))?.values[0] as usize;
+    let twice = Tolerance { atol: 2.0 * tol.atol, rtol: 2.0 * tol.rtol };
+    let mut comparison = match ours[0] {
+        Some((i, _)) if (i as usize) < n_valid => {
+            // The truth's best logit against the truth logit of the token we picked.
+            compare(&[truth[i as usize] as f32], &[truth[truth_index]], twice)
+        }
+        // A NaN row or a padded id: fail.
+        _ => compare(&[f32::NAN], &[truth[truth_index]], twice),
+    };
+    comparison.worst = ours[0].map(|(i, v)| (i as usize, v as f64, truth_index as f64));
+    Ok(Row { op: "argmax".into(), case: model.into(), dtype, against: "pytorch f64", tolerance: twice, comparison, pytorch: None })
 }
 
 /// Each kernel against the CPU reference at the models' shapes.

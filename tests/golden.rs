@@ -36,13 +36,17 @@ fn cpu_references_pass_every_golden() {
     let rows = golden_rows(None).unwrap();
     // 2 models x 3 dtypes x (3 RMSNorm outputs, 3 projections, SwiGLU, RoPE q and k), plus
     // attention: 5 cases x 3 dtypes for Qwen2.5, 6 (with the stress case) x 3 for VibeThinker.
-    assert_eq!(rows.len(), 2 * 3 * 9 + 5 * 3 + 6 * 3);
+    // lm_head and argmax: 2 models x 3 dtypes x 2.
+    assert_eq!(rows.len(), 2 * 3 * 9 + 5 * 3 + 6 * 3 + 2 * 3 * 2);
     for r in &rows {
         assert!(r.comparison.passed(), "{} {} {}: {}", r.op, r.case, r.dtype, r.comparison);
         // Where we round exactly where PyTorch does, PyTorch's own output passes the same
         // tolerance: it is not tighter than the rounding PyTorch itself does. Attention is the
         // exception by design: we keep p and p.v in FP32 and round once, PyTorch's paths round
         // more, so its error may exceed our bound.
+        if r.op == "argmax" {
+            continue; // compared by index, no PyTorch error to set beside ours
+        }
         let p = r.pytorch.as_ref().unwrap();
         if !r.op.starts_with("attention") {
             assert!(p.passed(), "pytorch {} {} {}: {p}", r.op, r.case, r.dtype);
@@ -324,4 +328,25 @@ fn the_stress_golden_records_pytorch_eager_fp16_overflow() {
     let sdpa = f.tensor("attention.stress8.f16.o.sdpa").unwrap().values;
     assert!(sdpa.iter().all(|v| v.is_finite()));
     assert!(f.tensor("attention.stress8.f16.o.truth").unwrap().values.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn unbounded_argmax_picks_a_padded_row() {
+    use qwen_kernels::reference::argmax::argmax;
+    for cfg in Qwen2Config::presets() {
+        let f = GoldenFile::open(cfg.name, "ops").unwrap();
+        for dtype in DType::ALL {
+            // PyTorch's own unbounded argmax lands in the padding, the bounded one does not.
+            let unbounded = f.tensor(&format!("argmax.{dtype}.unbounded.torch")).unwrap().values[0] as usize;
+            let bounded = f.tensor(&format!("argmax.{dtype}.index.torch")).unwrap().values[0] as usize;
+            assert!(unbounded >= cfg.real_vocab_size && bounded < cfg.real_vocab_size, "{} {dtype}", cfg.name);
+            // Our argmax over the stored PyTorch logits: bounded matches torch.argmax, unbounded would
+            // hand out a padded id.
+            let logits = f.host(&format!("lm_head.{dtype}.logits.torch")).unwrap();
+            let ours = argmax(&logits, cfg.real_vocab_size).unwrap()[0].unwrap();
+            assert_eq!(ours.0 as usize, bounded, "{} {dtype}", cfg.name);
+            let all = argmax(&logits, cfg.vocab_size).unwrap()[0].unwrap();
+            assert_eq!(all.0 as usize, unbounded, "{} {dtype}", cfg.name);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Validation of the linear, SwiGLU and RoPE references (shared with their kernels): bad input is a
 //! typed error naming the op and the values.
 
-use qwen_kernels::ops::{gemm, rope, swiglu};
+use qwen_kernels::ops::{argmax, attention, gemm, rope, swiglu};
 use qwen_kernels::{DType, Error, HostTensor, Layout};
 
 fn l(dtype: DType, dims: &[usize]) -> Layout {
@@ -81,4 +81,38 @@ fn rope_reference_rotates_pairs_half_apart() {
     assert_eq!(y.data()[4], 1.0 * c);
     assert_eq!(y.data()[6], 1.0 * s);
     assert_eq!((y.data()[5], y.data()[7]), (0.0, 0.0));
+}
+
+#[test]
+fn argmax_reference_ties_bounds_and_nans() {
+    use qwen_kernels::reference::argmax::argmax as reference;
+    let rows = HostTensor::from_f32(
+        DType::F32,
+        &[4, 5],
+        vec![
+            1.0, 3.0, 3.0, 0.0, 9.0, // tie 1 and 2 -> 1; the 9 sits past n_valid = 4
+            -1.0, -1.0, -1.0, -1.0, -1.0, // all equal -> 0
+            0.0, f32::NAN, 5.0, 0.0, 0.0, // NaN in the valid part -> reported
+            0.0, 0.0, 0.0, 1.0, f32::NAN, // NaN only in the padding -> ignored
+        ],
+    )
+    .unwrap();
+    assert_eq!(reference(&rows, 4).unwrap(), vec![Some((1, 3.0)), Some((0, -1.0)), None, Some((3, 1.0))]);
+    assert!(matches!(reference(&rows, 0), Err(Error::InvalidArgument { op: "argmax", .. })));
+    assert!(matches!(reference(&rows, 6), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(argmax::check(l(DType::F32, &[5]), 3), Err(Error::Shape { .. })));
+}
+
+#[test]
+fn attention_rejects_bad_shapes() {
+    let q = l(DType::BF16, &[4, 14, 64]);
+    let kv = l(DType::BF16, &[10, 2, 64]);
+    let d = attention::check(q, kv, kv).unwrap();
+    assert_eq!((d.tokens, d.context, d.group()), (4, 10, 7));
+    assert!(matches!(attention::check(l(DType::BF16, &[4, 13, 64]), kv, kv), Err(Error::Shape { op: "attention", .. })));
+    assert!(matches!(attention::check(q, l(DType::BF16, &[10, 2, 128]), l(DType::BF16, &[10, 2, 128])), Err(Error::Shape { .. })));
+    assert!(matches!(attention::check(q, l(DType::BF16, &[3, 2, 64]), l(DType::BF16, &[3, 2, 64])), Err(Error::Shape { .. })));
+    assert!(matches!(attention::check(q, kv, l(DType::BF16, &[9, 2, 64])), Err(Error::Shape { .. })));
+    assert!(matches!(attention::check(q, kv, l(DType::F16, &[10, 2, 64])), Err(Error::DType { .. })));
+    assert!(matches!(attention::check(l(DType::BF16, &[4, 896]), kv, kv), Err(Error::Shape { .. })));
 }

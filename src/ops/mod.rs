@@ -2,6 +2,7 @@
 //! returns a typed error naming the op and the values; only then does it launch. The validation
 //! functions are public and pure, so they are also what the CPU references use.
 
+pub mod argmax;
 pub mod attention;
 pub mod gemm;
 pub mod rmsnorm;

@@ -3,6 +3,7 @@
 //! checked against, and are themselves checked against hand-computed cases and PyTorch goldens.
 //! They use the same validation as the kernels, so bad input is an error here too.
 
+pub mod argmax;
 pub mod attention;
 pub mod linear;
 pub mod rmsnorm;

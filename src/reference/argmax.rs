@@ -1,0 +1,31 @@
+//! `torch.argmax(logits[:, :n_valid], dim=-1)`: the first index of the largest value among the
+//! first `n_valid` entries of each row. A row holding a NaN there has no answer: `None` (the
+//! caller is told, never handed an arbitrary index).
+
+use crate::error::Result;
+use crate::ops::argmax::check;
+use crate::tensor::HostTensor;
+
+/// The winning index and value of one row, or `None` if the row's valid part holds a NaN.
+pub type RowMax = Option<(u32, f32)>;
+
+pub fn argmax(logits: &HostTensor, n_valid: usize) -> Result<Vec<RowMax>> {
+    let (_, stride) = check(logits.layout(), n_valid)?;
+    Ok(logits
+        .data()
+        .chunks_exact(stride)
+        .map(|row| {
+            let valid = &row[..n_valid];
+            if valid.iter().any(|v| v.is_nan()) {
+                return None;
+            }
+            let mut best = 0;
+            for (i, &v) in valid.iter().enumerate() {
+                if v > valid[best] {
+                    best = i;
+                }
+            }
+            Some((best as u32, valid[best]))
+        })
+        .collect())
+}
