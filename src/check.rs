@@ -134,6 +134,11 @@ fn run_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, eps: f32) -> R
 /// layer-0 stress case).
 pub const ATTENTION_CASES: [&str; 6] = ["prefill16", "chunk5of40", "decode1", "decode37", "decode300", "stress8"];
 
+/// Largest |v| (0 for an empty slice).
+fn max_abs(values: &[f32]) -> f32 {
+    values.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
 /// A float64 truth as the storage dtype can hold it: values past the dtype's largest finite value
 /// become the infinity they round to (f16 holds nothing above 65504: 300 * 300 is inf there, and
 /// inf is the right answer); everything else is left exact.
@@ -179,7 +184,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
 
             let x = file.host(&name("rmsnorm", "x"))?;
             let w = file.host(&name("rmsnorm", "weight"))?;
-            let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max_w = max_abs(w.data());
             let y = run_rmsnorm(gpu, &x, &w, eps)?;
             row("rmsnorm", "rmsnorm", "y", "torch", table::rmsnorm(dtype, hidden, max_w), &y, None)?;
 
@@ -187,7 +192,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let x = file.host(&name(op, "x"))?;
             let residual = file.host(&name(op, "residual"))?;
             let w = file.host(&name(op, "weight"))?;
-            let max_w = w.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max_w = max_abs(w.data());
             let (res, y) = run_add_rmsnorm(gpu, &x, &residual, &w, eps)?;
             row(op, op, "y", "torch", table::add_rmsnorm(dtype, hidden, max_w), &y, None)?;
             // Its own row: the residual stream the next layer reads.
@@ -197,7 +202,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             if gpu.is_none() {
                 let gate = file.host(&name("swiglu", "gate"))?;
                 let up = file.host(&name("swiglu", "up"))?;
-                let max_up = up.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+                let max_up = max_abs(up.data());
                 row("swiglu", "swiglu", "y", "torch", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, None)?;
 
                 let positions: Vec<i32> = file.tensor("rope.positions")?.values.iter().map(|&p| p as i32).collect();
@@ -226,7 +231,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                     let w = HostTensor::from_f32(dtype, w.dims(), w.data().to_vec())?;
                     let x = file.host(&name("lm_head", "x"))?;
                     let logits = linear(&x, &w, None)?;
-                    let max_abs_dot = abs_dot_bound(&x, &w, None)?.into_iter().fold(0f32, f32::max);
+                    let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, None)?);
                     let tol = table::linear(dtype, hidden, max_abs_dot);
                     row("lm_head", "lm_head", "logits", "torch", tol, &logits, None)?;
                     argmax_rows.push(argmax_row(&file, cfg.name, dtype, &logits, cfg.real_vocab_size, tol)?);
@@ -238,7 +243,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                     let w = HostTensor::from_f32(dtype, &dims, w.into_data())?;
                     let b = file.host(&name(proj, "bias")).ok();
                     let y = linear(&x, &w, b.as_ref())?;
-                    let max_abs_dot = abs_dot_bound(&x, &w, b.as_ref())?.into_iter().fold(0f32, f32::max);
+                    let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, b.as_ref())?);
                     let in_features = *x.dims().last().unwrap();
                     row(proj, proj, "y", "torch", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
                 }
