@@ -26,8 +26,10 @@ import sys
 import torch
 import transformers
 from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
+from transformers import AttentionInterface
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2Attention,
+    Qwen2DecoderLayer,
     Qwen2MLP,
     Qwen2RMSNorm,
     Qwen2RotaryEmbedding,
@@ -375,6 +377,155 @@ def lm_head_goldens(preset, config, out, recorded):
             out[f"argmax.{dname}.unbounded.{kind}"] = unbounded.to(torch.int32)
 
 
+LAYER_TOKENS = 4
+
+# Layer-0 q/k bias hazards. VibeThinker (measured on the real model): |q| up to ~116 and |k| up to
+# ~405, scaled logits up to ~2.5e4, and the unscaled FP16 q.k overflows. Qwen2.5: q/k bias outliers
+# of -14.4, -15.4, -34.0. Each entry: (dims of every head, q bias value, k bias value); the signs
+# alternate over the dims, the same for q and k, so q and k align where the biases dominate.
+LAYER0_BIAS_HAZARDS = {
+    "vibethinker-1.5b": (range(0, 8), 116.0, 405.0),
+    "qwen2.5-0.5b": (range(0, 3), -34.0, -15.4),
+}
+
+# The stages of Qwen2DecoderLayer captured by forward hooks: module name -> what is stored.
+LAYER_STAGES = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def layer_goldens(preset, config):
+    """Layer 0 of the model as Qwen2DecoderLayer runs it in bf16 (eager attention), every
+    intermediate captured, and for each stage the float64 truth of that stage computed from the
+    bf16 inputs PyTorch gave it (teacher forcing: each of our ops is checked in the layer's real
+    context, fed exactly what PyTorch's own previous stage produced). The q/k biases carry the
+    layer-0 hazards (LAYER0_BIAS_HAZARDS), asserted below at their real magnitudes.
+
+    Tensors (bf16 unless noted; `.truth` float64):
+        layer.x, layer.positions (i32), <stage>.out and <stage>.truth for each LAYER_STAGES module
+        (its input is the stored tensor the layer's wiring feeds it, asserted below), rope.q / rope.k (after RoPE, [T, heads, D]) and their .truth, attention.o (+ .truth),
+        swiglu.out (+ .truth), residual1.out (+ .truth: x + o_proj), layer.out (+ .truth), biases and
+        norm weights; big weights as synth recipes in the metadata."""
+    out, recorded = {}, {}
+    tokens = LAYER_TOKENS
+    dtype = torch.bfloat16
+    heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    hidden, inter = config.hidden_size, config.intermediate_size
+
+    captured = {}
+
+    def capturing_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        captured["q"], captured["k"], captured["v"] = query, key, value
+        o, w = eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+        captured["o"] = o
+        return o, w
+
+    AttentionInterface.register("qwen_kernels_capture", capturing_attention)
+    cfg = make_config(preset)
+    cfg._attn_implementation = "qwen_kernels_capture"
+    layer = Qwen2DecoderLayer(cfg, layer_idx=0).to(dtype).eval()
+    twin = Qwen2DecoderLayer(cfg, layer_idx=0).to(torch.float64).eval()  # float64 copy, same weights
+
+    dims, q_bias_value, k_bias_value = LAYER0_BIAS_HAZARDS[preset]
+    sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in dims])
+    with torch.no_grad():
+        for name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                w = synth_weight(f"golden.{preset}.layer0.{name}.weight", tuple(module.weight.shape), 0.02 / UNIT_STD, recorded)
+                module.weight.copy_(w)
+                if module.bias is not None:
+                    b = synth_tensor(f"golden.{preset}.layer0.{name}.bias", tuple(module.bias.shape), 0.5 / UNIT_STD).float()
+                    n_heads = module.bias.shape[0] // head_dim
+                    value = {"self_attn.q_proj": q_bias_value, "self_attn.k_proj": k_bias_value}.get(name)
+                    if value is not None:
+                        b = b.view(n_heads, head_dim)
+                        b[:, list(dims)] = value * sign
+                        b = b.reshape(-1)
+                    module.bias.copy_(b.to(dtype))
+                    out[f"{name}.bias"] = module.bias.detach().clone()
+            elif isinstance(module, Qwen2RMSNorm):
+                module.weight.copy_(synth_tensor(f"golden.{preset}.layer0.{name}.weight", (hidden,), 2.0, offset=1.0))
+                out[f"{name}.weight"] = module.weight.detach().clone()
+        twin.load_state_dict({k: v.to(torch.float64) for k, v in layer.state_dict().items()})
+
+    x = synth_tensor(f"golden.{preset}.layer0.x", (1, tokens, hidden), 0.05 / UNIT_STD)
+    positions = torch.arange(tokens)[None]
+    rotary = Qwen2RotaryEmbedding(cfg)
+    mask = torch.zeros(tokens, tokens, dtype=dtype).masked_fill(
+        torch.ones(tokens, tokens, dtype=torch.bool).triu(1), torch.finfo(dtype).min)[None, None]
+
+    stage_io = {}
+    hooks = [dict(layer.named_modules())[n].register_forward_hook(
+        lambda mod, inp, outp, n=n: stage_io.__setitem__(n, (inp[0].detach().clone(), outp.detach().clone())))
+        for n in LAYER_STAGES]
+    with torch.no_grad():
+        y = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=rotary(x, positions))
+    for h in hooks:
+        h.remove()
+
+    twin_modules = dict(twin.named_modules())
+    with torch.no_grad():
+        out["layer.x"] = x[0]
+        out["layer.positions"] = positions[0].to(torch.int32)
+        for n in LAYER_STAGES:
+            inp, outp = stage_io[n]
+            out[f"{n}.out"] = outp[0]
+            out[f"{n}.truth"] = twin_modules[n](inp.to(torch.float64))[0]
+        # The wiring the Rust side reproduces: which stored tensor feeds each stage.
+        feeds = {
+            "input_layernorm": x,
+            "self_attn.q_proj": stage_io["input_layernorm"][1],
+            "self_attn.k_proj": stage_io["input_layernorm"][1],
+            "self_attn.v_proj": stage_io["input_layernorm"][1],
+            "self_attn.o_proj": captured["o"].reshape(1, tokens, heads * head_dim),
+            "post_attention_layernorm": x + stage_io["self_attn.o_proj"][1],
+            "mlp.gate_proj": stage_io["post_attention_layernorm"][1],
+            "mlp.up_proj": stage_io["post_attention_layernorm"][1],
+        }
+        for n, feed in feeds.items():
+            assert torch.equal(stage_io[n][0], feed), f"layer wiring: {n}"
+        # RoPE on the bf16 q/k projections (FP32 angles, as the module computes them).
+        q_proj = stage_io["self_attn.q_proj"][1].view(1, tokens, heads, head_dim).transpose(1, 2)
+        k_proj = stage_io["self_attn.k_proj"][1].view(1, tokens, kv_heads, head_dim).transpose(1, 2)
+        cos64, sin64 = rotary(q_proj.to(torch.float64), positions)
+        q_truth, k_truth = apply_rotary_pos_emb(q_proj.to(torch.float64), k_proj.to(torch.float64), cos64, sin64)
+        ours_layout = lambda t: t[0].transpose(0, 1)  # noqa: E731  [1, heads, T, D] -> [T, heads, D]
+        out["rope.q"], out["rope.k"] = ours_layout(captured["q"]), ours_layout(captured["k"])
+        out["rope.q.truth"], out["rope.k.truth"] = ours_layout(q_truth), ours_layout(k_truth)
+        out["attention.v"] = ours_layout(captured["v"])
+        out["attention.o"] = captured["o"][0]
+        o64, _ = eager_attention_forward(twin.self_attn, captured["q"].to(torch.float64), captured["k"].to(torch.float64),
+                                         captured["v"].to(torch.float64), mask.to(torch.float64).clamp_min(-1e300),
+                                         scaling=head_dim ** -0.5)
+        out["attention.o.truth"] = o64[0]
+        gate, up = stage_io["mlp.gate_proj"][1], stage_io["mlp.up_proj"][1]
+        out["swiglu.out"] = stage_io["mlp.down_proj"][0][0]
+        assert torch.equal(stage_io["mlp.down_proj"][0], layer.mlp.act_fn(gate) * up), "layer wiring: mlp.down_proj"
+        out["swiglu.truth"] = (twin.mlp.act_fn(gate.to(torch.float64)) * up.to(torch.float64))[0]
+        residual1 = stage_io["post_attention_layernorm"][0]
+        out["residual1.out"] = residual1[0]
+        out["residual1.truth"] = (x.to(torch.float64) + stage_io["self_attn.o_proj"][1].to(torch.float64))[0]
+        out["layer.out"] = y[0]
+        out["layer.truth"] = (residual1.to(torch.float64) + stage_io["mlp.down_proj"][1].to(torch.float64))[0]
+
+        # The hazards, at their real magnitudes.
+        q_max, k_max = float(captured["q"].abs().max()), float(captured["k"].abs().max())
+        logits = (captured["q"].float() @ captured["k"].float().repeat_interleave(heads // kv_heads, 1).transpose(2, 3))
+        scaled_max = float(logits.abs().max()) * head_dim ** -0.5
+        if preset == "vibethinker-1.5b":
+            assert 100 < q_max < 135 and 350 < k_max < 460, (q_max, k_max)
+            assert scaled_max > 2.0e4, scaled_max
+            half_layer = Qwen2DecoderLayer(cfg, layer_idx=0).to(torch.float16).eval()
+            half_layer.load_state_dict({k: v.to(torch.float16) for k, v in layer.state_dict().items()})
+            y16 = half_layer(x.to(torch.float16), attention_mask=mask.to(torch.float16).clamp_min(-65504.0),
+                             position_ids=positions, position_embeddings=rotary(x.to(torch.float16), positions))
+            assert not bool(torch.isfinite(y16).all()), "eager FP16 must overflow on VibeThinker's layer 0"
+        else:
+            assert 30 < max(abs(q_bias_value), abs(k_bias_value)) <= q_max + 10
+        for key, value in (("q_abs_max", q_max), ("k_abs_max", k_max), ("scaled_logit_abs_max", scaled_max)):
+            recorded[f"hazard.{key}"] = repr(value)
+    return out, recorded
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -409,6 +560,13 @@ def main():
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")
+        meta = metadata(preset, config, f"python3 golden/gen.py --model {preset}")
+        meta.update(recorded)
+        save_safetensors(tensors, path, meta)
+        print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+
+        tensors, recorded = layer_goldens(preset, config)
+        path = os.path.join(directory, "layer0.safetensors")
         meta = metadata(preset, config, f"python3 golden/gen.py --model {preset}")
         meta.update(recorded)
         save_safetensors(tensors, path, meta)

@@ -16,7 +16,7 @@ use crate::ops::rmsnorm as rms_op;
 use crate::reference::argmax::argmax;
 use crate::reference::attention::{attention, error_scale as attention_error_scale};
 use crate::reference::linear::{abs_dot_bound, linear};
-use crate::reference::rmsnorm as rms_ref;
+use crate::reference::rmsnorm::{self as rms_ref, residual_add};
 use crate::reference::rope::{error_scale, rope};
 use crate::reference::swiglu::swiglu;
 use crate::{DType, DeviceTensor, Gpu, HostTensor, Result};
@@ -250,6 +250,90 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             }
         }
         out.extend(argmax_rows);
+    }
+    Ok(out)
+}
+
+/// Layer 0 of each model (`layer0.safetensors`), stage by stage: each CPU reference op fed the bf16
+/// tensor PyTorch's own previous stage produced (the layer's wiring, asserted by gen.py), against
+/// the float64 truth of that stage. Shows every op in its real context and at the layer-0 hazard
+/// magnitudes (VibeThinker: |q| ~ 118, |k| ~ 406, scaled logits ~ 3.3e4).
+pub fn layer_rows() -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for cfg in Qwen2Config::presets() {
+        let file = GoldenFile::open(cfg.name, "layer0")?;
+        let dtype = DType::BF16;
+        let (tokens, heads, kv_heads, d) = (4, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let t = |n: &str| file.host(n);
+        // One row: `ours` against `<truth>`, PyTorch's bf16 stage output `<torch>` beside it.
+        let mut row = |label: &str, (torch, truth): (&str, &str), tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
+            let truth = in_range(dtype, file.tensor(truth)?.values);
+            let torch = file.host(torch)?;
+            out.push(Row {
+                op: format!("layer0.{label}"),
+                case: cfg.name.into(),
+                dtype,
+                against: "pytorch f64",
+                tolerance,
+                comparison: compare_scaled(ours.data(), &truth, tolerance, scale),
+                pytorch: Some(compare_scaled(torch.data(), &truth, tolerance, scale)),
+            });
+            Ok(())
+        };
+        let weight = |name: &str| -> Result<HostTensor> { file.synth_weight(&format!("golden.{}.layer0.{name}.weight", cfg.name)) };
+        let eps = cfg.rms_norm_eps;
+
+        let x = t("layer.x")?;
+        let w = t("input_layernorm.weight")?;
+        let stage = |n: &str| (format!("{n}.out"), format!("{n}.truth"));
+        fn names(p: &(String, String)) -> (&str, &str) {
+            (p.0.as_str(), p.1.as_str())
+        }
+        row("input_layernorm", names(&stage("input_layernorm")), table::rmsnorm(dtype, cfg.hidden_size, max_abs(w.data())), &rms_ref::rmsnorm(&x, &w, eps)?, None)?;
+        let normed = t("input_layernorm.out")?;
+        for proj in ["q_proj", "k_proj", "v_proj"] {
+            let name = format!("self_attn.{proj}");
+            let (w, b) = (weight(&name)?, t(&format!("{name}.bias"))?);
+            let tol = table::linear(dtype, cfg.hidden_size, max_abs(&abs_dot_bound(&normed, &w, Some(&b))?));
+            row(proj, names(&stage(&name)), tol, &linear(&normed, &w, Some(&b))?, None)?;
+        }
+        let positions: Vec<i32> = file.tensor("layer.positions")?.values.iter().map(|&p| p as i32).collect();
+        for (which, n) in [("q", heads), ("k", kv_heads)] {
+            let projected = t(&format!("self_attn.{which}_proj.out"))?;
+            let projected = HostTensor::from_f32(dtype, &[tokens, n, d], projected.into_data())?;
+            let ours = rope(&projected, &positions, cfg.rope_theta, cfg.max_position_embeddings)?;
+            let (torch, truth) = (format!("rope.{which}"), format!("rope.{which}.truth"));
+            row(&format!("rope.{which}"), (&torch, &truth), table::rope(dtype), &ours, Some(&error_scale(&projected)))?;
+        }
+        let (q, k, v) = (t("rope.q")?, t("rope.k")?, t("attention.v")?);
+        let scale = attention_error_scale(&q, &k, &v)?;
+        row("attention", ("attention.o", "attention.o.truth"), table::attention(dtype), &attention(&q, &k, &v)?, Some(&scale))?;
+        let o = t("attention.o")?;
+        let o = HostTensor::from_f32(dtype, &[tokens, heads * d], o.into_data())?;
+        let w = weight("self_attn.o_proj")?;
+        let tol = table::linear(dtype, heads * d, max_abs(&abs_dot_bound(&o, &w, None)?));
+        row("o_proj", names(&stage("self_attn.o_proj")), tol, &linear(&o, &w, None)?, None)?;
+        let residual1 = residual_add(&t("self_attn.o_proj.out")?, &x)?;
+        row("residual1", ("residual1.out", "residual1.truth"), table::residual_add(dtype), &residual1, None)?;
+        let residual1 = t("residual1.out")?;
+        let w = t("post_attention_layernorm.weight")?;
+        let tol = table::rmsnorm(dtype, cfg.hidden_size, max_abs(w.data()));
+        row("post_attention_layernorm", names(&stage("post_attention_layernorm")), tol, &rms_ref::rmsnorm(&residual1, &w, eps)?, None)?;
+        let normed = t("post_attention_layernorm.out")?;
+        for proj in ["gate_proj", "up_proj"] {
+            let name = format!("mlp.{proj}");
+            let w = weight(&name)?;
+            let tol = table::linear(dtype, cfg.hidden_size, max_abs(&abs_dot_bound(&normed, &w, None)?));
+            row(proj, names(&stage(&name)), tol, &linear(&normed, &w, None)?, None)?;
+        }
+        let (gate, up) = (t("mlp.gate_proj.out")?, t("mlp.up_proj.out")?);
+        row("swiglu", ("swiglu.out", "swiglu.truth"), table::swiglu(dtype, max_abs(up.data())), &swiglu(&gate, &up)?, None)?;
+        let act = t("swiglu.out")?;
+        let w = weight("mlp.down_proj")?;
+        let tol = table::linear(dtype, cfg.intermediate_size, max_abs(&abs_dot_bound(&act, &w, None)?));
+        row("down_proj", names(&stage("mlp.down_proj")), tol, &linear(&act, &w, None)?, None)?;
+        let ours = residual_add(&t("mlp.down_proj.out")?, &residual1)?;
+        row("residual2", ("layer.out", "layer.truth"), table::residual_add(dtype), &ours, None)?;
     }
     Ok(out)
 }

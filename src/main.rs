@@ -68,6 +68,7 @@ fn run_check(args: &Args) -> Result<ExitCode, Error> {
         }
         None => {
             let mut rows = check::golden_rows(None)?;
+            rows.extend(check::layer_rows()?);
             rows.extend(check::cpu_rows()?);
             rows
         }

@@ -350,3 +350,26 @@ fn unbounded_argmax_picks_a_padded_row() {
         }
     }
 }
+
+#[test]
+fn layer0_stages_pass_and_carry_the_hazards() {
+    let rows = qwen_kernels::check::layer_rows().unwrap();
+    assert_eq!(rows.len(), 2 * 15, "2 models x 15 stages");
+    for r in &rows {
+        assert!(r.comparison.passed(), "{} {}: {}", r.op, r.case, r.comparison);
+        let p = r.pytorch.as_ref().unwrap();
+        if r.op != "layer0.attention" {
+            assert!(p.passed(), "pytorch {} {}: {p}", r.op, r.case);
+        }
+    }
+    // VibeThinker's layer 0 at its real magnitudes: |q| ~ 116, |k| ~ 405, scaled logits > 2e4
+    // (gen.py also asserts that eager FP16 overflows on this layer).
+    let f = GoldenFile::open("vibethinker-1.5b", "layer0").unwrap();
+    let hazard = |k: &str| f.metadata(&format!("hazard.{k}")).unwrap().parse::<f64>().unwrap();
+    assert!((100.0..135.0).contains(&hazard("q_abs_max")));
+    assert!((350.0..460.0).contains(&hazard("k_abs_max")));
+    assert!(hazard("scaled_logit_abs_max") > 2.0e4);
+    // The bf16 q after RoPE really holds them.
+    let q = f.tensor("rope.q").unwrap().values;
+    assert!(q.iter().fold(0f64, |m, v| m.max(v.abs())) > 100.0);
+}

@@ -35,18 +35,25 @@ pub fn rmsnorm(x: &HostTensor, weight: &HostTensor, eps: f32) -> Result<HostTens
     HostTensor::from_f32(x.dtype(), x.dims(), out)
 }
 
+/// `residual + hidden_states` in the storage dtype (the decoder layer's two residual adds).
+pub fn residual_add(x: &HostTensor, residual: &HostTensor) -> Result<HostTensor> {
+    check_same(FUSED_OP, "residual", x.layout(), residual.layout())?;
+    let dtype = x.dtype();
+    let sum = x.data().iter().zip(residual.data()).map(|(&a, &b)| dtype.round(b + a)).collect();
+    HostTensor::from_f32(dtype, x.dims(), sum)
+}
+
 /// Returns `(residual_out, y)`: `residual_out = T(x + residual)` (`residual + hidden_states` in the
 /// decoder layer), `y = weight * rmsnorm(residual_out)`.
 pub fn add_rmsnorm(x: &HostTensor, residual: &HostTensor, weight: &HostTensor, eps: f32) -> Result<(HostTensor, HostTensor)> {
     let dims = check(FUSED_OP, x.layout(), weight.layout(), eps)?;
-    check_same(FUSED_OP, "residual", x.layout(), residual.layout())?;
-    let dtype = x.dtype();
-    let sum: Vec<f32> = x.data().iter().zip(residual.data()).map(|(&a, &b)| dtype.round(b + a)).collect();
-    let mut out = Vec::with_capacity(sum.len());
-    for row in sum.chunks_exact(dims.hidden) {
-        normalize_row(row, weight.data(), eps, dtype, &mut out);
+    let sum = residual_add(x, residual)?;
+    let mut out = Vec::with_capacity(sum.data().len());
+    for row in sum.data().chunks_exact(dims.hidden) {
+        normalize_row(row, weight.data(), eps, x.dtype(), &mut out);
     }
-    Ok((HostTensor::from_f32(dtype, x.dims(), sum)?, HostTensor::from_f32(dtype, x.dims(), out)?))
+    let y = HostTensor::from_f32(x.dtype(), x.dims(), out)?;
+    Ok((sum, y))
 }
 
 /// A case whose answer was worked out by hand (derivations beside each), for checking the reference.
