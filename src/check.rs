@@ -152,6 +152,32 @@ pub fn in_range(dtype: DType, truth: Vec<f64>) -> Vec<f64> {
         .collect()
 }
 
+/// One golden row: `ours` against the float64 truth `names.1` of `file`, with PyTorch's own output
+/// `names.0` at the same dtype compared beside it.
+#[allow(clippy::too_many_arguments)]
+fn golden_row(
+    file: &GoldenFile,
+    label: &str,
+    model: &str,
+    dtype: DType,
+    (torch, truth): (&str, &str),
+    tolerance: Tolerance,
+    ours: &HostTensor,
+    scale: Option<&[f32]>,
+) -> Result<Row> {
+    let truth = in_range(dtype, file.tensor(truth)?.values);
+    let torch = file.host(torch)?;
+    Ok(Row {
+        op: label.to_string(),
+        case: model.to_string(),
+        dtype,
+        against: "pytorch f64",
+        tolerance,
+        comparison: compare_scaled(ours.data(), &truth, tolerance, scale),
+        pytorch: Some(compare_scaled(torch.data(), &truth, tolerance, scale)),
+    })
+}
+
 /// Each op against the PyTorch goldens of both models: the CPU reference when `gpu` is `None`,
 /// else the kernels.
 pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
@@ -168,17 +194,8 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             // One row: `ours` against `<op>.<dtype>.<output>.truth`, PyTorch's `.<peer>` beside it
             // (`torch`: the module at that dtype; `sdpa`: transformers' SDPA attention path).
             let mut row = |label: &str, op: &str, output: &str, peer: &str, tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
-                let truth = in_range(dtype, file.tensor(&name(op, &format!("{output}.truth")))?.values);
-                let torch = file.host(&name(op, &format!("{output}.{peer}")))?;
-                out.push(Row {
-                    op: label.to_string(),
-                    case: cfg.name.to_string(),
-                    dtype,
-                    against: "pytorch f64",
-                    tolerance,
-                    comparison: compare_scaled(ours.data(), &truth, tolerance, scale),
-                    pytorch: Some(compare_scaled(torch.data(), &truth, tolerance, scale)),
-                });
+                let names = (name(op, &format!("{output}.{peer}")), name(op, &format!("{output}.truth")));
+                out.push(golden_row(&file, label, cfg.name, dtype, (&names.0, &names.1), tolerance, ours, scale)?);
                 Ok(())
             };
 
@@ -266,18 +283,8 @@ pub fn layer_rows() -> Result<Vec<Row>> {
         let (tokens, heads, kv_heads, d) = (4, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let t = |n: &str| file.host(n);
         // One row: `ours` against `<truth>`, PyTorch's bf16 stage output `<torch>` beside it.
-        let mut row = |label: &str, (torch, truth): (&str, &str), tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
-            let truth = in_range(dtype, file.tensor(truth)?.values);
-            let torch = file.host(torch)?;
-            out.push(Row {
-                op: format!("layer0.{label}"),
-                case: cfg.name.into(),
-                dtype,
-                against: "pytorch f64",
-                tolerance,
-                comparison: compare_scaled(ours.data(), &truth, tolerance, scale),
-                pytorch: Some(compare_scaled(torch.data(), &truth, tolerance, scale)),
-            });
+        let mut row = |label: &str, names: (&str, &str), tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
+            out.push(golden_row(&file, &format!("layer0.{label}"), cfg.name, dtype, names, tolerance, ours, scale)?);
             Ok(())
         };
         let weight = |name: &str| -> Result<HostTensor> { file.synth_weight(&format!("golden.{}.layer0.{name}.weight", cfg.name)) };
