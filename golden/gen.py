@@ -520,7 +520,8 @@ def layer_goldens(preset, config):
                              position_ids=positions, position_embeddings=rotary(x.to(torch.float16), positions))
             assert not bool(torch.isfinite(y16).all()), "eager FP16 must overflow on VibeThinker's layer 0"
         else:
-            assert 30 < max(abs(q_bias_value), abs(k_bias_value)) <= q_max + 10
+            # The first token is not rotated: its q and k keep the -34.0 and -15.4 bias outliers.
+            assert q_max > 30 and k_max > 13, (q_max, k_max)
         for key, value in (("q_abs_max", q_max), ("k_abs_max", k_max), ("scaled_logit_abs_max", scaled_max)):
             recorded[f"hazard.{key}"] = repr(value)
     return out, recorded
