@@ -5,6 +5,7 @@
 pub mod argmax;
 pub mod attention;
 pub mod gemm;
+pub mod kv_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
