@@ -3,6 +3,8 @@
     pip install -r golden/requirements.txt
     python3 golden/gen.py                       # every model, into golden/data/
     python3 golden/gen.py --model qwen2.5-0.5b  # one model
+    python3 golden/gen.py --only model          # the whole-model files only (ops: ops + layer0)
+    python3 golden/gen.py --checkpoint DIR --name NAME   # whole-model goldens of a real checkpoint
 
 No math is re-implemented here: each golden is the output of a transformers module (Qwen2RMSNorm, ...)
 run twice on the same inputs, once in float64 (the truth) and once at the storage dtype (what PyTorch
@@ -28,6 +30,7 @@ import transformers
 from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
 from transformers import AttentionInterface
 from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2ForCausalLM,
     Qwen2Attention,
     Qwen2DecoderLayer,
     Qwen2MLP,
@@ -39,6 +42,7 @@ from transformers.models.qwen2.modeling_qwen2 import (
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hazards  # noqa: E402
 import synth  # noqa: E402
 
 FORMAT = "qwen-kernels-golden"
@@ -131,9 +135,60 @@ SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16:
                       torch.int32: "I32", torch.int64: "I64"}
 
 
+def share_across_dtypes(tensors, metadata):
+    """Store once what dtypes share. `<a>.<dtype>.<b>` of two or three of f32, f16 and bf16 that hold
+    the same values (inputs drawn in bf16 and cast exactly; truths computed from those same values)
+    become one tensor `<a>.<b>` (the other dtypes keep their own), in the narrowest dtype that holds the values exactly, and metadata
+    `shared.<a>.<b>` says how the loader (src/golden/file.rs) serves it under each dtype's name:
+    "per-dtype" (converted to that dtype, exactly) or the variants' common storage dtype."""
+    groups = {}
+    for name in tensors:
+        parts = name.split(".")
+        for i, p in enumerate(parts):
+            if p in DTYPES:
+                groups.setdefault(".".join(parts[:i] + parts[i + 1:]), {})[p] = name
+                break
+    for base, variants in sorted(groups.items()):
+        if len(variants) < 2 or base in tensors:
+            continue
+        # The largest set of dtypes whose tensors hold the same values; the rest keep their names.
+        wide = {d: tensors[n].to(torch.float64) for d, n in variants.items()}
+        classes = []
+        for d in DTYPES:
+            if d not in wide:
+                continue
+            for c in classes:
+                if wide[c[0]].shape == wide[d].shape and torch.equal(wide[c[0]], wide[d]):
+                    c.append(d)
+                    break
+            else:
+                classes.append([d])
+        members = max(classes, key=len)
+        if len(members) < 2:
+            continue
+        kinds = [tensors[variants[d]].dtype for d in members]
+        if kinds == [DTYPES[d] for d in members]:
+            served = "per-dtype"
+        elif all(k == kinds[0] for k in kinds):
+            served = SAFETENSORS_DTYPES[kinds[0]]
+        else:
+            continue
+        value = wide[members[0]]
+        for narrow in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+            if torch.equal(value.to(narrow).to(torch.float64), value):
+                break
+        tensors[base] = value.to(narrow)
+        metadata[f"shared.{base}"] = served
+        for d in members:
+            del tensors[variants[d]]
+
+
 def save_safetensors(tensors, path, metadata):
     """The safetensors format, written with sorted keys so the same goldens give the same bytes
-    (safetensors' own writer orders the metadata by a hash map)."""
+    (safetensors' own writer orders the metadata by a hash map). Tensors every dtype shares are
+    stored once (share_across_dtypes)."""
+    tensors, metadata = dict(tensors), dict(metadata)
+    share_across_dtypes(tensors, metadata)
     header = {"__metadata__": dict(sorted(metadata.items()))}
     chunks, offset = [], 0
     for name in sorted(tensors):
@@ -360,7 +415,9 @@ def lm_head_goldens(preset, config, out, recorded):
     real = synth_weight(f"golden.{preset}.embed_tokens.real", (REAL_VOCAB, hidden), 0.02 / UNIT_STD, recorded)
     padded = synth_weight(f"golden.{preset}.embed_tokens.padded", (vocab - REAL_VOCAB, hidden), 0.5 / UNIT_STD, recorded)
     weight = torch.cat([real, padded])
-    x_bf16 = synth_tensor(f"golden.{preset}.lm_head.x", (1, hidden), 1.0 / UNIT_STD)
+    # Through f16 and back: every dtype then holds x exactly (no f16 subnormal rounds), so one
+    # truth serves all three.
+    x_bf16 = synth_tensor(f"golden.{preset}.lm_head.x", (1, hidden), 1.0 / UNIT_STD).to(torch.float16).to(torch.bfloat16)
     for dname, dtype in DTYPES.items():
         x = x_bf16.to(dtype)
         out[f"lm_head.{dname}.x"] = x
@@ -527,6 +584,179 @@ def layer_goldens(preset, config):
     return out, recorded
 
 
+PROMPT_TOKENS = 8
+GREEDY_STEPS = 32
+# A greedy golden is only a fair test where the truth's choice is clear: every step's top-1 logit
+# beats the runner-up by at least this much (an FP32 forward errs by ~1e-5 here).
+MIN_MARGIN = 1e-3
+
+
+def load_model(config, dtype, weights, attn):
+    """Qwen2ForCausalLM at `dtype` with the given parameters (bf16 tensors by HF name). Built with
+    `dtype` as the default, as from_pretrained builds it: the rotary inv_freq stays FP32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        cfg = Qwen2Config.from_dict(config.to_dict())
+        cfg._attn_implementation = attn
+        model = Qwen2ForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(weights[name])
+    assert model.lm_head.weight is model.model.embed_tokens.weight or not config.tie_word_embeddings
+    return model
+
+
+def run_model(model, prompt, steps, real_vocab):
+    """Prefill `prompt`, then `steps` greedy tokens with transformers' KV cache (argmax over the
+    real vocabulary). Returns the residual stream after the embedding and every layer [L+1, T, H],
+    after each layer's attention [L, T, H], the final norm's output that produced each greedy token
+    [steps, H], the tokens, each step's top-1 margin, the prefill's last logits and the eager
+    attention probabilities of the prefill (when the model returns them)."""
+    layers = model.model.layers
+    captured = {"out": [None] * len(layers), "mid": [None] * len(layers), "norm": None}
+    hooks = []
+    for i, layer in enumerate(layers):
+        hooks.append(layer.register_forward_hook(
+            lambda m, inp, out, i=i: captured["out"].__setitem__(i, (out[0] if isinstance(out, tuple) else out).detach().clone())))
+        hooks.append(layer.post_attention_layernorm.register_forward_hook(
+            lambda m, inp, out, i=i: captured["mid"].__setitem__(i, inp[0].detach().clone())))
+    hooks.append(model.model.norm.register_forward_hook(lambda m, inp, out: captured.__setitem__("norm", out.detach().clone())))
+    eager = model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        out = model(input_ids=ids, use_cache=True, output_attentions=eager)
+        embedded = model.model.embed_tokens(ids)[0]
+        hidden = torch.stack([embedded] + [h[0] for h in captured["out"]])
+        mid = torch.stack([h[0] for h in captured["mid"]])
+        probs = [a[0] for a in out.attentions] if eager else None
+        last_logits = out.logits[0, -1].clone()
+        cache, logits = out.past_key_values, out.logits[0, -1]
+        tokens, margins, normed = [], [], []
+        for _ in range(steps):
+            top = torch.topk(logits[:real_vocab].double(), 2)
+            tokens.append(int(top.indices[0]))
+            margins.append(float(top.values[0] - top.values[1]))
+            normed.append(captured["norm"][0, -1].clone())
+            out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[0, -1]
+    for h in hooks:
+        h.remove()
+    return dict(hidden=hidden, mid=mid, normed=torch.stack(normed), tokens=tokens, margins=margins,
+                last_logits=last_logits, probs=probs)
+
+
+def model_goldens(preset, config, weights=None, profile_meta=None, real_vocab=hazards.REAL_VOCAB, bos=hazards.BOS):
+    """The whole model, Qwen2ForCausalLM: a prompt of PROMPT_TOKENS (BOS first) prefilled, then
+    GREEDY_STEPS greedy tokens with the KV cache, in bfloat16 (transformers' default SDPA attention:
+    what PyTorch users get) and in float64 (eager attention: the truth). Weights: the hazard profile
+    (golden/hazards.py) unless given (a checkpoint). The hazards are asserted on the truth.
+
+    Tensors: prompt (i32 [T]); hidden.truth / hidden.torch [L+1, T, H] (the residual stream after
+    the embedding and after each layer); attn_residual.truth [L, T, H] (after each layer's
+    attention add); logits.truth (f32, one rounding of float64) / logits.torch [V] at the prompt's
+    last position; greedy.tokens.truth / .torch (i32 [N]); greedy.margin.truth (f32 [N]: top-1 minus
+    top-2 logit of the real vocabulary); greedy.normed.truth [N, H] (the final norm's output each
+    greedy token was chosen from). Truths are stored as float32 (relative error 2^-24)."""
+    recorded = {}
+    if weights is None:
+        prof = hazards.build(preset, config, SEED)
+        weights = {}
+        for name in prof.recipes:
+            bits = prof.tensor(name)
+            weights[name] = torch.from_numpy(synth.bits_to_f32(bits.reshape(-1)).copy()).reshape(bits.shape).to(torch.bfloat16)
+        recorded.update(prof.metadata())
+        recorded["profile.constants"] = json.dumps({"bos": hazards.BOS, "mark": hazards.MARK, "c1": hazards.C1, "c2": hazards.C2,
+                                                    "write_layer": hazards.WRITE_LAYER, "hold_layer": hazards.HOLD_LAYER,
+                                                    "sink_from": hazards.SINK_FROM}, sort_keys=True)
+    if config.tie_word_embeddings:
+        weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+    # The prompt: BOS, then ids drawn from synth; the first draw whose greedy continuation has
+    # clear choices at every step (MIN_MARGIN) is used, and the attempt number recorded.
+    model = load_model(config, torch.float64, weights, "eager")
+    for attempt in range(8):
+        drawn = synth.tensor_bf16_bits(SEED, f"golden.{preset}.model.prompt.{attempt}", PROMPT_TOKENS - 1, "1.0")
+        prompt = [bos] + [int(b) * 7919 % (min(real_vocab, bos) or real_vocab) for b in drawn]
+        truth = run_model(model, prompt, GREEDY_STEPS, real_vocab)
+        if min(truth["margins"]) >= MIN_MARGIN:
+            break
+        print(f"{preset}: prompt {attempt} has a greedy margin of {min(truth['margins']):.2e}; next", flush=True)
+    else:
+        raise AssertionError("no prompt with clear greedy choices")
+    recorded["prompt.attempt"] = str(attempt)
+    del model
+    out = {"prompt": torch.tensor(prompt, dtype=torch.int32)}
+    out["hidden.truth"], out["attn_residual.truth"] = truth["hidden"].float(), truth["mid"].float()
+    out["logits.truth"] = truth["last_logits"].float()
+    out["greedy.tokens.truth"] = torch.tensor(truth["tokens"], dtype=torch.int32)
+    out["greedy.margin.truth"] = torch.tensor(truth["margins"], dtype=torch.float32)
+    out["greedy.normed.truth"] = truth["normed"].float()
+
+    model = load_model(config, torch.bfloat16, weights, "sdpa")
+    got = run_model(model, prompt, GREEDY_STEPS, real_vocab)
+    del model
+    out["hidden.torch"] = got["hidden"]
+    out["logits.torch"] = got["last_logits"]
+    out["greedy.tokens.torch"] = torch.tensor(got["tokens"], dtype=torch.int32)
+    agree = next((i for i, (a, b) in enumerate(zip(got["tokens"], truth["tokens"])) if a != b), GREEDY_STEPS)
+    recorded["greedy.torch_agrees_for"] = str(agree)
+
+    # The hazards, measured on the truth.
+    h = truth["hidden"]
+    first = h[:, 0].abs().max(dim=-1).values  # BOS, after each layer
+    rest = h[:, 1:].abs().amax(dim=(1, 2))
+    probs = truth["probs"]  # per layer [heads, T, T]
+    sink = [float(p[:, 1:, 0].mean()) for p in probs]
+    recorded["hazard.bos_abs_max_per_layer"] = json.dumps([round(float(v), 1) for v in first])
+    recorded["hazard.other_abs_max_per_layer"] = json.dumps([round(float(v), 2) for v in rest])
+    recorded["hazard.sink_weight_per_layer"] = json.dumps([round(v, 3) for v in sink])
+    recorded["hazard.unbounded_argmax"] = str(int(truth["last_logits"].argmax()))
+    if profile_meta is None:
+        w, c1, c2, L = hazards.WRITE_LAYER, hazards.C1, hazards.C2, config.num_hidden_layers
+        assert -5500 < float(h[w + 1, 0, c1]) < -3000, float(h[w + 1, 0, c1])
+        middle = first[hazards.HOLD_LAYER + 1:L - 1]
+        assert float(middle.min()) > 6500 and float(middle.max()) < 9500, middle
+        assert 7000 < float(h[hazards.HOLD_LAYER + 1, 0, c2]) < 9000, float(h[hazards.HOLD_LAYER + 1, 0, c2])
+        assert float(first[L - 1]) < 1000, float(first[L - 1])
+        assert min(sink[hazards.SINK_FROM:]) > 0.5 and max(sink[:hazards.SINK_FROM]) < 0.5, sink
+        assert int(truth["last_logits"].argmax()) >= real_vocab, "padded rows must beat every real logit"
+    else:
+        recorded.update(profile_meta)
+    return out, recorded
+
+
+def checkpoint_goldens(directory, name, out_dir):
+    """The whole-model goldens of a Hugging Face checkpoint directory (config.json + safetensors),
+    written to <out_dir>/<name>/model.safetensors; the Rust side reads the same directory's weights
+    (`qwen-kernels check --checkpoint DIR`). The prompt starts with <|endoftext|> (151643) when the
+    vocabulary has it, else id 0; the real vocabulary is the Qwen2 tokenizer's 151665 ids or the
+    whole embedding if smaller."""
+    config = Qwen2Config.from_pretrained(directory)
+    model = Qwen2ForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert all(w.dtype == torch.bfloat16 for w in weights.values())
+    del model
+    real_vocab = min(config.vocab_size, hazards.REAL_VOCAB)
+    bos = hazards.BOS if hazards.BOS < config.vocab_size else 0
+    tensors, recorded = model_goldens(name, config, weights=weights, profile_meta={"checkpoint": directory},
+                                      real_vocab=real_vocab, bos=bos)
+    with open(os.path.join(directory, "config.json")) as f:
+        config_text = f.read()
+    meta = {
+        "format": FORMAT, "version": VERSION, "model": name, "config": config_text, "seed": str(SEED),
+        "profile": "checkpoint", "torch": torch.__version__, "transformers": transformers.__version__,
+        "command": f"python3 golden/gen.py --checkpoint {directory} --name {name}",
+    }
+    meta.update(recorded)
+    path = os.path.join(out_dir, name, "model.safetensors")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_safetensors(tensors, path, meta)
+    print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -545,11 +775,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="all", choices=["all", *PRESETS])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+    parser.add_argument("--only", default="all", choices=["all", "ops", "model"], help="ops: ops + layer0 files; model: the whole-model file")
+    parser.add_argument("--checkpoint", help="a Hugging Face checkpoint directory: write its whole-model goldens only")
+    parser.add_argument("--name", help="with --checkpoint: the model name the goldens are filed under")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.checkpoint:
+        name = args.name or os.path.basename(os.path.normpath(args.checkpoint))
+        checkpoint_goldens(args.checkpoint, name, args.out)
+        return
     models = list(PRESETS) if args.model == "all" else [args.model]
     for preset in models:
         config = make_config(preset)
+        directory = os.path.join(args.out, preset)
+        os.makedirs(directory, exist_ok=True)
+        if args.only in ("all", "model"):
+            tensors, recorded = model_goldens(preset, config)
+            path = os.path.join(directory, "model.safetensors")
+            meta = metadata(preset, config, f"python3 golden/gen.py --model {preset} --only model")
+            meta.update(recorded)
+            save_safetensors(tensors, path, meta)
+            print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+        if args.only == "model":
+            continue
         tensors = {}
         rmsnorm_goldens(preset, config, tensors)
         recorded = {}
@@ -558,8 +806,6 @@ def main():
         rope_goldens(preset, config, tensors)
         attention_goldens(preset, config, tensors)
         lm_head_goldens(preset, config, tensors, recorded)
-        directory = os.path.join(args.out, preset)
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "ops.safetensors")
         meta = metadata(preset, config, f"python3 golden/gen.py --model {preset}")
         meta.update(recorded)

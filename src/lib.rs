@@ -34,6 +34,7 @@
 //! ```
 
 pub mod check;
+pub mod diff;
 pub mod dtype;
 pub mod error;
 pub mod golden;

@@ -1,26 +1,40 @@
 //! The `qwen-kernels` command line.
 //!
 //! ```text
-//! qwen-kernels check [--backend cpu|cuda] [--device N]   every check, one row each; exit 1 on any FAIL
-//! qwen-kernels info  [--device N]                        build targets, kernel resources, the device
+//! qwen-kernels check [--backend cpu|cuda] [--device N] [--model M]   every check, one row each; exit 1 on any FAIL
+//! qwen-kernels diff  [--model M]                                     the whole model layer by layer (CPU reference)
+//! qwen-kernels info  [--device N]                                    build targets, kernel resources, the device
 //! ```
+//! qwen-kernels check --checkpoint DIR [--name NAME]                  a real checkpoint's whole-model golden
+//! qwen-kernels diff  --checkpoint DIR [--name NAME]
+//! `--model` is a preset name (qwen2.5-0.5b, vibethinker-1.5b); without it, every preset.
+//! `--checkpoint` reads a Hugging Face checkpoint directory (config.json, bf16 safetensors) whose
+//! goldens `python3 golden/gen.py --checkpoint DIR --name NAME` wrote (NAME defaults to the
+//! directory's name; goldens are read from $QK_GOLDEN_DIR or golden/data).
 
 use qwen_kernels::check::{self, Backend};
+use qwen_kernels::diff;
+use qwen_kernels::model::Qwen2Config;
 use qwen_kernels::{kernels, Error, Gpu};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: qwen-kernels check [--backend cpu|cuda] [--device N]\n       qwen-kernels info [--device N]";
+const USAGE: &str = "usage: qwen-kernels check [--backend cpu|cuda] [--device N] [--model M]\n       \
+                     qwen-kernels diff [--model M]\n       \
+                     qwen-kernels check|diff --checkpoint DIR [--name NAME]\n       qwen-kernels info [--device N]";
 
 struct Args {
     command: String,
     backend: Option<Backend>,
     device: usize,
+    model: Option<Qwen2Config>,
+    checkpoint: Option<std::path::PathBuf>,
+    name: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let command = it.next().ok_or_else(|| USAGE.to_string())?;
-    let mut args = Args { command, backend: None, device: 0 };
+    let mut args = Args { command, backend: None, device: 0, model: None, checkpoint: None, name: None };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => {
@@ -36,6 +50,15 @@ fn parse_args() -> Result<Args, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| format!("--device takes a device ordinal\n{USAGE}"))?
             }
+            "--model" => {
+                let name = it.next().unwrap_or_default();
+                let names: Vec<&str> = Qwen2Config::presets().iter().map(|c| c.name).collect();
+                args.model = Some(
+                    Qwen2Config::preset(&name).ok_or_else(|| format!("--model takes one of {names:?}, got {name:?}\n{USAGE}"))?,
+                );
+            }
+            "--checkpoint" => args.checkpoint = Some(it.next().ok_or_else(|| format!("--checkpoint takes a directory\n{USAGE}"))?.into()),
+            "--name" => args.name = Some(it.next().ok_or_else(|| format!("--name takes a model name\n{USAGE}"))?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -43,7 +66,23 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// `--checkpoint`'s report: the directory and the name its goldens are filed under.
+fn checkpoint_report(args: &Args) -> Option<Result<diff::ModelReport, Error>> {
+    let dir = args.checkpoint.as_ref()?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default()
+    });
+    println!("checkpoint {} (goldens: {name})", dir.display());
+    Some(diff::analyse_checkpoint(dir, &name))
+}
+
 fn run_check(args: &Args) -> Result<ExitCode, Error> {
+    if let Some(report) = checkpoint_report(args) {
+        let rows = diff::rows(&report?);
+        let failed = check::print_table(Backend::Cpu, &rows);
+        println!("{} passed, {} failed", rows.len() - failed, failed);
+        return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     let (backend, gpu) = match args.backend {
         Some(Backend::Cpu) => (Backend::Cpu, None),
         Some(Backend::Cuda) => (Backend::Cuda, Some(Gpu::new(args.device)?)),
@@ -55,7 +94,7 @@ fn run_check(args: &Args) -> Result<ExitCode, Error> {
             }
         },
     };
-    let rows = match &gpu {
+    let mut rows = match &gpu {
         Some(gpu) => {
             let i = gpu.info();
             println!(
@@ -70,12 +109,42 @@ fn run_check(args: &Args) -> Result<ExitCode, Error> {
             let mut rows = check::golden_rows(None)?;
             rows.extend(check::layer_rows()?);
             rows.extend(check::cpu_rows()?);
+            // The whole model runs on the CPU reference only, until a GPU forward exists.
+            for cfg in selected(args) {
+                rows.extend(diff::rows(&diff::analyse(&cfg)?));
+            }
             rows
         }
     };
+    if let Some(m) = &args.model {
+        rows.retain(|r| r.case == m.name);
+    }
     let failed = check::print_table(backend, &rows);
     println!("{} passed, {} failed", rows.len() - failed, failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The presets `--model` selects (all without it).
+fn selected(args: &Args) -> Vec<Qwen2Config> {
+    match &args.model {
+        Some(m) => vec![m.clone()],
+        None => Qwen2Config::presets(),
+    }
+}
+
+fn run_diff(args: &Args) -> Result<ExitCode, Error> {
+    let mut failed = false;
+    let reports: Vec<Result<diff::ModelReport, Error>> = match checkpoint_report(args) {
+        Some(report) => vec![report],
+        None => selected(args).iter().map(diff::analyse).collect(),
+    };
+    for report in reports {
+        let report = report?;
+        diff::print(&report);
+        failed |= diff::rows(&report).iter().any(|r| !r.comparison.passed());
+        println!();
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn run_info(args: &Args) -> ExitCode {
@@ -121,6 +190,10 @@ fn main() -> ExitCode {
     match args.command.as_str() {
         "check" => run_check(&args).unwrap_or_else(|e| {
             eprintln!("qwen-kernels check: {e}");
+            ExitCode::FAILURE
+        }),
+        "diff" => run_diff(&args).unwrap_or_else(|e| {
+            eprintln!("qwen-kernels diff: {e}");
             ExitCode::FAILURE
         }),
         "info" => run_info(&args),

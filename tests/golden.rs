@@ -373,3 +373,25 @@ fn layer0_stages_pass_and_carry_the_hazards() {
     let q = f.tensor("rope.q").unwrap().values;
     assert!(q.iter().fold(0f64, |m, v| m.max(v.abs())) > 100.0);
 }
+
+/// Tensors that dtypes share are stored once and served under every dtype's name: inputs in the
+/// name's dtype (exactly), truths as stored; a dtype whose values differ keeps its own tensor.
+#[test]
+fn shared_tensors_are_served_under_each_dtype_name() {
+    let f = GoldenFile::open("qwen2.5-0.5b", "ops").unwrap();
+    assert!(f.metadata("shared.rmsnorm.x").is_some(), "rmsnorm inputs are shared");
+    for dtype in DType::ALL {
+        let x = f.host(&format!("rmsnorm.{dtype}.x")).unwrap();
+        assert_eq!(x.dtype(), dtype);
+        assert!(f.has(&format!("rmsnorm.{dtype}.x")));
+        // Served exactly: every value survives a round trip through the dtype.
+        assert!(x.data().iter().all(|&v| dtype.round(v) == v));
+        let truth = f.tensor(&format!("rmsnorm.{dtype}.y.truth")).unwrap();
+        assert_eq!(truth.dtype, None, "truths are served as float64");
+    }
+    // The f16 lm_head weight rounds its smallest values (f16 subnormals), so its truth is its own.
+    let f16 = f.tensor("lm_head.f16.logits.truth").unwrap().values;
+    let bf16 = f.tensor("lm_head.bf16.logits.truth").unwrap().values;
+    assert_ne!(f16, bf16);
+    assert!(!f.has("rmsnorm.f8.x") && !f.has("no.such.tensor"));
+}

@@ -21,6 +21,14 @@ pub fn data_dir() -> PathBuf {
     }
 }
 
+/// `<a>.<b>` and the dtype of a per-dtype name `<a>.<dtype>.<b>` (first segment naming a dtype).
+fn shared_name(name: &str) -> Option<(String, DType)> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let (i, dtype) = parts.iter().enumerate().find_map(|(i, p)| DType::ALL.into_iter().find(|d| d.to_string() == *p).map(|d| (i, d)))?;
+    let base: Vec<&str> = parts[..i].iter().chain(&parts[i + 1..]).copied().collect();
+    Some((base.join("."), dtype))
+}
+
 /// A tensor read from a golden file, as f64 values.
 #[derive(Clone, Debug)]
 pub struct GoldenTensor {
@@ -73,14 +81,41 @@ impl GoldenFile {
         Error::Golden { path: self.path.display().to_string(), detail, model: self.model.clone() }
     }
 
-    /// Whether the file holds tensor `name`.
+    /// Whether the file holds tensor `name` (stored under that name or shared across dtypes).
     pub fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes).is_ok_and(|st| st.tensor(name).is_ok())
+        let stored = |n: &str| SafeTensors::deserialize(&self.bytes).is_ok_and(|st| st.tensor(n).is_ok());
+        stored(name) || shared_name(name).is_some_and(|(base, _)| self.metadata.contains_key(&format!("shared.{base}")) && stored(&base))
     }
 
     /// Tensor `name` as f64 values.
+    ///
+    /// A tensor every dtype shares is stored once: `<a>.<dtype>.<b>` of f32, f16 and bf16 with the
+    /// same values is the one tensor `<a>.<b>` (golden/gen.py's `share_across_dtypes`), and its
+    /// metadata `shared.<a>.<b>` says which dtype each name is served as: "per-dtype" (the dtype in
+    /// the name: inputs, which the generator checked convert exactly) or one storage dtype for all
+    /// (truths, "F64"). Readers always use the per-dtype names.
     pub fn tensor(&self, name: &str) -> Result<GoldenTensor> {
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| self.fail(format!("corrupt: {e}")))?;
+        if st.tensor(name).is_err() {
+            if let Some((base, dtype)) = shared_name(name) {
+                if let Some(served) = self.metadata(&format!("shared.{base}")) {
+                    let mut t = self.stored(&st, &base)?;
+                    t.dtype = match served {
+                        "per-dtype" => Some(dtype),
+                        "F32" => Some(DType::F32),
+                        "F16" => Some(DType::F16),
+                        "BF16" => Some(DType::BF16),
+                        "F64" | "I32" | "I64" => None,
+                        other => return Err(self.fail(format!("metadata shared.{base} = {other}: unknown"))),
+                    };
+                    return Ok(t);
+                }
+            }
+        }
+        self.stored(&st, name)
+    }
+
+    fn stored(&self, st: &SafeTensors, name: &str) -> Result<GoldenTensor> {
         let view = st.tensor(name).map_err(|_| self.fail(format!("no tensor {name}")))?;
         let data = view.data();
         let (dtype, values): (Option<DType>, Vec<f64>) = match view.dtype() {

@@ -81,3 +81,43 @@ impl Qwen2Config {
         self.num_attention_heads / self.num_key_value_heads
     }
 }
+
+impl Qwen2Config {
+    /// A config from a Hugging Face `config.json` (Qwen2ForCausalLM), named `name`.
+    ///
+    /// `head_dim` defaults to hidden / heads; `rope_theta` is read from `rope_parameters` (the
+    /// transformers 5 layout) or the top level (4.x). The real vocabulary is the Qwen2 tokenizer's
+    /// 151665 ids when the embedding is larger, else the whole embedding. The name is leaked once
+    /// per call, as configs live for the whole program.
+    pub fn from_hf_json(name: &str, json: &str) -> crate::Result<Self> {
+        let bad = |detail: String| crate::Error::InvalidArgument { op: "config", detail };
+        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(format!("config.json of {name} is not JSON: {e}")))?;
+        let int = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| bad(format!("config.json of {name} lacks integer {k}")));
+        let float = |x: &serde_json::Value| x.as_f64();
+        let (hidden, heads) = (int("hidden_size")?, int("num_attention_heads")?);
+        if heads == 0 || hidden % heads != 0 && v["head_dim"].is_null() {
+            return Err(bad(format!("{name}: hidden {hidden} with {heads} heads and no head_dim")));
+        }
+        let head_dim = v["head_dim"].as_u64().map_or(hidden / heads.max(1), |d| d as usize);
+        let theta = float(&v["rope_parameters"]["rope_theta"])
+            .or_else(|| float(&v["rope_theta"]))
+            .ok_or_else(|| bad(format!("config.json of {name} has no rope_theta")))?;
+        let vocab = int("vocab_size")?;
+        const QWEN2_TOKENIZER_IDS: usize = 151_665;
+        Ok(Qwen2Config {
+            name: Box::leak(name.to_string().into_boxed_str()),
+            hidden_size: hidden,
+            intermediate_size: int("intermediate_size")?,
+            num_hidden_layers: int("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: int("num_key_value_heads")?,
+            head_dim,
+            vocab_size: vocab,
+            real_vocab_size: vocab.min(QWEN2_TOKENIZER_IDS),
+            max_position_embeddings: int("max_position_embeddings")?,
+            rope_theta: theta as f32,
+            rms_norm_eps: float(&v["rms_norm_eps"]).ok_or_else(|| bad(format!("config.json of {name} has no rms_norm_eps")))? as f32,
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+        })
+    }
+}

@@ -1,5 +1,7 @@
-//! Qwen2 model descriptions.
+//! Qwen2 models: config presets and whole-model weights (synthetic profile or checkpoint).
 
 pub mod config;
+pub mod weights;
 
 pub use config::Qwen2Config;
+pub use weights::ModelWeights;

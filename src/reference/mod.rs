@@ -6,6 +6,7 @@
 pub mod argmax;
 pub mod attention;
 pub mod linear;
+pub mod model;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

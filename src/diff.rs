@@ -1,0 +1,283 @@
+//! The whole model against its golden (`golden/data/<model>/model.safetensors`): the rows
+//! `qwen-kernels check` prints for it, and the per-layer report of `qwen-kernels diff`.
+//!
+//! Two ways to compare a layer with the float64 truth:
+//! - teacher-forced: the layer is fed the truth of its input (rounded to f32) and its outputs (the
+//!   residual after attention and after the MLP) are compared with the truth of those outputs,
+//!   element by element, allowing 6 standard deviations of the f32 rounding error the reference
+//!   carries (its error model: `reference::model`) plus the truth's own f32 storage rounding. An error in
+//!   one layer shows in that layer and no other: this is what localises a bug, and what PASSes or
+//!   FAILs.
+//! - free-running: the whole model from the prompt's tokens, as an engine runs it. Errors
+//!   compound, so this is reported (rel-L2 and max-abs after every attention and MLP, the growth per
+//!   layer, PyTorch bf16's own rel-L2 beside ours) but judged only through the greedy tokens.
+//!
+//! Greedy decoding: the truth's continuation (argmax over the real vocabulary at every step, with
+//! transformers' KV cache) must be reproduced token for token, with our KV cache. The generator
+//! only accepts prompts whose every step has a top-1 margin of at least 1e-3 logits
+//! (golden/gen.py MIN_MARGIN), far above an f32 model's logit error (~1e-5, reported as
+//! `logits (free-running)`), so a flipped token is a bug, not a near tie.
+
+use crate::check::Row;
+use crate::error::{Error, Result};
+use crate::golden::metrics::{compare, compare_scaled, Comparison, Tolerance};
+use crate::golden::GoldenFile;
+use crate::model::{ModelWeights, Qwen2Config};
+use crate::reference::model::{self as model_ref, Act, KvCache, U};
+use crate::DType;
+
+/// The teacher-forced tolerance: element i may be off by 6 standard deviations of its modelled f32
+/// rounding error (scale: `Act::bounds_f32`) plus one f32 rounding of the truth (it is stored as
+/// float32). Under the model a correct element exceeds 6 sigma with probability ~2e-9; the whole
+/// check covers ~1e6 elements per model.
+pub const BOUND: Tolerance = Tolerance { atol: 6.0, rtol: U as f32 };
+
+/// One layer of the report.
+#[derive(Clone, Debug)]
+pub struct LayerReport {
+    /// Teacher-forced, against the bound: after attention, after the layer.
+    pub forced_mid: Comparison,
+    pub forced_out: Comparison,
+    /// Free-running, against the truth (no tolerance: errors and norms only).
+    pub free_mid: Comparison,
+    pub free_out: Comparison,
+    /// PyTorch's own bf16 run, free-running, against the truth (after the layer).
+    pub torch_out: Comparison,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelReport {
+    pub model: String,
+    pub tokens: usize,
+    pub hidden: usize,
+    pub layers: Vec<LayerReport>,
+    /// Final norm + lm_head on the truth of the last layer's output, against the bound.
+    pub forced_logits: Comparison,
+    /// Free-running prefill logits against the truth, and PyTorch bf16's.
+    pub free_logits: Comparison,
+    pub torch_logits: Comparison,
+    pub greedy_truth: Vec<u32>,
+    pub greedy_ours: Vec<u32>,
+    pub greedy_torch: Vec<u32>,
+    pub min_margin: f64,
+    /// Per greedy step, rel-L2 of our final-norm output against the truth's (while the tokens agree).
+    pub normed_rel_l2: Vec<f64>,
+}
+
+fn tensor_rows(file: &GoldenFile, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    let t = file.tensor(name)?;
+    Ok((t.shape, t.values))
+}
+
+/// Run every whole-model comparison for `cfg` on the CPU reference.
+pub fn analyse(cfg: &Qwen2Config) -> Result<ModelReport> {
+    let file = GoldenFile::open(cfg.name, "model")?;
+    let weights = ModelWeights::from_recipes(cfg, &file)?;
+    analyse_with(&file, &weights)
+}
+
+/// The whole-model golden of a Hugging Face checkpoint directory (config.json + bf16
+/// safetensors), filed under `name` by `golden/gen.py --checkpoint DIR --name NAME`.
+pub fn analyse_checkpoint(dir: &std::path::Path, name: &str) -> Result<ModelReport> {
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| Error::invalid("checkpoint", format!("cannot read {}/config.json: {e}", dir.display())))?;
+    let cfg = Qwen2Config::from_hf_json(name, &text)?;
+    let file = GoldenFile::open(name, "model")?;
+    if file.metadata("config") != Some(text.as_str()) {
+        return Err(Error::Golden {
+            path: format!("{name}/model.safetensors"),
+            detail: format!("made from another config.json than {}", dir.display()),
+            model: name.to_string(),
+        });
+    }
+    let weights = ModelWeights::from_checkpoint(&cfg, dir)?;
+    analyse_with(&file, &weights)
+}
+
+/// As `analyse`, with the weights given (a checkpoint's, or a deliberately broken model's).
+pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> {
+    let cfg = &w.config;
+    let golden_err = |detail: String| Error::Golden { path: format!("{}/model.safetensors", cfg.name), detail, model: cfg.name.to_string() };
+    let prompt: Vec<u32> = file.tensor("prompt")?.values.iter().map(|&t| t as u32).collect();
+    let (shape, hidden_truth) = tensor_rows(file, "hidden.truth")?;
+    let (_, mid_truth) = tensor_rows(file, "attn_residual.truth")?;
+    let (_, hidden_torch) = tensor_rows(file, "hidden.torch")?;
+    let (l, t, h) = (cfg.num_hidden_layers, prompt.len(), cfg.hidden_size);
+    if shape != [l + 1, t, h] {
+        return Err(golden_err(format!("hidden.truth is {shape:?}, expected [{}, {t}, {h}]", l + 1)));
+    }
+    let slice = |v: &[f64], i: usize| -> Vec<f64> { v[i * t * h..(i + 1) * t * h].to_vec() };
+    let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+
+    // Free-running: the prefill and the greedy continuation.
+    let greedy_truth: Vec<u32> = file.tensor("greedy.tokens.truth")?.values.iter().map(|&x| x as u32).collect();
+    let run = model_ref::greedy(w, &prompt, greedy_truth.len())?;
+
+    let exact = Tolerance { atol: 0.0, rtol: 0.0 };
+    let mut layers = Vec::with_capacity(l);
+    for i in 0..l {
+        let (truth_mid, truth_out) = (slice(&mid_truth, i), slice(&hidden_truth, i + 1));
+        let torch = |v: &[f64]| f32s(v);
+        let (forced_mid, forced_out) = forced_layer(file, w, i)?;
+        layers.push(LayerReport {
+            forced_mid,
+            forced_out,
+            free_mid: compare(&run.prefill.attn_residual[i].v, &truth_mid, exact),
+            free_out: compare(&run.prefill.hidden[i + 1].v, &truth_out, exact),
+            torch_out: compare(&torch(&slice(&hidden_torch, i + 1)), &truth_out, exact),
+        });
+    }
+
+    let logits_truth = file.tensor("logits.truth")?.values;
+    let x = Act::new(t, h, f32s(&slice(&hidden_truth, l)), true, true);
+    let (_, logits) = model_ref::head(w, &x);
+    let forced_logits = compare_scaled(&logits.v, &logits_truth, BOUND, Some(&logits.bounds_f32()));
+    let free_logits = compare(&run.logits, &logits_truth, exact);
+    let torch_logits = compare(&f32s(&file.tensor("logits.torch")?.values), &logits_truth, exact);
+
+    let normed_truth = file.tensor("greedy.normed.truth")?.values;
+    let normed_rel_l2 = run
+        .normed
+        .iter()
+        .zip(normed_truth.chunks_exact(h))
+        .zip(run.tokens.iter().zip(&greedy_truth))
+        .take_while(|(_, (a, b))| a == b)
+        .map(|((ours, truth), _)| compare(ours, truth, exact).rel_l2)
+        .collect();
+    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok(ModelReport {
+        model: cfg.name.to_string(),
+        tokens: t,
+        hidden: h,
+        layers,
+        forced_logits,
+        free_logits,
+        torch_logits,
+        greedy_truth,
+        greedy_ours: run.tokens,
+        greedy_torch: file.tensor("greedy.tokens.torch")?.values.iter().map(|&x| x as u32).collect(),
+        min_margin,
+        normed_rel_l2,
+    })
+}
+
+/// Layer `i` teacher-forced: fed the truth of its input, its residual after attention and after
+/// the MLP against their truths, each element within `BOUND`.
+pub fn forced_layer(file: &GoldenFile, w: &ModelWeights, i: usize) -> Result<(Comparison, Comparison)> {
+    let (shape, hidden_truth) = tensor_rows(file, "hidden.truth")?;
+    let mid_truth = file.tensor("attn_residual.truth")?.values;
+    let (t, h) = (shape[1], shape[2]);
+    let part = |v: &[f64], i: usize| v[i * t * h..(i + 1) * t * h].to_vec();
+    let x = Act::new(t, h, part(&hidden_truth, i).iter().map(|&v| v as f32).collect(), true, true);
+    let mut cache = KvCache::new(w, t, true)?;
+    let (mid, out) = model_ref::layer(w, i, &x, &mut cache)?;
+    Ok((
+        compare_scaled(&mid.v, &part(&mid_truth, i), BOUND, Some(&mid.bounds_f32())),
+        compare_scaled(&out.v, &part(&hidden_truth, i + 1), BOUND, Some(&out.bounds_f32())),
+    ))
+}
+
+/// Merge comparisons of equal standing into one (the worst of each statistic; rel-L2 the largest).
+fn merged<'a>(parts: impl Iterator<Item = &'a Comparison>) -> Comparison {
+    let mut out = compare::<f32>(&[], &[], Tolerance { atol: 0.0, rtol: 0.0 });
+    for c in parts {
+        out.len += c.len;
+        out.max_abs_err = out.max_abs_err.max(c.max_abs_err);
+        out.max_rel_err = out.max_rel_err.max(c.max_rel_err);
+        out.nonfinite_mismatches += c.nonfinite_mismatches;
+        out.failures += c.failures;
+        out.rel_l2 = out.rel_l2.max(c.rel_l2);
+        out.cosine = out.cosine.min(c.cosine);
+        if c.max_tolerance_used > out.max_tolerance_used || out.worst.is_none() {
+            out.max_tolerance_used = out.max_tolerance_used.max(c.max_tolerance_used);
+            out.worst = c.worst;
+        }
+    }
+    out
+}
+
+/// First index where two token streams differ (their common length when none does).
+pub fn first_divergence(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+}
+
+/// The `check` rows of one model: every layer teacher-forced (one row: the worst layer decides),
+/// the teacher-forced logits, and the greedy tokens.
+pub fn rows(r: &ModelReport) -> Vec<Row> {
+    let row = |op: &str, tolerance: Tolerance, comparison: Comparison, pytorch: Option<Comparison>| Row {
+        op: op.to_string(),
+        case: r.model.clone(),
+        dtype: DType::F32,
+        against: "pytorch f64",
+        tolerance,
+        comparison,
+        pytorch,
+    };
+    let forced = merged(r.layers.iter().flat_map(|l| [&l.forced_mid, &l.forced_out]));
+    let n = r.greedy_truth.len();
+    let tokens = |v: &[u32]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let truth = tokens(&r.greedy_truth);
+    let exact = Tolerance { atol: 0.0, rtol: 0.0 };
+    vec![
+        row("model.layers.forced", BOUND, forced, None),
+        row("model.logits.forced", BOUND, r.forced_logits.clone(), None),
+        row(&format!("model.greedy{n}"), exact, compare(&tokens(&r.greedy_ours), &truth, exact), Some(compare(&tokens(&r.greedy_torch), &truth, exact))),
+    ]
+}
+
+/// The `diff` report of one model.
+pub fn print(r: &ModelReport) {
+    println!("model {}: prompt of {} tokens, hidden {}, {} layers (CPU reference, f32)", r.model, r.tokens, r.hidden, r.layers.len());
+    println!(
+        "{:>5}  {:>10} {:>10} {:>8}  {:>10} {:>10}  {:>10} {:>10} {:>7}  {:>10}",
+        "layer", "forced", "forced", "first", "free", "free", "free", "growth", "", "torch bf16"
+    );
+    println!(
+        "{:>5}  {:>10} {:>10} {:>8}  {:>10} {:>10}  {:>10} {:>10} {:>7}  {:>10}",
+        "", "attn used", "mlp used", "over", "attn rl2", "mlp rl2", "max abs", "per layer", "", "mlp rl2"
+    );
+    let mut previous: Option<f64> = None;
+    let mut first_over: Option<(usize, usize)> = None;
+    for (i, l) in r.layers.iter().enumerate() {
+        let over = [&l.forced_mid, &l.forced_out].iter().find(|c| !c.passed()).and_then(|c| c.worst.map(|(idx, _, _)| idx / r.hidden));
+        if first_over.is_none() {
+            first_over = over.map(|p| (i, p));
+        }
+        let growth = match previous {
+            Some(p) if p > 0.0 => format!("{:.2}", l.free_out.rel_l2 / p),
+            _ => "-".to_string(),
+        };
+        previous = Some(l.free_out.rel_l2);
+        println!(
+            "{:>5}  {:>10.3} {:>10.3} {:>8}  {:>10.3e} {:>10.3e}  {:>10.3e} {:>10} {:>7}  {:>10.3e}",
+            i,
+            l.forced_mid.max_tolerance_used,
+            l.forced_out.max_tolerance_used,
+            over.map_or("-".to_string(), |p| format!("pos {p}")),
+            l.free_mid.rel_l2,
+            l.free_out.rel_l2,
+            l.free_out.max_abs_err,
+            growth,
+            "",
+            l.torch_out.rel_l2
+        );
+    }
+    match first_over {
+        Some((layer, pos)) => println!("first over tolerance: layer {layer}, position {pos}"),
+        None => println!("every layer within its bound (teacher-forced)"),
+    }
+    println!(
+        "logits: forced tolerance used {:.3}; free-running rel-L2 {:.3e}, max abs {:.3e} (PyTorch bf16: {:.3e}, {:.3e})",
+        r.forced_logits.max_tolerance_used, r.free_logits.rel_l2, r.free_logits.max_abs_err, r.torch_logits.rel_l2, r.torch_logits.max_abs_err
+    );
+    let n = r.greedy_truth.len();
+    println!(
+        "greedy {n}: ours agree with the truth for {} tokens, PyTorch bf16 for {} (smallest truth margin {:.2e})",
+        first_divergence(&r.greedy_ours, &r.greedy_truth),
+        first_divergence(&r.greedy_torch, &r.greedy_truth),
+        r.min_margin
+    );
+    if let (Some(first), Some(last)) = (r.normed_rel_l2.first(), r.normed_rel_l2.last()) {
+        println!("final-norm output rel-L2 over the greedy steps: {first:.3e} (step 0) .. {last:.3e} (step {})", r.normed_rel_l2.len() - 1);
+    }
+}

@@ -1,0 +1,245 @@
+//! The weights of a whole Qwen2 model, by Hugging Face parameter name, held as bf16 (the dtype the
+//! checkpoints ship in and the goldens were computed from).
+//!
+//! Two sources:
+//! - [`ModelWeights::from_recipes`]: the synthetic hazard profile of a golden file. Its metadata
+//!   holds one recipe per tensor (`weight.<name>`, written by `golden/hazards.py`): row blocks
+//!   drawn from [`crate::synth`] (`bf16(bf16(unit * scale) + offset)`), then overrides applied in
+//!   order (`t[r, c] = value` for rows `r0..r1` and the listed columns, or all), then a checksum
+//!   of the final bits, which is verified here.
+//! - [`ModelWeights::from_checkpoint`]: a Hugging Face checkpoint directory (`*.safetensors`,
+//!   bf16 tensors).
+
+use crate::error::{Error, Result};
+use crate::golden::GoldenFile;
+use crate::model::Qwen2Config;
+use crate::synth;
+use safetensors::{Dtype, SafeTensors};
+use std::path::Path;
+
+const OP: &str = "model weights";
+
+/// A bf16 matrix [rows, cols] (a vector is one row).
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: Vec<u16>,
+}
+
+impl Matrix {
+    pub fn row(&self, r: usize) -> &[u16] {
+        &self.bits[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// All values as f32 (exact).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.bits.iter().map(|&b| bf16_to_f32(b)).collect()
+    }
+}
+
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// `nn.Linear` parameters: weight [out, in], optional bias [out].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Matrix,
+    pub bias: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub input_layernorm: Vec<f32>,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: Vec<f32>,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    pub config: Qwen2Config,
+    /// [vocab, hidden]; also the lm_head when the embeddings are tied.
+    pub embed_tokens: Matrix,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,
+    /// [vocab, hidden] when not tied to the embedding.
+    pub lm_head: Option<Matrix>,
+}
+
+impl ModelWeights {
+    /// The lm_head weight [vocab, hidden].
+    pub fn lm_head(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Every tensor of the synthetic profile recorded in `file`'s metadata.
+    pub fn from_recipes(config: &Qwen2Config, file: &GoldenFile) -> Result<Self> {
+        build(config, |name, shape| {
+            let key = format!("weight.{name}");
+            let text = file.metadata(&key).ok_or_else(|| Error::invalid(OP, format!("golden metadata lacks {key}")))?;
+            recipe_tensor(&key, text, shape)
+        })
+    }
+
+    /// A Hugging Face checkpoint directory: every `*.safetensors` file in it, bf16 tensors.
+    pub fn from_checkpoint(config: &Qwen2Config, dir: &Path) -> Result<Self> {
+        let mut files = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::invalid(OP, format!("cannot read checkpoint {}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "safetensors") {
+                let bytes = std::fs::read(&path).map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
+                files.push((path, bytes));
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::invalid(OP, format!("no *.safetensors in {}", dir.display())));
+        }
+        let mut parsed = Vec::new();
+        for (path, bytes) in &files {
+            let st = SafeTensors::deserialize(bytes).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))?;
+            parsed.push((path, st));
+        }
+        build(config, |name, shape| {
+            let (path, view) = parsed
+                .iter()
+                .find_map(|(p, st)| st.tensor(name).ok().map(|v| (p, v)))
+                .ok_or_else(|| Error::invalid(OP, format!("checkpoint {} has no tensor {name}", dir.display())))?;
+            if view.shape() != shape {
+                return Err(Error::shape(OP, format!("{name} in {} is {:?}, the config says {shape:?}", path.display(), view.shape())));
+            }
+            if view.dtype() != Dtype::BF16 {
+                return Err(Error::dtype(OP, format!("{name} in {} is {:?}; checkpoints are read as BF16", path.display(), view.dtype())));
+            }
+            Ok(view.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        })
+    }
+}
+
+type Getter<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<u16>> + 'a;
+
+fn matrix(get: &mut Getter, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+    Ok(Matrix { rows, cols, bits: get(name, &[rows, cols])? })
+}
+
+fn vector(get: &mut Getter, name: &str, n: usize) -> Result<Vec<f32>> {
+    Ok(get(name, &[n])?.into_iter().map(bf16_to_f32).collect())
+}
+
+fn linear(get: &mut Getter, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
+    let weight = matrix(get, &format!("{name}.weight"), rows, cols)?;
+    let bias = if bias { Some(vector(get, &format!("{name}.bias"), rows)?) } else { None };
+    Ok(Linear { weight, bias })
+}
+
+/// Assemble the model from `get(name, shape) -> bf16 bits`.
+fn build(config: &Qwen2Config, mut get: impl FnMut(&str, &[usize]) -> Result<Vec<u16>>) -> Result<ModelWeights> {
+    let get: &mut Getter = &mut get;
+    let c = config;
+    let (h, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+    let embed_tokens = matrix(get, "model.embed_tokens.weight", c.vocab_size, h)?;
+    let mut layers = Vec::with_capacity(c.num_hidden_layers);
+    for i in 0..c.num_hidden_layers {
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        layers.push(LayerWeights {
+            input_layernorm: vector(get, &p("input_layernorm.weight"), h)?,
+            q_proj: linear(get, &p("self_attn.q_proj"), q_out, h, true)?,
+            k_proj: linear(get, &p("self_attn.k_proj"), kv_out, h, true)?,
+            v_proj: linear(get, &p("self_attn.v_proj"), kv_out, h, true)?,
+            o_proj: linear(get, &p("self_attn.o_proj"), h, q_out, false)?,
+            post_attention_layernorm: vector(get, &p("post_attention_layernorm.weight"), h)?,
+            gate_proj: linear(get, &p("mlp.gate_proj"), inter, h, false)?,
+            up_proj: linear(get, &p("mlp.up_proj"), inter, h, false)?,
+            down_proj: linear(get, &p("mlp.down_proj"), h, inter, false)?,
+        });
+    }
+    let norm = vector(get, "model.norm.weight", h)?;
+    let lm_head = if c.tie_word_embeddings { None } else { Some(matrix(get, "lm_head.weight", c.vocab_size, h)?) };
+    Ok(ModelWeights { config: config.clone(), embed_tokens, layers, norm, lm_head })
+}
+
+/// One tensor from its recipe (see the module docs), checksum verified. `shape` is what the config
+/// expects; the recipe must agree.
+fn recipe_tensor(key: &str, text: &str, shape: &[usize]) -> Result<Vec<u16>> {
+    let bad = |detail: String| Error::invalid(OP, format!("{key}: {detail}"));
+    let r: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let recorded: Vec<usize> = r["shape"]
+        .as_array()
+        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+        .ok_or_else(|| bad("no shape".into()))?;
+    if recorded != shape {
+        return Err(Error::shape(OP, format!("{key}: recipe shape {recorded:?}, the config says {shape:?}")));
+    }
+    let seed: u64 = r["seed"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| bad("no seed".into()))?;
+    let cols = *shape.last().unwrap_or(&1);
+    let numel: usize = shape.iter().product();
+    let mut bits = Vec::with_capacity(numel);
+    for part in r["parts"].as_array().ok_or_else(|| bad("no parts".into()))? {
+        let name = part["name"].as_str().ok_or_else(|| bad("part without name".into()))?;
+        let rows = part["rows"].as_u64().ok_or_else(|| bad("part without rows".into()))? as usize;
+        let num = |f: &str| part[f].as_str().and_then(synth::parse_scale).ok_or_else(|| bad(format!("part {name}: bad {f}")));
+        let (scale, offset) = (num("scale")?, num("offset")?);
+        let mut block = synth::tensor_bf16_bits(seed, name, rows * cols, scale);
+        if offset != 0.0 {
+            for b in &mut block {
+                *b = synth::bf16_bits_rne(bf16_to_f32(*b) + offset);
+            }
+        }
+        bits.extend(block);
+    }
+    if bits.len() != numel {
+        return Err(bad(format!("parts give {} values for shape {shape:?}", bits.len())));
+    }
+    let rows_total = numel / cols;
+    for o in r["overrides"].as_array().ok_or_else(|| bad("no overrides".into()))? {
+        let range: Vec<usize> = o["rows"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad("override without rows".into()))?;
+        let [r0, r1] = range[..] else { return Err(bad(format!("override rows {range:?}"))) };
+        if !(r0 < r1 && r1 <= rows_total) {
+            return Err(bad(format!("override rows {r0}..{r1} outside 0..{rows_total}")));
+        }
+        let value = o["value"].as_str().and_then(synth::parse_scale).ok_or_else(|| bad("override without value".into()))?;
+        let v = synth::bf16_bits_rne(value);
+        if bf16_to_f32(v) != value {
+            return Err(bad(format!("override value {value} is not a bf16 number")));
+        }
+        let columns: Vec<usize> = match &o["cols"] {
+            serde_json::Value::String(s) if s == "all" => (0..cols).collect(),
+            serde_json::Value::Array(a) => a.iter().map(|c| c.as_u64().map(|c| c as usize)).collect::<Option<_>>().ok_or_else(|| bad("bad cols".into()))?,
+            other => return Err(bad(format!("override cols {other}"))),
+        };
+        if let Some(&c) = columns.iter().find(|&&c| c >= cols) {
+            return Err(bad(format!("override column {c} outside 0..{cols}")));
+        }
+        for row in r0..r1 {
+            for &c in &columns {
+                bits[row * cols + c] = v;
+            }
+        }
+    }
+    let expected: u64 = r["checksum"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| bad("no checksum".into()))?;
+    let got = synth::checksum(&bits);
+    if got != expected {
+        return Err(bad(format!("regenerated checksum {got} != recorded {expected}")));
+    }
+    Ok(bits)
+}
+
+/// Token ids to look up: each must be below the vocabulary size.
+pub fn check_tokens(config: &Qwen2Config, tokens: &[u32]) -> Result<()> {
+    if let Some(&t) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+        return Err(Error::invalid("embedding", format!("token id {t} >= vocab size {}", config.vocab_size)));
+    }
+    Ok(())
+}
