@@ -157,3 +157,38 @@ fn tensor_core_error_term_counts_its_sources() {
     assert_eq!(mma_extra_error(DType::BF16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 0.125);
     assert_eq!(mma_extra_error(DType::F16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 4.0 + 5.0);
 }
+
+/// Every kernel the planners can choose is in the build for every target, without spills.
+#[test]
+fn every_attention_kernel_is_built_without_spills() {
+    if !qwen_kernels::kernels::built() {
+        return;
+    }
+    let resources = qwen_kernels::kernels::resources();
+    let mut names = Vec::new();
+    for dtype in ["f32", "f16", "bf16"] {
+        for d in [64, 128] {
+            names.push(format!("attn_split_{dtype}_d{d}"));
+            names.push(format!("attn_combine_{dtype}_d{d}"));
+            if dtype != "f32" {
+                names.push(format!("attn_prefill_mma_{dtype}_d{d}"));
+            }
+        }
+    }
+    let targets: Vec<&str> = {
+        let mut t: Vec<&str> = resources.iter().map(|r| r.target.as_str()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    assert!(!targets.is_empty());
+    for name in &names {
+        for target in &targets {
+            let r = resources
+                .iter()
+                .find(|r| &r.kernel == name && &r.target == target)
+                .unwrap_or_else(|| panic!("{name} missing for {target}"));
+            assert_eq!((r.spill_store_bytes, r.spill_load_bytes, r.stack_frame_bytes), (0, 0, 0), "{name} on {target}: {r:?}");
+        }
+    }
+}
