@@ -50,7 +50,7 @@
 //        f16:  2 terms, error <= 2^-22 p + 2^-25   (2^-25: P2 may be an f16 subnormal)
 //        bf16: 3 terms, error <= 2^-27 p
 //    i.e. within a few u32 of FP32 weights (derivation and the tolerance term in
-//    ops/attention.rs, `mma_weight_error`). The row sum l uses the FP32 p. Cost: P V runs 2 (f16)
+//    ops/attention.rs, `mma_extra_error`). The row sum l uses the FP32 p. Cost: P V runs 2 (f16)
 //    or 3 (bf16) mma per tile instead of 1.
 #include "common.cuh"
 

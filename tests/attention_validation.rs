@@ -77,6 +77,7 @@ fn prefill_rejects_each_bad_input() {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode(q: Layout, kc: Layout, vc: Layout, out: Layout, slots: usize, lens: usize, ws: Layout, chunk: usize) -> qwen_kernels::Result<()> {
     check_decode(q, kc, vc, out, slots, lens, ws, chunk, ALIGNED).map(|_| ())
 }

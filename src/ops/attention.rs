@@ -14,7 +14,7 @@
 //! Kernels (details in the kernel file's header):
 //! - prefill f16/bf16: tensor cores (`mma.sync` m16n8k16, FP32 accumulation), 64 query rows x 64
 //!   keys per step, online softmax; the softmax weights enter the P.V mma split into 2 (f16) or 3
-//!   (bf16) 16-bit terms so they keep FP32 accuracy ([`mma_weight_error`]).
+//!   (bf16) 16-bit terms so they keep FP32 accuracy ([`mma_extra_error`]).
 //! - prefill f32 (and `PrefillPath::Simt` for any dtype): the SIMT kernel below, one block per query
 //!   token and kv head, no workspace.
 //! - decode: SIMT flash-decoding. Each block reads the K/V rows of one (sequence, kv head, split of
@@ -446,29 +446,36 @@ pub fn decode_with_chunk(
     Ok(())
 }
 
-/// Extra error of the tensor-core prefill against FP32 softmax weights, per output element, in
-/// units of u32 = 2^-24 times `v_max` (the largest |v_sd| over the visible keys), for `visible`
-/// keys: add it to `reference::attention::error_scale` when comparing that kernel.
+/// Extra error of the tensor-core prefill beyond `reference::attention::error_scale`, per output
+/// element, in units of u32 = 2^-24 times `v_max` (the largest |v_sd| over the visible keys), for a
+/// row with `visible` keys and logit bound `logit_bound` (L = max_s sum_i |q_i k_si| / sqrt(D), as in
+/// `error_scale`). Add it to `error_scale` when comparing that kernel. Two sources:
 ///
-/// The P.V mma takes 16-bit operands. Each weight p in [0, 1] (FP32) is split into terms
-/// P1 = T(p), P2 = T(p - P1) (, P3 = T(p - P1 - P2)); each subtraction is exact, each term is
-/// multiplied by v exactly and accumulated in FP32 by the mma, so the weight that reaches the sum
-/// is p up to the last term's rounding:
-/// - f16, 2 terms: |p - P1| <= 2^-11 p, rounded to 11 bits: error <= 2^-11 * 2^-11 p = 2^-22 p
-///   = 4 u32 p while P2 is normal; when P2 falls below 2^-14 (f16 subnormals, spacing 2^-24) the
-///   error is at most 2^-25 = u32 / 2 absolute.
-/// - bf16, 3 terms of 8 bits: error <= 2^-27 p (bf16 shares FP32's exponent range: no subnormal
-///   term above 2^-126) = u32 / 8 p.
+/// 1. The P.V mma takes 16-bit operands. Each weight p in [0, 1] (FP32) is split into terms
+///    P1 = T(p), P2 = T(p - P1) (, P3 = T(p - P1 - P2)); each subtraction is exact, each term is
+///    multiplied by v exactly and accumulated in FP32 by the mma, so the weight that reaches the sum
+///    is p up to the last term's rounding:
+///    - f16, 2 terms: |p - P1| <= 2^-11 p, rounded to 11 bits: error <= 2^-22 p = 4 u32 p while P2
+///      is normal; below 2^-14 (f16 subnormals, spacing 2^-24) at most 2^-25 = u32 / 2 absolute.
+///    - bf16, 3 terms of 8 bits: error <= 2^-27 p = u32 p / 8 (bf16 has FP32's exponent range).
 ///
-/// Summed over the keys, sum_s err_s |v_sd| <= v_max (r sum_s p_s + a S) with sum_s p_s = 1:
-/// f16: (4 + S / 2) u32 v_max; bf16: u32 v_max / 8; f32 (SIMT, FP32 weights): 0.
-/// (FlashAttention's single rounding would be 2^-11 p (f16) or 2^-8 p (bf16): 2^13 to 2^16 u32
-/// v_max, far outside the FP32 contract.) The row sum uses the FP32 p, so the normalisation adds
-/// nothing beyond the FP32 terms `error_scale` already counts.
-pub fn mma_weight_error(dtype: DType, visible: usize) -> f32 {
-    match dtype {
-        DType::F32 => 0.0,
+///    Over the keys, sum_s err_s |v_sd| <= v_max (r sum_s p_s + a S), sum_s p_s = 1:
+///    f16 (4 + S / 2) u32 v_max, bf16 u32 v_max / 8.
+///    (FlashAttention's single rounding of P would be 2^-11 p or 2^-8 p: 2^13 to 2^16 u32 v_max,
+///    far outside the FP32 contract; this is why P is split.)
+/// 2. The mma's FP32 accumulation truncates instead of rounding to nearest (measured on V100 to
+///    H100: products exact, sums aligned and truncated to FP32), so each addition errs by up to
+///    2 u32 instead of 1: the q.k and p.v accumulation terms of `error_scale`, 2 (D + 2) L and
+///    (S + 2), may double. Added once more here.
+///
+/// The row sum uses the FP32 p, and the softmax arithmetic (expf, online rescaling: one extra
+/// multiply per 64-key tile) stays within the (3 S + 12) of `error_scale`.
+pub fn mma_extra_error(dtype: DType, head_dim: usize, visible: usize, logit_bound: f32) -> f32 {
+    let weights = match dtype {
+        DType::F32 => return 0.0, // f32 storage never runs on tensor cores
         DType::F16 => 4.0 + visible as f32 / 2.0,
         DType::BF16 => 0.125,
-    }
+    };
+    let truncation = 2.0 * (head_dim as f32 + 2.0) * logit_bound + visible as f32 + 2.0;
+    weights + truncation
 }

@@ -148,6 +148,7 @@ fn device_i32(gpu: &Gpu, values: &[i32]) -> CudaSlice<i32> {
 }
 
 /// Decode of q [B, heads, D] against a cache with per-row slots and lens; guarded output.
+#[allow(clippy::too_many_arguments)]
 fn run_decode(gpu: &Gpu, q: &HostTensor, kc: &HostTensor, vc: &HostTensor, slots: &[i32], lens: &[i32], chunk: usize, what: &str) -> Vec<f32> {
     let (batch, heads, dim) = (q.dims()[0], q.dims()[1], q.dims()[2]);
     let capacity = kc.dims()[2];
@@ -275,6 +276,7 @@ fn decode_every_step_of_a_300_token_golden_in_one_launch(gpu: &Gpu) {
 
 /// Random sequences of very different lengths in permuted slots, one launch, both models' head
 /// configs; every cache position past a sequence's length is NaN.
+#[allow(clippy::too_many_arguments)]
 fn check_decode_batch(gpu: &Gpu, seed: u64, dtype: DType, heads: usize, kv_heads: usize, dim: usize, lens: &[usize], chunk: usize) {
     let mut r = rng(seed);
     let batch = lens.len();
