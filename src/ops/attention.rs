@@ -22,6 +22,11 @@
 //!   FP32 workspace ([`decode_workspace_len`]) and a second kernel merges them. Nothing is allocated
 //!   and nothing synchronises: a decode step can be captured in a CUDA graph.
 //!
+//! Batch invariance: a row's result depends on its own length (and, in decode, the chunk), never on
+//! the rows around it. The SIMT prefill's row t and a one-split decode of the same token (chunk >=
+//! len) are bit-identical; the tensor-core prefill and a multi-split decode of the same token agree
+//! within the tolerance, not bitwise (different summation orders).
+//!
 //! Device-side slots and lens cannot be checked on the host. The kernels read them and treat a row
 //! with slot outside [0, slots) or len outside [1, capacity] as invalid: nothing is read for it and
 //! every element of its output is NaN (reported, never an out-of-bounds access).
