@@ -38,8 +38,9 @@
 //    storage prefill and as the SIMT prefill path.
 //
 // 2. attn_prefill_mma_* (f16/bf16, D 64/128, any group): FlashAttention-2 style. grid = (ceil(T/64),
-//    heads), 4 warps; warp w owns query rows 16w..16w+15 of the block's 64. Per tile of 64 keys
-//    (K and V staged in shared memory with 16-byte loads, rows padded by 8 elements so fragment
+//    heads), 4 warps; warp w owns query rows 16w..16w+15 of the block's 64; Q fragments stay in
+//    registers. Per tile of 64 keys (K and V copied to shared memory with cp.async, two buffers so
+//    tile i + 1 lands while tile i computes; rows padded by 8 elements so the ldmatrix fragment
 //    loads are bank-conflict free): S = Q K^T with mma.sync m16n8k16 (FP32 accumulation; products of
 //    two 16-bit values are exact in FP32, so nothing is ever rounded to 16 bits before the scale),
 //    logit = S * D^-0.5 in FP32, causal mask, online softmax in FP32, then O += P V with mma.sync.
@@ -283,6 +284,23 @@ constexpr int MMA_THREADS = MMA_WARPS * WARP;
 constexpr int BLOCK_M = 16 * MMA_WARPS;   // query rows per block
 constexpr int BLOCK_N = 64;               // keys per tile
 constexpr int SMEM_PAD = 8;               // elements of padding per shared row (16 bytes)
+constexpr int STAGES = 2;                 // K/V tiles in flight: tile i computes while i + 1 lands
+
+// Dynamic shared memory of the tensor-core prefill: STAGES x (K, V) tiles of BLOCK_N rows of
+// D + SMEM_PAD 16-bit elements (D 64: 36 KiB, D 128: 68 KiB; the host raises the 48 KiB default).
+constexpr int mma_smem_bytes(int d) { return STAGES * 2 * BLOCK_N * (d + SMEM_PAD) * 2; }
+
+// 16-byte global -> shared copy that bypasses registers (sm_80+). `valid == false` copies nothing
+// and zero-fills the 16 bytes (src-size 0); `src` must still be a mapped address.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
 
 template <typename T> struct Mma;
 
@@ -322,6 +340,22 @@ template <> struct Mma<__nv_bfloat16> {
     }
 };
 
+// Four 8 x 8 matrices of 16-bit elements from shared memory; lanes 8i .. 8i+7 give the row
+// addresses of matrix i (16-byte aligned). Without TRANS lane (g, t) receives (row g, columns
+// 2t..2t+1) of each matrix, with TRANS (rows 2t..2t+1, column g).
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    }
+}
+
 // mma.m16n8k16 fragments (g = lane / 4, t = lane % 4):
 //   A (16 x 16, row-major):  a[0] = (row g,   k 2t..2t+1)   a[1] = (row g+8, k 2t..2t+1)
 //                            a[2] = (row g,   k 2t+8..+9)   a[3] = (row g+8, k 2t+8..+9)
@@ -339,8 +373,9 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
     constexpr int ND = D / 8;           // 8-column blocks of O
     constexpr int LD = D + SMEM_PAD;    // shared row length (elements); LD * 2 bytes is a multiple of 16
     constexpr int VEC = Vec16<T>::N;
-    __shared__ __align__(16) T s_k[BLOCK_N][LD];
-    __shared__ __align__(16) T s_v[BLOCK_N][LD];
+    // smem: [STAGES][K, V][BLOCK_N][LD]
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* const smem = reinterpret_cast<T*>(smem_raw);
 
     // Longest (last) query tiles first: causal work grows with the tile index.
     const int m0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_M;
@@ -381,35 +416,52 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
     const T* k_head = k + static_cast<size_t>(kv_head) * head_stride;
     const T* v_head = v + static_cast<size_t>(kv_head) * head_stride;
 
-    for (int n0 = 0; n0 < key_end; n0 += BLOCK_N) {
-        // Stage K and V rows n0 .. n0 + 63 (zeros past the context).
+    // Stage K and V rows n0 .. n0 + 63 of the context into buffer `buf` (zeros past the context),
+    // as one cp.async group.
+    auto stage = [&](int buf, int n0) {
+        T* sk = smem + static_cast<size_t>(buf) * 2 * BLOCK_N * LD;
+        T* sv = sk + BLOCK_N * LD;
         for (int i = threadIdx.x; i < BLOCK_N * (D / VEC); i += MMA_THREADS) {
             const int r = i / (D / VEC), c = (i % (D / VEC)) * VEC;
-            Vec16<T> kx, vx;
-            if (n0 + r < context) {
-                const size_t off = static_cast<size_t>(n0 + r) * row_stride + c;
-                kx = load16(k_head + off);
-                vx = load16(v_head + off);
-            } else {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) kx.v[e] = vx.v[e] = from_float<T>(0.0f);
-            }
-            store16(&s_k[r][c], kx);
-            store16(&s_v[r][c], vx);
+            const bool in = n0 + r < context;
+            const size_t off = static_cast<size_t>(in ? n0 + r : 0) * row_stride + c;
+            cp_async16(sk + r * LD + c, k_head + off, in);
+            cp_async16(sv + r * LD + c, v_head + off, in);
         }
-        __syncthreads();
+        cp_async_commit();
+    };
+
+    stage(0, 0);
+    for (int n0 = 0, it = 0; n0 < key_end; n0 += BLOCK_N, ++it) {
+        const int buf = it % STAGES;
+        if (n0 + BLOCK_N < key_end) {
+            // The next tile's buffer was last read in iteration it - 1, which ended with a barrier.
+            stage(buf ^ 1, n0 + BLOCK_N);
+            cp_async_wait<1>();   // all but the group just issued: this tile has landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();   // every thread's copies of this tile are visible
+        const T* s_k = smem + static_cast<size_t>(buf) * 2 * BLOCK_N * LD;   // [BLOCK_N][LD]
+        const T* s_v = s_k + BLOCK_N * LD;
 
         // S = Q K^T (FP32 accumulation), then logits = S * scale in FP32, masked.
         float s[NB][4];
+        // K fragments with ldmatrix (no transpose): matrices (keys nb*8 + 0..7) x (columns
+        // ks*16 + 0..7 | ks*16 + 8..15 | (ks+1)*16 + 0..7 | (ks+1)*16 + 8..15); lane L gives row
+        // L % 8 of matrix L / 8 and receives (key g, columns 2t..2t+1) of each: b0, b1 of k-step
+        // ks, then of ks + 1.
+        const int mat = lane / 8, mat_row = lane % 8;
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) {
             s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
-            const T* kr = &s_k[nb * 8 + g][2 * t];
 #pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kr + ks * 16);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(kr + ks * 16 + 8);
-                Mma<T>::mma(s[nb], qf[ks], b0, b1);
+            for (int ks = 0; ks < KS; ks += 2) {
+                const T* src = s_k + (nb * 8 + mat_row) * LD + (ks + (mat >> 1)) * 16 + (mat & 1) * 8;
+                uint32_t b[4];
+                ldmatrix_x4<false>(b, src);
+                Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);
+                Mma<T>::mma(s[nb], qf[ks + 1], b[2], b[3]);
             }
         }
         float tile_max_a = -INFINITY, tile_max_b = -INFINITY;
@@ -479,15 +531,11 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
             // V fragments with ldmatrix.trans: matrices (keys kk*16 + 0..7 | 8..15) x (columns of
             // blocks n | n + 1); lane L gives the address of row L % 8 of matrix L / 8, and receives
             // (keys 2t..2t+1, column g) of each: b0/b1 of block n, then of block n + 1.
-            const int mat = lane / 8, mat_row = lane % 8;
 #pragma unroll
             for (int n = 0; n < ND; n += 2) {
-                const T* src = &s_v[kk * 16 + (mat & 1) * 8 + mat_row][(n + (mat >> 1)) * 8];
-                const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(src));
+                const T* src = s_v + (kk * 16 + (mat & 1) * 8 + mat_row) * LD + (n + (mat >> 1)) * 8;
                 uint32_t b[4];
-                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                             : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-                             : "r"(addr));
+                ldmatrix_x4<true>(b, src);
 #pragma unroll
                 for (int term = 0; term < Mma<T>::P_TERMS; ++term) {
                     Mma<T>::mma(acc[n], pf[term], b[0], b[1]);
@@ -495,7 +543,7 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
                 }
             }
         }
-        __syncthreads();   // s_k, s_v are restaged by the next tile
+        __syncthreads();   // this buffer is restaged by iteration it + 1
     }
 
     // Row sums over the quad, normalise, store. o: [T, heads, D].

@@ -25,11 +25,17 @@ fn prefill_picks_tensor_cores_for_16_bit_and_simt_for_f32() {
     assert_eq!((dims.tokens, dims.context, dims.group()), (100, 300, 7));
     assert_eq!(launch.kernel, "attn_prefill_mma_bf16_d64");
     assert_eq!(launch.grid, (2, 14, 1)); // ceil(100 / 64) query tiles x heads
+    // two stages of K and V tiles, 64 rows of (64 + 8) 16-bit elements
+    assert_eq!(launch.shared_bytes, 2 * 2 * 64 * 72 * 2);
     let q = l(DType::F16, &[5, 12, 128]);
     let kv = l(DType::F16, &[40, 2, 128]);
     assert_eq!(prefill(q, kv, kv, q).unwrap(), "attn_prefill_mma_f16_d128");
     let (_, simt) = plan_prefill(q, kv, kv, q, ALIGNED, PrefillPath::Simt).unwrap();
     assert_eq!(simt.kernel, "attn_split_f16_d128");
+    assert_eq!(simt.shared_bytes, 0);
+    let (_, mma128) = plan_prefill(q, kv, kv, q, ALIGNED, PrefillPath::TensorCore).unwrap();
+    assert_eq!(mma128.shared_bytes, 69632); // past the 48 KiB default, within sm_86's 99 KiB
+
     assert_eq!(simt.grid, (5, 2, 1)); // tokens x kv heads (group 6 fits one block)
     let q = l(DType::F32, &[5, 18, 128]);
     let kv = l(DType::F32, &[40, 2, 128]);

@@ -13,7 +13,7 @@
 //!
 //! Kernels (details in the kernel file's header):
 //! - prefill f16/bf16: tensor cores (`mma.sync` m16n8k16, FP32 accumulation), 64 query rows x 64
-//!   keys per step, online softmax; the softmax weights enter the P.V mma split into 2 (f16) or 3
+//!   keys per step, K/V tiles double-buffered with cp.async, fragments by ldmatrix, online softmax; the softmax weights enter the P.V mma split into 2 (f16) or 3
 //!   (bf16) 16-bit terms so they keep FP32 accuracy ([`mma_extra_error`]).
 //! - prefill f32 (and `PrefillPath::Simt` for any dtype): the SIMT kernel below, one block per query
 //!   token and kv head, no workspace.
@@ -36,6 +36,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::kv_cache::{self, KvCacheDims};
 use crate::tensor::{Layout, View, ViewMut};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 
 pub const OP: &str = "attention";
@@ -53,6 +54,16 @@ pub const HEADS_PER_BLOCK: usize = 8;
 pub const DEFAULT_DECODE_CHUNK: usize = 256;
 /// Query rows per block of the tensor-core prefill (`BLOCK_M`).
 pub const MMA_BLOCK_M: usize = 64;
+/// Keys per tile of the tensor-core prefill (`BLOCK_N`), double-buffered (`STAGES`).
+const MMA_BLOCK_N: usize = 64;
+const MMA_STAGES: usize = 2;
+
+/// Dynamic shared memory of the tensor-core prefill (`mma_smem_bytes`): K and V tiles of 64 rows
+/// of head_dim + 8 16-bit elements, two of each: 36 KiB at head_dim 64, 68 KiB at 128 (past the
+/// 48 KiB default, so the launch raises the kernel's limit; every sm_80+ part allows 99 KiB).
+pub fn mma_shared_bytes(head_dim: usize) -> usize {
+    MMA_STAGES * 2 * MMA_BLOCK_N * (head_dim + 8) * 2
+}
 const SPLIT_THREADS: u32 = 128;
 const MMA_THREADS: u32 = 128;
 /// CUDA's limit on grid.y and grid.z.
@@ -148,6 +159,8 @@ pub struct PrefillLaunch {
     pub kernel: &'static str,
     pub grid: (u32, u32, u32),
     pub threads: u32,
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
 }
 
 /// Validate a prefill (q, k, v, out, alignment) and choose its kernel. `byte_offsets`: q, k, v, out.
@@ -177,14 +190,16 @@ pub fn plan_prefill(q: Layout, k: Layout, v: Layout, out: Layout, byte_offsets: 
             (_, false) => "attn_prefill_mma_bf16_d64",
             (_, true) => "attn_prefill_mma_bf16_d128",
         };
-        PrefillLaunch { kernel, grid: (dims.tokens.div_ceil(MMA_BLOCK_M) as u32, dims.heads as u32, 1), threads: MMA_THREADS }
+        let grid = (dims.tokens.div_ceil(MMA_BLOCK_M) as u32, dims.heads as u32, 1);
+        PrefillLaunch { kernel, grid, threads: MMA_THREADS, shared_bytes: mma_shared_bytes(dims.head_dim) as u32 }
     } else {
         let head_blocks = dims.group().div_ceil(HEADS_PER_BLOCK);
         let grid_y = dims.kv_heads * head_blocks;
         if grid_y > GRID_YZ_MAX {
             return Err(Error::unsupported(OP, format!("kv_heads x head blocks {grid_y} > {GRID_YZ_MAX} (grid.y)")));
         }
-        PrefillLaunch { kernel: split_kernel(dtype, d128), grid: (dims.tokens as u32, grid_y as u32, 1), threads: SPLIT_THREADS }
+        let grid = (dims.tokens as u32, grid_y as u32, 1);
+        PrefillLaunch { kernel: split_kernel(dtype, d128), grid, threads: SPLIT_THREADS, shared_bytes: 0 }
     };
     Ok((dims, launch))
 }
@@ -228,7 +243,12 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
         return Ok(());
     }
     let f = gpu.function(MODULE, launch.kernel)?;
-    let config = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.threads, 1, 1), shared_mem_bytes: 0 };
+    let config = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.threads, 1, 1), shared_mem_bytes: launch.shared_bytes };
+    if launch.shared_bytes > 0 {
+        // Not a stream operation: legal while a graph is being captured.
+        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, launch.shared_bytes as i32)
+            .cuda(format!("cuFuncSetAttribute({}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {})", launch.kernel, launch.shared_bytes))?;
+    }
     let (tokens, context, heads) = (dims.tokens as i32, dims.context as i32, dims.heads as i32);
     let group = dims.group() as i32;
     // Contiguous k, v [S, kv_heads, D]: kv head g's row s at g * D + s * kv_heads * D.
@@ -240,7 +260,8 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
         args.arg(&q.data).arg(&k.data).arg(&v.data).arg(&mut out.data);
         args.arg(&tokens).arg(&context).arg(&heads).arg(&group).arg(&head_stride).arg(&row_stride).arg(&scale);
         // SAFETY: q and out hold T * heads * D elements, k and v S * kv_heads * D, of the kernel's
-        // dtype, 16-byte aligned (checked above). Block (i, h) reads q rows and writes out rows
+        // dtype, 16-byte aligned (checked above); the dynamic shared memory is the kernel's
+        // mma_smem_bytes(D), allowed by the attribute just set. Block (i, h) reads q rows and writes out rows
         // of its 64 tokens (< T only) for head h, and reads k, v rows < S of kv head h / group.
         unsafe { args.launch(config) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
     } else {
