@@ -34,6 +34,7 @@ pub const TESTS: &[GpuTest] = &[
     ("attention::simt_prefill_row_equals_decode_bitwise", simt_prefill_row_equals_decode_bitwise),
     ("attention::decode_is_batch_invariant", decode_is_batch_invariant),
     ("attention::long_context_prefill_and_decode", long_context_prefill_and_decode),
+    ("attention::decode_and_prefill_replay_from_a_cuda_graph", decode_and_prefill_replay_from_a_cuda_graph),
     ("attention::empty_prefill_is_a_no_op", empty_prefill_is_a_no_op),
     ("attention::bad_inputs_are_errors_before_launch", bad_inputs_are_errors_before_launch),
     ("attention::proptest_prefill_shapes", proptest_prefill_shapes),
@@ -483,6 +484,57 @@ fn long_context_prefill_and_decode(gpu: &Gpu) {
         let expected = reference(&q, &k, &v).unwrap();
         check_prefill(gpu, &q, &k, &v, expected.data(), "long");
         check_decode_batch(gpu, 18, dtype, 12, 2, 128, &[4096, 3001, 1], DEFAULT_DECODE_CHUNK);
+    }
+}
+
+/// A decode step and a prefill captured in a CUDA graph (no allocation, no host synchronisation
+/// inside them), replayed after the device lens changed: the replay reads the new lens and matches
+/// direct calls bit for bit.
+fn decode_and_prefill_replay_from_a_cuda_graph(gpu: &Gpu) {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let mut r = rng(19);
+    let dtype = DType::BF16;
+    let (heads, kv_heads, dim, capacity, batch) = (12, 2, 128, 700, 3);
+    let kc = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[batch, kv_heads, capacity, dim], -2.0, 2.0)).unwrap();
+    let vc = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[batch, kv_heads, capacity, dim], -2.0, 2.0)).unwrap();
+    let q = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[batch, heads, dim], -2.0, 2.0)).unwrap();
+    let qp = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[100, heads, dim], -2.0, 2.0)).unwrap();
+    let kp = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[130, kv_heads, dim], -2.0, 2.0)).unwrap();
+    let vp = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[130, kv_heads, dim], -2.0, 2.0)).unwrap();
+    let slots = device_i32(gpu, &[2, 0, 1]);
+    let mut lens = device_i32(gpu, &[5, 600, 300]);
+    let mut ws = DeviceTensor::zeros(gpu, DType::F32, &[decode_workspace_len(batch, heads, dim, capacity, DEFAULT_DECODE_CHUNK)]).unwrap();
+    let mut out = DeviceTensor::zeros(gpu, dtype, &[batch, heads, dim]).unwrap();
+    let mut out_p = DeviceTensor::zeros(gpu, dtype, &[100, heads, dim]).unwrap();
+    let step = |ws: &mut DeviceTensor, out: &mut DeviceTensor, out_p: &mut DeviceTensor, lens: &CudaSlice<i32>| {
+        decode(gpu, &q.view(), &kc.view(), &vc.view(), &slots.slice(..), &lens.slice(..), &mut ws.view_mut(), &mut out.view_mut()).unwrap();
+        prefill(gpu, &qp.view(), &kp.view(), &vp.view(), &mut out_p.view_mut()).unwrap();
+    };
+    step(&mut ws, &mut out, &mut out_p, &lens); // loads the kernels
+    gpu.synchronize().unwrap();
+
+    let stream = gpu.stream();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).unwrap();
+    step(&mut ws, &mut out, &mut out_p, &lens);
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("a captured graph");
+
+    let new_lens = [700, 1, 257];
+    stream.memcpy_htod(&new_lens, &mut lens).unwrap();
+    graph.launch().unwrap();
+    gpu.synchronize().unwrap();
+    let replayed = (out.to_host(gpu).unwrap().into_data(), out_p.to_host(gpu).unwrap().into_data());
+    step(&mut ws, &mut out, &mut out_p, &lens);
+    let direct = (out.to_host(gpu).unwrap().into_data(), out_p.to_host(gpu).unwrap().into_data());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&replayed.0), bits(&direct.0), "decode replay");
+    assert_eq!(bits(&replayed.1), bits(&direct.1), "prefill replay");
+    // and the replay used the new lens: row 1 (len 1) is its single value row, v[slot 0, :, 0, :]
+    let v_host = vc.to_host(gpu).unwrap().into_data();
+    let row1 = &replayed.0[heads * dim..2 * heads * dim];
+    for h in 0..heads {
+        let kvh = h / (heads / kv_heads);
+        let v0 = &v_host[(kvh * capacity) * dim..(kvh * capacity + 1) * dim];
+        assert_eq!(bits(&row1[h * dim..(h + 1) * dim]), bits(v0), "len 1: o = v_0 (head {h})");
     }
 }
 
