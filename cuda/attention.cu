@@ -19,7 +19,7 @@
 //                  contiguous prefill k [S, kv_heads, D]:  slot_stride 0, head_stride D, row_stride kv_heads D
 //                  KV cache [slots, kv_heads, capacity, D] (ops/kv_cache.rs): kv_heads capacity D, capacity D, D
 //
-// Two kernels families:
+// Two kernel families:
 //
 // 1. attn_split_* (SIMT, any dtype, D 64/128, any group): flash-decoding. grid = (rows, kv_heads *
 //    head_blocks, max_splits), 128 threads. A block takes one row (sequence or query token), up to
@@ -44,8 +44,11 @@
 //    loads are bank-conflict free): S = Q K^T with mma.sync m16n8k16 (FP32 accumulation; products of
 //    two 16-bit values are exact in FP32, so nothing is ever rounded to 16 bits before the scale),
 //    logit = S * D^-0.5 in FP32, causal mask, online softmax in FP32, then O += P V with mma.sync.
-//    P must be a 16-bit mma operand. FlashAttention rounds P once to the storage dtype (relative
-//    error u_T = 2^-11 / 2^-8 on every weight: far outside our FP32 contract). Here P is split into
+//    P must be a 16-bit mma operand. FlashAttention rounds P once to the storage dtype: relative
+//    error u_T (2^-11 f16, 2^-8 bf16) on every weight, so up to u_T V_d on o_d (V_d = max |v_sd|).
+//    The contract (`table::attention` with `error_scale`) allows u32 V_d (2 (D + 2) L + 3 S + 12)
+//    for that part, which covers u_T V_d only when 2 (D + 2) L + 3 S + 12 >= 2^13 (f16) or 2^16
+//    (bf16): not for short rows or small logits (decode1, prefill16). So here P is split into
 //    16-bit terms, P = P1 + P2 (+ P3), each the rounding of what the previous ones leave, and each
 //    term gets its own mma, so the weights reach the FP32 accumulator with
 //        f16:  2 terms, error <= 2^-22 p + 2^-25   (2^-25: P2 may be an f16 subnormal)
