@@ -52,7 +52,7 @@
 //    16-bit terms, P = P1 + P2 (+ P3), each the rounding of what the previous ones leave, and each
 //    term gets its own mma, so the weights reach the FP32 accumulator with
 //        f16:  2 terms, error <= 2^-22 p + 2^-25   (2^-25: P2 may be an f16 subnormal)
-//        bf16: 3 terms, error <= 2^-27 p
+//        bf16: 3 terms, error <= 2^-24 p        (each rounding to 8 bits leaves 2^-8 of its input)
 //    i.e. within a few u32 of FP32 weights (derivation and the tolerance term in
 //    ops/attention.rs, `mma_extra_error`). The row sum l uses the FP32 p. Cost: P V runs 2 (f16)
 //    or 3 (bf16) mma per tile instead of 1.

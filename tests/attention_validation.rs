@@ -160,8 +160,8 @@ fn decode_rejects_each_bad_input() {
 fn tensor_core_error_term_counts_its_sources() {
     // f32 never runs on tensor cores.
     assert_eq!(mma_extra_error(DType::F32, 128, 100, 3.0), 0.0);
-    // truncation: 2 (D + 2) L + S + 2; weights: f16 4 + S / 2, bf16 1 / 8.
-    assert_eq!(mma_extra_error(DType::BF16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 0.125);
+    // truncation: 2 (D + 2) L + S + 2; weights: f16 4 + S / 2, bf16 1.
+    assert_eq!(mma_extra_error(DType::BF16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 1.0);
     assert_eq!(mma_extra_error(DType::F16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 4.0 + 5.0);
 }
 

@@ -483,10 +483,12 @@ pub fn decode_with_chunk(
 ///    is p up to the last term's rounding:
 ///    - f16, 2 terms: |p - P1| <= 2^-11 p, rounded to 11 bits: error <= 2^-22 p = 4 u32 p while P2
 ///      is normal; below 2^-14 (f16 subnormals, spacing 2^-24) at most 2^-25 = u32 / 2 absolute.
-///    - bf16, 3 terms of 8 bits: error <= 2^-27 p = u32 p / 8 (bf16 has FP32's exponent range).
+///    - bf16, 3 terms: each rounding to 8 significant bits leaves at most 2^-8 of its input, so
+///      error <= 2^-8 * 2^-8 * 2^-8 p = 2^-24 p = u32 p (bf16 has FP32's exponent range: no subnormal
+///      term above 2^-126).
 ///
 ///    Over the keys, sum_s err_s |v_sd| <= v_max (r sum_s p_s + a S), sum_s p_s = 1:
-///    f16 (4 + S / 2) u32 v_max, bf16 u32 v_max / 8.
+///    f16 (4 + S / 2) u32 v_max, bf16 u32 v_max.
 ///    (FlashAttention's single rounding of P would be 2^-11 p or 2^-8 p: 2^13 to 2^16 u32 v_max,
 ///    far outside the FP32 contract; this is why P is split.)
 /// 2. The mma's FP32 accumulation truncates instead of rounding to nearest (measured on V100 to
@@ -500,7 +502,7 @@ pub fn mma_extra_error(dtype: DType, head_dim: usize, visible: usize, logit_boun
     let weights = match dtype {
         DType::F32 => return 0.0, // f32 storage never runs on tensor cores
         DType::F16 => 4.0 + visible as f32 / 2.0,
-        DType::BF16 => 0.125,
+        DType::BF16 => 1.0,
     };
     let truncation = 2.0 * (head_dim as f32 + 2.0) * logit_bound + visible as f32 + 2.0;
     weights + truncation
