@@ -1,0 +1,611 @@
+// attention.cu: GQA attention with FP32 logits and softmax, prefill (causal) and decode (KV cache).
+//
+// PyTorch (transformers/models/qwen2/modeling_qwen2.py, eager_attention_forward), per query head h
+// with kv head h / group (group = heads / kv_heads, repeat_kv):
+//     attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling      # scaling = D^-0.5
+//     attn_weights = attn_weights + causal_mask
+//     attn_weights = softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+//     attn_output = torch.matmul(attn_weights, value_states)
+// Eager rounds q k^T to the storage dtype before scaling (in FP16 that product overflows on
+// VibeThinker's layer 0) and rounds p and p v. Here every intermediate is FP32 and the output is
+// rounded once:
+//     logit[s] = f32(q . k_s) * D^-0.5        s <= position of the query (causal)
+//     o        = T( sum_s exp(logit[s] - max) v_s / sum_s exp(logit[s] - max) )
+// expf (not __expf), IEEE division. Query t of T new tokens sits at position S - T + t.
+//
+// Layouts (row-major, T = storage dtype, element offsets 64-bit):
+//     q, o         [rows, heads, D]                       rows = new tokens (prefill) or sequences (decode)
+//     k, v         row s of kv head g at k + slot * slot_stride + g * head_stride + s * row_stride
+//                  contiguous prefill k [S, kv_heads, D]:  slot_stride 0, head_stride D, row_stride kv_heads D
+//                  KV cache [slots, kv_heads, capacity, D] (ops/kv_cache.rs): kv_heads capacity D, capacity D, D
+//
+// Two kernel families:
+//
+// 1. attn_split_* (SIMT, any dtype, D 64/128, any group): flash-decoding. grid = (rows, kv_heads *
+//    head_blocks, max_splits), 128 threads. A block takes one row (sequence or query token), up to
+//    8 query heads of one kv head (the whole group for group <= 8, so each K/V row is read once for
+//    it) and one split of `chunk` keys. Inside, tiles of 64 keys: q.k by groups of lanes (16-byte K
+//    loads, shuffle reduction), logits to shared memory, online softmax (running max, sum, and a
+//    rescaled FP32 p.v accumulator per output element). A row with one split writes o directly;
+//    otherwise each split writes (max, sum, unnormalised acc) in FP32 to the workspace and
+//    attn_combine_* merges them: M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i - M).
+//    The split structure is a function of the row's own length and `chunk` only (never of the batch),
+//    and every sum runs in a fixed order: a row's result does not depend on the launch it is in.
+//    Decode reads per-row slot and len from device arrays (the new token's key is at len - 1).
+//    They are not validated on the host; a row with slot outside [0, slots) or len outside
+//    [1, capacity] reads nothing and gets NaN in every output element (reported, never hidden).
+//    Prefill mode (slots = lens = nullptr): row t has slot 0 and len = S - T + t + 1; used for f32
+//    storage prefill and as the SIMT prefill path.
+//
+// 2. attn_prefill_mma_* (f16/bf16, D 64/128, any group): FlashAttention-2 style. grid = (ceil(T/64),
+//    heads), 4 warps; warp w owns query rows 16w..16w+15 of the block's 64; Q fragments stay in
+//    registers. Per tile of 64 keys (K and V copied to shared memory with cp.async, two buffers so
+//    tile i + 1 lands while tile i computes; rows padded by 8 elements so the ldmatrix fragment
+//    loads are bank-conflict free): S = Q K^T with mma.sync m16n8k16 (FP32 accumulation; products of
+//    two 16-bit values are exact in FP32, so nothing is ever rounded to 16 bits before the scale),
+//    logit = S * D^-0.5 in FP32, causal mask, online softmax in FP32, then O += P V with mma.sync.
+//    P must be a 16-bit mma operand. FlashAttention rounds P once to the storage dtype: relative
+//    error u_T (2^-11 f16, 2^-8 bf16) on every weight, so up to u_T V_d on o_d (V_d = max |v_sd|).
+//    The contract (`table::attention` with `error_scale`) allows u32 V_d (2 (D + 2) L + 3 S + 12)
+//    for that part, which covers u_T V_d only when 2 (D + 2) L + 3 S + 12 >= 2^13 (f16) or 2^16
+//    (bf16): not for short rows or small logits (decode1, prefill16). So here P is split into
+//    16-bit terms, P = P1 + P2 (+ P3), each the rounding of what the previous ones leave, and each
+//    term gets its own mma, so the weights reach the FP32 accumulator with
+//        f16:  2 terms, error <= 2^-22 p + 2^-25   (2^-25: P2 may be an f16 subnormal)
+//        bf16: 3 terms, error <= 2^-24 p        (each rounding to 8 bits leaves 2^-8 of its input)
+//    i.e. within a few u32 of FP32 weights (derivation and the tolerance term in
+//    ops/attention.rs, `mma_extra_error`). The row sum l uses the FP32 p. Cost: P V runs 2 (f16)
+//    or 3 (bf16) mma per tile instead of 1.
+#include "common.cuh"
+
+namespace qk {
+
+// ================================================================================================
+// 1. SIMT split kernels
+// ================================================================================================
+
+constexpr int SPLIT_THREADS = 128;
+constexpr int SPLIT_TILE = 64;       // keys per tile (logits held in shared memory)
+constexpr int MAX_HEADS_PER_BLOCK = 8;
+
+// Validity and length of a row; `lens == nullptr`: prefill mode.
+__device__ __forceinline__ bool row_len(const int* slots, const int* lens, int row, int n_slots,
+                                        int capacity, int context, int tokens, int& slot, int& len) {
+    if (lens == nullptr) {
+        slot = 0;
+        len = context - tokens + row + 1;
+        return true;
+    }
+    slot = slots[row];
+    len = lens[row];
+    return slot >= 0 && slot < n_slots && len >= 1 && len <= capacity;
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __restrict__ k,
+                                           const T* __restrict__ v, T* __restrict__ o,
+                                           float* __restrict__ ws, const int* __restrict__ slots,
+                                           const int* __restrict__ lens, int heads, int group,
+                                           int n_slots, int capacity, int context, int tokens,
+                                           long long slot_stride, long long head_stride,
+                                           long long row_stride, int chunk, int max_splits, float scale) {
+    constexpr int VEC = Vec16<T>::N;               // elements per 16-byte load
+    constexpr int LANES_PER_KEY = D / VEC;          // 8..32 lanes cover one K row
+    constexpr int KEYS_PER_PASS = SPLIT_THREADS / LANES_PER_KEY;
+    constexpr int KEY_PARTS = SPLIT_THREADS / D;    // p.v: threads per output element (1 or 2)
+    static_assert(LANES_PER_KEY <= WARP && WARP % LANES_PER_KEY == 0, "a K row within one warp");
+    static_assert(SPLIT_TILE % KEYS_PER_PASS == 0 && SPLIT_TILE % KEY_PARTS == 0, "tile shape");
+    static_assert(SPLIT_THREADS % D == 0, "p.v mapping");
+
+    __shared__ float s_p[MAX_HEADS_PER_BLOCK][SPLIT_TILE];   // logits, then weights, of one tile
+    __shared__ float s_max[MAX_HEADS_PER_BLOCK];
+    __shared__ float s_sum[MAX_HEADS_PER_BLOCK];
+    __shared__ float s_alpha[MAX_HEADS_PER_BLOCK];
+    __shared__ float s_red[MAX_HEADS_PER_BLOCK][D];
+
+    const int row = blockIdx.x;
+    const int head_blocks = (group + MAX_HEADS_PER_BLOCK - 1) / MAX_HEADS_PER_BLOCK;
+    const int kv_head = blockIdx.y / head_blocks;
+    const int g0 = (blockIdx.y % head_blocks) * MAX_HEADS_PER_BLOCK;   // first head within the group
+    const int n_heads = min(MAX_HEADS_PER_BLOCK, group - g0);
+    const int split = blockIdx.z;
+    const int tid = threadIdx.x;
+
+    int slot, len;
+    const bool valid = row_len(slots, lens, row, n_slots, capacity, context, tokens, slot, len);
+    const int n_splits = valid ? (len + chunk - 1) / chunk : 1;
+    if (split >= n_splits) return;
+
+    // q, o: [rows, heads, D]; this block's heads are kv_head * group + g0 + j, j < n_heads.
+    const size_t head0 = static_cast<size_t>(row) * heads + static_cast<size_t>(kv_head) * group + g0;
+    if (!valid) {
+        for (int i = tid; i < n_heads * D; i += SPLIT_THREADS) o[head0 * D + i] = from_float<T>(__int_as_float(0x7fc00000));
+        return;
+    }
+    const int key_begin = split * chunk;
+    const int key_end = min(len, key_begin + chunk);
+    const size_t kv_base = static_cast<size_t>(slot) * slot_stride + static_cast<size_t>(kv_head) * head_stride;
+    const T* k_head = k + kv_base;
+    const T* v_head = v + kv_base;
+
+    // q . k: lane `part` of a key group holds elements part*VEC .. part*VEC+VEC-1 of each q head.
+    const int part = tid % LANES_PER_KEY;
+    const int key_slot = tid / LANES_PER_KEY;
+    float qr[MAX_HEADS_PER_BLOCK][VEC];
+#pragma unroll
+    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+        if (j < n_heads) {
+            const Vec16<T> x = load16(q + (head0 + j) * D + part * VEC);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) qr[j][e] = to_float(x.v[e]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) qr[j][e] = 0.0f;
+        }
+    }
+    if (tid < MAX_HEADS_PER_BLOCK) {
+        s_max[tid] = -INFINITY;
+        s_sum[tid] = 0.0f;
+    }
+    // p.v: thread owns output element d of every head, keys kp, kp + KEY_PARTS, ... of each tile.
+    const int d = tid % D;
+    const int kp = tid / D;
+    float acc[MAX_HEADS_PER_BLOCK];
+#pragma unroll
+    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] = 0.0f;
+
+    const int warp = tid / WARP;
+    const int lane = tid % WARP;
+    for (int tile = key_begin; tile < key_end; tile += SPLIT_TILE) {
+        const int tile_n = min(SPLIT_TILE, key_end - tile);
+        // Logits of the tile (keys past tile_n: -inf). Every lane runs every pass (shuffles).
+#pragma unroll 1
+        for (int kl = key_slot; kl < SPLIT_TILE; kl += KEYS_PER_PASS) {
+            float dot[MAX_HEADS_PER_BLOCK];
+            Vec16<T> kx;
+            if (kl < tile_n) {
+                kx = load16(k_head + static_cast<size_t>(tile + kl) * row_stride + part * VEC);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) kx.v[e] = from_float<T>(0.0f);
+            }
+#pragma unroll
+            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+                float s = 0.0f;
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) s = fmaf(qr[j][e], to_float(kx.v[e]), s);
+#pragma unroll
+                for (int off = LANES_PER_KEY / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+                dot[j] = s;
+            }
+            if (part == 0) {
+#pragma unroll
+                for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+                    if (j < n_heads) s_p[j][kl] = kl < tile_n ? dot[j] * scale : -INFINITY;
+                }
+            }
+        }
+        __syncthreads();
+        // Online softmax: warp w takes heads w, w + 4; each lane two keys.
+        for (int j = warp; j < n_heads; j += SPLIT_THREADS / WARP) {
+            const float a = s_p[j][lane], b = s_p[j][lane + WARP];
+            float m = fmaxf(a, b);
+#pragma unroll
+            for (int off = WARP / 2; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+            const float m_old = s_max[j];
+            const float m_new = fmaxf(m_old, m);   // finite: the tile has at least one key
+            const float pa = expf(a - m_new), pb = expf(b - m_new);
+            s_p[j][lane] = pa;
+            s_p[j][lane + WARP] = pb;
+            const float tile_sum = warp_sum(pa + pb);
+            if (lane == 0) {
+                const float alpha = expf(m_old - m_new);   // 0 on the first tile
+                s_alpha[j] = alpha;
+                s_sum[j] = s_sum[j] * alpha + tile_sum;
+                s_max[j] = m_new;
+            }
+        }
+        __syncthreads();
+        // acc = acc * alpha + sum over the tile's keys of p v (V rows read once for all heads).
+#pragma unroll
+        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] *= j < n_heads ? s_alpha[j] : 0.0f;
+        for (int kl = kp; kl < tile_n; kl += KEY_PARTS) {
+            const float x = to_float(v_head[static_cast<size_t>(tile + kl) * row_stride + d]);
+#pragma unroll
+            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+                if (j < n_heads) acc[j] = fmaf(s_p[j][kl], x, acc[j]);
+            }
+        }
+        __syncthreads();   // s_p is rewritten by the next tile
+    }
+    if (KEY_PARTS > 1) {
+        // Fold the key parts: part 1 hands its sums to part 0 (fixed order).
+        if (kp == 1) {
+#pragma unroll
+            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) s_red[j][d] = acc[j];
+        }
+        __syncthreads();
+        if (kp != 0) return;
+#pragma unroll
+        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] += s_red[j][d];
+    }
+    if (n_splits == 1) {
+#pragma unroll
+        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+            if (j < n_heads) o[(head0 + j) * D + d] = from_float<T>(acc[j] / s_sum[j]);
+        }
+        return;
+    }
+    // Workspace (FP32): acc [rows, heads, max_splits, D], then (max, sum) [rows, heads, max_splits, 2].
+    const size_t rows = gridDim.x;
+    float* ws_acc = ws;
+    float* ws_ml = ws + rows * heads * max_splits * D;
+#pragma unroll
+    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+        if (j >= n_heads) break;
+        const size_t part_index = (head0 + j) * max_splits + split;
+        ws_acc[part_index * D + d] = acc[j];
+        if (d == 0) {
+            ws_ml[part_index * 2] = s_max[j];
+            ws_ml[part_index * 2 + 1] = s_sum[j];
+        }
+    }
+}
+
+// grid = (rows, heads), block = D threads. Merges the splits of rows that have more than one.
+template <typename T, int D>
+__device__ __forceinline__ void attn_combine(const float* __restrict__ ws, T* __restrict__ o,
+                                             const int* __restrict__ slots, const int* __restrict__ lens,
+                                             int heads, int n_slots, int capacity, int context,
+                                             int tokens, int chunk, int max_splits) {
+    const int row = blockIdx.x;
+    int slot, len;
+    if (!row_len(slots, lens, row, n_slots, capacity, context, tokens, slot, len)) return;
+    const int n_splits = (len + chunk - 1) / chunk;
+    if (n_splits == 1) return;
+    const size_t rows = gridDim.x;
+    const size_t head = static_cast<size_t>(row) * heads + blockIdx.y;
+    const float* ws_acc = ws + head * max_splits * D;
+    const float* ws_ml = ws + rows * heads * max_splits * D + head * max_splits * 2;
+    float m = -INFINITY;
+    for (int i = 0; i < n_splits; ++i) m = fmaxf(m, ws_ml[i * 2]);
+    float total = 0.0f, acc = 0.0f;
+    for (int i = 0; i < n_splits; ++i) {
+        const float w = expf(ws_ml[i * 2] - m);
+        total = fmaf(ws_ml[i * 2 + 1], w, total);
+        acc = fmaf(ws_acc[static_cast<size_t>(i) * D + threadIdx.x], w, acc);
+    }
+    o[head * D + threadIdx.x] = from_float<T>(acc / total);
+}
+
+// ================================================================================================
+// 2. Tensor-core prefill
+// ================================================================================================
+
+constexpr int MMA_WARPS = 4;
+constexpr int MMA_THREADS = MMA_WARPS * WARP;
+constexpr int BLOCK_M = 16 * MMA_WARPS;   // query rows per block
+constexpr int BLOCK_N = 64;               // keys per tile
+constexpr int SMEM_PAD = 8;               // elements of padding per shared row (16 bytes)
+constexpr int STAGES = 2;                 // K/V tiles in flight: tile i computes while i + 1 lands
+
+// Dynamic shared memory of the tensor-core prefill: STAGES x (K, V) tiles of BLOCK_N rows of
+// D + SMEM_PAD 16-bit elements (D 64: 36 KiB, D 128: 68 KiB; the host raises the 48 KiB default).
+constexpr int mma_smem_bytes(int d) { return STAGES * 2 * BLOCK_N * (d + SMEM_PAD) * 2; }
+
+// 16-byte global -> shared copy that bypasses registers (sm_80+). `valid == false` copies nothing
+// and zero-fills the 16 bytes (src-size 0); `src` must still be a mapped address.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+template <typename T> struct Mma;
+
+template <> struct Mma<__half> {
+    static constexpr int P_TERMS = 2;
+    __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+    __device__ __forceinline__ static float2 unpack(uint32_t x) {
+        return __half22float2(*reinterpret_cast<__half2*>(&x));
+    }
+    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+template <> struct Mma<__nv_bfloat16> {
+    static constexpr int P_TERMS = 3;
+    __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+    __device__ __forceinline__ static float2 unpack(uint32_t x) {
+        return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+    }
+    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// Four 8 x 8 matrices of 16-bit elements from shared memory; lanes 8i .. 8i+7 give the row
+// addresses of matrix i (16-byte aligned). Without TRANS lane (g, t) receives (row g, columns
+// 2t..2t+1) of each matrix, with TRANS (rows 2t..2t+1, column g).
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    }
+}
+
+// mma.m16n8k16 fragments (g = lane / 4, t = lane % 4):
+//   A (16 x 16, row-major):  a[0] = (row g,   k 2t..2t+1)   a[1] = (row g+8, k 2t..2t+1)
+//                            a[2] = (row g,   k 2t+8..+9)   a[3] = (row g+8, k 2t+8..+9)
+//   B (16 x 8, "col"):       b0 = (k 2t..2t+1, col g)        b1 = (k 2t+8..+9, col g)
+//   C (16 x 8, FP32):        c[0..1] = (row g, col 2t..2t+1)  c[2..3] = (row g+8, col 2t..2t+1)
+// (lower k or column in the low 16 bits). The C fragments of two neighbouring 8-key blocks of S
+// are exactly the A fragment of P for the 16 keys they cover, so P never leaves registers.
+template <typename T, int D>
+__device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const T* __restrict__ k,
+                                                 const T* __restrict__ v, T* __restrict__ o, int tokens,
+                                                 int context, int heads, int group, long long head_stride,
+                                                 long long row_stride, float scale) {
+    constexpr int KS = D / 16;          // k-steps of Q K^T
+    constexpr int NB = BLOCK_N / 8;     // 8-key blocks of S per tile
+    constexpr int ND = D / 8;           // 8-column blocks of O
+    constexpr int LD = D + SMEM_PAD;    // shared row length (elements); LD * 2 bytes is a multiple of 16
+    constexpr int VEC = Vec16<T>::N;
+    // smem: [STAGES][K, V][BLOCK_N][LD]
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* const smem = reinterpret_cast<T*>(smem_raw);
+
+    // Longest (last) query tiles first: causal work grows with the tile index.
+    const int m0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_M;
+    const int head = blockIdx.y;
+    const int kv_head = head / group;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int g = lane / 4, t = lane % 4;
+    const int row_a = m0 + warp * 16 + g;   // query rows of this thread: row_a and row_b = row_a + 8
+    const int row_b = row_a + 8;
+    // Query positions (rows past T are computed as if they continued the sequence, never stored).
+    const int pos_a = context - tokens + row_a;
+    const int pos_b = context - tokens + row_b;
+
+    // Q fragments for the whole head_dim, in registers for the whole key loop. q: [T, heads, D].
+    uint32_t qf[KS][4];
+    {
+        const T* qa = q + (static_cast<size_t>(row_a) * heads + head) * D;
+        const T* qb = q + (static_cast<size_t>(row_b) * heads + head) * D;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            const int c = ks * 16 + 2 * t;
+            qf[ks][0] = row_a < tokens ? *reinterpret_cast<const uint32_t*>(qa + c) : 0u;
+            qf[ks][1] = row_b < tokens ? *reinterpret_cast<const uint32_t*>(qb + c) : 0u;
+            qf[ks][2] = row_a < tokens ? *reinterpret_cast<const uint32_t*>(qa + c + 8) : 0u;
+            qf[ks][3] = row_b < tokens ? *reinterpret_cast<const uint32_t*>(qb + c + 8) : 0u;
+        }
+    }
+
+    float acc[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float max_a = -INFINITY, max_b = -INFINITY;   // running maxima of rows a, b
+    float sum_a = 0.0f, sum_b = 0.0f;             // this thread's part of the row sums
+
+    // Keys 0 .. key_end - 1 are visible to some valid row of the block.
+    const int last_row = min(m0 + BLOCK_M, tokens) - 1;
+    const int key_end = context - tokens + last_row + 1;
+    const T* k_head = k + static_cast<size_t>(kv_head) * head_stride;
+    const T* v_head = v + static_cast<size_t>(kv_head) * head_stride;
+
+    // Stage K and V rows n0 .. n0 + 63 of the context into buffer `buf` (zeros past the context),
+    // as one cp.async group.
+    auto stage = [&](int buf, int n0) {
+        T* sk = smem + static_cast<size_t>(buf) * 2 * BLOCK_N * LD;
+        T* sv = sk + BLOCK_N * LD;
+        for (int i = threadIdx.x; i < BLOCK_N * (D / VEC); i += MMA_THREADS) {
+            const int r = i / (D / VEC), c = (i % (D / VEC)) * VEC;
+            const bool in = n0 + r < context;
+            const size_t off = static_cast<size_t>(in ? n0 + r : 0) * row_stride + c;
+            cp_async16(sk + r * LD + c, k_head + off, in);
+            cp_async16(sv + r * LD + c, v_head + off, in);
+        }
+        cp_async_commit();
+    };
+
+    stage(0, 0);
+    for (int n0 = 0, it = 0; n0 < key_end; n0 += BLOCK_N, ++it) {
+        const int buf = it % STAGES;
+        if (n0 + BLOCK_N < key_end) {
+            // The next tile's buffer was last read in iteration it - 1, which ended with a barrier.
+            stage(buf ^ 1, n0 + BLOCK_N);
+            cp_async_wait<1>();   // all but the group just issued: this tile has landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();   // every thread's copies of this tile are visible
+        const T* s_k = smem + static_cast<size_t>(buf) * 2 * BLOCK_N * LD;   // [BLOCK_N][LD]
+        const T* s_v = s_k + BLOCK_N * LD;
+
+        // S = Q K^T (FP32 accumulation), then logits = S * scale in FP32, masked.
+        float s[NB][4];
+        // K fragments with ldmatrix (no transpose): matrices (keys nb*8 + 0..7) x (columns
+        // ks*16 + 0..7 | ks*16 + 8..15 | (ks+1)*16 + 0..7 | (ks+1)*16 + 8..15); lane L gives row
+        // L % 8 of matrix L / 8 and receives (key g, columns 2t..2t+1) of each: b0, b1 of k-step
+        // ks, then of ks + 1.
+        const int mat = lane / 8, mat_row = lane % 8;
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+            s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks += 2) {
+                const T* src = s_k + (nb * 8 + mat_row) * LD + (ks + (mat >> 1)) * 16 + (mat & 1) * 8;
+                uint32_t b[4];
+                ldmatrix_x4<false>(b, src);
+                Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);
+                Mma<T>::mma(s[nb], qf[ks + 1], b[2], b[3]);
+            }
+        }
+        float tile_max_a = -INFINITY, tile_max_b = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int key = n0 + nb * 8 + 2 * t + e;
+                const bool in = key < context;
+                s[nb][e] = in && key <= pos_a ? s[nb][e] * scale : -INFINITY;
+                s[nb][2 + e] = in && key <= pos_b ? s[nb][2 + e] * scale : -INFINITY;
+                tile_max_a = fmaxf(tile_max_a, s[nb][e]);
+                tile_max_b = fmaxf(tile_max_b, s[nb][2 + e]);
+            }
+        }
+        // The four lanes of a quad hold one row.
+#pragma unroll
+        for (int off = 1; off < 4; off *= 2) {
+            tile_max_a = fmaxf(tile_max_a, __shfl_xor_sync(0xffffffffu, tile_max_a, off));
+            tile_max_b = fmaxf(tile_max_b, __shfl_xor_sync(0xffffffffu, tile_max_b, off));
+        }
+        // Finite from the first tile on: key 0 is visible to every row.
+        const float new_a = fmaxf(max_a, tile_max_a), new_b = fmaxf(max_b, tile_max_b);
+        const float alpha_a = expf(max_a - new_a), alpha_b = expf(max_b - new_b);
+        max_a = new_a;
+        max_b = new_b;
+        sum_a *= alpha_a;
+        sum_b *= alpha_b;
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            acc[n][0] *= alpha_a;
+            acc[n][1] *= alpha_a;
+            acc[n][2] *= alpha_b;
+            acc[n][3] *= alpha_b;
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+            s[nb][0] = expf(s[nb][0] - max_a);
+            s[nb][1] = expf(s[nb][1] - max_a);
+            s[nb][2] = expf(s[nb][2] - max_b);
+            s[nb][3] = expf(s[nb][3] - max_b);
+            sum_a += s[nb][0] + s[nb][1];
+            sum_b += s[nb][2] + s[nb][3];
+        }
+
+        // O += P V, P split into P_TERMS 16-bit terms (see the header).
+#pragma unroll
+        for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+            float rest[8] = {s[2 * kk][0], s[2 * kk][1], s[2 * kk][2], s[2 * kk][3],
+                             s[2 * kk + 1][0], s[2 * kk + 1][1], s[2 * kk + 1][2], s[2 * kk + 1][3]};
+            uint32_t pf[Mma<T>::P_TERMS][4];
+#pragma unroll
+            for (int term = 0; term < Mma<T>::P_TERMS; ++term) {
+                // a[0]: row a keys 2t..+1 (block 2kk); a[1]: row b (block 2kk);
+                // a[2]: row a keys 8+2t..+1 (block 2kk+1); a[3]: row b (block 2kk+1).
+                pf[term][0] = Mma<T>::pack(rest[0], rest[1]);
+                pf[term][1] = Mma<T>::pack(rest[2], rest[3]);
+                pf[term][2] = Mma<T>::pack(rest[4], rest[5]);
+                pf[term][3] = Mma<T>::pack(rest[6], rest[7]);
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const float2 used = Mma<T>::unpack(pf[term][r]);
+                    rest[2 * r] -= used.x;       // exact: the rounding of a float, subtracted from it
+                    rest[2 * r + 1] -= used.y;
+                }
+            }
+            // V fragments with ldmatrix.trans: matrices (keys kk*16 + 0..7 | 8..15) x (columns of
+            // blocks n | n + 1); lane L gives the address of row L % 8 of matrix L / 8, and receives
+            // (keys 2t..2t+1, column g) of each: b0/b1 of block n, then of block n + 1.
+#pragma unroll
+            for (int n = 0; n < ND; n += 2) {
+                const T* src = s_v + (kk * 16 + (mat & 1) * 8 + mat_row) * LD + (n + (mat >> 1)) * 8;
+                uint32_t b[4];
+                ldmatrix_x4<true>(b, src);
+#pragma unroll
+                for (int term = 0; term < Mma<T>::P_TERMS; ++term) {
+                    Mma<T>::mma(acc[n], pf[term], b[0], b[1]);
+                    Mma<T>::mma(acc[n + 1], pf[term], b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads();   // this buffer is restaged by iteration it + 1
+    }
+
+    // Row sums over the quad, normalise, store. o: [T, heads, D].
+#pragma unroll
+    for (int off = 1; off < 4; off *= 2) {
+        sum_a += __shfl_xor_sync(0xffffffffu, sum_a, off);
+        sum_b += __shfl_xor_sync(0xffffffffu, sum_b, off);
+    }
+    T* oa = o + (static_cast<size_t>(row_a) * heads + head) * D;
+    T* ob = o + (static_cast<size_t>(row_b) * heads + head) * D;
+#pragma unroll
+    for (int n = 0; n < ND; ++n) {
+        const int c = n * 8 + 2 * t;
+        if (row_a < tokens) {
+            *reinterpret_cast<uint32_t*>(oa + c) = Mma<T>::pack(acc[n][0] / sum_a, acc[n][1] / sum_a);
+        }
+        if (row_b < tokens) {
+            *reinterpret_cast<uint32_t*>(ob + c) = Mma<T>::pack(acc[n][2] / sum_b, acc[n][3] / sum_b);
+        }
+    }
+}
+
+}  // namespace qk
+
+// Entry points: attn_split_<dtype>_d<D>, attn_combine_<dtype>_d<D>, attn_prefill_mma_<dtype>_d<D>.
+#define QK_ATTN_SPLIT_ENTRY(NAME, T, D)                                                              \
+    extern "C" __global__ void __launch_bounds__(qk::SPLIT_THREADS, 1) attn_split_##NAME(                \
+        const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, \
+        float* __restrict__ ws, const int* __restrict__ slots, const int* __restrict__ lens,          \
+        int heads, int group, int n_slots, int capacity, int context, int tokens,                     \
+        long long slot_stride, long long head_stride, long long row_stride, int chunk,                \
+        int max_splits, float scale) {                                                                \
+        qk::attn_split<T, D>(q, k, v, o, ws, slots, lens, heads, group, n_slots, capacity, context,   \
+                             tokens, slot_stride, head_stride, row_stride, chunk, max_splits, scale); \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(D) attn_combine_##NAME(                              \
+        const float* __restrict__ ws, T* __restrict__ o, const int* __restrict__ slots,               \
+        const int* __restrict__ lens, int heads, int n_slots, int capacity, int context, int tokens,  \
+        int chunk, int max_splits) {                                                                  \
+        qk::attn_combine<T, D>(ws, o, slots, lens, heads, n_slots, capacity, context, tokens, chunk,  \
+                               max_splits);                                                           \
+    }
+
+#define QK_ATTN_MMA_ENTRY(NAME, T, D)                                                                \
+    extern "C" __global__ void __launch_bounds__(qk::MMA_THREADS, 1) attn_prefill_mma_##NAME(            \
+        const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, \
+        int tokens, int context, int heads, int group, long long head_stride, long long row_stride,   \
+        float scale) {                                                                                \
+        qk::attn_prefill_mma<T, D>(q, k, v, o, tokens, context, heads, group, head_stride,            \
+                                   row_stride, scale);                                                \
+    }
+
+QK_ATTN_SPLIT_ENTRY(f32_d64, float, 64)
+QK_ATTN_SPLIT_ENTRY(f32_d128, float, 128)
+QK_ATTN_SPLIT_ENTRY(f16_d64, __half, 64)
+QK_ATTN_SPLIT_ENTRY(f16_d128, __half, 128)
+QK_ATTN_SPLIT_ENTRY(bf16_d64, __nv_bfloat16, 64)
+QK_ATTN_SPLIT_ENTRY(bf16_d128, __nv_bfloat16, 128)
+QK_ATTN_MMA_ENTRY(f16_d64, __half, 64)
+QK_ATTN_MMA_ENTRY(f16_d128, __half, 128)
+QK_ATTN_MMA_ENTRY(bf16_d64, __nv_bfloat16, 64)
+QK_ATTN_MMA_ENTRY(bf16_d128, __nv_bfloat16, 128)

@@ -1,0 +1,201 @@
+//! Attention kernel wrappers' validation, on the CPU: every error path of `plan_prefill` and
+//! `check_decode` (what the GPU entry points run before any launch), the workspace size and the
+//! tensor-core error term.
+
+use qwen_kernels::ops::attention::{
+    check_decode, decode_splits, decode_workspace_len, mma_extra_error, plan_prefill, PrefillPath, DEFAULT_DECODE_CHUNK,
+};
+use qwen_kernels::{DType, Error, Layout};
+
+fn l(dtype: DType, dims: &[usize]) -> Layout {
+    Layout::new(dtype, dims).unwrap()
+}
+
+const ALIGNED: [usize; 4] = [0, 256, 512, 1024];
+
+fn prefill(q: Layout, k: Layout, v: Layout, out: Layout) -> qwen_kernels::Result<&'static str> {
+    plan_prefill(q, k, v, out, ALIGNED, PrefillPath::Auto).map(|(_, launch)| launch.kernel)
+}
+
+#[test]
+fn prefill_picks_tensor_cores_for_16_bit_and_simt_for_f32() {
+    let bf = DType::BF16;
+    let (q, kv) = (l(bf, &[100, 14, 64]), l(bf, &[300, 2, 64]));
+    let (dims, launch) = plan_prefill(q, kv, kv, q, ALIGNED, PrefillPath::Auto).unwrap();
+    assert_eq!((dims.tokens, dims.context, dims.group()), (100, 300, 7));
+    assert_eq!(launch.kernel, "attn_prefill_mma_bf16_d64");
+    assert_eq!(launch.grid, (2, 14, 1)); // ceil(100 / 64) query tiles x heads
+    // two stages of K and V tiles, 64 rows of (64 + 8) 16-bit elements
+    assert_eq!(launch.shared_bytes, 2 * 2 * 64 * 72 * 2);
+    let q = l(DType::F16, &[5, 12, 128]);
+    let kv = l(DType::F16, &[40, 2, 128]);
+    assert_eq!(prefill(q, kv, kv, q).unwrap(), "attn_prefill_mma_f16_d128");
+    let (_, simt) = plan_prefill(q, kv, kv, q, ALIGNED, PrefillPath::Simt).unwrap();
+    assert_eq!(simt.kernel, "attn_split_f16_d128");
+    assert_eq!(simt.shared_bytes, 0);
+    let (_, mma128) = plan_prefill(q, kv, kv, q, ALIGNED, PrefillPath::TensorCore).unwrap();
+    assert_eq!(mma128.shared_bytes, 69632); // past the 48 KiB default, within sm_86's 99 KiB
+
+    assert_eq!(simt.grid, (5, 2, 1)); // tokens x kv heads (group 6 fits one block)
+    let q = l(DType::F32, &[5, 18, 128]);
+    let kv = l(DType::F32, &[40, 2, 128]);
+    let (_, f32_launch) = plan_prefill(q, kv, kv, q, ALIGNED, PrefillPath::Auto).unwrap();
+    assert_eq!(f32_launch.kernel, "attn_split_f32_d128");
+    assert_eq!(f32_launch.grid, (5, 4, 1)); // group 9: two blocks of heads per kv head
+}
+
+#[test]
+fn prefill_rejects_each_bad_input() {
+    let bf = DType::BF16;
+    let (q, kv) = (l(bf, &[4, 14, 64]), l(bf, &[10, 2, 64]));
+    // heads not a multiple of kv heads
+    let q13 = l(bf, &[4, 13, 64]);
+    assert!(matches!(prefill(q13, kv, kv, q13), Err(Error::Shape { op: "attention", .. })));
+    // unsupported head_dim (no generic path): 96, 256, 32
+    for d in [32, 96, 256] {
+        let (qd, kvd) = (l(bf, &[4, 14, d]), l(bf, &[10, 2, d]));
+        let e = prefill(qd, kvd, kvd, qd).unwrap_err();
+        assert!(matches!(e, Error::UnsupportedSize { op: "attention", .. }), "{e}");
+        assert!(e.to_string().contains(&format!("head_dim {d}")), "{e}");
+    }
+    // T > S
+    let q11 = l(bf, &[11, 14, 64]);
+    let e = prefill(q11, kv, kv, q11).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("11 new tokens"), "{e}");
+    // mismatched shapes: k vs v, q vs k head_dim, out
+    assert!(matches!(prefill(q, kv, l(bf, &[9, 2, 64]), q), Err(Error::Shape { .. })));
+    assert!(matches!(prefill(q, l(bf, &[10, 2, 128]), l(bf, &[10, 2, 128]), q), Err(Error::Shape { .. })));
+    assert!(matches!(prefill(q, kv, kv, l(bf, &[4, 14, 65])), Err(Error::Shape { .. })));
+    assert!(matches!(prefill(q, kv, kv, l(bf, &[3, 14, 64])), Err(Error::Shape { .. })));
+    assert!(matches!(prefill(l(bf, &[4, 896]), kv, kv, l(bf, &[4, 896])), Err(Error::Shape { .. })));
+    // mismatched dtypes: k, out
+    assert!(matches!(prefill(q, l(DType::F16, &[10, 2, 64]), l(DType::F16, &[10, 2, 64]), q), Err(Error::DType { .. })));
+    assert!(matches!(prefill(q, kv, kv, l(DType::F32, &[4, 14, 64])), Err(Error::DType { .. })));
+    // tensor cores demanded for f32
+    let (q32, kv32) = (l(DType::F32, &[4, 14, 64]), l(DType::F32, &[10, 2, 64]));
+    assert!(matches!(plan_prefill(q32, kv32, kv32, q32, ALIGNED, PrefillPath::TensorCore), Err(Error::DType { .. })));
+    // misaligned operands, each one
+    for i in 0..4 {
+        let mut offsets = ALIGNED;
+        offsets[i] += 8;
+        let e = plan_prefill(q, kv, kv, q, offsets, PrefillPath::Auto).unwrap_err();
+        assert!(matches!(e, Error::Alignment { .. }), "{e}");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode(q: Layout, kc: Layout, vc: Layout, out: Layout, slots: usize, lens: usize, ws: Layout, chunk: usize) -> qwen_kernels::Result<()> {
+    check_decode(q, kc, vc, out, slots, lens, ws, chunk, ALIGNED).map(|_| ())
+}
+
+#[test]
+fn decode_workspace_is_sized_by_shapes_only() {
+    // Qwen2.5-0.5B: 64 sequences, 14 heads, D 64, 32k positions, 256-key chunks: 128 splits.
+    assert_eq!(decode_splits(32768, 256), 128);
+    assert_eq!(decode_splits(1, 256), 1);
+    assert_eq!(decode_splits(257, 256), 2);
+    assert_eq!(decode_workspace_len(64, 14, 64, 32768, 256), 64 * 14 * 128 * 66);
+    let bf = DType::BF16;
+    let (q, cache) = (l(bf, &[3, 12, 128]), l(bf, &[5, 2, 4096, 128]));
+    let need = decode_workspace_len(3, 12, 128, 4096, DEFAULT_DECODE_CHUNK);
+    let dims = check_decode(q, cache, cache, q, 3, 3, l(DType::F32, &[need]), DEFAULT_DECODE_CHUNK, ALIGNED).unwrap();
+    assert_eq!((dims.batch, dims.group(), dims.max_splits(), dims.cache.capacity), (3, 6, 16, 4096));
+}
+
+#[test]
+fn decode_rejects_each_bad_input() {
+    let bf = DType::BF16;
+    let (q, cache) = (l(bf, &[3, 14, 64]), l(bf, &[5, 2, 1000, 64]));
+    let chunk = DEFAULT_DECODE_CHUNK;
+    let ws = l(DType::F32, &[decode_workspace_len(3, 14, 64, 1000, chunk)]);
+    decode(q, cache, cache, q, 3, 3, ws, chunk).unwrap();
+    // heads not a multiple of kv heads
+    let q13 = l(bf, &[3, 13, 64]);
+    assert!(matches!(decode(q13, cache, cache, q13, 3, 3, ws, chunk), Err(Error::Shape { op: "attention_decode", .. })));
+    // unsupported head_dim
+    let (q96, c96) = (l(bf, &[3, 14, 96]), l(bf, &[5, 2, 1000, 96]));
+    let ws96 = l(DType::F32, &[decode_workspace_len(3, 14, 96, 1000, chunk)]);
+    assert!(matches!(decode(q96, c96, c96, q96, 3, 3, ws96, chunk), Err(Error::UnsupportedSize { .. })));
+    // q and cache disagree on head_dim; cache pair mismatched; cache rank; q rank
+    let c128 = l(bf, &[5, 2, 1000, 128]);
+    assert!(matches!(decode(q, c128, c128, q, 3, 3, ws, chunk), Err(Error::Shape { .. })));
+    assert!(matches!(decode(q, cache, l(bf, &[5, 2, 999, 64]), q, 3, 3, ws, chunk), Err(Error::Shape { .. })));
+    assert!(matches!(decode(q, l(bf, &[2, 1000, 64]), l(bf, &[2, 1000, 64]), q, 3, 3, ws, chunk), Err(Error::Shape { .. })));
+    assert!(matches!(decode(l(bf, &[3, 1, 14, 64]), cache, cache, l(bf, &[3, 1, 14, 64]), 3, 3, ws, chunk), Err(Error::Shape { .. })));
+    // dtypes: cache vs q, v_cache vs k_cache, out, workspace
+    let c16 = l(DType::F16, &[5, 2, 1000, 64]);
+    assert!(matches!(decode(q, c16, c16, q, 3, 3, ws, chunk), Err(Error::DType { .. })));
+    assert!(matches!(decode(q, cache, c16, q, 3, 3, ws, chunk), Err(Error::DType { .. })));
+    assert!(matches!(decode(q, cache, cache, l(DType::F16, &[3, 14, 64]), 3, 3, ws, chunk), Err(Error::DType { .. })));
+    assert!(matches!(decode(q, cache, cache, q, 3, 3, l(bf, &[ws.numel()]), chunk), Err(Error::DType { .. })));
+    // out shape
+    assert!(matches!(decode(q, cache, cache, l(bf, &[2, 14, 64]), 3, 3, ws, chunk), Err(Error::Shape { .. })));
+    // slots / lens length mismatch
+    for (s, n) in [(2, 3), (3, 4), (0, 0)] {
+        let e = decode(q, cache, cache, q, s, n, ws, chunk).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("slots"), "{e}");
+    }
+    // workspace too small (by one element)
+    let e = decode(q, cache, cache, q, 3, 3, l(DType::F32, &[ws.numel() - 1]), chunk).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("workspace"), "{e}");
+    // chunk not a positive multiple of 64
+    for bad in [0, 63, 100] {
+        assert!(matches!(decode(q, cache, cache, q, 3, 3, ws, bad), Err(Error::InvalidArgument { .. })));
+    }
+    // misaligned operands
+    for i in 0..4 {
+        let mut offsets = ALIGNED;
+        offsets[i] += 2;
+        let e = check_decode(q, cache, cache, q, 3, 3, ws, chunk, offsets).unwrap_err();
+        assert!(matches!(e, Error::Alignment { .. }), "{e}");
+    }
+    // splits past CUDA's grid limit: capacity 65536 * 64 + 1 with 64-key chunks
+    let huge = l(bf, &[1, 1, 65535 * 64 + 1, 64]);
+    let q1 = l(bf, &[1, 1, 64]);
+    let e = decode(q1, huge, huge, q1, 1, 1, l(DType::F32, &[decode_workspace_len(1, 1, 64, 65535 * 64 + 1, 64)]), 64).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedSize { .. }), "{e}");
+}
+
+#[test]
+fn tensor_core_error_term_counts_its_sources() {
+    // f32 never runs on tensor cores.
+    assert_eq!(mma_extra_error(DType::F32, 128, 100, 3.0), 0.0);
+    // truncation: 2 (D + 2) L + S + 2; weights: f16 4 + S / 2, bf16 1.
+    assert_eq!(mma_extra_error(DType::BF16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 1.0);
+    assert_eq!(mma_extra_error(DType::F16, 64, 10, 1.0), 2.0 * 66.0 + 12.0 + 4.0 + 5.0);
+}
+
+/// Every kernel the planners can choose is in the build for every target, without spills.
+#[test]
+fn every_attention_kernel_is_built_without_spills() {
+    if !qwen_kernels::kernels::built() {
+        return;
+    }
+    let resources = qwen_kernels::kernels::resources();
+    let mut names = Vec::new();
+    for dtype in ["f32", "f16", "bf16"] {
+        for d in [64, 128] {
+            names.push(format!("attn_split_{dtype}_d{d}"));
+            names.push(format!("attn_combine_{dtype}_d{d}"));
+            if dtype != "f32" {
+                names.push(format!("attn_prefill_mma_{dtype}_d{d}"));
+            }
+        }
+    }
+    let targets: Vec<&str> = {
+        let mut t: Vec<&str> = resources.iter().map(|r| r.target.as_str()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    assert!(!targets.is_empty());
+    for name in &names {
+        for target in &targets {
+            let r = resources
+                .iter()
+                .find(|r| &r.kernel == name && &r.target == target)
+                .unwrap_or_else(|| panic!("{name} missing for {target}"));
+            assert_eq!((r.spill_store_bytes, r.spill_load_bytes, r.stack_frame_bytes), (0, 0, 0), "{name} on {target}: {r:?}");
+        }
+    }
+}
