@@ -12,6 +12,7 @@ use crate::golden::metrics::{compare, compare_scaled, Comparison, Tolerance};
 use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
+use crate::ops::attention as attn_op;
 use crate::ops::rmsnorm as rms_op;
 use crate::reference::argmax::argmax;
 use crate::reference::attention::{attention, error_scale as attention_error_scale};
@@ -121,6 +122,19 @@ fn run_add_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, residual: &HostTensor, w: 
 }
 
 /// `y` of RMSNorm: by the CPU reference, or by the kernel when `gpu` is given.
+/// Prefill attention of q over k, v on the GPU (the wrapper's automatic path) or the CPU
+/// reference, with the per-element tolerance scale of what ran.
+fn run_attention(gpu: Option<&Gpu>, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<(HostTensor, Vec<f32>)> {
+    let Some(gpu) = gpu else {
+        return Ok((attention(q, k, v)?, attention_error_scale(q, k, v)?));
+    };
+    let (dq, dk, dv) = (DeviceTensor::from_host(gpu, q)?, DeviceTensor::from_host(gpu, k)?, DeviceTensor::from_host(gpu, v)?);
+    let mut out = DeviceTensor::zeros(gpu, q.dtype(), q.dims())?;
+    attn_op::prefill(gpu, &dq.view(), &dk.view(), &dv.view(), &mut out.view_mut())?;
+    let tensor_core = q.dtype() != DType::F32;
+    Ok((out.to_host(gpu)?, attn_op::prefill_error_scale(q, k, v, tensor_core)?))
+}
+
 fn run_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, eps: f32) -> Result<HostTensor> {
     let Some(gpu) = gpu else { return rms_ref::rmsnorm(x, w, eps) };
     let dx = DeviceTensor::from_host(gpu, x)?;
@@ -215,6 +229,21 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             // Its own row: the residual stream the next layer reads.
             row("add_rmsnorm.residual", op, "residual_out", "torch", table::residual_add(dtype), &res, None)?;
 
+            // Attention: against the float64 eager truth; PyTorch's column is transformers'
+            // default SDPA path (its eager FP16 path overflows on the stress case). On a GPU the
+            // prefill kernel the wrapper picks (tensor cores for f16/bf16), with its own extra
+            // error term (`ops::attention::prefill_error_scale`).
+            for case in ATTENTION_CASES {
+                let key = |t: &str| format!("attention.{case}.{dtype}.{t}");
+                if !file.has(&key("q")) {
+                    continue;
+                }
+                let (q, k, v) = (file.host(&key("q"))?, file.host(&key("k"))?, file.host(&key("v"))?);
+                let (o, scale) = run_attention(gpu, &q, &k, &v)?;
+                let op = format!("attention.{case}");
+                row(&op, &op, "o", "sdpa", table::attention(dtype), &o, Some(&scale))?;
+            }
+
             // Linear layers and SwiGLU: the CPU reference only until their kernels exist.
             if gpu.is_none() {
                 let gate = file.host(&name("swiglu", "gate"))?;
@@ -228,19 +257,6 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                     let ours = rope(&x, &positions, cfg.rope_theta, cfg.max_position_embeddings)?;
                     let scale = error_scale(&x);
                     row(&format!("rope.{which}"), "rope", &format!("{which}_embed"), "torch", table::rope(dtype), &ours, Some(&scale))?;
-                }
-
-                // Attention: against the float64 eager truth; PyTorch's column is transformers'
-                // default SDPA path (its eager FP16 path overflows on the stress case).
-                for case in ATTENTION_CASES {
-                    let key = |t: &str| format!("attention.{case}.{dtype}.{t}");
-                    if !file.has(&key("q")) {
-                        continue;
-                    }
-                    let (q, k, v) = (file.host(&key("q"))?, file.host(&key("k"))?, file.host(&key("v"))?);
-                    let scale = attention_error_scale(&q, &k, &v)?;
-                    let op = format!("attention.{case}");
-                    row(&op, &op, "o", "sdpa", table::attention(dtype), &attention(&q, &k, &v)?, Some(&scale))?;
                 }
 
                 // lm_head logits over the whole padded vocabulary, then the bounded argmax.

@@ -35,7 +35,7 @@ use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::kv_cache::{self, KvCacheDims};
-use crate::tensor::{Layout, View, ViewMut};
+use crate::tensor::{HostTensor, Layout, View, ViewMut};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 
@@ -470,6 +470,38 @@ pub fn decode_with_chunk(
         unsafe { args.launch(config) }.cuda(format!("cuLaunchKernel({})", combine_kernel(dtype, d128)))?;
     }
     Ok(())
+}
+
+/// Per-element tolerance scale (units of u32) of a prefill of q [T, heads, D] over k, v: the FP32
+/// contract's `reference::attention::error_scale`, plus [`mma_extra_error`] times the largest |v|
+/// of the element's column when the tensor-core kernel runs (`tensor_core` and 16-bit storage).
+pub fn prefill_error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor, tensor_core: bool) -> Result<Vec<f32>> {
+    let mut scale = crate::reference::attention::error_scale(q, k, v)?;
+    if !tensor_core || q.dtype() == DType::F32 {
+        return Ok(scale);
+    }
+    let d = check(q.layout(), k.layout(), v.layout())?;
+    let (dim, kv_heads, heads) = (d.head_dim, d.kv_heads, d.heads);
+    let inv_sqrt = (dim as f64).powf(-0.5);
+    for t in 0..d.tokens {
+        let visible = d.context - d.tokens + t + 1;
+        for h in 0..heads {
+            let kvh = h / d.group();
+            let qv = &q.data()[(t * heads + h) * dim..][..dim];
+            let bound = (0..visible)
+                .map(|s| {
+                    let kv = &k.data()[(s * kv_heads + kvh) * dim..][..dim];
+                    qv.iter().zip(kv).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * inv_sqrt
+                })
+                .fold(0f64, f64::max) as f32;
+            let extra = mma_extra_error(q.dtype(), dim, visible, bound);
+            for i in 0..dim {
+                let v_max = (0..visible).map(|s| v.data()[(s * kv_heads + kvh) * dim + i].abs()).fold(0f32, f32::max);
+                scale[(t * heads + h) * dim + i] += extra * v_max;
+            }
+        }
+    }
+    Ok(scale)
 }
 
 /// Extra error of the tensor-core prefill beyond `reference::attention::error_scale`, per output

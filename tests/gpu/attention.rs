@@ -16,7 +16,7 @@ use qwen_kernels::golden::metrics::compare_scaled;
 use qwen_kernels::golden::tolerance::table;
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::ops::attention::{
-    decode, decode_with_chunk, decode_workspace_len, mma_extra_error, prefill, prefill_with_path, PrefillPath,
+    decode, decode_with_chunk, decode_workspace_len, prefill, prefill_error_scale, prefill_with_path, PrefillPath,
     DEFAULT_DECODE_CHUNK,
 };
 use qwen_kernels::reference::attention::{attention as reference, error_scale};
@@ -43,36 +43,9 @@ pub const TESTS: &[GpuTest] = &[
 
 const MODELS: [&str; 2] = ["qwen2.5-0.5b", "vibethinker-1.5b"];
 
-/// Per-element tolerance scale (units of u32): the FP32 contract's `error_scale`, plus the
-/// tensor-core prefill's extra terms when `tensor_core`.
+/// Per-element tolerance scale of a prefill on `path` (`ops::attention::prefill_error_scale`).
 fn tolerance_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor, tensor_core: bool) -> Vec<f32> {
-    let mut scale = error_scale(q, k, v).unwrap();
-    if !tensor_core || q.dtype() == DType::F32 {
-        return scale;
-    }
-    let (tokens, heads, dim) = (q.dims()[0], q.dims()[1], q.dims()[2]);
-    let (context, kv_heads) = (k.dims()[0], k.dims()[1]);
-    let group = heads / kv_heads;
-    let inv_sqrt = (dim as f64).powf(-0.5);
-    for t in 0..tokens {
-        let visible = context - tokens + t + 1;
-        for h in 0..heads {
-            let kvh = h / group;
-            let qv = &q.data()[(t * heads + h) * dim..][..dim];
-            let bound = (0..visible)
-                .map(|s| {
-                    let kv = &k.data()[(s * kv_heads + kvh) * dim..][..dim];
-                    qv.iter().zip(kv).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * inv_sqrt
-                })
-                .fold(0f64, f64::max) as f32;
-            let extra = mma_extra_error(q.dtype(), dim, visible, bound);
-            for i in 0..dim {
-                let v_max = (0..visible).map(|s| v.data()[(s * kv_heads + kvh) * dim + i].abs()).fold(0f32, f32::max);
-                scale[(t * heads + h) * dim + i] += extra * v_max;
-            }
-        }
-    }
-    scale
+    prefill_error_scale(q, k, v, tensor_core).unwrap()
 }
 
 /// A [rows + 2, heads, D] output: guard rows around `rows` rows poisoned with NaN.
