@@ -757,6 +757,35 @@ def checkpoint_goldens(directory, name, out_dir):
     print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
 
 
+BUDGET_BYTES = 24 * 1000 * 1000
+
+
+def write_manifest(out_dir):
+    """golden/data/MANIFEST.json: every golden file with its size, SHA-256 and the command that
+    makes it; the total must stay within BUDGET_BYTES (tests/golden.rs checks the sizes)."""
+    import hashlib
+    files = {}
+    for root, _, names in os.walk(out_dir):
+        for n in sorted(names):
+            path = os.path.join(root, n)
+            rel = os.path.relpath(path, out_dir)
+            if rel == "MANIFEST.json":
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            entry = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if n.endswith(".safetensors") and "checkpoint" not in rel.split(os.sep):
+                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+                entry["command"] = header.get("__metadata__", {}).get("command", "")
+            files[rel] = entry
+    total = sum(e["bytes"] for e in files.values())
+    assert total <= BUDGET_BYTES, f"goldens take {total} bytes, over the {BUDGET_BYTES} budget"
+    with open(os.path.join(out_dir, "MANIFEST.json"), "w") as f:
+        json.dump({"budget_bytes": BUDGET_BYTES, "total_bytes": total, "files": dict(sorted(files.items()))}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{out_dir}/MANIFEST.json: {len(files)} files, {total} bytes")
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -783,6 +812,7 @@ def main():
     if args.checkpoint:
         name = args.name or os.path.basename(os.path.normpath(args.checkpoint))
         checkpoint_goldens(args.checkpoint, name, args.out)
+        write_manifest(args.out)
         return
     models = list(PRESETS) if args.model == "all" else [args.model]
     for preset in models:
@@ -818,6 +848,7 @@ def main():
         meta.update(recorded)
         save_safetensors(tensors, path, meta)
         print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+    write_manifest(args.out)
 
 
 if __name__ == "__main__":

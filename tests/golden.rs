@@ -395,3 +395,25 @@ fn shared_tensors_are_served_under_each_dtype_name() {
     assert_ne!(f16, bf16);
     assert!(!f.has("rmsnorm.f8.x") && !f.has("no.such.tensor"));
 }
+
+/// golden/data/MANIFEST.json (written by gen.py) lists every golden file at its current size, and
+/// the committed goldens stay within their 24 MB budget.
+#[test]
+fn manifest_lists_every_golden_within_budget() {
+    let dir = qwen_kernels::golden::file::data_dir();
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
+    let files = manifest["files"].as_object().unwrap();
+    let mut total = 0;
+    for (name, entry) in files {
+        let bytes = std::fs::metadata(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).len();
+        assert_eq!(Some(bytes), entry["bytes"].as_u64(), "{name} changed size since the manifest was written");
+        total += bytes;
+    }
+    for cfg in Qwen2Config::presets() {
+        for kind in ["ops", "layer0", "model"] {
+            assert!(files.contains_key(&format!("{}/{kind}.safetensors", cfg.name)), "{} {kind}", cfg.name);
+        }
+    }
+    assert_eq!(Some(total), manifest["total_bytes"].as_u64());
+    assert!(total <= 24_000_000, "goldens take {total} bytes");
+}
