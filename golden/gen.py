@@ -450,7 +450,7 @@ LAYER_STAGES = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self
                 "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
-def layer_goldens(preset, config):
+def layer_goldens(preset, config, layer_idx=0, params=None, x=None):
     """Layer 0 of the model as Qwen2DecoderLayer runs it in bf16 (eager attention), every
     intermediate captured, and for each stage the float64 truth of that stage computed from the
     bf16 inputs PyTorch gave it (teacher forcing: each of our ops is checked in the layer's real
@@ -461,7 +461,13 @@ def layer_goldens(preset, config):
         layer.x, layer.positions (i32), <stage>.out and <stage>.truth for each LAYER_STAGES module
         (its input is the stored tensor the layer's wiring feeds it, asserted below), rope.q / rope.k (after RoPE, [T, heads, D]) and their .truth, attention.o (+ .truth),
         swiglu.out (+ .truth), residual1.out (+ .truth: x + o_proj), layer.out (+ .truth), biases and
-        norm weights; big weights as synth recipes in the metadata."""
+        norm weights; big weights as synth recipes in the metadata.
+
+    With `params` (this layer's parameters by name, e.g. "self_attn.q_proj.weight") and `x` (its
+    bf16 input [1, T, H]), the same for layer `layer_idx` of the whole model (hazard profile):
+    the layer's weight recipes are recorded by the caller, truths are stored as float32 (one
+    rounding of float64, 2^-24 relative: it keeps the file within the golden budget) and the
+    layer-0 hazard assertions are skipped."""
     out, recorded = {}, {}
     tokens = LAYER_TOKENS
     dtype = torch.bfloat16
@@ -479,13 +485,18 @@ def layer_goldens(preset, config):
     AttentionInterface.register("qwen_kernels_capture", capturing_attention)
     cfg = make_config(preset)
     cfg._attn_implementation = "qwen_kernels_capture"
-    layer = Qwen2DecoderLayer(cfg, layer_idx=0).to(dtype).eval()
-    twin = Qwen2DecoderLayer(cfg, layer_idx=0).to(torch.float64).eval()  # float64 copy, same weights
+    layer = Qwen2DecoderLayer(cfg, layer_idx=layer_idx).to(dtype).eval()
+    twin = Qwen2DecoderLayer(cfg, layer_idx=layer_idx).to(torch.float64).eval()  # float64 copy, same weights
 
     dims, q_bias_value, k_bias_value = LAYER0_BIAS_HAZARDS[preset]
     sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in dims])
     with torch.no_grad():
-        for name, module in layer.named_modules():
+        if params is not None:
+            layer.load_state_dict(params)
+            for name, value in params.items():
+                if name.endswith(".bias") or "layernorm" in name:
+                    out[name] = value.detach().clone()
+        for name, module in (layer.named_modules() if params is None else []):
             if isinstance(module, torch.nn.Linear):
                 w = synth_weight(f"golden.{preset}.layer0.{name}.weight", tuple(module.weight.shape), 0.02 / UNIT_STD, recorded)
                 module.weight.copy_(w)
@@ -504,7 +515,9 @@ def layer_goldens(preset, config):
                 out[f"{name}.weight"] = module.weight.detach().clone()
         twin.load_state_dict({k: v.to(torch.float64) for k, v in layer.state_dict().items()})
 
-    x = synth_tensor(f"golden.{preset}.layer0.x", (1, tokens, hidden), 0.05 / UNIT_STD)
+    if x is None:
+        x = synth_tensor(f"golden.{preset}.layer0.x", (1, tokens, hidden), 0.05 / UNIT_STD)
+    tokens = x.shape[1]
     positions = torch.arange(tokens)[None]
     rotary = Qwen2RotaryEmbedding(cfg)
     mask = torch.zeros(tokens, tokens, dtype=dtype).masked_fill(
@@ -564,6 +577,11 @@ def layer_goldens(preset, config):
         out["layer.out"] = y[0]
         out["layer.truth"] = (residual1.to(torch.float64) + stage_io["mlp.down_proj"][1].to(torch.float64))[0]
 
+        if params is not None:
+            for name in list(out):
+                if name.endswith(".truth"):
+                    out[name] = out[name].float()
+            return out, recorded
         # The hazards, at their real magnitudes.
         q_max, k_max = float(captured["q"].abs().max()), float(captured["k"].abs().max())
         logits = (captured["q"].float() @ captured["k"].float().repeat_interleave(heads // kv_heads, 1).transpose(2, 3))
@@ -704,6 +722,21 @@ def model_goldens(preset, config, weights=None, profile_meta=None, real_vocab=ha
     agree = next((i for i, (a, b) in enumerate(zip(got["tokens"], truth["tokens"])) if a != b), GREEDY_STEPS)
     recorded["greedy.torch_agrees_for"] = str(agree)
 
+    # Stage by stage, the layer where the massive activations collapse (the layer-0 machinery of
+    # layer_goldens on the first LAYER_TOKENS tokens, fed PyTorch bf16's own input to that layer).
+    layer_files = {}
+    if profile_meta is None:
+        h = config.num_hidden_layers - 2
+        prefix = f"model.layers.{h}."
+        params = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        x = got["hidden"][h][None, :LAYER_TOKENS].to(torch.bfloat16)
+        tensors, layer_meta = layer_goldens(preset, config, layer_idx=h, params=params, x=x)
+        layer_meta.update({k: v for k, v in recorded.items() if k.startswith(f"weight.{prefix}")})
+        assert float(x[0, 0].abs().max()) > 7000, "the collapse layer's input carries the massive activations"
+        assert float(tensors["layer.truth"][0].abs().max()) < 1000, "and its output no longer does"
+        layer_files[f"layer{h}"] = (tensors, layer_meta)
+    recorded["layer_files"] = json.dumps(sorted(layer_files))
+
     # The hazards, measured on the truth.
     h = truth["hidden"]
     first = h[:, 0].abs().max(dim=-1).values  # BOS, after each layer
@@ -725,7 +758,7 @@ def model_goldens(preset, config, weights=None, profile_meta=None, real_vocab=ha
         assert int(truth["last_logits"].argmax()) >= real_vocab, "padded rows must beat every real logit"
     else:
         recorded.update(profile_meta)
-    return out, recorded
+    return out, recorded, layer_files
 
 
 def checkpoint_goldens(directory, name, out_dir):
@@ -741,8 +774,8 @@ def checkpoint_goldens(directory, name, out_dir):
     del model
     real_vocab = min(config.vocab_size, hazards.REAL_VOCAB)
     bos = hazards.BOS if hazards.BOS < config.vocab_size else 0
-    tensors, recorded = model_goldens(name, config, weights=weights, profile_meta={"checkpoint": directory},
-                                      real_vocab=real_vocab, bos=bos)
+    tensors, recorded, _ = model_goldens(name, config, weights=weights, profile_meta={"checkpoint": directory},
+                                         real_vocab=real_vocab, bos=bos)
     with open(os.path.join(directory, "config.json")) as f:
         config_text = f.read()
     meta = {
@@ -820,12 +853,18 @@ def main():
         directory = os.path.join(args.out, preset)
         os.makedirs(directory, exist_ok=True)
         if args.only in ("all", "model"):
-            tensors, recorded = model_goldens(preset, config)
+            tensors, recorded, layer_files = model_goldens(preset, config)
             path = os.path.join(directory, "model.safetensors")
             meta = metadata(preset, config, f"python3 golden/gen.py --model {preset} --only model")
             meta.update(recorded)
             save_safetensors(tensors, path, meta)
             print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+            for name, (tensors, recorded) in layer_files.items():
+                path = os.path.join(directory, f"{name}.safetensors")
+                meta = metadata(preset, config, f"python3 golden/gen.py --model {preset} --only model")
+                meta.update(recorded)
+                save_safetensors(tensors, path, meta)
+                print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
         if args.only == "model":
             continue
         tensors = {}

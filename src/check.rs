@@ -11,6 +11,7 @@
 use crate::golden::metrics::{compare, compare_scaled, Comparison, Tolerance};
 use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
+use crate::model::weights::recipe_host;
 use crate::model::Qwen2Config;
 use crate::ops::attention as attn_op;
 use crate::ops::rmsnorm as rms_op;
@@ -294,19 +295,44 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
 pub fn layer_rows() -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for cfg in Qwen2Config::presets() {
-        let file = GoldenFile::open(cfg.name, "layer0")?;
+        // Layer 0, and the whole model's hazard layers (listed in its metadata `layer_files`).
+        let model = GoldenFile::open(cfg.name, "model")?;
+        let listed: Vec<String> = serde_json::from_str(model.metadata("layer_files").unwrap_or("[]"))
+            .map_err(|e| crate::Error::Golden { path: format!("{}/model.safetensors", cfg.name), detail: format!("layer_files: {e}"), model: cfg.name.into() })?;
+        for layer_name in std::iter::once("layer0".to_string()).chain(listed) {
+            out.extend(layer_stage_rows(&cfg, &layer_name)?);
+        }
+    }
+    Ok(out)
+}
+
+/// One decoder layer's file (`layer0` with its own weights, or `layer<N>` of the whole model with
+/// the hazard profile's), stage by stage.
+fn layer_stage_rows(cfg: &Qwen2Config, layer_name: &str) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    {
+        let file = GoldenFile::open(cfg.name, layer_name)?;
         let dtype = DType::BF16;
-        let (tokens, heads, kv_heads, d) = (4, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let index: usize = layer_name.trim_start_matches("layer").parse().unwrap_or(0);
+        let x = file.host("layer.x")?;
+        let (tokens, heads, kv_heads, d) = (x.dims()[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let t = |n: &str| file.host(n);
         // One row: `ours` against `<truth>`, PyTorch's bf16 stage output `<torch>` beside it.
         let mut row = |label: &str, names: (&str, &str), tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>| -> Result<()> {
-            out.push(golden_row(&file, &format!("layer0.{label}"), cfg.name, dtype, names, tolerance, ours, scale)?);
+            out.push(golden_row(&file, &format!("{layer_name}.{label}"), cfg.name, dtype, names, tolerance, ours, scale)?);
             Ok(())
         };
-        let weight = |name: &str| -> Result<HostTensor> { file.synth_weight(&format!("golden.{}.layer0.{name}.weight", cfg.name)) };
+        // Layer 0's own synthetic weights, or the whole model's recipes.
+        let weight = |name: &str| -> Result<HostTensor> {
+            let synth = format!("golden.{}.layer0.{name}.weight", cfg.name);
+            if file.metadata(&format!("synth.{synth}")).is_some() {
+                file.synth_weight(&synth)
+            } else {
+                recipe_host(&file, &format!("model.layers.{index}.{name}.weight"))
+            }
+        };
         let eps = cfg.rms_norm_eps;
 
-        let x = t("layer.x")?;
         let w = t("input_layernorm.weight")?;
         let stage = |n: &str| (format!("{n}.out"), format!("{n}.truth"));
         fn names(p: &(String, String)) -> (&str, &str) {

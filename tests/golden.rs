@@ -352,13 +352,20 @@ fn unbounded_argmax_picks_a_padded_row() {
 }
 
 #[test]
-fn layer0_stages_pass_and_carry_the_hazards() {
+fn layer_stages_pass_and_carry_the_hazards() {
     let rows = qwen_kernels::check::layer_rows().unwrap();
-    assert_eq!(rows.len(), 2 * 15, "2 models x 15 stages");
+    // 15 stages of layer 0 and of the layer where the massive activations collapse (L - 2), per model.
+    assert_eq!(rows.len(), 2 * 2 * 15, "2 models x 2 layers x 15 stages");
+    for cfg in Qwen2Config::presets() {
+        let collapse = format!("layer{}.residual2", cfg.num_hidden_layers - 2);
+        assert!(rows.iter().any(|r| r.op == collapse && r.case == cfg.name), "{collapse} of {}", cfg.name);
+    }
     for r in &rows {
         assert!(r.comparison.passed(), "{} {}: {}", r.op, r.case, r.comparison);
         let p = r.pytorch.as_ref().unwrap();
-        if r.op != "layer0.attention" {
+        // PyTorch's bf16 attention rounds q.k and p to bf16; our FP32 contract does not, so only
+        // our rows are held to it.
+        if !r.op.ends_with(".attention") {
             assert!(p.passed(), "pytorch {} {}: {p}", r.op, r.case);
         }
     }

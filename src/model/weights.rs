@@ -243,3 +243,17 @@ pub fn check_tokens(config: &Qwen2Config, tokens: &[u32]) -> Result<()> {
     }
     Ok(())
 }
+
+/// One tensor of a golden file's hazard-profile recipes (metadata `weight.<name>`, Hugging Face
+/// name), checksum verified, as a bf16 host tensor of the recipe's shape.
+pub fn recipe_host(file: &GoldenFile, name: &str) -> Result<crate::HostTensor> {
+    let key = format!("weight.{name}");
+    let text = file.metadata(&key).ok_or_else(|| Error::invalid(OP, format!("golden metadata lacks {key}")))?;
+    let r: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::invalid(OP, format!("{key}: not JSON: {e}")))?;
+    let shape: Vec<usize> = r["shape"]
+        .as_array()
+        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+        .ok_or_else(|| Error::invalid(OP, format!("{key}: no shape")))?;
+    let bits = recipe_tensor(&key, text, &shape)?;
+    crate::HostTensor::from_f32(crate::DType::BF16, &shape, bits.into_iter().map(bf16_to_f32).collect())
+}
