@@ -17,6 +17,7 @@
 //!   - y (row-major [rows, out]) as y^T, a column-major [out, rows] matrix, ldc = out;
 //!   - W (row-major [out, in])   as W^T, a column-major [in, out] matrix,   lda = in;
 //!   - x (row-major [rows, in])  as x^T, a column-major [in, rows] matrix,  ldb = in.
+//!
 //! We want y = x W^T, i.e. y^T = W x^T = (W^T)^T x^T: the matrix cuBLAS holds for W must be
 //! transposed (transa = T) and the one it holds for x used as is (transb = N). In cuBLAS' terms
 //! C[m, n] = op(A)[m, k] op(B)[k, n] with m = out, n = rows, k = in, A = W (lda = in),

@@ -204,6 +204,7 @@ fn run_kv(gpu: &Gpu, table: &mut RopeTable, c: &KvCase) -> (Vec<f32>, Vec<f32>, 
     (dq.inner(gpu, "q"), kc.inner(gpu, "k_cache"), vc.inner(gpu, "v_cache"), status)
 }
 
+#[allow(clippy::needless_range_loop)] // t indexes tokens in five arrays
 /// Check the cache after rope_kv: the tokens in `valid` wrote rotated k and copied v at
 /// [slot, h, pos, :]; every other element still holds GUARD. q: rotated for valid tokens, unchanged
 /// for the others.
@@ -242,6 +243,7 @@ fn check_kv(table: &RopeTable, c: &KvCase, valid: &[bool], q: &[f32], k_cache: &
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn kv_case(r: &mut rand::rngs::StdRng, dtype: DType, heads: usize, kv_heads: usize, d: usize, cache: KvCacheDims, positions: Vec<i32>, slots: Vec<i32>) -> KvCase {
     let t = positions.len();
     KvCase {
@@ -277,6 +279,7 @@ fn kv_write_lands_at_slot_and_position_only(gpu: &Gpu) {
     }
 }
 
+#[allow(clippy::needless_range_loop)] // t indexes tokens in several arrays
 /// Positions outside 0..max (or the cache's capacity) and slots outside the cache: those tokens are
 /// skipped whole, the status says so (once: reading clears it), every other token is processed.
 fn bad_positions_and_slots_are_skipped_and_reported(gpu: &Gpu) {
