@@ -73,7 +73,12 @@ fn argmax_rejects_bad_bounds_and_ranks() {
 fn argmax_plan_vectorises_aligned_rows_only() {
     use argmax::{plan, Path};
     let p = plan(DType::F32, 3, 151936, 151665, true, Path::Auto).unwrap();
-    assert_eq!((p.kernel, p.vectorized, p.grid, p.threads), ("argmax_f32_vec", true, 3, 1024));
+    assert_eq!((p.kernel, p.vectorized, p.rows, p.threads), ("argmax_partial_f32_vec", true, 3, 256));
+    // 151665 / 256 chunks = 592.4 -> 593 -> 600 (a multiple of 8); 256 chunks of 600 cover the row.
+    assert_eq!(p.chunk, 600);
+    assert!(p.chunk as usize * argmax::CHUNKS >= 151665 && p.chunk % 8 == 0);
+    // A short row: chunks of 8, most of them empty.
+    assert_eq!(plan(DType::F16, 1, 7, 7, true, Path::Auto).unwrap().chunk, 8);
     // bf16 rows of 151936 are 303872 bytes: whole 16-byte vectors.
     assert!(plan(DType::BF16, 1, 151936, 151665, true, Path::Auto).unwrap().vectorized);
     // A stride of 1001 f16 puts row 1 at 2002 bytes: not aligned.
@@ -81,7 +86,9 @@ fn argmax_plan_vectorises_aligned_rows_only() {
     let e = plan(DType::F16, 2, 1001, 1000, true, Path::Vector16).unwrap_err();
     assert!(matches!(e, Error::Alignment { op: "argmax", .. }), "{e}");
     assert!(matches!(plan(DType::F32, 2, 1024, 1000, false, Path::Vector16), Err(Error::Alignment { .. })));
-    assert!(matches!(plan(DType::F32, 1, 1 << 32, (1 << 31) + 1, true, Path::Auto), Err(Error::UnsupportedSize { .. })));
+    assert!(matches!(plan(DType::F32, 1, 1 << 32, (1 << 30) + 1, true, Path::Auto), Err(Error::UnsupportedSize { .. })));
+    assert!(matches!(plan(DType::F32, 65_536, 1024, 1000, true, Path::Auto), Err(Error::UnsupportedSize { .. })));
+    plan(DType::F32, 65_535, 1024, 1000, true, Path::Auto).unwrap();
 }
 
 // ---- RoPE ---------------------------------------------------------------------------------------

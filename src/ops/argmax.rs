@@ -18,9 +18,11 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 pub const OP: &str = "argmax";
 const MODULE: &str = "argmax";
-/// Threads per row: one block of 1024 reads a 151936-entry f32 row as 37984 16-byte vectors,
-/// about 37 per thread.
-const THREADS: u32 = 1024;
+/// Chunks per row (the kernel's ARGMAX_CHUNKS): a 151665-entry row is read by 256 blocks of
+/// 600 entries (150 f32 vectors) each, so batch 1 spreads over the whole GPU.
+pub const CHUNKS: usize = 256;
+/// Threads of a stage-1 block.
+const PARTIAL_THREADS: u32 = 256;
 
 /// The index a row with a NaN among its valid entries gets (its max value is NaN).
 pub const NAN_ROW: i32 = -1;
@@ -39,10 +41,13 @@ pub fn check(logits: Layout, n_valid: usize) -> Result<(usize, usize)> {
     Ok((rows, stride))
 }
 
-/// Per-row results on the device, for up to `capacity` rows.
+/// Per-row results on the device, for up to `capacity` rows, and the per-chunk partial results
+/// of the first stage ([capacity, CHUNKS] each).
 pub struct ArgmaxOutput {
     index: CudaSlice<i32>,
     max: CudaSlice<f32>,
+    part_v: CudaSlice<f32>,
+    part_i: CudaSlice<i32>,
     capacity: usize,
 }
 
@@ -52,7 +57,9 @@ impl ArgmaxOutput {
         let n = capacity.max(1);
         let index = gpu.stream().clone_htod(&vec![NAN_ROW; n]).cuda("cuMemcpyHtoD(argmax index)")?;
         let max = gpu.stream().clone_htod(&vec![f32::NAN; n]).cuda("cuMemcpyHtoD(argmax max)")?;
-        Ok(ArgmaxOutput { index, max, capacity })
+        let part_v = gpu.stream().alloc_zeros::<f32>(n * CHUNKS).cuda("cuMemAlloc(argmax partials)")?;
+        let part_i = gpu.stream().alloc_zeros::<i32>(n * CHUNKS).cuda("cuMemAlloc(argmax partials)")?;
+        Ok(ArgmaxOutput { index, max, part_v, part_i, capacity })
     }
 
     pub fn capacity(&self) -> usize {
@@ -85,23 +92,25 @@ pub enum Path {
     Scalar,
 }
 
-/// The launch an argmax gets.
+/// The launches an argmax gets: `kernel` on grid (CHUNKS, rows) x `threads`, each block scanning
+/// `chunk` entries, then `argmax_finish` on grid rows x CHUNKS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
     pub kernel: &'static str,
     pub vectorized: bool,
-    pub grid: u32,
+    pub rows: u32,
     pub threads: u32,
+    pub chunk: u32,
 }
 
 /// Choose the variant: 16-byte vectors need every row start aligned (`aligned16` base and
 /// stride * size a multiple of 16). Checks the kernel's int limits.
 pub fn plan(dtype: DType, rows: usize, stride: usize, n_valid: usize, aligned16: bool, path: Path) -> Result<Launch> {
-    if n_valid > i32::MAX as usize {
-        return Err(Error::unsupported(OP, format!("n_valid {n_valid} > {} (i32 indices)", i32::MAX)));
+    if n_valid > 1 << 30 {
+        return Err(Error::unsupported(OP, format!("n_valid {n_valid} > {} (i32 indices and chunk offsets)", 1 << 30)));
     }
-    if rows > i32::MAX as usize {
-        return Err(Error::unsupported(OP, format!("rows {rows} > {} (one block per row)", i32::MAX)));
+    if rows > 65_535 {
+        return Err(Error::unsupported(OP, format!("rows {rows} > 65535 (grid y)")));
     }
     let vector_ok = aligned16 && (stride * dtype.size()) % 16 == 0;
     let vectorized = match path {
@@ -116,14 +125,16 @@ pub fn plan(dtype: DType, rows: usize, stride: usize, n_valid: usize, aligned16:
         }
     };
     let kernel = match (dtype, vectorized) {
-        (DType::F32, true) => "argmax_f32_vec",
-        (DType::F32, false) => "argmax_f32_scalar",
-        (DType::F16, true) => "argmax_f16_vec",
-        (DType::F16, false) => "argmax_f16_scalar",
-        (DType::BF16, true) => "argmax_bf16_vec",
-        (DType::BF16, false) => "argmax_bf16_scalar",
+        (DType::F32, true) => "argmax_partial_f32_vec",
+        (DType::F32, false) => "argmax_partial_f32_scalar",
+        (DType::F16, true) => "argmax_partial_f16_vec",
+        (DType::F16, false) => "argmax_partial_f16_scalar",
+        (DType::BF16, true) => "argmax_partial_bf16_vec",
+        (DType::BF16, false) => "argmax_partial_bf16_scalar",
     };
-    Ok(Launch { kernel, vectorized, grid: rows as u32, threads: THREADS })
+    // A multiple of 8 entries: every chunk of an aligned row starts 16-byte aligned in every dtype.
+    let chunk = n_valid.div_ceil(CHUNKS).next_multiple_of(8) as u32;
+    Ok(Launch { kernel, vectorized, rows: rows as u32, threads: PARTIAL_THREADS, chunk })
 }
 
 /// Argmax of each row of `logits` [rows, stride] over its first `n_valid` entries, into `out`
@@ -141,22 +152,30 @@ pub fn argmax_with_path(gpu: &Gpu, logits: &View, n_valid: usize, out: &mut Argm
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu.function(MODULE, launch.kernel)?;
-    let (stride_i, n_valid_i) = (stride as i64, n_valid as i32);
+    let (stride_i, n_valid_i, chunk_i) = (stride as i64, n_valid as i32, launch.chunk as i32);
+    let partial = gpu.function(MODULE, launch.kernel)?;
+    let mut args = gpu.stream().launch_builder(&partial);
+    args.arg(&logits.data).arg(&mut out.part_v).arg(&mut out.part_i).arg(&stride_i).arg(&n_valid_i).arg(&chunk_i);
+    let cfg = LaunchConfig { grid_dim: (CHUNKS as u32, launch.rows, 1), block_dim: (launch.threads, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: logits holds rows * stride elements of the kernel's dtype; block (c, r) reads row r's
+    // entries [c * chunk, min((c + 1) * chunk, n_valid)), n_valid <= stride (16-byte vectors only
+    // when every row start is aligned; chunk is a multiple of 8), and writes partial r * CHUNKS + c,
+    // r < rows <= capacity (checked above), inside the [capacity, CHUNKS] partials.
+    unsafe { args.launch(cfg) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+
+    let finish = gpu.function(MODULE, "argmax_finish")?;
     let null: u64 = 0;
-    let mut args = gpu.stream().launch_builder(&f);
-    args.arg(&logits.data).arg(&mut out.index);
+    let mut args = gpu.stream().launch_builder(&finish);
+    args.arg(&out.part_v).arg(&out.part_i).arg(&mut out.index);
     if with_max {
         args.arg(&mut out.max);
     } else {
         args.arg(&null);
     }
-    args.arg(&stride_i).arg(&n_valid_i);
-    let cfg = LaunchConfig { grid_dim: (launch.grid, 1, 1), block_dim: (launch.threads, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: logits holds rows * stride elements of the kernel's dtype; block r reads row r's
-    // entries 0..n_valid <= stride only (16-byte vectors only when every row start is aligned) and
-    // writes index[r] and max[r], r < rows <= capacity (checked above). The null max pointer is
-    // never dereferenced.
-    unsafe { args.launch(cfg) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+    let cfg = LaunchConfig { grid_dim: (launch.rows, 1, 1), block_dim: (CHUNKS as u32, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: block r reads partials r * CHUNKS .. (r + 1) * CHUNKS, written by the launch above
+    // (same stream, so ordered), and writes index[r] and max[r], r < rows <= capacity. The null max
+    // pointer is never dereferenced.
+    unsafe { args.launch(cfg) }.cuda("cuLaunchKernel(argmax_finish)")?;
     Ok(())
 }

@@ -65,7 +65,7 @@ fn random_rows_every_dtype_stride_and_path(gpu: &Gpu) {
     }
 }
 
-/// Ties across threads and vectors go to the lowest index; padded entries that beat everything are
+/// Ties across threads, vectors and first-stage chunks go to the lowest index; padded entries that beat everything are
 /// never chosen (nor is a NaN there noticed); +inf is a value like any other; a row of -inf answers
 /// 0; a NaN anywhere in the valid part makes the row NaN_ROW.
 fn ties_padding_infinities_and_nans(gpu: &Gpu) {
@@ -104,6 +104,13 @@ fn ties_padding_infinities_and_nans(gpu: &Gpu) {
         rows.push(row);
         // 6: every entry equal: index 0.
         rows.push(vec![3.0; stride]);
+        // 7: a tie across the boundary of the first-stage chunks (600 entries each here): 599 wins
+        // over 600, and both over the same value in the last chunk.
+        let mut row = base.clone();
+        row[600] = 50.0;
+        row[599] = 50.0;
+        row[151_600] = 50.0;
+        rows.push(row);
         let n = rows.len();
         let logits = HostTensor::from_f32(dtype, &[n, stride], rows.concat()).unwrap();
         let expected = reference::argmax(&logits, n_valid).unwrap();
@@ -113,6 +120,7 @@ fn ties_padding_infinities_and_nans(gpu: &Gpu) {
         assert_eq!((expected[3], expected[4]), (None, None));
         assert_eq!(expected[5].map(|e| e.0), Some(99));
         assert_eq!(expected[6].map(|e| e.0), Some(0));
+        assert_eq!(expected[7].map(|e| e.0), Some(599));
         check_case(gpu, &logits, n_valid, "edges");
     }
 }
