@@ -125,6 +125,18 @@ fn rope_q_and_k_must_agree() {
 }
 
 #[test]
+fn rope_launch_covers_every_pair_and_head() {
+    use rope::{launch_config, RopeDims};
+    for (tokens, heads, kv_heads, d) in [(1, 14, 2, 64), (4096, 12, 2, 128), (3, 6, 1, 2), (2, 2, 2, 2048), (5, 7, 7, 96)] {
+        let c = launch_config(RopeDims { tokens, heads, head_dim: d }, kv_heads);
+        let (x, y, z) = c.block_dim;
+        assert_eq!(c.grid_dim, (tokens as u32, 1, 1));
+        assert!(x as usize >= d / 2 && x % 32 == 0 && x * y <= 1024 && z == 1, "{:?} for d {d}", c.block_dim);
+        assert!(y >= 1 && y as usize <= heads + kv_heads, "{:?}", c.block_dim);
+    }
+}
+
+#[test]
 fn rope_kv_cache_must_fit_k_and_v() {
     let q = l(DType::BF16, &[3, 12, 128]);
     let k = l(DType::BF16, &[3, 2, 128]);

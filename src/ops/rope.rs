@@ -169,7 +169,9 @@ impl RopeTable {
     }
 }
 
-fn config(dims: RopeDims, kv_heads: usize) -> LaunchConfig {
+/// The launch shape: one block per token; threadIdx.x = rotation pair (d / 2 rounded up to whole
+/// warps), threadIdx.y strides over the q and kv heads (256 threads a block when d / 2 <= 256).
+pub fn launch_config(dims: RopeDims, kv_heads: usize) -> LaunchConfig {
     let half = dims.head_dim / 2;
     let x = half.div_ceil(32) as u32 * 32;
     let y = (256 / x).clamp(1, (dims.heads + kv_heads) as u32);
@@ -204,7 +206,7 @@ pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, 
     // T entries, inv_freq d / 2 (checked above and by the table). Block t touches token t's rows of
     // q and k only, threads with i >= d / 2 return, and a token with a position outside
     // 0..max_positions is skipped whole.
-    unsafe { args.launch(config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+    unsafe { args.launch(launch_config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
     Ok(())
 }
 
@@ -244,7 +246,7 @@ pub fn rope_kv(
     // kernel writes the cache only at [slot, h, pos, 0..d] with 0 <= slot < slots, h < kv_heads
     // (= the cache's), 0 <= pos < min(max_positions, capacity), checked on the device per token
     // (others are skipped), so every cache write is inside the caches' slots * kv_heads * capacity * d.
-    unsafe { args.launch(config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+    unsafe { args.launch(launch_config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
     Ok(())
 }
 
