@@ -23,18 +23,19 @@ pub const TESTS: &[GpuTest] = &[
 ];
 
 /// Kernel against `reference::swiglu`. Both compute silu(g) = g / (1 + exp(-g)) in FP32, but CUDA's
-/// expf is within 2 ulp and the host's exp within 1: exp(-g) differs by up to 3 ulp (6 u32
-/// relative), which 1 + e carries over at most unchanged relatively, and the add and the divide
-/// round once more each side (2 u32): silu differs by <= 8 u32 relative. Rounded to a 16-bit T the
-/// two may land on neighbouring values (one eps_T), and the product with up, rounded again, may
-/// land one more step apart: rtol = 2 eps_T + 8 u32 (+ 2 u32 for the product's own rounding in
-/// f32, where T(.) is the identity). Near zero (g << 0: silu is tiny) the two roundings can each
-/// lose one subnormal step, the first one multiplied by |up|: atol = 2 tiny_T (1 + max|up|).
+/// expf is within 2 ulp and the host's within 1: e = exp(-g) differs by up to 3 ulp, 6 u32 relative
+/// (one ulp is at most 2 u32 of the value), which silu carries over scaled by e / (1 + e) <= 1. The
+/// add and the divide round once on each side: up to 4 u32 more. So the two silu values differ by
+/// at most 10 u32 relative, and the product with up, rounded on each side, adds 2 u32: in f32
+/// storage rtol = 12 u32. In 16-bit storage silu is rounded to T first: the two may land on
+/// neighbouring values (eps_T relative), and the rounded products one more step apart (eps_T):
+/// rtol = 2 eps_T + 12 u32. Near zero (g << 0: silu is tiny) the two roundings can each lose one
+/// subnormal step, the first one multiplied by |up|: atol = 2 tiny_T (1 + max|up|).
 fn vs_reference(dtype: DType, max_abs_up: f32) -> Tolerance {
     let u32_ = 2f32.powi(-24);
     let rtol = match dtype {
-        DType::F32 => 10.0 * u32_,
-        _ => 2.0 * dtype.epsilon() + 10.0 * u32_,
+        DType::F32 => 12.0 * u32_,
+        _ => 2.0 * dtype.epsilon() + 12.0 * u32_,
     };
     Tolerance { atol: 2.0 * subnormal_spacing(dtype) * (1.0 + max_abs_up), rtol }
 }
