@@ -13,6 +13,7 @@
 mod common;
 mod argmax;
 mod golden;
+mod graph;
 mod linear;
 mod rmsnorm;
 mod rope;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     // cargo passes libtest flags (--nocapture, --test-threads=N, ...); a bare word filters by name.
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let require = std::env::var("QK_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    let tests: Vec<GpuTest> = [tensor::TESTS, rmsnorm::TESTS, swiglu::TESTS, argmax::TESTS, rope::TESTS, linear::TESTS, golden::TESTS].concat();
+    let tests: Vec<GpuTest> = [tensor::TESTS, rmsnorm::TESTS, swiglu::TESTS, argmax::TESTS, rope::TESTS, linear::TESTS, graph::TESTS, golden::TESTS].concat();
     let selected: Vec<GpuTest> =
         tests.into_iter().filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))).collect();
 
