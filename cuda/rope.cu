@@ -9,9 +9,11 @@
 //     q_embed = (q * cos) + (rotate_half(q) * sin); rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])
 // Per token t, head h and pair i in 0..d/2 (T(.) = round to the storage dtype T):
 //     angle = FP32(float(pos[t]) * inv_freq[i])      one IEEE multiply (__fmul_rn: never fused)
-//     c = T(cosf(angle)), s = T(sinf(angle))         sincosf, full-accuracy (no fast-math): its
-//                                                    Payne-Hanek reduction is exact for the large
-//                                                    angles of late positions (~3.3e4 rad at 32767)
+//     c = T(cosf(angle)), s = T(sinf(angle))         sincosf, full accuracy (no fast-math, 2 ulp):
+//                                                    its argument reduction is accurate over the
+//                                                    whole range (3-part Cody-Waite below ~1e5 rad,
+//                                                    Payne-Hanek above), so the late positions'
+//                                                    angles (~3.3e4 rad at 32767) lose nothing
 //     out[i]       = T(T(x[i] * c)       + T(-x[i + d/2] * s))
 //     out[i + d/2] = T(T(x[i + d/2] * c) + T( x[i] * s))
 // Every multiply and add is a separate IEEE op (__fmul_rn / __fadd_rn), as PyTorch's three tensor ops
