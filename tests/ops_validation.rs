@@ -190,3 +190,32 @@ fn tf32_is_opt_in_and_only_for_f32() {
     assert!(matches!(compute_type(DType::BF16, Precision::Tf32), Err(Error::DType { .. })));
     assert!(matches!(compute_type(DType::F16, Precision::Tf32), Err(Error::DType { .. })));
 }
+
+/// Every kernel name a wrapper can launch is an entry point of the compiled fatbins (a misspelt
+/// name would otherwise fail only on a GPU).
+#[test]
+fn every_planned_kernel_exists() {
+    use qwen_kernels::kernels;
+    if !kernels::built() {
+        return;
+    }
+    let have: std::collections::HashSet<String> = kernels::resources().into_iter().map(|r| r.kernel).collect();
+    let mut names: Vec<&str> = vec!["argmax_finish"];
+    for dtype in DType::ALL {
+        for aligned in [true, false] {
+            names.push(swiglu::plan(swiglu::OP, dtype, 2, 64, [64, 64], aligned, swiglu::Path::Auto).unwrap().kernel);
+            names.push(argmax::plan(dtype, 2, 64, 60, aligned, argmax::Path::Auto).unwrap().kernel);
+        }
+    }
+    for (dtype, name) in [(DType::F32, "f32"), (DType::F16, "f16"), (DType::BF16, "bf16")] {
+        for kernel in [format!("rope_{name}"), format!("rope_kv_{name}"), format!("fill_bias_{name}_{name}")] {
+            assert!(have.contains(&kernel), "{kernel} ({dtype}) missing");
+        }
+    }
+    for kernel in ["fill_bias_f16_f32", "fill_bias_bf16_f32"] {
+        assert!(have.contains(kernel), "{kernel} missing");
+    }
+    for kernel in names {
+        assert!(have.contains(kernel), "{kernel} missing from the compiled kernels");
+    }
+}
