@@ -19,13 +19,27 @@ fn every_module_is_embedded_for_every_default_target() {
         return;
     }
     let names: Vec<&str> = kernels::MODULES.iter().map(|m| m.0).collect();
-    assert!(names.contains(&"rmsnorm"), "{names:?}");
+    for module in ["rmsnorm", "swiglu", "argmax", "rope", "linear"] {
+        assert!(names.contains(&module), "{module} missing from {names:?}");
+    }
     let resources = kernels::resources();
     let targets = kernels::TARGETS.unwrap();
     if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
         assert_eq!(targets, "sm_80, sm_86, sm_89, sm_90 + compute_80 PTX");
         for sm in ["sm_80", "sm_86", "sm_89", "sm_90"] {
-            for kernel in ["rmsnorm_bf16_vec", "add_rmsnorm_f16_scalar", "rmsnorm_f32_vec"] {
+            for kernel in [
+                "rmsnorm_bf16_vec",
+                "add_rmsnorm_f16_scalar",
+                "rmsnorm_f32_vec",
+                "swiglu_bf16_vec",
+                "swiglu_f32_scalar",
+                "argmax_partial_f32_vec",
+                "argmax_partial_bf16_scalar",
+                "argmax_finish",
+                "rope_bf16",
+                "rope_kv_f16",
+                "fill_bias_bf16_f32",
+            ] {
                 assert!(
                     resources.iter().any(|r| r.kernel == kernel && r.target == sm),
                     "{kernel} for {sm} missing from the ptxas report"

@@ -1,13 +1,41 @@
 //! Rotary position embedding (half-split "neox" layout) on q [T, heads, head_dim] and
-//! k [T, kv_heads, head_dim], positions per token.
+//! k [T, kv_heads, head_dim], positions per token (`cuda/rope.cu`).
 //!
-//! The kernel comes with its wrapper; today this file holds the validation shared with the CPU
-//! reference (`reference::rope`).
+//! ```text
+//! rope:     q, k rotated in place at positions[t]
+//! rope_kv:  q rotated in place; k rotated and written, with v, to the KV cache at
+//!           k_cache[slots[t], h, positions[t], :], v_cache[slots[t], h, positions[t], :]
+//!           (the layout of ops::kv_cache)
+//! ```
+//!
+//! Positions (and slots) are device i32 arrays: the decode step keeps no host-side position
+//! counter, and nothing here synchronises. The host validates everything it can see (ranks, heads,
+//! head_dim, dtypes, lengths); the values of positions and slots are checked by the kernel, per
+//! token: a token whose position is outside `0..max_positions` (and, for the cache write, outside
+//! the cache's capacity) or whose slot is outside the cache is left untouched (q, k and the cache
+//! keep their values), and a flag is raised in the table's device status word. The caller reads it
+//! with [`RopeTable::check_status`] when it next synchronises (an engine: after the step). Nothing is
+//! ever written out of bounds. No host-positions variant is offered: uploading would allocate or
+//! need a staging buffer per call, and `check` below already validates host positions for callers
+//! that have them.
+//!
+//! `check` is also the CPU reference's validation (`reference::rope`).
 
-use crate::error::{Error, Result};
-use crate::tensor::Layout;
+use crate::dtype::DType;
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::kv_cache;
+use crate::tensor::{Layout, View, ViewMut};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 pub const OP: &str = "rope";
+pub const KV_OP: &str = "rope_kv";
+const MODULE: &str = "rope";
+
+/// Status bit: some token's position was outside the limit (that token was skipped).
+pub const STATUS_BAD_POSITION: u32 = 1;
+/// Status bit: some token's slot was outside the cache (that token was skipped).
+pub const STATUS_BAD_SLOT: u32 = 2;
 
 /// Tokens, heads and head_dim of a validated RoPE input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,4 +64,216 @@ pub fn check(x: Layout, positions: &[i32], max_positions: usize, theta: f32) -> 
         return Err(Error::invalid(OP, format!("rope theta must be finite and > 1, got {theta}")));
     }
     Ok(RopeDims { tokens: *tokens, heads: *heads, head_dim: *head_dim })
+}
+
+/// Validate a table's parameters: theta finite and > 1, head_dim even in 2..=2048 (one thread per
+/// rotation pair, at most 1024 per block), max_positions in 1..=2^24 (every position is then exact
+/// as the f32 PyTorch converts it to, and fits the kernel's i32).
+pub fn check_table(theta: f32, head_dim: usize, max_positions: usize) -> Result<()> {
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(Error::invalid(OP, format!("rope theta must be finite and > 1, got {theta}")));
+    }
+    if head_dim == 0 || head_dim % 2 != 0 || head_dim > 2048 {
+        return Err(Error::unsupported(OP, format!("head_dim {head_dim} must be even and in 2..=2048")));
+    }
+    if max_positions == 0 || max_positions > 1 << 24 {
+        return Err(Error::unsupported(OP, format!("max_positions {max_positions} must be in 1..={}", 1 << 24)));
+    }
+    Ok(())
+}
+
+/// Validate q [T, heads, d] and k [T, kv_heads, d] for a table of `head_dim`: same dtype, tokens
+/// and head_dim, heads a multiple of kv_heads (GQA); `positions` holds one entry per token.
+pub fn check_qk(op: &'static str, q: Layout, k: Layout, head_dim: usize, positions: usize) -> Result<RopeDims> {
+    let [tokens, heads, d] = *q.shape.dims() else {
+        return Err(Error::shape(op, format!("q must be [tokens, heads, head_dim], got {q}")));
+    };
+    let [k_tokens, kv_heads, k_d] = *k.shape.dims() else {
+        return Err(Error::shape(op, format!("k must be [tokens, kv_heads, head_dim], got {k}")));
+    };
+    if k.dtype != q.dtype {
+        return Err(Error::dtype(op, format!("k is {} but q is {}", k.dtype, q.dtype)));
+    }
+    if k_tokens != tokens || k_d != d {
+        return Err(Error::shape(op, format!("k {k} must have q's tokens and head_dim (q {q})")));
+    }
+    if d != head_dim {
+        return Err(Error::shape(op, format!("head_dim {d} of q {q} but the rope table is for head_dim {head_dim}")));
+    }
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(Error::shape(op, format!("heads {heads} must be a non-zero multiple of kv_heads {kv_heads}")));
+    }
+    if positions != tokens {
+        return Err(Error::shape(op, format!("{positions} positions for {tokens} tokens")));
+    }
+    if tokens > i32::MAX as usize || heads + kv_heads > i32::MAX as usize {
+        return Err(Error::unsupported(op, format!("tokens {tokens} or heads {heads} + {kv_heads} past i32")));
+    }
+    Ok(RopeDims { tokens, heads, head_dim })
+}
+
+/// One model's rotary table on the device: inv_freq [head_dim / 2] in FP32 and the status word the
+/// kernels flag bad positions and slots in. Built once per model (no per-call allocation or copy).
+///
+/// inv_freq is computed on the host, by `reference::rope::inv_freq`, and uploaded, rather than by
+/// `powf` in the kernel: CUDA's powf and the host's may differ by an ulp, which moves an angle of
+/// 3e4 rad by ~2e-3 rad at late positions; sharing one table makes the kernel and the CPU reference
+/// agree exactly on every angle.
+pub struct RopeTable {
+    inv_freq: CudaSlice<f32>,
+    status: CudaSlice<u32>,
+    theta: f32,
+    head_dim: usize,
+    max_positions: usize,
+}
+
+impl RopeTable {
+    pub fn new(gpu: &Gpu, theta: f32, head_dim: usize, max_positions: usize) -> Result<Self> {
+        check_table(theta, head_dim, max_positions)?;
+        let table = crate::reference::rope::inv_freq(theta, head_dim);
+        let inv_freq = gpu.stream().clone_htod(&table).cuda("cuMemcpyHtoD(rope inv_freq)")?;
+        let status = gpu.stream().alloc_zeros::<u32>(1).cuda("cuMemAlloc(rope status)")?;
+        Ok(RopeTable { inv_freq, status, theta, head_dim, max_positions })
+    }
+
+    pub fn theta(&self) -> f32 {
+        self.theta
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Read (synchronising) and clear the status word: `Ok` if every token since the last check had
+    /// a valid position and slot, else an error naming what was skipped.
+    pub fn check_status(&mut self, gpu: &Gpu) -> Result<()> {
+        let status = gpu.stream().clone_dtoh(&self.status).cuda("cuMemcpyDtoH(rope status)")?;
+        gpu.synchronize()?;
+        let bits = status[0];
+        if bits == 0 {
+            return Ok(());
+        }
+        gpu.stream().memset_zeros(&mut self.status).cuda("cuMemsetD8(rope status)")?;
+        let mut what = Vec::new();
+        if bits & STATUS_BAD_POSITION != 0 {
+            what.push(format!("a position outside 0..{} (or the cache's capacity)", self.max_positions));
+        }
+        if bits & STATUS_BAD_SLOT != 0 {
+            what.push("a slot outside the cache".to_string());
+        }
+        Err(Error::invalid(OP, format!("tokens with {} were skipped (status {bits:#x})", what.join(" and "))))
+    }
+}
+
+/// The launch shape: one block per token; threadIdx.x = rotation pair (d / 2 rounded up to whole
+/// warps), threadIdx.y strides over the q and kv heads (256 threads a block when d / 2 <= 256).
+pub fn launch_config(dims: RopeDims, kv_heads: usize) -> LaunchConfig {
+    let half = dims.head_dim / 2;
+    let x = half.div_ceil(32) as u32 * 32;
+    let y = (256 / x).clamp(1, (dims.heads + kv_heads) as u32);
+    LaunchConfig { grid_dim: (dims.tokens as u32, 1, 1), block_dim: (x, y, 1), shared_mem_bytes: 0 }
+}
+
+fn kernel_name(kv: bool, dtype: DType) -> &'static str {
+    match (kv, dtype) {
+        (false, DType::F32) => "rope_f32",
+        (false, DType::F16) => "rope_f16",
+        (false, DType::BF16) => "rope_bf16",
+        (true, DType::F32) => "rope_kv_f32",
+        (true, DType::F16) => "rope_kv_f16",
+        (true, DType::BF16) => "rope_kv_bf16",
+    }
+}
+
+/// Rotate q [T, heads, d] and k [T, kv_heads, d] in place at `positions` (device i32 [T]).
+pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, positions: &CudaView<i32>) -> Result<()> {
+    let dims = check_qk(OP, q.layout(), k.layout(), table.head_dim, positions.len())?;
+    let kv_heads = k.layout().shape.dims()[1];
+    if dims.tokens == 0 {
+        return Ok(());
+    }
+    let kernel = kernel_name(false, q.layout().dtype);
+    let f = gpu.function(MODULE, kernel)?;
+    let (heads_i, kv_i, half_i, max_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32, table.max_positions as i32);
+    let mut args = gpu.stream().launch_builder(&f);
+    args.arg(&mut q.data).arg(&mut k.data).arg(positions).arg(&table.inv_freq).arg(&mut table.status);
+    args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&max_i);
+    // SAFETY: q holds T * heads * d and k T * kv_heads * d elements of the kernel's dtype, positions
+    // T entries, inv_freq d / 2 (checked above and by the table). Block t touches token t's rows of
+    // q and k only, threads with i >= d / 2 return, and a token with a position outside
+    // 0..max_positions is skipped whole.
+    unsafe { args.launch(launch_config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+    Ok(())
+}
+
+/// Rotate q [T, heads, d] in place; rotate k [T, kv_heads, d] into `k_cache` and copy v
+/// [T, kv_heads, d] into `v_cache` at (slots[t], positions[t]) (device i32 [T] each). The caches are
+/// [slots, kv_heads, capacity, d] (ops::kv_cache). Positions must be below both the table's
+/// max_positions and the cache's capacity; tokens that are not are skipped and flagged.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(
+    gpu: &Gpu,
+    table: &mut RopeTable,
+    q: &mut ViewMut,
+    k: &View,
+    v: &View,
+    positions: &CudaView<i32>,
+    slots: &CudaView<i32>,
+    k_cache: &mut ViewMut,
+    v_cache: &mut ViewMut,
+) -> Result<()> {
+    let dims = check_qk(KV_OP, q.layout(), k.layout(), table.head_dim, positions.len())?;
+    let kv_heads = k.layout().shape.dims()[1];
+    check_kv(q.layout(), k.layout(), v.layout(), slots.len(), k_cache.layout(), v_cache.layout())?;
+    let cache = kv_cache::check(KV_OP, k_cache.layout(), v_cache.layout())?;
+    if dims.tokens == 0 {
+        return Ok(());
+    }
+    let pos_limit = table.max_positions.min(cache.capacity);
+    let kernel = kernel_name(true, q.layout().dtype);
+    let f = gpu.function(MODULE, kernel)?;
+    let (heads_i, kv_i, half_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32);
+    let (limit_i, slots_i, capacity_i) = (pos_limit as i32, cache.slots as i32, cache.capacity as i32);
+    let mut args = gpu.stream().launch_builder(&f);
+    args.arg(&mut q.data).arg(&k.data).arg(&v.data).arg(positions).arg(slots).arg(&table.inv_freq);
+    args.arg(&mut table.status).arg(&mut k_cache.data).arg(&mut v_cache.data);
+    args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&limit_i).arg(&slots_i).arg(&capacity_i);
+    // SAFETY: q, k, v, positions, slots and inv_freq hold what check_qk / check_kv verified. The
+    // kernel writes the cache only at [slot, h, pos, 0..d] with 0 <= slot < slots, h < kv_heads
+    // (= the cache's), 0 <= pos < min(max_positions, capacity), checked on the device per token
+    // (others are skipped), so every cache write is inside the caches' slots * kv_heads * capacity * d.
+    unsafe { args.launch(launch_config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+    Ok(())
+}
+
+/// Validate v against k, the slots' length and the caches against q/k (dtype, kv_heads, head_dim,
+/// i32 limits). The caches' own shape is `kv_cache::check`'s.
+pub fn check_kv(q: Layout, k: Layout, v: Layout, slots: usize, k_cache: Layout, v_cache: Layout) -> Result<()> {
+    if v.dtype != k.dtype {
+        return Err(Error::dtype(KV_OP, format!("v is {} but k is {}", v.dtype, k.dtype)));
+    }
+    if v.shape != k.shape {
+        return Err(Error::shape(KV_OP, format!("v {v} must match k {k}")));
+    }
+    let [tokens, kv_heads, d] = *k.shape.dims() else {
+        return Err(Error::shape(KV_OP, format!("k must be [tokens, kv_heads, head_dim], got {k}")));
+    };
+    if slots != tokens {
+        return Err(Error::shape(KV_OP, format!("{slots} slots for {tokens} tokens")));
+    }
+    let cache = kv_cache::check(KV_OP, k_cache, v_cache)?;
+    if k_cache.dtype != q.dtype {
+        return Err(Error::dtype(KV_OP, format!("the cache is {} but q is {}", k_cache.dtype, q.dtype)));
+    }
+    if cache.kv_heads != kv_heads || cache.head_dim != d {
+        return Err(Error::shape(KV_OP, format!("cache {k_cache} must have k's kv_heads {kv_heads} and head_dim {d}")));
+    }
+    if cache.slots > i32::MAX as usize || cache.capacity > i32::MAX as usize {
+        return Err(Error::unsupported(KV_OP, format!("cache {k_cache}: slots and capacity must fit i32")));
+    }
+    Ok(())
 }

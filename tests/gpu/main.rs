@@ -11,9 +11,15 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod argmax;
 mod attention;
 mod golden;
+mod graph;
+mod linear;
 mod rmsnorm;
+mod rope;
+mod support;
+mod swiglu;
 mod tensor;
 
 use qwen_kernels::Gpu;
@@ -33,7 +39,18 @@ fn main() -> ExitCode {
     // cargo passes libtest flags (--nocapture, --test-threads=N, ...); a bare word filters by name.
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let require = std::env::var("QK_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    let tests: Vec<GpuTest> = [tensor::TESTS, rmsnorm::TESTS, attention::TESTS, golden::TESTS].concat();
+    let tests: Vec<GpuTest> = [
+        tensor::TESTS,
+        rmsnorm::TESTS,
+        swiglu::TESTS,
+        argmax::TESTS,
+        rope::TESTS,
+        linear::TESTS,
+        attention::TESTS,
+        graph::TESTS,
+        golden::TESTS,
+    ]
+    .concat();
     let selected: Vec<GpuTest> =
         tests.into_iter().filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))).collect();
 

@@ -1,0 +1,154 @@
+// rope.cu: rotary position embedding as transformers' Qwen2 computes it, in place on q and k, and the
+// decode form that also writes the rotated k and v into the KV cache in the same launch.
+//
+// PyTorch (transformers/models/qwen2/modeling_qwen2.py, Qwen2RotaryEmbedding + apply_rotary_pos_emb):
+//     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))   # FP32
+//     freqs = (inv_freq[None, :, None] @ position_ids[:, None, :].float()).transpose(1, 2)    # FP32
+//     emb = torch.cat((freqs, freqs), dim=-1); cos, sin = emb.cos(), emb.sin()                # FP32
+//     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+//     q_embed = (q * cos) + (rotate_half(q) * sin); rotate_half(x) = cat(-x[..., d/2:], x[..., :d/2])
+// Per token t, head h and pair i in 0..d/2 (T(.) = round to the storage dtype T):
+//     angle = FP32(float(pos[t]) * inv_freq[i])      one IEEE multiply (__fmul_rn: never fused)
+//     c = T(cosf(angle)), s = T(sinf(angle))         sincosf, full accuracy (no fast-math, 2 ulp):
+//                                                    its argument reduction is accurate over the
+//                                                    whole range (3-part Cody-Waite below ~1e5 rad,
+//                                                    Payne-Hanek above), so the late positions'
+//                                                    angles (~3.3e4 rad at 32767) lose nothing
+//     out[i]       = T(T(x[i] * c)       + T(-x[i + d/2] * s))
+//     out[i + d/2] = T(T(x[i + d/2] * c) + T( x[i] * s))
+// Every multiply and add is a separate IEEE op (__fmul_rn / __fadd_rn), as PyTorch's three tensor ops
+// are: no FMA contraction, which would change f32 results. inv_freq is not computed here: the host
+// passes the table `reference::rope::inv_freq` computes (see ops::rope::RopeTable for why).
+//
+// Shapes (row-major): q [T, heads, d], k and v [T, kv_heads, d], positions and slots i32 [T],
+// inv_freq f32 [d/2], caches [slots, kv_heads, capacity, d] (the layout of ops/kv_cache.rs):
+//     k_cache[slot[t], h, pos[t], :] = rotated k[t, h, :],  v_cache[slot[t], h, pos[t], :] = v[t, h, :].
+//
+// Positions and slots live on the device, so the host cannot check them without a sync. The kernel
+// checks each token's: a position outside 0..pos_limit or a slot outside 0..n_slots makes the token's
+// block set a bit in *status (QK_ROPE_BAD_POSITION = 1, QK_ROPE_BAD_SLOT = 2) and return without
+// writing anything for that token (q, k and the cache stay as they were). Nothing is ever written out
+// of bounds; the caller reads the status when it next synchronises.
+//
+// Thread mapping: one block per token (grid = T). threadIdx.x = pair i (blockDim.x = d/2 rounded up to
+// 32), threadIdx.y strides over the heads (q heads first, then kv heads). Each thread computes its
+// (cos, sin) once and applies it to every head it visits. Offsets are 64-bit.
+#include "common.cuh"
+
+namespace qk {
+
+constexpr unsigned ROPE_BAD_POSITION = 1u;
+constexpr unsigned ROPE_BAD_SLOT = 2u;
+
+// Rotate the pair (x[i], x[i + half]) of one head by (c, s), already rounded to T.
+template <typename T>
+__device__ __forceinline__ void rope_pair(T x1, T x2, float c, float s, T& out1, T& out2) {
+    const float f1 = to_float(x1), f2 = to_float(x2);
+    out1 = from_float<T>(__fadd_rn(round_to<T>(__fmul_rn(f1, c)), round_to<T>(__fmul_rn(-f2, s))));
+    out2 = from_float<T>(__fadd_rn(round_to<T>(__fmul_rn(f2, c)), round_to<T>(__fmul_rn(f1, s))));
+}
+
+// The token's position if it is in 0..limit; otherwise flags `bit` and returns -1.
+__device__ __forceinline__ int checked_index(const int* __restrict__ values, int limit, unsigned bit,
+                                             unsigned* __restrict__ status) {
+    const int p = values[blockIdx.x];
+    if (p < 0 || p >= limit) {
+        if (threadIdx.x == 0 && threadIdx.y == 0) atomicOr(status, bit);
+        return -1;
+    }
+    return p;
+}
+
+// (c, s) of pair i at position pos, rounded to T.
+template <typename T>
+__device__ __forceinline__ void rope_cos_sin(int pos, float inv_freq, float& c, float& s) {
+    const float angle = __fmul_rn(static_cast<float>(pos), inv_freq);
+    sincosf(angle, &s, &c);
+    c = round_to<T>(c);
+    s = round_to<T>(s);
+}
+
+template <typename T>
+__device__ __forceinline__ void rope_in_place(T* __restrict__ q, T* __restrict__ k,
+                                              const int* __restrict__ positions,
+                                              const float* __restrict__ inv_freq,
+                                              unsigned* __restrict__ status, int heads, int kv_heads,
+                                              int half, int max_positions) {
+    const int pos = checked_index(positions, max_positions, ROPE_BAD_POSITION, status);
+    const int i = threadIdx.x;
+    if (pos < 0 || i >= half) return;
+    float c, s;
+    rope_cos_sin<T>(pos, inv_freq[i], c, s);
+    const int d = 2 * half;
+    for (int h = threadIdx.y; h < heads + kv_heads; h += blockDim.y) {
+        // q: [T, heads, d], k: [T, kv_heads, d]
+        T* x = h < heads ? q + (static_cast<long long>(blockIdx.x) * heads + h) * d
+                         : k + (static_cast<long long>(blockIdx.x) * kv_heads + (h - heads)) * d;
+        T o1, o2;
+        rope_pair(x[i], x[i + half], c, s, o1, o2);
+        x[i] = o1;
+        x[i + half] = o2;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void rope_kv_write(T* __restrict__ q, const T* __restrict__ k,
+                                              const T* __restrict__ v, const int* __restrict__ positions,
+                                              const int* __restrict__ slots, const float* __restrict__ inv_freq,
+                                              unsigned* __restrict__ status, T* __restrict__ k_cache,
+                                              T* __restrict__ v_cache, int heads, int kv_heads, int half,
+                                              int pos_limit, int n_slots, int capacity) {
+    const int pos = checked_index(positions, pos_limit, ROPE_BAD_POSITION, status);
+    const int slot = checked_index(slots, n_slots, ROPE_BAD_SLOT, status);
+    const int i = threadIdx.x;
+    if (pos < 0 || slot < 0 || i >= half) return;
+    float c, s;
+    rope_cos_sin<T>(pos, inv_freq[i], c, s);
+    const int d = 2 * half;
+    const long long t = blockIdx.x;
+    for (int h = threadIdx.y; h < heads + kv_heads; h += blockDim.y) {
+        if (h < heads) {
+            T* x = q + (t * heads + h) * d;  // q: [T, heads, d], in place
+            T o1, o2;
+            rope_pair(x[i], x[i + half], c, s, o1, o2);
+            x[i] = o1;
+            x[i + half] = o2;
+        } else {
+            const int kh = h - heads;
+            const long long src = (t * kv_heads + kh) * d;  // k, v: [T, kv_heads, d]
+            // caches: [n_slots, kv_heads, capacity, d]
+            const long long dst = ((static_cast<long long>(slot) * kv_heads + kh) * capacity + pos) * d;
+            T o1, o2;
+            rope_pair(k[src + i], k[src + i + half], c, s, o1, o2);
+            k_cache[dst + i] = o1;
+            k_cache[dst + i + half] = o2;
+            v_cache[dst + i] = v[src + i];
+            v_cache[dst + i + half] = v[src + i + half];
+        }
+    }
+}
+
+}  // namespace qk
+
+// Entry points: rope_<dtype> and rope_kv_<dtype>. grid = (T, 1, 1), block = (round32(d/2), heads_y, 1).
+#define QK_ROPE_ENTRY(NAME, T)                                                                     \
+    extern "C" __global__ void rope_##NAME(T* __restrict__ q, T* __restrict__ k,                   \
+                                           const int* __restrict__ positions,                      \
+                                           const float* __restrict__ inv_freq,                     \
+                                           unsigned* __restrict__ status, int heads, int kv_heads, \
+                                           int half, int max_positions) {                          \
+        qk::rope_in_place<T>(q, k, positions, inv_freq, status, heads, kv_heads, half, max_positions); \
+    }                                                                                              \
+    extern "C" __global__ void rope_kv_##NAME(                                                     \
+        T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,                       \
+        const int* __restrict__ positions, const int* __restrict__ slots,                          \
+        const float* __restrict__ inv_freq, unsigned* __restrict__ status, T* __restrict__ k_cache, \
+        T* __restrict__ v_cache, int heads, int kv_heads, int half, int pos_limit, int n_slots,    \
+        int capacity) {                                                                            \
+        qk::rope_kv_write<T>(q, k, v, positions, slots, inv_freq, status, k_cache, v_cache, heads, \
+                             kv_heads, half, pos_limit, n_slots, capacity);                        \
+    }
+
+QK_ROPE_ENTRY(f32, float)
+QK_ROPE_ENTRY(f16, __half)
+QK_ROPE_ENTRY(bf16, __nv_bfloat16)
