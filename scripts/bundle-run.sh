@@ -2,7 +2,7 @@
 # Runs a qwen-kernels bundle (made by scripts/bundle.sh) on a machine with an NVIDIA driver and no
 # Rust toolchain.
 #
-# usage: ./run [--require-gpu] [--sanitizer TOOL[,TOOL]] [--sanitizer-filter NAME] [--no-bench] [--no-peers]
+# usage: ./run [--require-gpu] [--sanitizer TOOL[,TOOL]] [--sanitizer-filter "NAME ..."] [--no-bench] [--no-peers]
 #   --require-gpu        GPU tests fail instead of skipping when no device is usable
 #   --sanitizer memcheck,racecheck
 #                        also run the GPU tests whose name contains NAME (default "rmsnorm") under
@@ -13,7 +13,7 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-require=0 sanitizers="" filter=rmsnorm bench=1 peers=1
+require=0 sanitizers="" filter="rmsnorm swiglu argmax rope linear attention::goldens attention::decode" bench=1 peers=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --require-gpu) require=1 ;;
@@ -78,7 +78,7 @@ if [ -n "$sanitizers" ]; then
         if [ -z "$cs" ]; then
             summary+=("FAILED  compute-sanitizer $tool (compute-sanitizer not found)"); failed=1; continue
         fi
-        step "compute-sanitizer $tool ($filter)" "$cs" --tool "$tool" --error-exitcode 99 bin/test-gpu "$filter"
+        step "compute-sanitizer $tool ($filter)" "$cs" --tool "$tool" --error-exitcode 99 bin/test-gpu $filter  # word-split: each word is a name filter
     done
 fi
 

@@ -13,7 +13,12 @@ use crate::golden::tolerance::{rmsnorm_vs_reference, table};
 use crate::golden::GoldenFile;
 use crate::model::weights::recipe_host;
 use crate::model::Qwen2Config;
+use crate::error::CudaContext as _;
+use crate::ops::argmax as argmax_op;
 use crate::ops::attention as attn_op;
+use crate::ops::gemm as gemm_op;
+use crate::ops::rope as rope_op;
+use crate::ops::swiglu as swiglu_op;
 use crate::ops::rmsnorm as rms_op;
 use crate::reference::argmax::argmax;
 use crate::reference::attention::{attention, error_scale as attention_error_scale};
@@ -123,6 +128,51 @@ fn run_add_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, residual: &HostTensor, w: 
 }
 
 /// `y` of RMSNorm: by the CPU reference, or by the kernel when `gpu` is given.
+/// SwiGLU on the GPU or the CPU reference.
+fn run_swiglu(gpu: Option<&Gpu>, gate: &HostTensor, up: &HostTensor) -> Result<HostTensor> {
+    let Some(gpu) = gpu else { return swiglu(gate, up) };
+    let (dg, du) = (DeviceTensor::from_host(gpu, gate)?, DeviceTensor::from_host(gpu, up)?);
+    let mut out = DeviceTensor::zeros(gpu, gate.dtype(), gate.dims())?;
+    swiglu_op::swiglu(gpu, &dg.view(), &du.view(), &mut out.view_mut())?;
+    out.to_host(gpu)
+}
+
+/// RoPE of q [T, heads, D] and k [T, kv_heads, D] at `positions` on the GPU (positions uploaded,
+/// the kernel's status checked) or the CPU reference.
+fn run_rope(gpu: Option<&Gpu>, cfg: &Qwen2Config, q: &HostTensor, k: &HostTensor, positions: &[i32]) -> Result<(HostTensor, HostTensor)> {
+    let Some(gpu) = gpu else {
+        let max = cfg.max_position_embeddings;
+        return Ok((rope(q, positions, cfg.rope_theta, max)?, rope(k, positions, cfg.rope_theta, max)?));
+    };
+    let head_dim = *q.dims().last().unwrap_or(&0);
+    let mut table = rope_op::RopeTable::new(gpu, cfg.rope_theta, head_dim, cfg.max_position_embeddings)?;
+    let (mut dq, mut dk) = (DeviceTensor::from_host(gpu, q)?, DeviceTensor::from_host(gpu, k)?);
+    let dpos = gpu.stream().clone_htod(positions).cuda("cuMemcpyHtoD(rope positions)")?;
+    rope_op::rope(gpu, &mut table, &mut dq.view_mut(), &mut dk.view_mut(), &dpos.as_view())?;
+    table.check_status(gpu)?;
+    Ok((dq.to_host(gpu)?, dk.to_host(gpu)?))
+}
+
+/// `x W^T + b` through cuBLAS or the CPU reference.
+fn run_linear(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor> {
+    let Some(gpu) = gpu else { return linear(x, w, b) };
+    let (dx, dw) = (DeviceTensor::from_host(gpu, x)?, DeviceTensor::from_host(gpu, w)?);
+    let db = b.map(|b| DeviceTensor::from_host(gpu, b)).transpose()?;
+    let rows = x.layout().numel() / x.dims().last().copied().unwrap_or(1).max(1);
+    let mut y = DeviceTensor::zeros(gpu, x.dtype(), &[rows, w.dims()[0]])?;
+    gemm_op::linear(gpu, &dx.view(), &dw.view(), db.as_ref().map(|b| b.view()).as_ref(), &mut y.view_mut())?;
+    y.to_host(gpu)
+}
+
+/// The bounded argmax of one row of logits on the GPU or the CPU reference.
+fn run_argmax(gpu: Option<&Gpu>, logits: &HostTensor, n_valid: usize) -> Result<Option<(u32, f32)>> {
+    let Some(gpu) = gpu else { return Ok(argmax(logits, n_valid)?[0]) };
+    let d = DeviceTensor::from_host(gpu, logits)?;
+    let mut out = argmax_op::ArgmaxOutput::new(gpu, 1)?;
+    argmax_op::argmax(gpu, &d.view(), n_valid, &mut out, true)?;
+    Ok(out.to_host(gpu, 1)?[0])
+}
+
 /// Prefill attention of q over k, v on the GPU (the wrapper's automatic path) or the CPU
 /// reference, with the per-element tolerance scale of what ran.
 fn run_attention(gpu: Option<&Gpu>, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<(HostTensor, Vec<f32>)> {
@@ -202,7 +252,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
         let eps = cfg.rms_norm_eps;
         let hidden = cfg.hidden_size;
         // The tied embedding / lm_head weight [vocab, hidden]: regenerated once per model.
-        let lm_head_bf16 = if gpu.is_none() { Some(lm_head_weight(&file, &cfg)?) } else { None };
+        let lm_head_bf16 = lm_head_weight(&file, &cfg)?;
         let mut argmax_rows = Vec::new();
         for dtype in DType::ALL {
             let name = |op: &str, t: &str| format!("{op}.{dtype}.{t}");
@@ -245,42 +295,38 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                 row(&op, &op, "o", "sdpa", table::attention(dtype), &o, Some(&scale))?;
             }
 
-            // Linear layers and SwiGLU: the CPU reference only until their kernels exist.
-            if gpu.is_none() {
-                let gate = file.host(&name("swiglu", "gate"))?;
-                let up = file.host(&name("swiglu", "up"))?;
-                let max_up = max_abs(up.data());
-                row("swiglu", "swiglu", "y", "torch", table::swiglu(dtype, max_up), &swiglu(&gate, &up)?, None)?;
+            let gate = file.host(&name("swiglu", "gate"))?;
+            let up = file.host(&name("swiglu", "up"))?;
+            let max_up = max_abs(up.data());
+            row("swiglu", "swiglu", "y", "torch", table::swiglu(dtype, max_up), &run_swiglu(gpu, &gate, &up)?, None)?;
 
-                let positions: Vec<i32> = file.tensor("rope.positions")?.values.iter().map(|&p| p as i32).collect();
-                for which in ["q", "k"] {
-                    let x = file.host(&name("rope", which))?;
-                    let ours = rope(&x, &positions, cfg.rope_theta, cfg.max_position_embeddings)?;
-                    let scale = error_scale(&x);
-                    row(&format!("rope.{which}"), "rope", &format!("{which}_embed"), "torch", table::rope(dtype), &ours, Some(&scale))?;
-                }
+            let positions: Vec<i32> = file.tensor("rope.positions")?.values.iter().map(|&p| p as i32).collect();
+            let (q, k) = (file.host(&name("rope", "q"))?, file.host(&name("rope", "k"))?);
+            let (q_out, k_out) = run_rope(gpu, &cfg, &q, &k, &positions)?;
+            for (which, x, ours) in [("q", &q, &q_out), ("k", &k, &k_out)] {
+                let scale = error_scale(x);
+                row(&format!("rope.{which}"), "rope", &format!("{which}_embed"), "torch", table::rope(dtype), ours, Some(&scale))?;
+            }
 
-                // lm_head logits over the whole padded vocabulary, then the bounded argmax.
-                if let Some(w) = &lm_head_bf16 {
-                    let w = HostTensor::from_f32(dtype, w.dims(), w.data().to_vec())?;
-                    let x = file.host(&name("lm_head", "x"))?;
-                    let logits = linear(&x, &w, None)?;
-                    let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, None)?);
-                    let tol = table::linear(dtype, hidden, max_abs_dot);
-                    row("lm_head", "lm_head", "logits", "torch", tol, &logits, None)?;
-                    argmax_rows.push(argmax_row(&file, cfg.name, dtype, &logits, cfg.real_vocab_size, tol)?);
-                }
-                for proj in ["q_proj", "k_proj", "o_proj"] {
-                    let x = file.host(&name(proj, "x"))?;
-                    let w = file.synth_weight(&format!("golden.{}.{proj}.weight", cfg.name))?;
-                    let dims = w.dims().to_vec();
-                    let w = HostTensor::from_f32(dtype, &dims, w.into_data())?;
-                    let b = file.host(&name(proj, "bias")).ok();
-                    let y = linear(&x, &w, b.as_ref())?;
-                    let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, b.as_ref())?);
-                    let in_features = *x.dims().last().unwrap();
-                    row(proj, proj, "y", "torch", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
-                }
+            // lm_head logits over the whole padded vocabulary, then the bounded argmax.
+            let w = HostTensor::from_f32(dtype, lm_head_bf16.dims(), lm_head_bf16.data().to_vec())?;
+            let x = file.host(&name("lm_head", "x"))?;
+            let logits = run_linear(gpu, &x, &w, None)?;
+            let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, None)?);
+            let tol = table::linear(dtype, hidden, max_abs_dot);
+            row("lm_head", "lm_head", "logits", "torch", tol, &logits, None)?;
+            let picked = run_argmax(gpu, &logits, cfg.real_vocab_size)?;
+            argmax_rows.push(argmax_row(&file, cfg.name, dtype, picked, cfg.real_vocab_size, tol)?);
+            for proj in ["q_proj", "k_proj", "o_proj"] {
+                let x = file.host(&name(proj, "x"))?;
+                let w = file.synth_weight(&format!("golden.{}.{proj}.weight", cfg.name))?;
+                let dims = w.dims().to_vec();
+                let w = HostTensor::from_f32(dtype, &dims, w.into_data())?;
+                let b = file.host(&name(proj, "bias")).ok();
+                let y = run_linear(gpu, &x, &w, b.as_ref())?;
+                let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, b.as_ref())?);
+                let in_features = *x.dims().last().unwrap();
+                row(proj, proj, "y", "torch", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
             }
         }
         out.extend(argmax_rows);
@@ -400,8 +446,8 @@ fn lm_head_weight(file: &GoldenFile, cfg: &Qwen2Config) -> Result<HostTensor> {
 /// Bounded argmax of our logits against the golden: the index must be a real token, and its
 /// truth logit within two tolerances of the truth's maximum (bf16 logits tie for real: their
 /// ulp is 0.125 between 16 and 32, so the exact index may legitimately differ).
-fn argmax_row(file: &GoldenFile, model: &str, dtype: DType, logits: &HostTensor, n_valid: usize, tol: Tolerance) -> Result<Row> {
-    let ours = argmax(logits, n_valid)?;
+fn argmax_row(file: &GoldenFile, model: &str, dtype: DType, picked: Option<(u32, f32)>, n_valid: usize, tol: Tolerance) -> Result<Row> {
+    let ours = [picked];
     let truth = file.tensor(&format!("lm_head.{dtype}.logits.truth"))?.values;
     let truth_index = file.tensor(&format!("argmax.{dtype}.index.truth"))?.values[0] as usize;
     let twice = Tolerance { atol: 2.0 * tol.atol, rtol: 2.0 * tol.rtol };

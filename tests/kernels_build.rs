@@ -19,7 +19,7 @@ fn every_module_is_embedded_for_every_default_target() {
         return;
     }
     let names: Vec<&str> = kernels::MODULES.iter().map(|m| m.0).collect();
-    for module in ["rmsnorm", "swiglu", "argmax", "rope", "linear"] {
+    for module in ["rmsnorm", "swiglu", "argmax", "rope", "linear", "attention"] {
         assert!(names.contains(&module), "{module} missing from {names:?}");
     }
     let resources = kernels::resources();
