@@ -505,8 +505,8 @@ pub fn cuda_rows(gpu: &Gpu) -> Result<Vec<Row>> {
 /// over PyTorch's at the same dtype, both against the float64 truth (golden rows only).
 pub fn print_table(backend: Backend, rows: &[Row]) -> usize {
     println!(
-        "{:<21} {:<24} {:<5} {:<7} {:<14} {:>10} {:>10} {:>9} {:>9} {:>9}  {}",
-        "op", "case", "dtype", "backend", "against", "max_abs", "rel_l2", "rtol", "tol_used", "vs_torch", "result"
+        "{:<21} {:<24} {:<5} {:<7} {:<14} {:>10} {:>10} {:>9} {:>9} {:>9}  result",
+        "op", "case", "dtype", "backend", "against", "max_abs", "rel_l2", "rtol", "tol_used", "vs_torch"
     );
     let mut failed = 0;
     for r in rows {
