@@ -16,8 +16,9 @@
 //!
 //! `cargo bench --bench ops`; without a GPU it prints why and exits successfully.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
 use qwen_kernels::ops::argmax::{argmax, ArgmaxOutput};
 use qwen_kernels::ops::gemm::linear;
@@ -211,53 +212,13 @@ impl Buffers {
     }
 
     fn time(&mut self, gpu: &Gpu, case: &Case, iters: u64) -> Duration {
-        let ctx = gpu.stream().context();
-        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
-        let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
-        start.record(gpu.stream()).unwrap();
-        for i in 0..iters as usize {
-            self.launch(gpu, case, i);
-        }
-        end.record(gpu.stream()).unwrap();
-        end.synchronize().unwrap();
-        Duration::from_secs_f64(start.elapsed_ms(&end).unwrap() as f64 * 1e-3)
+        common::time_launches(gpu, iters, |i| self.launch(gpu, case, i))
     }
-}
-
-/// Device-to-device copy bandwidth in GB/s (read + write bytes).
-fn copy_bandwidth_gbps(gpu: &Gpu) -> f64 {
-    const BYTES: usize = 512 << 20;
-    let src = gpu.stream().alloc_zeros::<u8>(BYTES).unwrap();
-    let mut dst = gpu.stream().alloc_zeros::<u8>(BYTES).unwrap();
-    for _ in 0..3 {
-        gpu.stream().memcpy_dtod(&src, &mut dst).unwrap();
-    }
-    let ctx = gpu.stream().context();
-    let (start, end) = (ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap(), ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap());
-    const REPS: usize = 20;
-    start.record(gpu.stream()).unwrap();
-    for _ in 0..REPS {
-        gpu.stream().memcpy_dtod(&src, &mut dst).unwrap();
-    }
-    end.record(gpu.stream()).unwrap();
-    end.synchronize().unwrap();
-    let seconds = start.elapsed_ms(&end).unwrap() as f64 * 1e-3;
-    (2 * BYTES * REPS) as f64 / seconds / 1e9
 }
 
 fn bench(c: &mut Criterion) {
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) if std::env::var("QK_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-            eprintln!("ops bench: QK_REQUIRE_GPU=1 but no GPU: {e}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            println!("ops bench: skipped: {e}");
-            return;
-        }
-    };
-    let copy = copy_bandwidth_gbps(&gpu);
+    let Some(gpu) = common::open_gpu("ops") else { return };
+    let copy = common::copy_bandwidth_gbps(&gpu);
     let mut summary = Vec::new();
     let mut group = c.benchmark_group("ops");
     for case in cases() {
@@ -272,16 +233,13 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let i = gpu.info();
-    let commit = std::env::var("QK_COMMIT").ok().or_else(|| {
-        let out = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    });
+    let commit = common::commit();
     println!(
         "\nops summary: {} (sm_{}{}), commit {}, device copy bandwidth {copy:.0} GB/s",
         i.name,
         i.compute_capability.0,
         i.compute_capability.1,
-        commit.as_deref().unwrap_or("unknown")
+        commit
     );
     println!("{:<48} {:>12} {:>10} {:>9} {:>9} {:>9}", "case", "bytes", "time_us", "GB/s", "%copy", "TFLOP/s");
     for (name, bytes, flops, seconds) in summary {

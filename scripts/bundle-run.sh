@@ -87,7 +87,7 @@ if [ "$bench" = 1 ]; then
         step "$(basename "$b")" "$b" --bench
     done
     if [ "$peers" = 1 ]; then
-        for p in peers/*.py; do
+        for p in peers/*_torch.py; do  # timing.py is their shared module
             step "peer $(basename "$p")" python3 "$p"
         done
     fi

@@ -18,39 +18,10 @@ import sys
 
 import torch
 
+from timing import copy_bandwidth_gbps, time_per_call
+
 ROTATE_BYTES = 256 << 20
 MODELS = (("qwen2.5-0.5b", 14, 2, 64), ("vibethinker-1.5b", 12, 2, 128))
-
-
-def copy_bandwidth_gbps():
-    n = 512 << 20
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    reps = 20
-    start.record()
-    for _ in range(reps):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * n * reps / (start.elapsed_time(end) * 1e-3) / 1e9
-
-
-def time_per_call(fn, windows, iters, batches=5):
-    for i in range(3):
-        fn(i % windows)
-    total = 0.0
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(iters):
-            fn(i % windows)
-        end.record()
-        end.synchronize()
-        total += start.elapsed_time(end) * 1e-3 / iters
-    return total / batches
 
 
 def sdpa_call(backend, q, k, v, causal):
@@ -108,7 +79,7 @@ def main():
                     print(f"{name:<48} unsupported: {e}")
                     continue
                 iters = max(1, min(500, int(0.02 / (flops / 100e12))))
-                seconds = time_per_call(fn, 1, iters)
+                seconds = time_per_call(fn, 1, iters, batches=5, warmup=3)
                 tflops = flops / seconds / 1e12
                 print(f"{name:<48} {flops:>13} FL {seconds * 1e6:>11.1f} {tflops:>9.1f} {'-':>9} {'-':>8}{note}")
             del q, k, v
@@ -127,7 +98,7 @@ def main():
                         print(f"{name:<48} unsupported: {e}")
                         continue
                     iters = max(1, min(500, int(0.02 / (nbytes / 2e12 + 5e-6))))
-                    seconds = time_per_call(fn, windows, iters)
+                    seconds = time_per_call(fn, windows, iters, batches=5, warmup=3)
                     gbps = nbytes / seconds / 1e9
                     print(f"{name:<48} {nbytes:>13} B  {seconds * 1e6:>11.1f} {'-':>9} {gbps:>9.1f} "
                           f"{100 * gbps / copy:>7.1f}%{note}")

@@ -16,43 +16,14 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from timing import copy_bandwidth_gbps, time_per_call
+
 ROTATE_BYTES = 256 << 20
 VOCAB, REAL_VOCAB = 151936, 151665
 MODELS = (
     dict(name="qwen2.5-0.5b", hidden=896, inter=4864, heads=14, kv=2, d=64, theta=1e6),
     dict(name="vibethinker-1.5b", hidden=1536, inter=8960, heads=12, kv=2, d=128, theta=1e4),
 )
-
-
-def copy_bandwidth_gbps():
-    n = 512 << 20
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    reps = 20
-    start.record()
-    for _ in range(reps):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * n * reps / (start.elapsed_time(end) * 1e-3) / 1e9
-
-
-def time_per_call(fn, windows, iters=100, batches=10):
-    for i in range(20):
-        fn(i % windows)
-    total = 0.0
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(iters):
-            fn(i % windows)
-        end.record()
-        end.synchronize()
-        total += start.elapsed_time(end) * 1e-3 / iters
-    return total / batches
 
 
 def windows_for(nbytes):
@@ -158,7 +129,7 @@ def main():
     for m, op, rows, p, nbytes, flops in cases():
         windows = windows_for(nbytes)
         call = make_call(m, op, rows, p, windows)
-        seconds = time_per_call(call, windows)
+        seconds = time_per_call(call, windows, iters=100, batches=10, warmup=20)
         gbps = nbytes / seconds / 1e9
         tflops = f"{flops / seconds / 1e12:.2f}" if flops else "-"
         name = f"{op}/torch/{m['name']}/bf16/rows{rows}"

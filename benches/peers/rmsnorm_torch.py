@@ -10,39 +10,10 @@ import sys
 
 import torch
 
+from timing import copy_bandwidth_gbps, time_per_call
+
 ROTATE_BYTES = 256 << 20
 EPS = 1e-6
-
-
-def copy_bandwidth_gbps():
-    n = 512 << 20
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    reps = 20
-    start.record()
-    for _ in range(reps):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    return 2 * n * reps / (start.elapsed_time(end) * 1e-3) / 1e9
-
-
-def time_per_call(fn, windows, iters=200, batches=10):
-    for i in range(20):
-        fn(i % windows)
-    total = 0.0
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(iters):
-            fn(i % windows)
-        end.record()
-        end.synchronize()
-        total += start.elapsed_time(end) * 1e-3 / iters
-    return total / batches
 
 
 def main():
@@ -81,7 +52,7 @@ def main():
                         return norm(xs)
                     op = "add_rmsnorm" if fused else "rmsnorm"
                     name = f"{op}/{peer}/{model}/bf16/rows{rows}"
-                    seconds = time_per_call(call, windows)
+                    seconds = time_per_call(call, windows, iters=200, batches=10, warmup=20)
                     gbps = nbytes / seconds / 1e9
                     print(f"{name:<52} {nbytes:>12} {seconds * 1e6:>10.2f} {gbps:>9.1f} {100 * gbps / copy:>8.1f}%")
     return 0

@@ -84,13 +84,7 @@ impl ArgmaxOutput {
     }
 }
 
-/// Which kernel variant runs (as in the other ops).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Auto,
-    Vector16,
-    Scalar,
-}
+pub use super::Path;
 
 /// The launches an argmax gets: `kernel` on grid (CHUNKS, rows) x `threads`, each block scanning
 /// `chunk` entries, then `argmax_finish` on grid rows x CHUNKS.

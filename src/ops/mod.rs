@@ -10,6 +10,17 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
+/// Which variant of a memory-bound kernel runs (RMSNorm, SwiGLU, argmax). `Auto` picks 16-byte
+/// vector access when every operand allows it (width and addresses), else element access; the
+/// others force one variant, for benchmarks and tests (`Vector16` where it is not legal is an
+/// `Error::Alignment`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Auto,
+    Vector16,
+    Scalar,
+}
+
 /// Threads for a one-block-per-row kernel: `items` work items rounded up to whole warps, at most 1024.
 pub(crate) fn row_block_threads(items: usize) -> u32 {
     items.div_ceil(32).clamp(1, 32) as u32 * 32

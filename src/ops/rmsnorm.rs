@@ -18,14 +18,7 @@ pub const OP: &str = "rmsnorm";
 pub const FUSED_OP: &str = "add_rmsnorm";
 const MODULE: &str = "rmsnorm";
 
-/// Which kernel variant runs. `Auto` picks 16-byte vectors when legal, else scalar access; the
-/// others force one variant (benchmarks compare them; `Vector16` on an unaligned row is an error).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Auto,
-    Vector16,
-    Scalar,
-}
+pub use super::Path;
 
 /// Rows and row width of a validated RMSNorm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

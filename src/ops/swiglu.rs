@@ -20,14 +20,7 @@ const MODULE: &str = "swiglu";
 const THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 65_535;
 
-/// Which kernel variant runs: `Auto` picks 16-byte vectors when legal; `Vector16` on an
-/// unaligned width or pointer is an error; `Scalar` always works.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    Auto,
-    Vector16,
-    Scalar,
-}
+pub use super::Path;
 
 /// Validate `gate` and `up` (same dtype and shape, rank >= 1); returns the element count.
 pub fn check(gate: Layout, up: Layout) -> Result<usize> {
