@@ -856,12 +856,14 @@ def main():
             tensors, recorded, layer_files = model_goldens(preset, config)
             path = os.path.join(directory, "model.safetensors")
             meta = metadata(preset, config, f"python3 golden/gen.py --model {preset} --only model")
+            meta["profile"] = "synthetic, hazards (golden/hazards.py)"
             meta.update(recorded)
             save_safetensors(tensors, path, meta)
             print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
             for name, (tensors, recorded) in layer_files.items():
                 path = os.path.join(directory, f"{name}.safetensors")
                 meta = metadata(preset, config, f"python3 golden/gen.py --model {preset} --only model")
+                meta["profile"] = "synthetic, hazards (golden/hazards.py)"
                 meta.update(recorded)
                 save_safetensors(tensors, path, meta)
                 print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")

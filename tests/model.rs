@@ -49,6 +49,7 @@ fn vibethinker_whole_model_passes_its_golden() {
 fn goldens_carry_massive_activations_and_sinks() {
     for cfg in Qwen2Config::presets() {
         let file = GoldenFile::open(cfg.name, "model").unwrap();
+        assert_eq!(file.metadata("profile"), Some("synthetic, hazards (golden/hazards.py)"));
         let constants: serde_json::Value = serde_json::from_str(file.metadata("profile.constants").unwrap()).unwrap();
         let c = |k: &str| constants[k].as_u64().unwrap() as usize;
         let h = file.tensor("hidden.truth").unwrap();
@@ -159,6 +160,7 @@ fn a_save_pretrained_checkpoint_passes_its_golden() {
     let cfg = Qwen2Config::from_hf_json("tiny-qwen2", &text).unwrap();
     assert_eq!((cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size, cfg.real_vocab_size), (64, 2, 16, 256, 256));
     let file = GoldenFile::open("tiny-qwen2", "model").unwrap();
+    assert_eq!(file.metadata("profile"), Some("checkpoint"));
     let mut w = ModelWeights::from_checkpoint(&cfg, &dir).unwrap();
     w.layers[1].v_proj.bias = None;
     assert!(forced_layer(&file, &w, 0).unwrap().1.passed());
