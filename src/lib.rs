@@ -5,7 +5,7 @@
 //!
 //! - [`Gpu`] opens a device (errors, never panics, on machines without one).
 //! - [`DeviceTensor`] / [`View`] / [`ViewMut`]: device memory with a dtype and shape; [`HostTensor`] on the host.
-//! - [`ops`]: the kernels' safe wrappers; [`reference`]: the CPU references; [`golden`]: comparison.
+//! - [`ops`]: the kernels' safe wrappers; [`reference`](mod@reference): the CPU references; [`golden`]: comparison.
 //!
 //! Every op stores f32, f16 or bf16 and computes in FP32, rounding where PyTorch rounds.
 //! Every public function returns [`Result`]; bad input is an [`Error`] naming the op and the values.

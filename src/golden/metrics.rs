@@ -66,7 +66,7 @@ pub fn compare<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Toleran
     compare_scaled(actual, expected, tol, None)
 }
 
-/// As `compare`, with element i allowed atol * scale[i] + rtol * |expected[i]|: for outputs whose
+/// As `compare`, with element i allowed atol * scale\[i\] + rtol * |expected\[i\]|: for outputs whose
 /// absolute error is proportional to the size of their inputs rather than of the output itself
 /// (a rotation of two values, a sum whose terms cancel).
 pub fn compare_scaled<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: Tolerance, scale: Option<&[f32]>) -> Comparison {

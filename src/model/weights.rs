@@ -43,7 +43,7 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
-/// `nn.Linear` parameters: weight [out, in], optional bias [out].
+/// `nn.Linear` parameters: weight \[out, in\], optional bias \[out\].
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Matrix,

@@ -45,7 +45,7 @@ pub struct LinearDims {
     pub out_features: usize,
 }
 
-/// Validate `x` [.., in], `weight` [out, in] and `bias` [out] (all one dtype).
+/// Validate `x` \[.., in\], `weight` \[out, in\] and `bias` \[out\] (all one dtype).
 pub fn check_linear(x: Layout, weight: Layout, bias: Option<Layout>) -> Result<LinearDims> {
     if x.shape.rank() == 0 {
         return Err(Error::shape(OP, format!("x must have rank >= 1, got {x}")));

@@ -27,7 +27,7 @@ pub struct Dims {
     pub hidden: usize,
 }
 
-/// Validate `x` [.., hidden], `weight` [hidden] and `eps` (shared by the kernel and the reference).
+/// Validate `x` \[.., hidden\], `weight` \[hidden\] and `eps` (shared by the kernel and the reference).
 pub fn check(op: &'static str, x: Layout, weight: Layout, eps: f32) -> Result<Dims> {
     if x.shape.rank() == 0 {
         return Err(Error::shape(op, format!("x must have rank >= 1, got {x}")));
@@ -115,7 +115,7 @@ fn config(launch: &Launch) -> LaunchConfig {
     LaunchConfig { grid_dim: (launch.grid, 1, 1), block_dim: (launch.threads, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// `out = rmsnorm(x) * weight`. `x`, `out`: [.., hidden]; `weight`: [hidden]; one dtype.
+/// `out = rmsnorm(x) * weight`. `x`, `out`: \[.., hidden\]; `weight`: \[hidden\]; one dtype.
 pub fn rmsnorm(gpu: &Gpu, x: &View, weight: &View, eps: f32, out: &mut ViewMut) -> Result<()> {
     rmsnorm_with_path(gpu, x, weight, eps, out, Path::Auto)
 }

@@ -189,7 +189,7 @@ fn kernel_name(kv: bool, dtype: DType) -> &'static str {
     }
 }
 
-/// Rotate q [T, heads, d] and k [T, kv_heads, d] in place at `positions` (device i32 [T]).
+/// Rotate q \[T, heads, d\] and k \[T, kv_heads, d\] in place at `positions` (device i32 \[T\]).
 pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, positions: &CudaView<i32>) -> Result<()> {
     let dims = check_qk(OP, q.layout(), k.layout(), table.head_dim, positions.len())?;
     let kv_heads = k.layout().shape.dims()[1];
@@ -211,7 +211,7 @@ pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, 
 }
 
 /// Rotate q [T, heads, d] in place; rotate k [T, kv_heads, d] into `k_cache` and copy v
-/// [T, kv_heads, d] into `v_cache` at (slots[t], positions[t]) (device i32 [T] each). The caches are
+/// \[T, kv_heads, d\] into `v_cache` at (slots\[t\], positions\[t\]) (device i32 \[T\] each). The caches are
 /// [slots, kv_heads, capacity, d] (ops::kv_cache). Positions must be below both the table's
 /// max_positions and the cache's capacity; tokens that are not are skipped and flagged.
 #[allow(clippy::too_many_arguments)]

@@ -117,7 +117,7 @@ impl KvCache {
 }
 
 /// What a forward pass records: the residual stream after the embedding and after every layer
-/// ([L+1] entries of [T, H]) and after every layer's attention ([L] entries).
+/// (\[L+1\] entries of \[T, H\]) and after every layer's attention (\[L\] entries).
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
     pub hidden: Vec<Act>,
@@ -441,7 +441,7 @@ pub fn forward(w: &ModelWeights, tokens: &[u32], cache: &mut KvCache) -> Result<
     Ok(trace)
 }
 
-/// The final norm of the last row of `h`, then the lm_head: (normed [H], logits [vocab]).
+/// The final norm of the last row of `h`, then the lm_head: (normed \[H\], logits \[vocab\]).
 pub fn head(w: &ModelWeights, h: &Act) -> (Act, Act) {
     let last = Act {
         rows: 1,
@@ -473,9 +473,9 @@ pub fn bounded_argmax(logits: &[f32], real_vocab: usize) -> Option<u32> {
 pub struct Greedy {
     /// The prefill's trace.
     pub prefill: Trace,
-    /// The prefill's last logits [vocab].
+    /// The prefill's last logits \[vocab\].
     pub logits: Vec<f32>,
-    /// For each generated token, the final norm's output it was chosen from [H].
+    /// For each generated token, the final norm's output it was chosen from \[H\].
     pub normed: Vec<Vec<f32>>,
     pub tokens: Vec<u32>,
 }

@@ -25,7 +25,7 @@ fn normalize_row(x: &[f32], w: &[f32], eps: f32, dtype: crate::DType, out: &mut 
     }
 }
 
-/// `weight * rmsnorm(x)`; x [.., hidden], weight [hidden].
+/// `weight * rmsnorm(x)`; x \[.., hidden\], weight \[hidden\].
 pub fn rmsnorm(x: &HostTensor, weight: &HostTensor, eps: f32) -> Result<HostTensor> {
     let dims = check(OP, x.layout(), weight.layout(), eps)?;
     let mut out = Vec::with_capacity(x.data().len());
