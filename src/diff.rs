@@ -99,12 +99,17 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
     let cfg = &w.config;
     let golden_err = |detail: String| Error::Golden { path: format!("{}/model.safetensors", cfg.name), detail, model: cfg.name.to_string() };
     let prompt: Vec<u32> = file.tensor("prompt")?.values.iter().map(|&t| t as u32).collect();
-    let (shape, hidden_truth) = tensor_rows(file, "hidden.truth")?;
-    let (_, mid_truth) = tensor_rows(file, "attn_residual.truth")?;
+    let truth = Truth::load(file)?;
     let (_, hidden_torch) = tensor_rows(file, "hidden.torch")?;
     let (l, t, h) = (cfg.num_hidden_layers, prompt.len(), cfg.hidden_size);
-    if shape != [l + 1, t, h] {
-        return Err(golden_err(format!("hidden.truth is {shape:?}, expected [{}, {t}, {h}]", l + 1)));
+    if (truth.layers, truth.tokens, truth.hidden) != (l, t, h) {
+        return Err(golden_err(format!(
+            "hidden.truth is [{}, {}, {}], expected [{}, {t}, {h}]",
+            truth.layers + 1,
+            truth.tokens,
+            truth.hidden,
+            l + 1
+        )));
     }
     let slice = |v: &[f64], i: usize| -> Vec<f64> { v[i * t * h..(i + 1) * t * h].to_vec() };
     let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
@@ -116,20 +121,20 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
     let exact = Tolerance { atol: 0.0, rtol: 0.0 };
     let mut layers = Vec::with_capacity(l);
     for i in 0..l {
-        let (truth_mid, truth_out) = (slice(&mid_truth, i), slice(&hidden_truth, i + 1));
+        let (truth_mid, truth_out) = (truth.attn_residual(i), truth.hidden(i + 1));
         let torch = |v: &[f64]| f32s(v);
-        let (forced_mid, forced_out) = forced_layer(file, w, i)?;
+        let (forced_mid, forced_out) = forced_layer(&truth, w, i)?;
         layers.push(LayerReport {
             forced_mid,
             forced_out,
-            free_mid: compare(&run.prefill.attn_residual[i].v, &truth_mid, exact),
-            free_out: compare(&run.prefill.hidden[i + 1].v, &truth_out, exact),
-            torch_out: compare(&torch(&slice(&hidden_torch, i + 1)), &truth_out, exact),
+            free_mid: compare(&run.prefill.attn_residual[i].v, truth_mid, exact),
+            free_out: compare(&run.prefill.hidden[i + 1].v, truth_out, exact),
+            torch_out: compare(&torch(&slice(&hidden_torch, i + 1)), truth_out, exact),
         });
     }
 
     let logits_truth = file.tensor("logits.truth")?.values;
-    let x = Act::new(t, h, f32s(&slice(&hidden_truth, l)), true, true);
+    let x = Act::new(t, h, f32s(truth.hidden(l)), true, true);
     let (_, logits) = model_ref::head(w, &x);
     let forced_logits = compare_scaled(&logits.v, &logits_truth, BOUND, Some(&logits.bounds_f32()));
     let free_logits = compare(&run.logits, &logits_truth, exact);
@@ -161,19 +166,52 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
     })
 }
 
+/// The float64 truth of the residual stream of a whole-model golden, read once.
+pub struct Truth {
+    pub layers: usize,
+    pub tokens: usize,
+    pub hidden: usize,
+    /// [layers + 1, tokens, hidden]: after the embedding and after each layer.
+    stream: Vec<f64>,
+    /// [layers, tokens, hidden]: after each layer's attention.
+    attn_residual: Vec<f64>,
+}
+
+impl Truth {
+    pub fn load(file: &GoldenFile) -> Result<Self> {
+        let (shape, stream) = tensor_rows(file, "hidden.truth")?;
+        let attn_residual = file.tensor("attn_residual.truth")?.values;
+        let [n, tokens, hidden] = shape[..] else {
+            return Err(Error::invalid("model golden", format!("hidden.truth has shape {shape:?}, expected 3 dims")));
+        };
+        if n == 0 || attn_residual.len() != (n - 1) * tokens * hidden {
+            return Err(Error::invalid("model golden", format!("attn_residual.truth does not match hidden.truth {shape:?}")));
+        }
+        Ok(Truth { layers: n - 1, tokens, hidden, stream, attn_residual })
+    }
+
+    /// The residual stream entering layer `i` (`i == layers`: the last layer's output) [T, H].
+    pub fn hidden(&self, i: usize) -> &[f64] {
+        let n = self.tokens * self.hidden;
+        &self.stream[i * n..(i + 1) * n]
+    }
+
+    /// Layer `i`'s residual after attention [T, H].
+    pub fn attn_residual(&self, i: usize) -> &[f64] {
+        let n = self.tokens * self.hidden;
+        &self.attn_residual[i * n..(i + 1) * n]
+    }
+}
+
 /// Layer `i` teacher-forced: fed the truth of its input, its residual after attention and after
 /// the MLP against their truths, each element within `BOUND`.
-pub fn forced_layer(file: &GoldenFile, w: &ModelWeights, i: usize) -> Result<(Comparison, Comparison)> {
-    let (shape, hidden_truth) = tensor_rows(file, "hidden.truth")?;
-    let mid_truth = file.tensor("attn_residual.truth")?.values;
-    let (t, h) = (shape[1], shape[2]);
-    let part = |v: &[f64], i: usize| v[i * t * h..(i + 1) * t * h].to_vec();
-    let x = Act::new(t, h, part(&hidden_truth, i).iter().map(|&v| v as f32).collect(), true, true);
-    let mut cache = KvCache::new(w, t, true)?;
+pub fn forced_layer(truth: &Truth, w: &ModelWeights, i: usize) -> Result<(Comparison, Comparison)> {
+    let x = Act::new(truth.tokens, truth.hidden, truth.hidden(i).iter().map(|&v| v as f32).collect(), true, true);
+    let mut cache = KvCache::new(w, truth.tokens, true)?;
     let (mid, out) = model_ref::layer(w, i, &x, &mut cache)?;
     Ok((
-        compare_scaled(&mid.v, &part(&mid_truth, i), BOUND, Some(&mid.bounds_f32())),
-        compare_scaled(&out.v, &part(&hidden_truth, i + 1), BOUND, Some(&out.bounds_f32())),
+        compare_scaled(&mid.v, truth.attn_residual(i), BOUND, Some(&mid.bounds_f32())),
+        compare_scaled(&out.v, truth.hidden(i + 1), BOUND, Some(&out.bounds_f32())),
     ))
 }
 

@@ -2,7 +2,7 @@
 //! layer, the 151936-row vocabulary; weights regenerated from the recipes in the golden metadata),
 //! and negative tests: bugs an engine really had must FAIL, in the layer where they are.
 
-use qwen_kernels::diff::{self, forced_layer};
+use qwen_kernels::diff::{self, forced_layer, Truth};
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::{ModelWeights, Qwen2Config};
 use qwen_kernels::reference::model::{bounded_argmax, forward, head, KvCache};
@@ -79,22 +79,24 @@ fn goldens_carry_massive_activations_and_sinks() {
 fn a_dropped_bias_fails_in_its_layer_only() {
     let mut guard = qwen().lock().unwrap();
     let (file, w) = &mut *guard;
+    let truth = Truth::load(file).unwrap();
     let saved = w.layers[5].k_proj.bias.take();
-    let broken = forced_layer(file, w, 5).unwrap();
-    let neighbour = forced_layer(file, w, 4).unwrap();
+    let broken = forced_layer(&truth, w, 5).unwrap();
+    let neighbour = forced_layer(&truth, w, 4).unwrap();
     w.layers[5].k_proj.bias = saved;
     assert!(!broken.0.passed(), "dropped k bias must fail: {}", broken.0);
     assert!(neighbour.0.passed() && neighbour.1.passed());
-    assert!(forced_layer(file, w, 5).unwrap().1.passed());
+    assert!(forced_layer(&truth, w, 5).unwrap().1.passed());
 }
 
 #[test]
 fn swapped_gate_and_up_fail() {
     let mut guard = qwen().lock().unwrap();
     let (file, w) = &mut *guard;
+    let truth = Truth::load(file).unwrap();
     let l = &mut w.layers[7];
     std::mem::swap(&mut l.gate_proj, &mut l.up_proj);
-    let broken = forced_layer(file, w, 7).unwrap();
+    let broken = forced_layer(&truth, w, 7).unwrap();
     let l = &mut w.layers[7];
     std::mem::swap(&mut l.gate_proj, &mut l.up_proj);
     assert!(broken.0.passed(), "attention is untouched");
@@ -105,8 +107,9 @@ fn swapped_gate_and_up_fail() {
 fn a_wrong_rope_theta_fails() {
     let mut guard = qwen().lock().unwrap();
     let (file, w) = &mut *guard;
+    let truth = Truth::load(file).unwrap();
     w.config.rope_theta = 10_000.0; // Qwen2.5 uses 1e6
-    let broken = forced_layer(file, w, 3).unwrap();
+    let broken = forced_layer(&truth, w, 3).unwrap();
     w.config.rope_theta = 1_000_000.0;
     assert!(!broken.0.passed(), "{}", broken.0);
 }
@@ -161,10 +164,11 @@ fn a_save_pretrained_checkpoint_passes_its_golden() {
     assert_eq!((cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size, cfg.real_vocab_size), (64, 2, 16, 256, 256));
     let file = GoldenFile::open("tiny-qwen2", "model").unwrap();
     assert_eq!(file.metadata("profile"), Some("checkpoint"));
+    let truth = Truth::load(&file).unwrap();
     let mut w = ModelWeights::from_checkpoint(&cfg, &dir).unwrap();
     w.layers[1].v_proj.bias = None;
-    assert!(forced_layer(&file, &w, 0).unwrap().1.passed());
-    assert!(!forced_layer(&file, &w, 1).unwrap().0.passed(), "a dropped v bias must fail");
+    assert!(forced_layer(&truth, &w, 0).unwrap().1.passed());
+    assert!(!forced_layer(&truth, &w, 1).unwrap().0.passed(), "a dropped v bias must fail");
     // Another model's goldens are refused.
     assert!(diff::analyse_checkpoint(&dir, "qwen2.5-0.5b").is_err());
 }

@@ -31,11 +31,6 @@ impl Matrix {
     pub fn row(&self, r: usize) -> &[u16] {
         &self.bits[r * self.cols..(r + 1) * self.cols]
     }
-
-    /// All values as f32 (exact).
-    pub fn to_f32(&self) -> Vec<f32> {
-        self.bits.iter().map(|&b| bf16_to_f32(b)).collect()
-    }
 }
 
 #[inline(always)]
@@ -167,15 +162,21 @@ fn build(config: &Qwen2Config, mut get: impl FnMut(&str, &[usize]) -> Result<Vec
     Ok(ModelWeights { config: config.clone(), embed_tokens, layers, norm, lm_head })
 }
 
+/// The shape a recipe records.
+fn recipe_shape(key: &str, text: &str) -> Result<Vec<usize>> {
+    let r: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::invalid(OP, format!("{key}: not JSON: {e}")))?;
+    r["shape"]
+        .as_array()
+        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+        .ok_or_else(|| Error::invalid(OP, format!("{key}: no shape")))
+}
+
 /// One tensor from its recipe (see the module docs), checksum verified. `shape` is what the config
 /// expects; the recipe must agree.
 fn recipe_tensor(key: &str, text: &str, shape: &[usize]) -> Result<Vec<u16>> {
     let bad = |detail: String| Error::invalid(OP, format!("{key}: {detail}"));
     let r: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let recorded: Vec<usize> = r["shape"]
-        .as_array()
-        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-        .ok_or_else(|| bad("no shape".into()))?;
+    let recorded = recipe_shape(key, text)?;
     if recorded != shape {
         return Err(Error::shape(OP, format!("{key}: recipe shape {recorded:?}, the config says {shape:?}")));
     }
@@ -249,11 +250,7 @@ pub fn check_tokens(config: &Qwen2Config, tokens: &[u32]) -> Result<()> {
 pub fn recipe_host(file: &GoldenFile, name: &str) -> Result<crate::HostTensor> {
     let key = format!("weight.{name}");
     let text = file.metadata(&key).ok_or_else(|| Error::invalid(OP, format!("golden metadata lacks {key}")))?;
-    let r: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::invalid(OP, format!("{key}: not JSON: {e}")))?;
-    let shape: Vec<usize> = r["shape"]
-        .as_array()
-        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-        .ok_or_else(|| Error::invalid(OP, format!("{key}: no shape")))?;
+    let shape = recipe_shape(&key, text)?;
     let bits = recipe_tensor(&key, text, &shape)?;
     crate::HostTensor::from_f32(crate::DType::BF16, &shape, bits.into_iter().map(bf16_to_f32).collect())
 }

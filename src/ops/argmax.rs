@@ -107,17 +107,9 @@ pub fn plan(dtype: DType, rows: usize, stride: usize, n_valid: usize, aligned16:
         return Err(Error::unsupported(OP, format!("rows {rows} > 65535 (grid y)")));
     }
     let vector_ok = aligned16 && (stride * dtype.size()) % 16 == 0;
-    let vectorized = match path {
-        Path::Auto => vector_ok,
-        Path::Scalar => false,
-        Path::Vector16 if vector_ok => true,
-        Path::Vector16 => {
-            return Err(Error::alignment(
-                OP,
-                format!("16-byte vector path needs 16-byte aligned rows: stride {stride} of {dtype}, base aligned: {aligned16}"),
-            ))
-        }
-    };
+    let vectorized = path.vectorized(OP, vector_ok, || {
+        format!("16-byte vector path needs 16-byte aligned rows: stride {stride} of {dtype}, base aligned: {aligned16}")
+    })?;
     let kernel = match (dtype, vectorized) {
         (DType::F32, true) => "argmax_partial_f32_vec",
         (DType::F32, false) => "argmax_partial_f32_scalar",

@@ -21,6 +21,19 @@ pub enum Path {
     Scalar,
 }
 
+impl Path {
+    /// Whether the 16-byte vector variant runs, given whether it is legal (`vector_ok`); forcing
+    /// it where it is not is an `Error::Alignment` of `op` saying `why`.
+    pub(crate) fn vectorized(self, op: &'static str, vector_ok: bool, why: impl FnOnce() -> String) -> crate::Result<bool> {
+        match self {
+            Path::Auto => Ok(vector_ok),
+            Path::Scalar => Ok(false),
+            Path::Vector16 if vector_ok => Ok(true),
+            Path::Vector16 => Err(crate::Error::alignment(op, why())),
+        }
+    }
+}
+
 /// Threads for a one-block-per-row kernel: `items` work items rounded up to whole warps, at most 1024.
 pub(crate) fn row_block_threads(items: usize) -> u32 {
     items.div_ceil(32).clamp(1, 32) as u32 * 32

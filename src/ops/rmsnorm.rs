@@ -78,21 +78,13 @@ pub fn plan(op: &'static str, fused: bool, dtype: DType, dims: Dims, path: Path,
     }
     let per_vec = 16 / dtype.size();
     let vector_ok = dims.hidden % per_vec == 0 && aligned16;
-    let vectorized = match path {
-        Path::Auto => vector_ok,
-        Path::Scalar => false,
-        Path::Vector16 if vector_ok => true,
-        Path::Vector16 => {
-            return Err(Error::alignment(
-                op,
-                format!(
-                    "16-byte vector path needs hidden % {per_vec} == 0 for {dtype} and 16-byte aligned \
-                     operands; got hidden {} (aligned: {aligned16})",
-                    dims.hidden
-                ),
-            ))
-        }
-    };
+    let vectorized = path.vectorized(op, vector_ok, || {
+        format!(
+            "16-byte vector path needs hidden % {per_vec} == 0 for {dtype} and 16-byte aligned \
+             operands; got hidden {} (aligned: {aligned16})",
+            dims.hidden
+        )
+    })?;
     let items = if vectorized { dims.hidden / per_vec } else { dims.hidden };
     let kernel = match (fused, dtype, vectorized) {
         (false, DType::F32, true) => "rmsnorm_f32_vec",

@@ -80,20 +80,12 @@ pub fn plan(op: &'static str, dtype: DType, rows: usize, width: usize, strides: 
     }
     let per_vec = 16 / dtype.size();
     let vector_ok = aligned16 && width % per_vec == 0 && strides.iter().all(|s| s % per_vec == 0);
-    let vectorized = match path {
-        Path::Auto => vector_ok,
-        Path::Scalar => false,
-        Path::Vector16 if vector_ok => true,
-        Path::Vector16 => {
-            return Err(Error::alignment(
-                op,
-                format!(
-                    "16-byte vector path needs width and row strides % {per_vec} == 0 for {dtype} and \
-                     16-byte aligned operands; got width {width}, strides {strides:?} (aligned: {aligned16})"
-                ),
-            ))
-        }
-    };
+    let vectorized = path.vectorized(op, vector_ok, || {
+        format!(
+            "16-byte vector path needs width and row strides % {per_vec} == 0 for {dtype} and \
+             16-byte aligned operands; got width {width}, strides {strides:?} (aligned: {aligned16})"
+        )
+    })?;
     let items = rows * if vectorized { width / per_vec } else { width };
     let kernel = match (dtype, vectorized) {
         (DType::F32, true) => "swiglu_f32_vec",

@@ -157,9 +157,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// `y = x W^T + b` over bf16 W [N, K], rows of x [T, K]; split over threads by output feature.
+/// An `nn.Linear` layer (see `matmul`).
 fn linear(x: &Act, l: &Linear) -> Act {
-    let w: &Matrix = &l.weight;
+    matmul(x, &l.weight, l.bias.as_deref())
+}
+
+/// `y = x W^T (+ b)` over bf16 W [N, K], rows of x [T, K]; split over threads by output feature.
+fn matmul(x: &Act, w: &Matrix, bias_row: Option<&[f32]>) -> Act {
     let (t, k, n) = (x.rows, w.cols, w.rows);
     debug_assert_eq!(x.width, k);
     let parts = threads().min(n).max(1);
@@ -183,7 +187,7 @@ fn linear(x: &Act, l: &Linear) -> Act {
                                 *dst = src * src;
                             }
                         }
-                        let bias = l.bias.as_ref().map_or(0.0, |b| b[j]);
+                        let bias = bias_row.map_or(0.0, |b| b[j]);
                         for r in 0..t {
                             let xr = x.row(r);
                             v.push(dot(xr, &row) + bias);
@@ -195,7 +199,7 @@ fn linear(x: &Act, l: &Linear) -> Act {
                                     mag += (row[i] * xr[i]).abs() as f64;
                                 }
                                 let y = *v.last().expect("pushed");
-                                e.push((var + dot_var(k, mag) + if l.bias.is_some() { rnd(y) } else { 0.0 }).sqrt());
+                                e.push((var + dot_var(k, mag) + if bias_row.is_some() { rnd(y) } else { 0.0 }).sqrt());
                             }
                         }
                     }
@@ -450,7 +454,7 @@ pub fn head(w: &ModelWeights, h: &Act) -> (Act, Act) {
         e: h.e.as_ref().map(|e| e[(h.rows - 1) * h.width..].to_vec()),
     };
     let normed = rmsnorm(&last, &w.norm, w.config.rms_norm_eps);
-    let logits = linear(&normed, &Linear { weight: w.lm_head().clone(), bias: None });
+    let logits = matmul(&normed, w.lm_head(), None);
     (normed, logits)
 }
 
