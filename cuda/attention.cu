@@ -57,6 +57,7 @@
 //    ops/attention.rs, `mma_extra_error`). The row sum l uses the FP32 p. Cost: P V runs 2 (f16)
 //    or 3 (bf16) mma per tile instead of 1.
 #include "common.cuh"
+#include "ptx.cuh"
 
 namespace qk {
 
@@ -293,18 +294,6 @@ constexpr int STAGES = 2;                 // K/V tiles in flight: tile i compute
 // D + SMEM_PAD 16-bit elements (D 64: 36 KiB, D 128: 68 KiB; the host raises the 48 KiB default).
 constexpr int mma_smem_bytes(int d) { return STAGES * 2 * BLOCK_N * (d + SMEM_PAD) * 2; }
 
-// 16-byte global -> shared copy that bypasses registers (sm_80+). `valid == false` copies nothing
-// and zero-fills the 16 bytes (src-size 0); `src` must still be a mapped address.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-    const int bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
-}
-
 template <typename T> struct Mma;
 
 template <> struct Mma<__half> {
@@ -317,11 +306,7 @@ template <> struct Mma<__half> {
         return __half22float2(*reinterpret_cast<__half2*>(&x));
     }
     __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma_m16n8k16_f16(c, a, b0, b1);
     }
 };
 
@@ -335,29 +320,9 @@ template <> struct Mma<__nv_bfloat16> {
         return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
     }
     __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma_m16n8k16_bf16(c, a, b0, b1);
     }
 };
-
-// Four 8 x 8 matrices of 16-bit elements from shared memory; lanes 8i .. 8i+7 give the row
-// addresses of matrix i (16-byte aligned). Without TRANS lane (g, t) receives (row g, columns
-// 2t..2t+1) of each matrix, with TRANS (rows 2t..2t+1, column g).
-template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
-    if (TRANS) {
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
-    } else {
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
-    }
-}
 
 // mma.m16n8k16 fragments (g = lane / 4, t = lane % 4):
 //   A (16 x 16, row-major):  a[0] = (row g,   k 2t..2t+1)   a[1] = (row g+8, k 2t..2t+1)
@@ -377,8 +342,7 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
     constexpr int LD = D + SMEM_PAD;    // shared row length (elements); LD * 2 bytes is a multiple of 16
     constexpr int VEC = Vec16<T>::N;
     // smem: [STAGES][K, V][BLOCK_N][LD]
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* const smem = reinterpret_cast<T*>(smem_raw);
+    T* const smem = dynamic_shared<T>();
 
     // Longest (last) query tiles first: causal work grows with the tile index.
     const int m0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_M;

@@ -1,0 +1,101 @@
+// ptx.cuh: what differs between a GPU and the software device, in one place: every inline PTX
+// instruction the kernels use (one named function each, and nowhere else), and the launch's dynamic
+// shared memory.
+//
+// On a GPU (nvcc) each function is the one `asm` statement below it. On the software device
+// (softgpu/, kernels compiled as host C++ with QK_SOFTGPU defined) each is a call into the device
+// runtime, which implements the instruction from the PTX ISA's description: the warp-collective
+// ones (mma.sync, ldmatrix) gather all 32 lanes first, exactly as `.sync.aligned` requires, and
+// place every element where the ISA's fragment tables put it. This is the only file of cuda/ with
+// an #if for the two targets; no kernel has one.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type";
+// g = lane / 4, t = lane % 4; two 16-bit elements per 32-bit register, the lower column or k in the
+// low half):
+//   A (16 x 16, row-major):  a[0] = (row g,   k 2t..2t+1)   a[1] = (row g+8, k 2t..2t+1)
+//                            a[2] = (row g,   k 2t+8..+9)   a[3] = (row g+8, k 2t+8..+9)
+//   B (16 x 8, "col"):       b0 = (k 2t..2t+1, col g)        b1 = (k 2t+8..+9, col g)
+//   C, D (16 x 8, FP32):     c[0..1] = (row g, col 2t..2t+1)  c[2..3] = (row g+8, col 2t..2t+1)
+// ldmatrix .x4 ("Warp-level matrix load instruction: ldmatrix"): lanes 8i .. 8i+7 give the row
+// addresses of 8 x 8 matrix i (16-byte aligned, shared memory); register r[i] of lane (g, t) gets
+// (row g, columns 2t..2t+1) of matrix i, or with .trans (rows 2t..2t+1, column g).
+#pragma once
+
+#include <stdint.h>
+
+namespace qk {
+
+#if defined(QK_SOFTGPU)
+
+// 16-byte global -> shared copy that bypasses registers; `valid == false` copies nothing and
+// zero-fills the 16 bytes (src-size 0). `src` must still be a mapped address.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    ::qksoft::ptx_cp_async16(dst, src, valid ? 16 : 0, __FILE__, __LINE__);
+}
+// Close the group of copies issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() { ::qksoft::ptx_cp_async_commit(); }
+// Wait until at most PENDING of this thread's committed groups are still in flight.
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    ::qksoft::ptx_cp_async_wait(PENDING, __FILE__, __LINE__);
+}
+// D = A B + C, m16n8k16, 16-bit inputs, FP32 accumulation (c is C on entry, D on return).
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::F16, c, a, b0, b1, __FILE__, __LINE__);
+}
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::BF16, c, a, b0, b1, __FILE__, __LINE__);
+}
+// Four 8 x 8 matrices of 16-bit elements from shared memory (see the header).
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+    ::qksoft::ptx_ldmatrix_x4(TRANS, r, row, __FILE__, __LINE__);
+}
+// The launch's dynamic shared memory (`sharedMemBytes` of the launch), 16-byte aligned.
+template <typename T> __device__ __forceinline__ T* dynamic_shared() {
+    return static_cast<T*>(::qksoft::dynamic_shared());
+}
+
+#else
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    if (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    }
+}
+template <typename T> __device__ __forceinline__ T* dynamic_shared() {
+    extern __shared__ __align__(16) unsigned char qk_dynamic_shared[];
+    return reinterpret_cast<T*>(qk_dynamic_shared);
+}
+
+#endif
+
+}  // namespace qk
