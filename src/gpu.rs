@@ -3,6 +3,23 @@
 //!
 //! All ops of one `Gpu` run in order on its single stream; nothing in an op synchronises with the
 //! host, so a sequence of ops can be captured in a CUDA graph. Only downloads (`to_host`) synchronise.
+//!
+//! # Hardware or the software device
+//!
+//! The crate reaches a device only through the CUDA driver API (cudarc) and cuBLAS, both loaded at
+//! run time by `dlopen("libcuda.so")` / `dlopen("libcublas.so")`. The software device (`softgpu/`)
+//! is a pair of libraries with those SONAMEs that run the crate's own kernel sources on the CPU;
+//! [`Gpu::emulated`] loads them by absolute path first, so cudarc's own `dlopen` binds to them and
+//! every op takes exactly the code path it takes on a GPU. A process uses one or the other: the first
+//! choice binds cudarc for the life of the process, and asking for the other afterwards is an error.
+//!
+//! - [`Gpu::new`]: hardware, unless `QK_DEVICE=emulated` (how an engine's own tests run on the
+//!   software device without a code change).
+//! - [`Gpu::hardware`]: hardware only. [`Gpu::emulated`]: the software device only.
+//! - [`Gpu::any`]: hardware when a GPU is usable, else the software device (the GPU test runner,
+//!   `qwen-kernels check`), unless `QK_REQUIRE_GPU=1`.
+//!
+//! [`DeviceInfo::kind`] says which one a `Gpu` is; every report prints it.
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::kernels;
@@ -10,7 +27,27 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Hardware, or the software device that runs the kernels on the CPU (`softgpu/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Hardware,
+    Software,
+}
+
+impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Hardware => "hardware",
+            DeviceKind::Software => "software device",
+        }
+    }
+}
+
+/// The driver this process's cudarc is bound to, once chosen.
+static BOUND: OnceLock<DeviceKind> = OnceLock::new();
 
 /// What the device is, read once at start.
 #[derive(Clone, Debug)]
@@ -20,6 +57,7 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub total_memory_bytes: usize,
     pub driver_version: i32,
+    pub kind: DeviceKind,
 }
 
 pub struct Gpu {
@@ -32,6 +70,40 @@ pub struct Gpu {
     _ctx: Arc<CudaContext>,
 }
 
+/// Whether a hardware GPU is usable, found without binding cudarc to any driver (so that the
+/// software device can still be chosen when it is not).
+pub fn hardware_probe() -> std::result::Result<(), String> {
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type Count = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: loads the NVIDIA driver by its usual name and calls cuInit and cuDeviceGetCount,
+    // which have no preconditions. With a usable device the library stays loaded (cudarc binds to
+    // it next); without one it is closed, so that dlopen("libcuda.so") can still find the software
+    // device.
+    unsafe {
+        let lib = libloading::Library::new("libcuda.so")
+            .or_else(|_| libloading::Library::new("libcuda.so.1"))
+            .map_err(|e| format!("the NVIDIA driver library (libcuda.so) was not found ({e})"))?;
+        if lib.get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"qksoft_version").is_ok() {
+            return Err("libcuda.so is the software device".into());
+        }
+        let init: libloading::Symbol<Init> = lib.get(b"cuInit").map_err(|e| e.to_string())?;
+        let count: libloading::Symbol<Count> = lib.get(b"cuDeviceGetCount").map_err(|e| e.to_string())?;
+        let rc = init(0);
+        if rc != 0 {
+            drop((init, count));
+            return Err(format!("cuInit failed ({rc})"));
+        }
+        let mut n = 0;
+        let rc = count(&mut n);
+        if rc != 0 || n <= 0 {
+            drop((init, count));
+            return Err(format!("the driver reports {n} CUDA devices"));
+        }
+        std::mem::forget(lib);
+    }
+    Ok(())
+}
+
 fn driver_version() -> Result<i32> {
     let mut version = 0i32;
     // SAFETY: cuDriverGetVersion writes one int through a valid pointer.
@@ -39,12 +111,105 @@ fn driver_version() -> Result<i32> {
     Ok(version)
 }
 
+/// Whether the driver cudarc is bound to is the software device (it exports `qksoft_version`).
+fn bound_to_software() -> bool {
+    // SAFETY: culib() returns the library cudarc loaded; looking up a symbol has no side effect.
+    unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"qksoft_version").is_ok() }
+}
+
+/// Write the software device's libraries where they can be loaded by path (once per content).
+fn softgpu_files(libs: &kernels::SoftGpuLibraries) -> std::io::Result<(PathBuf, PathBuf)> {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for &b in libs.libcuda.iter().chain(libs.libcublas) {
+        hash = (hash ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    let dir = std::env::temp_dir().join(format!("qwen-kernels-softgpu-{hash:016x}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut paths = Vec::new();
+    for (name, bytes) in [("libcuda.so", libs.libcuda), ("libcublas.so", libs.libcublas)] {
+        let path = dir.join(name);
+        if std::fs::read(&path).map(|b| b != bytes).unwrap_or(true) {
+            // Write beside, then rename: another process may be loading the same file.
+            let tmp = dir.join(format!("{name}.{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        paths.push(path);
+    }
+    Ok((paths.remove(0), paths.remove(0)))
+}
+
+/// Load the software device's libcuda.so and libcublas.so (once per process).
+fn load_softgpu() -> Result<()> {
+    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let libs = kernels::SOFTGPU.as_ref().ok_or("this build has no software device (built without nvcc)")?;
+            let (cuda, cublas) = softgpu_files(libs).map_err(|e| format!("cannot write the software device's libraries: {e}"))?;
+            for path in [&cuda, &cublas] {
+                // SAFETY: our own libraries, built with the crate; their initialisers only register kernels.
+                let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+                // Kept for the life of the process: cudarc's handles point into it.
+                std::mem::forget(lib);
+            }
+            Ok(())
+        })
+        .clone()
+        .map_err(|reason| Error::NoDevice { reason })
+}
+
 impl Gpu {
-    /// Open device `ordinal`. Never panics: without compiled kernels this is
-    /// `Err(Error::KernelsNotBuilt)`, without a driver or device `Err(Error::NoDevice { .. })`.
+    /// Open device `ordinal` on hardware, or the software device when `QK_DEVICE=emulated`. Never
+    /// panics: without compiled kernels this is `Err(Error::KernelsNotBuilt)`, without a driver or
+    /// device `Err(Error::NoDevice { .. })`.
     pub fn new(ordinal: usize) -> Result<Self> {
+        match std::env::var("QK_DEVICE").as_deref() {
+            Ok("emulated") | Ok("software") => Self::emulated(),
+            Ok("") | Ok("hardware") | Err(_) => Self::hardware(ordinal),
+            Ok(other) => Err(Error::NoDevice {
+                reason: format!("QK_DEVICE={other:?}: expected \"hardware\" or \"emulated\""),
+            }),
+        }
+    }
+
+    /// Hardware when a GPU is usable, else the software device, unless `QK_REQUIRE_GPU=1` (then
+    /// only hardware). For runners: the device actually used is in [`Gpu::info`].
+    pub fn any(ordinal: usize) -> Result<Self> {
+        let require = std::env::var("QK_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        if std::env::var("QK_DEVICE").is_ok_and(|v| !v.is_empty()) || require {
+            return Self::new(ordinal);
+        }
+        match hardware_probe() {
+            Ok(()) => Self::hardware(ordinal),
+            Err(_) => Self::emulated(),
+        }
+    }
+
+    /// The software device: the crate's kernels, compiled for the host, run on the CPU behind the
+    /// same driver and cuBLAS calls (`softgpu/`). Fails if this process already uses the hardware
+    /// driver.
+    pub fn emulated() -> Result<Self> {
         if !kernels::built() {
             return Err(Error::KernelsNotBuilt);
+        }
+        if BOUND.get() == Some(&DeviceKind::Hardware) {
+            return Err(Error::NoDevice { reason: "this process already uses the NVIDIA driver; choose the software device before any hardware call".into() });
+        }
+        load_softgpu()?;
+        if !bound_to_software() {
+            return Err(Error::NoDevice { reason: "cudarc was bound to another libcuda.so before the software device was loaded".into() });
+        }
+        let _ = BOUND.set(DeviceKind::Software);
+        Self::open(0, DeviceKind::Software)
+    }
+
+    /// Device `ordinal` on hardware only.
+    pub fn hardware(ordinal: usize) -> Result<Self> {
+        if !kernels::built() {
+            return Err(Error::KernelsNotBuilt);
+        }
+        if BOUND.get() == Some(&DeviceKind::Software) {
+            return Err(Error::NoDevice { reason: "this process uses the software device; hardware cannot be opened in it".into() });
         }
         // cudarc panics if libcuda cannot be loaded; probe for it first.
         // SAFETY: only tries to dlopen the driver library by its usual names.
@@ -53,6 +218,14 @@ impl Gpu {
                 reason: "the NVIDIA driver library (libcuda.so) was not found".into(),
             });
         }
+        if bound_to_software() {
+            return Err(Error::NoDevice { reason: "this process uses the software device; hardware cannot be opened in it".into() });
+        }
+        let _ = BOUND.set(DeviceKind::Hardware);
+        Self::open(ordinal, DeviceKind::Hardware)
+    }
+
+    fn open(ordinal: usize, kind: DeviceKind) -> Result<Self> {
         cudarc::driver::result::init()
             .map_err(|e| Error::NoDevice { reason: format!("cuInit failed: {e}") })?;
         let count = CudaContext::device_count().cuda("cuDeviceGetCount")?;
@@ -75,6 +248,7 @@ impl Gpu {
             compute_capability: ctx.compute_capability().cuda("cuDeviceGetAttribute(COMPUTE_CAPABILITY)")?,
             total_memory_bytes: ctx.total_mem().cuda("cuDeviceTotalMem")?,
             driver_version: driver_version()?,
+            kind,
         };
         let stream = ctx.new_stream().cuda("cuStreamCreate")?;
 
@@ -103,6 +277,61 @@ impl Gpu {
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// One line: which device this is (hardware or the software device), name, compute capability.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        match i.kind {
+            DeviceKind::Hardware => format!(
+                "{} (sm_{}{}), driver {}, device {}",
+                i.name, i.compute_capability.0, i.compute_capability.1, i.driver_version, i.ordinal
+            ),
+            DeviceKind::Software => format!("software device: the kernels compiled for the host, run on the CPU ({})", i.name),
+        }
+    }
+
+    /// The software device's scheduling of threads, blocks and cp.async completion, e.g.
+    /// `"threads=random:7,blocks=reverse,cp.async=issue"` (softgpu/runtime.cpp). An error on
+    /// hardware, or for a string the device does not accept.
+    pub fn set_software_schedule(&self, spec: &str) -> Result<()> {
+        let f = self.softgpu_symbol::<unsafe extern "C" fn(*const std::ffi::c_char, *mut std::ffi::c_char, usize) -> i32>(b"qksoft_set_schedule")?;
+        let spec_c = std::ffi::CString::new(spec).map_err(|_| Error::unsupported("software device", "schedule contains NUL"))?;
+        let mut why = vec![0u8; 512];
+        // SAFETY: the device copies `spec` and writes at most why.len() bytes, NUL-terminated.
+        if unsafe { f(spec_c.as_ptr(), why.as_mut_ptr().cast(), why.len()) } != 0 {
+            let why = String::from_utf8_lossy(&why[..why.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+            return Err(Error::unsupported("software device", format!("schedule {spec:?}: {why}")));
+        }
+        Ok(())
+    }
+
+    /// The software device's last error report (what a failed launch printed), or an error on hardware.
+    pub fn software_last_error(&self) -> Result<String> {
+        let f = self.softgpu_symbol::<unsafe extern "C" fn(*mut std::ffi::c_char, usize)>(b"qksoft_last_error")?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: writes at most buf.len() bytes, NUL-terminated.
+        unsafe { f(buf.as_mut_ptr().cast(), buf.len()) };
+        Ok(String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned())
+    }
+
+    /// Nanoseconds per fiber switch on the software device: (hand-written switch, ucontext).
+    pub fn software_switch_ns(&self) -> Result<(f64, f64)> {
+        let f = self.softgpu_symbol::<unsafe extern "C" fn(*mut f64, *mut f64)>(b"qksoft_measure_switch")?;
+        let (mut custom, mut uc) = (0.0, 0.0);
+        // SAFETY: writes two doubles.
+        unsafe { f(&mut custom, &mut uc) };
+        Ok((custom, uc))
+    }
+
+    fn softgpu_symbol<F: Copy>(&self, name: &[u8]) -> Result<F> {
+        if self.info.kind != DeviceKind::Software {
+            return Err(Error::unsupported("software device", "this Gpu is hardware"));
+        }
+        // SAFETY: the symbol is one of the software device's exports, with the signature F.
+        unsafe { cudarc::driver::sys::culib().get::<F>(name) }
+            .map(|s| *s)
+            .map_err(|e| Error::unsupported("software device", format!("missing export: {e}")))
     }
 
     /// The stream every op of this `Gpu` is queued on.

@@ -4,6 +4,16 @@
 //! - `TARGETS`: the SASS and PTX targets compiled (None without nvcc).
 //! - `PTXAS_REPORT`: nvcc's `-Xptxas -v` output (registers, spills, shared memory per kernel and target).
 
+//! - `SOFTGPU`: the software device's `libcuda.so` and `libcublas.so` (softgpu/), built with the
+//!   kernels (None without nvcc). `SOFTGPU_MUTANTS`: test-only libraries with one planted defect
+//!   each (softgpu/mutants.rs), by name and path in the build folder.
+
+/// The two libraries of the software device, as built (see `Gpu::emulated`).
+pub struct SoftGpuLibraries {
+    pub libcuda: &'static [u8],
+    pub libcublas: &'static [u8],
+}
+
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// Whether this build carries compiled kernels.

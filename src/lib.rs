@@ -48,5 +48,5 @@ pub mod tensor;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use gpu::Gpu;
+pub use gpu::{DeviceKind, Gpu};
 pub use tensor::{DeviceTensor, HostTensor, Layout, Shape, View, ViewMut};

@@ -1,13 +1,16 @@
-//! Every GPU test, in one binary with its own runner (`harness = false`), so that a test without a
-//! device is reported as SKIPPED, never as passed.
+//! Every GPU test, in one binary with its own runner (`harness = false`).
 //!
 //! ```text
-//! cargo test --release --test gpu                   # skips visibly without a device
-//! QK_REQUIRE_GPU=1 cargo test --release --test gpu  # a missing device fails every test
+//! cargo test --release --test gpu                   # hardware if usable, else the software device
+//! QK_REQUIRE_GPU=1 cargo test --release --test gpu  # hardware only: without one every test fails
+//! QK_DEVICE=emulated cargo test --release --test gpu   # the software device even on a GPU machine
 //! cargo test --release --test gpu -- rmsnorm        # only tests whose name contains "rmsnorm"
 //! ```
-//! Tests run one after another on one shared `Gpu` (compute-sanitizer runs stay readable).
-//! The last line reads `gpu: N passed, N failed, N skipped`; the exit code is non-zero on any failure.
+//! Tests run one after another on one shared `Gpu` (compute-sanitizer runs stay readable). The
+//! last line says which device ran them: `gpu: N passed, N failed, N skipped` on hardware,
+//! `software-gpu: N passed, ...` on the software device (softgpu/). A test without any device is
+//! reported as skipped, never as passed. The exit code is non-zero on any failure, and when
+//! QK_REQUIRE_GPU=1 and the filter selects no test.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -22,7 +25,7 @@ mod support;
 mod swiglu;
 mod tensor;
 
-use qwen_kernels::Gpu;
+use qwen_kernels::{DeviceKind, Gpu};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -32,7 +35,7 @@ pub type GpuTest = (&'static str, fn(&Gpu));
 /// The shared GPU, or why there is none.
 fn gpu() -> &'static Result<Gpu, String> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string()))
+    GPU.get_or_init(|| Gpu::any(0).map_err(|e| e.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -51,15 +54,27 @@ fn main() -> ExitCode {
         golden::TESTS,
     ]
     .concat();
+    let count = tests.len();
     let selected: Vec<GpuTest> =
         tests.into_iter().filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))).collect();
 
-    match gpu() {
+    let device_word = match gpu() {
         Ok(g) => {
-            let i = g.info();
-            println!("gpu: {} (sm_{}{}), driver {}", i.name, i.compute_capability.0, i.compute_capability.1, i.driver_version);
+            println!("device: {}", g.describe());
+            match g.info().kind {
+                DeviceKind::Hardware => "gpu",
+                DeviceKind::Software => "software-gpu",
+            }
         }
-        Err(reason) => println!("gpu: none ({reason}){}", if require { "; QK_REQUIRE_GPU=1: failing" } else { "" }),
+        Err(reason) => {
+            println!("device: none ({reason}){}", if require { "; QK_REQUIRE_GPU=1: failing" } else { "" });
+            "gpu"
+        }
+    };
+    if require && selected.is_empty() {
+        println!("QK_REQUIRE_GPU=1 and the filter {filters:?} selects none of the {} tests: failing", count);
+        println!("{device_word}: 0 passed, 1 failed, 0 skipped");
+        return ExitCode::FAILURE;
     }
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (name, test) in selected {
@@ -84,6 +99,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("gpu: {passed} passed, {failed} failed, {skipped} skipped");
+    println!("{device_word}: {passed} passed, {failed} failed, {skipped} skipped");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

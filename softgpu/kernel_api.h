@@ -1,0 +1,46 @@
+// kernel_api.h: what host-compiled kernels call in the software device runtime (runtime.cpp), and
+// the launch coordinates they read. Included by cuda_host.h (for kernels) and runtime.h.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+#include <vector_types.h>
+
+namespace qksoft {
+
+// What a kernel sees of its launch; `qksoft_current` points at the running fiber's.
+struct ThreadView {
+    uint3 thread_idx;
+    uint3 block_idx;
+    dim3 block_dim;
+    dim3 grid_dim;
+};
+
+enum class MmaType { F16, BF16 };
+
+// Defined in softgpu/runtime.cpp. `file`, `line`: the kernel source line, for reports.
+void syncthreads(const char* file, int line);
+void syncwarp(unsigned mask, const char* file, int line);
+enum class Shfl { Xor, Idx, Down, Up };
+uint32_t shfl(Shfl kind, unsigned mask, uint32_t value, int operand, int width, const char* file, int line);
+void ptx_cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line);
+void ptx_cp_async_commit();
+void ptx_cp_async_wait(int pending, const char* file, int line);
+void ptx_mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                      const char* file, int line);
+void ptx_ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row, const char* file, int line);
+void* dynamic_shared();
+
+template <typename T> inline T shfl_typed(Shfl kind, unsigned mask, T value, int operand, int width,
+                                          const char* file, int line) {
+    static_assert(sizeof(T) == 4, "the software device shuffles 32-bit values");
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    bits = shfl(kind, mask, bits, operand, width, file, line);
+    memcpy(&value, &bits, 4);
+    return value;
+}
+
+}  // namespace qksoft
+
+extern "C" const qksoft::ThreadView* qksoft_current;

@@ -1,0 +1,77 @@
+//! Source mutants: each is one kernel file with one planted defect, built (by softgpu/build.rs)
+//! only for the software device, into its own library. tests/softgpu.rs runs the GPU tests named
+//! in `caught_by` with the mutant in place of the real module and requires them to fail, with
+//! `says` in the output: the proof that the suite, run on the software device, catches the defect.
+
+pub struct Mutant {
+    /// Also the library's name (libNAME.so) and the QK_SOFTGPU_MUTANT value's key.
+    pub name: &'static str,
+    /// cuda/<module>.cu
+    pub module: &'static str,
+    /// Text that must occur exactly once in the module (the build checks), and its replacement.
+    pub find: &'static str,
+    pub replace: &'static str,
+    /// GPU tests (tests/gpu, by name filter) that must fail with the mutant in place.
+    pub caught_by: &'static [&'static str],
+    /// Text the failing run must print (what caught it).
+    pub says: &'static str,
+}
+
+pub const MUTANTS: &[Mutant] = &[
+    Mutant {
+        name: "ldmatrix_v_without_trans",
+        module: "attention",
+        find: "ldmatrix_x4<true>(b, src);",
+        replace: "ldmatrix_x4<false>(b, src);",
+        caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
+        says: "FAILED",
+    },
+    Mutant {
+        name: "bf16_p_one_term",
+        module: "attention",
+        find: "static constexpr int P_TERMS = 3;",
+        replace: "static constexpr int P_TERMS = 1;",
+        caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
+        says: "FAILED",
+    },
+    Mutant {
+        name: "causal_mask_off_by_one",
+        module: "attention",
+        find: "s[nb][e] = in && key <= pos_a ? s[nb][e] * scale : -INFINITY;",
+        replace: "s[nb][e] = in && key <= pos_a + 1 ? s[nb][e] * scale : -INFINITY;",
+        caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
+        says: "FAILED",
+    },
+    Mutant {
+        name: "no_barrier_after_cp_async_wait",
+        module: "attention",
+        find: "__syncthreads();   // every thread's copies of this tile are visible",
+        replace: "// (barrier removed)",
+        caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
+        says: "FAILED",
+    },
+    Mutant {
+        name: "no_trailing_barrier",
+        module: "attention",
+        find: "__syncthreads();   // this buffer is restaged by iteration it + 1",
+        replace: "// (barrier removed)",
+        caught_by: &["schedules::attention_prefill"],
+        says: "differs",
+    },
+    Mutant {
+        name: "rmsnorm_reads_one_past",
+        module: "rmsnorm",
+        find: "for (int i = threadIdx.x; i < hidden; i += blockDim.x) {\n            y[i] =",
+        replace: "for (int i = threadIdx.x; i <= hidden; i += blockDim.x) {\n            y[i] =",
+        caught_by: &["rmsnorm::"],
+        says: "past the end of device allocation",
+    },
+    Mutant {
+        name: "shuffle_half_the_lanes_skip",
+        module: "argmax",
+        find: "o.v = __shfl_xor_sync(0xffffffffu, x.v, offset);",
+        replace: "if (threadIdx.x % WARP < 16) o.v = __shfl_xor_sync(0xffffffffu, x.v, offset);",
+        caught_by: &["argmax::"],
+        says: "divergent warp",
+    },
+];
