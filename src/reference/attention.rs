@@ -16,8 +16,17 @@ use crate::tensor::HostTensor;
 
 /// o [T, heads, head_dim] of q [T, heads, D] against k, v [S, kv_heads, D], causal.
 pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<HostTensor> {
-    let d = check(q.layout(), k.layout(), v.layout())?;
     let dtype = q.dtype();
+    let out = attention_unrounded(q, k, v)?;
+    HostTensor::from_f32(dtype, q.dims(), out.iter().map(|&o| dtype.round(o as f32)).collect())
+}
+
+/// The same output before its final rounding to the storage dtype (f64, flattened [T, heads, D]).
+/// Compare a kernel's rounded output with this, not with [`attention`]: two independently rounded
+/// values of one number near a rounding midpoint differ by a whole ulp, twice the kernel's own
+/// rounding error.
+pub fn attention_unrounded(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<Vec<f64>> {
+    let d = check(q.layout(), k.layout(), v.layout())?;
     let scale = (d.head_dim as f64).powf(-0.5) as f32;
     let (qd, kd, vd) = (q.data(), k.data(), v.data());
     let kv_row = d.kv_heads * d.head_dim;
@@ -40,11 +49,11 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<HostT
             let sum = logits[..visible].iter().map(|&e| e as f64).sum::<f64>() as f32;
             for i in 0..d.head_dim {
                 let acc: f64 = (0..visible).map(|s| (logits[s] / sum) as f64 * vd[s * kv_row + kvh * d.head_dim + i] as f64).sum();
-                out.push(dtype.round(acc as f32));
+                out.push(acc);
             }
         }
     }
-    HostTensor::from_f32(dtype, q.dims(), out)
+    Ok(out)
 }
 
 /// Per output element, the scale of FP32 attention's absolute error, in units of u32 (2^-24):

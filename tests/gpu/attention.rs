@@ -19,7 +19,7 @@ use qwen_kernels::ops::attention::{
     decode, decode_with_chunk, decode_workspace_len, prefill, prefill_error_scale, prefill_with_path, PrefillPath,
     DEFAULT_DECODE_CHUNK,
 };
-use qwen_kernels::reference::attention::{attention as reference, error_scale};
+use qwen_kernels::reference::attention::{attention_unrounded as reference, error_scale};
 use qwen_kernels::{DType, DeviceTensor, Error, Gpu, HostTensor};
 
 pub const TESTS: &[GpuTest] = &[
@@ -240,7 +240,7 @@ fn decode_every_step_of_a_300_token_golden_in_one_launch(gpu: &Gpu) {
                     let expected = reference(&q, &kp, &vp).unwrap();
                     let scale = error_scale(&q, &kp, &vp).unwrap();
                     let row = &ours[b * heads * dim..(b + 1) * heads * dim];
-                    let c = compare_scaled(row, expected.data(), table::attention(dtype), Some(&scale));
+                    let c = compare_scaled(row, &expected, table::attention(dtype), Some(&scale));
                     assert!(c.passed(), "{what} step {len}: {c}");
                 }
             }
@@ -288,7 +288,7 @@ fn check_decode_batch(gpu: &Gpu, seed: u64, dtype: DType, heads: usize, kv_heads
         let expected = reference(&qb, k, v).unwrap();
         let scale = error_scale(&qb, k, v).unwrap();
         let row = &ours[b * heads * dim..(b + 1) * heads * dim];
-        let c = compare_scaled(row, expected.data(), table::attention(dtype), Some(&scale));
+        let c = compare_scaled(row, &expected, table::attention(dtype), Some(&scale));
         assert!(c.passed(), "{what} row {b}: {c}");
     }
 }
@@ -325,7 +325,7 @@ fn decode_invalid_slot_or_len_gives_nan_rows_only(gpu: &Gpu) {
             let qb = q_row(&q, b);
             let (kp, vp) = (prefix(&k, len), prefix(&v, len));
             let expected = reference(&qb, &kp, &vp).unwrap();
-            let c = compare_scaled(&ours[b * row..(b + 1) * row], expected.data(), table::attention(dtype), Some(&error_scale(&qb, &kp, &vp).unwrap()));
+            let c = compare_scaled(&ours[b * row..(b + 1) * row], &expected, table::attention(dtype), Some(&error_scale(&qb, &kp, &vp).unwrap()));
             assert!(c.passed(), "{dtype} valid row {b}: {c}");
         }
     }
@@ -455,7 +455,7 @@ fn long_context_prefill_and_decode(gpu: &Gpu) {
         let k = uniform(&mut r, dtype, &[context, kv_heads, dim], -2.0, 2.0);
         let v = uniform(&mut r, dtype, &[context, kv_heads, dim], -2.0, 2.0);
         let expected = reference(&q, &k, &v).unwrap();
-        check_prefill(gpu, &q, &k, &v, expected.data(), "long");
+        check_prefill(gpu, &q, &k, &v, &expected, "long");
         check_decode_batch(gpu, 18, dtype, 12, 2, 128, &[4096, 3001, 1], DEFAULT_DECODE_CHUNK);
     }
 }
@@ -581,7 +581,7 @@ fn proptest_prefill_shapes(gpu: &Gpu) {
             let k = uniform(&mut r, dtype, &[context, kv_heads, dim], -s, s);
             let v = uniform(&mut r, dtype, &[context, kv_heads, dim], -1.0, 1.0);
             let expected = reference(&q, &k, &v).unwrap();
-            check_prefill(gpu, &q, &k, &v, expected.data(), &format!("proptest T {tokens} S {context} heads {heads}/{kv_heads} D {dim}"));
+            check_prefill(gpu, &q, &k, &v, &expected, &format!("proptest T {tokens} S {context} heads {heads}/{kv_heads} D {dim}"));
             Ok(())
         })
         .unwrap();

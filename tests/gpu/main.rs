@@ -80,13 +80,15 @@ fn main() -> ExitCode {
     for (name, test) in selected {
         match gpu() {
             Ok(g) => {
+                let start = std::time::Instant::now();
                 let outcome = catch_unwind(AssertUnwindSafe(|| test(g)));
+                let secs = start.elapsed().as_secs_f64();
                 if outcome.is_ok() {
                     passed += 1;
-                    println!("test {name} ... ok");
+                    println!("test {name} ... ok ({secs:.2} s)");
                 } else {
                     failed += 1;
-                    println!("test {name} ... FAILED");
+                    println!("test {name} ... FAILED ({secs:.2} s)");
                 }
             }
             Err(reason) if require => {
