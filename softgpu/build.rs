@@ -99,7 +99,7 @@ fn module_source(cuda_dir: &Path, softgpu_dir: &Path, module: &str, source: &Pat
     writeln!(
         s,
         "const qksoft::ModuleDesc module = {{{module:?}, {:#x}ull, {}ull, fatbin_kernels, {n}, kernels, {n}, \
-         __start_qk_shared, __stop_qk_shared, {}}};",
+         qksoft_library_shared, {}}};",
         fnv1a(fatbin),
         fatbin.len(),
         mutant.map(|m| format!("{m:?}")).unwrap_or_else(|| "nullptr".into()),

@@ -3,10 +3,12 @@
 // build.rs force-includes this file (`-include`) when it compiles cuda/*.cu for the software device,
 // so the kernel sources compile unchanged. What each piece becomes:
 //   __global__ / __device__ / __host__     nothing: ordinary C++ functions
-//   __shared__                             a static in the `qk_shared` section: the runtime fills the
-//                                          whole section with a NaN pattern when each block starts
-//                                          (blocks run one at a time, so the section is the running
-//                                          block's arena)
+//   __shared__                             a static thread_local: every fiber of a block runs on one
+//                                          OS thread, so the block's threads share one instance. The
+//                                          kernel library's whole TLS block (nothing but these
+//                                          variables: the runtime keeps no thread_local of its own)
+//                                          is the running block's arena, filled with a NaN pattern
+//                                          when each block starts (register.h, runtime.cpp)
 //   threadIdx, blockIdx, blockDim, gridDim the running fiber's (one fiber per CUDA thread)
 //   __syncthreads, __syncwarp, __shfl_*    switch points of the fiber scheduler, with the source line
 //                                          for the reports
@@ -22,7 +24,7 @@
 #define __device__
 #define __global__
 #define __launch_bounds__(...)
-#define __shared__ __attribute__((section("qk_shared"))) static
+#define __shared__ static thread_local
 
 #include <math.h>
 #include <stdint.h>

@@ -78,7 +78,7 @@ struct Event {
 namespace {
 
 int g_context_tag;  // the one context's handle points here
-thread_local CUcontext g_current = nullptr;
+CUcontext g_current = nullptr;  // one context; no thread_local in this library (runtime.cpp)
 bool g_initialised = false;
 std::mutex g_init_mutex;
 const auto g_epoch = std::chrono::steady_clock::now();

@@ -58,7 +58,58 @@ template <typename... A> struct KernelTraits<void (*)(A...)> {
                        qksoft::KernelTraits<decltype(&NAME)>::kLayout.offsets,                        \
                        qksoft::KernelTraits<decltype(&NAME)>::kLayout.bytes},
 
-// The library's `qk_shared` section (every static __shared__ of its kernels), bounded by the
-// symbols the linker defines for it; weak, so a library whose kernels declare none gets null.
-extern "C" char __start_qk_shared[] __attribute__((weak, visibility("hidden")));
-extern "C" char __stop_qk_shared[] __attribute__((weak, visibility("hidden")));
+// The static shared memory of this library's kernels: its TLS block for the calling thread, which
+// holds every `static thread_local` that `__shared__` became (cuda_host.h) and nothing else. Found
+// from the library's PT_TLS segment (dl_iterate_phdr) and __tls_get_addr with its module id.
+#include <dlfcn.h>
+#include <link.h>
+
+extern "C" void* __tls_get_addr(void*);
+
+namespace {
+
+struct QksoftTlsFound {
+    uintptr_t code;  // an address inside this library
+    size_t modid;
+    size_t bytes;
+};
+
+int qksoft_find_tls(struct dl_phdr_info* info, size_t, void* data) {
+    QksoftTlsFound* f = static_cast<QksoftTlsFound*>(data);
+    bool ours = false;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& p = info->dlpi_phdr[i];
+        const uintptr_t start = info->dlpi_addr + p.p_vaddr;
+        if (p.p_type == PT_LOAD && f->code >= start && f->code < start + p.p_memsz) ours = true;
+    }
+    if (!ours) return 0;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        if (info->dlpi_phdr[i].p_type == PT_TLS) {
+            f->modid = info->dlpi_tls_modid;
+            f->bytes = info->dlpi_phdr[i].p_memsz;
+        }
+    }
+    return 1;
+}
+
+void qksoft_library_shared(char** begin, size_t* bytes) {
+    static QksoftTlsFound found{0, 0, 0};
+    static bool searched = false;
+    if (!searched) {
+        found.code = reinterpret_cast<uintptr_t>(&qksoft_library_shared);
+        dl_iterate_phdr(qksoft_find_tls, &found);
+        searched = true;
+    }
+    if (found.bytes == 0) {
+        *begin = nullptr;
+        *bytes = 0;
+        return;
+    }
+    struct {
+        unsigned long module, offset;
+    } index{found.modid, 0};
+    *begin = static_cast<char*>(__tls_get_addr(&index));
+    *bytes = found.bytes;
+}
+
+}  // namespace

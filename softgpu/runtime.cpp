@@ -17,8 +17,9 @@
 //   random:SEED. Kernels without races give bit-identical results under every schedule.
 //
 // Memory that tells on bugs
-// - Static __shared__ variables live in the `qk_shared` section (cuda_host.h); the section and the
-//   launch's dynamic shared memory are filled with SHARED_POISON when each block starts. Dynamic
+// - Static __shared__ variables are the kernel library's thread-local storage (cuda_host.h,
+//   register.h); it and the launch's dynamic shared memory are filled with SHARED_POISON when each
+//   block starts. Dynamic
 //   shared memory ends against a guard page, so a block that reads past `sharedMemBytes` faults.
 // - Device allocations end against a guard page and start poisoned (GLOBAL_POISON). A fault inside
 //   a kernel or a cuBLAS call is reported with the kernel, block, thread and how far outside which
@@ -250,6 +251,8 @@ struct Launch {
     int code = CUDA_SUCCESS;
     std::string failure;
     char* dyn = nullptr;  // dynamic shared memory: dims.dynamic_shared bytes ending at a guard page
+    char* stat = nullptr;  // static shared memory (the kernel library's TLS block)
+    size_t stat_bytes = 0;
     const char* host_task = nullptr;  // non-null while a cuBLAS call runs
     std::vector<WarpOp> ops;
     int exited = 0, at_barrier = 0;
@@ -326,8 +329,8 @@ void land(const Copy& c) {
 
 bool in_shared(const void* p, size_t bytes) {
     const char* c = static_cast<const char*>(p);
-    const ModuleDesc* m = g_launch->module;
-    if (m->shared_begin && c >= m->shared_begin && c + bytes <= m->shared_end) return true;
+    const char* st = g_launch->stat;
+    if (st && c >= st && c + bytes <= st + g_launch->stat_bytes) return true;
     const char* d = g_launch->dyn;
     return d && c >= d && c + bytes <= d + g_launch->dims.dynamic_shared;
 }
@@ -648,7 +651,7 @@ char* dynamic_arena(size_t bytes) {
 
 void run_block(Launch& L, uint3 block) {
     L.block = block;
-    if (L.module->shared_begin) fill_pattern(L.module->shared_begin, L.module->shared_end - L.module->shared_begin, SHARED_POISON);
+    if (L.stat_bytes) fill_pattern(L.stat, L.stat_bytes, SHARED_POISON);
     if (L.dims.dynamic_shared) fill_pattern(L.dyn, L.dims.dynamic_shared, SHARED_POISON);
     const unsigned bx = L.dims.bx, by = L.dims.by;
     for (int i = 0; i < L.n; ++i) {
@@ -771,18 +774,15 @@ void fault_handler(int sig, siginfo_t* info, void* uctx) {
     signal(sig, SIG_DFL);
 }
 
+// No thread_local in this library: its TLS block is the kernels' static shared memory.
 void install_fault_handlers() {
-    static thread_local bool altstack = false;
-    if (!altstack) {
-        stack_t current;
-        if (sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE)) {
-            stack_t ss;
-            ss.ss_size = 64 * 1024;
-            ss.ss_sp = mmap(nullptr, ss.ss_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            ss.ss_flags = 0;
-            if (ss.ss_sp != MAP_FAILED) sigaltstack(&ss, nullptr);
-        }
-        altstack = true;
+    stack_t current;
+    if (sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE)) {
+        stack_t ss;
+        ss.ss_size = 64 * 1024;
+        ss.ss_sp = mmap(nullptr, ss.ss_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        ss.ss_flags = 0;
+        if (ss.ss_sp != MAP_FAILED) sigaltstack(&ss, nullptr);
     }
     bool expected = false;
     if (g_handlers_installed.compare_exchange_strong(expected, true)) {
@@ -938,6 +938,7 @@ int run_kernel(const KernelDesc* kernel, const ModuleDesc* module, const LaunchD
     L.thread_rng = Rng{g_schedule.thread_seed};
     L.landing_rng = Rng{g_schedule.landing_seed};
     L.dyn = dims.dynamic_shared ? dynamic_arena(dims.dynamic_shared) : nullptr;
+    module->shared(&L.stat, &L.stat_bytes);
     if (dims.dynamic_shared && !L.dyn) return CUDA_ERROR_OUT_OF_MEMORY;
     ensure_fibers(L.n);
     install_fault_handlers();

@@ -32,8 +32,8 @@ struct ModuleDesc {
     int n_fatbin_kernels;
     const KernelDesc* kernels;        // the host build of each
     int n_kernels;
-    char* shared_begin;               // the `qk_shared` section of the library holding the module
-    char* shared_end;
+    // The static shared memory of the library holding the module, for the calling thread (register.h).
+    void (*shared)(char** begin, size_t* bytes);
     const char* mutant;               // null, or the name of the source mutant this module is built from
 };
 

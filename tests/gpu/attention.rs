@@ -68,7 +68,7 @@ fn unguard(gpu: &Gpu, t: &DeviceTensor, what: &str) -> Vec<f32> {
     all[row..(rows + 1) * row].to_vec()
 }
 
-fn run_prefill(gpu: &Gpu, q: &HostTensor, k: &HostTensor, v: &HostTensor, path: PrefillPath, what: &str) -> Vec<f32> {
+pub(crate) fn run_prefill(gpu: &Gpu, q: &HostTensor, k: &HostTensor, v: &HostTensor, path: PrefillPath, what: &str) -> Vec<f32> {
     let (tokens, heads, dim) = (q.dims()[0], q.dims()[1], q.dims()[2]);
     let (dq, dk, dv) = (DeviceTensor::from_host(gpu, q).unwrap(), DeviceTensor::from_host(gpu, k).unwrap(), DeviceTensor::from_host(gpu, v).unwrap());
     let mut out = guarded(gpu, q.dtype(), tokens, heads, dim);
@@ -101,7 +101,7 @@ fn check_prefill<E: Copy + Into<f64>>(gpu: &Gpu, q: &HostTensor, k: &HostTensor,
 
 /// A cache pair [slots, kv_heads, capacity, D] holding k, v [S, kv_heads, D] at positions 0..S of
 /// `slot`; every other position of every slot holds `fill`.
-fn cache_with(k: &HostTensor, v: &HostTensor, slots: usize, slot: usize, capacity: usize, fill: f32) -> (HostTensor, HostTensor) {
+pub(crate) fn cache_with(k: &HostTensor, v: &HostTensor, slots: usize, slot: usize, capacity: usize, fill: f32) -> (HostTensor, HostTensor) {
     let (context, kv_heads, dim) = (k.dims()[0], k.dims()[1], k.dims()[2]);
     let mut kc = vec![fill; slots * kv_heads * capacity * dim];
     let mut vc = kc.clone();
@@ -123,7 +123,7 @@ fn device_i32(gpu: &Gpu, values: &[i32]) -> CudaSlice<i32> {
 
 /// Decode of q [B, heads, D] against a cache with per-row slots and lens; guarded output.
 #[allow(clippy::too_many_arguments)]
-fn run_decode(gpu: &Gpu, q: &HostTensor, kc: &HostTensor, vc: &HostTensor, slots: &[i32], lens: &[i32], chunk: usize, what: &str) -> Vec<f32> {
+pub(crate) fn run_decode(gpu: &Gpu, q: &HostTensor, kc: &HostTensor, vc: &HostTensor, slots: &[i32], lens: &[i32], chunk: usize, what: &str) -> Vec<f32> {
     let (batch, heads, dim) = (q.dims()[0], q.dims()[1], q.dims()[2]);
     let capacity = kc.dims()[2];
     let dq = DeviceTensor::from_host(gpu, q).unwrap();
