@@ -73,7 +73,7 @@ fn checkpoint_report(args: &Args) -> Option<Result<diff::ModelReport, Error>> {
         dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default()
     });
     println!("checkpoint {} (goldens: {name})", dir.display());
-    Some(diff::analyse_checkpoint(dir, &name))
+    Some(diff::analyse_checkpoint(dir, &name, None))
 }
 
 fn run_check(args: &Args) -> Result<ExitCode, Error> {
