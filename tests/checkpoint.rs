@@ -186,3 +186,137 @@ fn checkpoint_golden_errors_name_the_checkpoint_command() {
     let e = diff::analyse_checkpoint(&ckpt, "tiny-qwen2", Some(&goldens)).unwrap_err().to_string();
     assert!(e.contains(&format!("(regenerate: {})", want("tiny-qwen2", Some(&goldens)))), "{e}");
 }
+
+// ---- Which files a checkpoint's weights come from -------------------------------------------
+
+use qwen_kernels::model::{ModelWeights, Qwen2Config};
+use safetensors::tensor::TensorView;
+use safetensors::SafeTensors;
+
+fn tiny_config() -> Qwen2Config {
+    let text = std::fs::read_to_string(tiny_checkpoint().join("config.json")).unwrap();
+    Qwen2Config::from_hf_json("tiny-qwen2", &text).unwrap()
+}
+
+/// The tiny checkpoint's tensors: (name, dtype, shape, bytes), sorted by name.
+fn tiny_tensors() -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(tiny_checkpoint().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Write `tensors` (a subset of the tiny checkpoint's, by name) to `path` as safetensors.
+fn write_shard(path: &Path, tensors: &[&(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A directory holding the tiny checkpoint's config.json and its tensors split over two shards
+/// (layer 1 and the final norm in the second), with `model.safetensors.index.json` naming them.
+fn sharded_checkpoint(tmp: &TempDir) -> PathBuf {
+    let dir = tmp.path().join("sharded");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(tiny_checkpoint().join("config.json"), dir.join("config.json")).unwrap();
+    let tensors = tiny_tensors();
+    let second = |n: &str| n.starts_with("model.layers.1.") || n == "model.norm.weight";
+    let (b, a): (Vec<_>, Vec<_>) = tensors.iter().partition(|t| second(&t.0));
+    write_shard(&dir.join("model-00001-of-00002.safetensors"), &a);
+    write_shard(&dir.join("model-00002-of-00002.safetensors"), &b);
+    let map: serde_json::Map<String, serde_json::Value> = tensors
+        .iter()
+        .map(|t| (t.0.clone(), format!("model-0000{}-of-00002.safetensors", if second(&t.0) { 2 } else { 1 }).into()))
+        .collect();
+    let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": map });
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap()).unwrap();
+    dir
+}
+
+fn same_weights(a: &ModelWeights, b: &ModelWeights) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Files beside the checkpoint that transformers would not load: a stale copy with other values and
+/// a file that is not safetensors at all.
+fn add_stale_files(dir: &Path) {
+    let mut tensors = tiny_tensors();
+    for t in &mut tensors {
+        t.3.iter_mut().for_each(|b| *b = 0);
+    }
+    write_shard(&dir.join("model-old.safetensors"), &tensors.iter().collect::<Vec<_>>());
+    std::fs::write(dir.join("consolidated.safetensors"), b"not a safetensors file").unwrap();
+}
+
+#[test]
+fn a_single_file_checkpoint_reads_model_safetensors_only() {
+    let tmp = TempDir::new("single");
+    let (ckpt, _) = copied_checkpoint(&tmp);
+    let clean = ModelWeights::from_checkpoint(&tiny_config(), &ckpt).unwrap();
+    add_stale_files(&ckpt);
+    let with_stale = ModelWeights::from_checkpoint(&tiny_config(), &ckpt).unwrap();
+    assert!(same_weights(&clean, &with_stale), "a stale *.safetensors beside model.safetensors changed the weights");
+    // Without model.safetensors (or an index) nothing is guessed: the error names what is missing
+    // and the files it did not read.
+    std::fs::remove_file(ckpt.join("model.safetensors")).unwrap();
+    let e = ModelWeights::from_checkpoint(&tiny_config(), &ckpt).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors.index.json") && e.contains("model-old.safetensors") && e.contains("2 not read"), "{e}");
+}
+
+#[test]
+fn a_sharded_checkpoint_reads_exactly_what_its_index_names() {
+    let tmp = TempDir::new("sharded");
+    let dir = sharded_checkpoint(&tmp);
+    let single = ModelWeights::from_checkpoint(&tiny_config(), &tiny_checkpoint()).unwrap();
+    let sharded = ModelWeights::from_checkpoint(&tiny_config(), &dir).unwrap();
+    assert!(same_weights(&single, &sharded));
+    add_stale_files(&dir);
+    let with_stale = ModelWeights::from_checkpoint(&tiny_config(), &dir).unwrap();
+    assert!(same_weights(&single, &with_stale), "a stale *.safetensors beside the shards changed the weights");
+}
+
+#[test]
+fn a_tensor_found_twice_is_an_error() {
+    let tmp = TempDir::new("twice");
+    let dir = sharded_checkpoint(&tmp);
+    // The second shard also holds the embedding (the index still places it in the first).
+    let tensors = tiny_tensors();
+    let second: Vec<_> = tensors.iter().filter(|t| t.0.starts_with("model.layers.1.") || t.0 == "model.norm.weight" || t.0 == "model.embed_tokens.weight").collect();
+    write_shard(&dir.join("model-00002-of-00002.safetensors"), &second);
+    let e = ModelWeights::from_checkpoint(&tiny_config(), &dir).unwrap_err().to_string();
+    assert!(e.contains("model.embed_tokens.weight is in both") && e.contains("model-00001-of-00002") && e.contains("model-00002-of-00002"), "{e}");
+}
+
+#[test]
+fn an_index_that_disagrees_with_its_shards_is_an_error() {
+    let tmp = TempDir::new("index");
+    let dir = sharded_checkpoint(&tmp);
+    let index_path = dir.join("model.safetensors.index.json");
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    let write = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = index.clone();
+        edit(&mut v);
+        std::fs::write(&index_path, serde_json::to_string(&v).unwrap()).unwrap();
+        ModelWeights::from_checkpoint(&tiny_config(), &dir).unwrap_err().to_string()
+    };
+    // A tensor placed in the wrong shard.
+    let e = write(&|v| v["weight_map"]["model.norm.weight"] = "model-00001-of-00002.safetensors".into());
+    assert!(e.contains("places model.norm.weight in model-00001-of-00002.safetensors") && e.contains("model-00002-of-00002"), "{e}");
+    // A tensor the index does not list.
+    let e = write(&|v| {
+        v["weight_map"].as_object_mut().unwrap().remove("model.norm.weight");
+    });
+    assert!(e.contains("does not list model.norm.weight"), "{e}");
+    // A shard that is not there, and one outside the directory.
+    let e = write(&|v| v["weight_map"]["model.norm.weight"] = "model-00003-of-00003.safetensors".into());
+    assert!(e.contains("model-00003-of-00003.safetensors") && e.contains("cannot read"), "{e}");
+    let e = write(&|v| v["weight_map"]["model.norm.weight"] = "../model.safetensors".into());
+    assert!(e.contains("\"../model.safetensors\" is not a file inside"), "{e}");
+    // Not an index at all.
+    let e = write(&|v| *v = serde_json::json!({ "weights": {} }));
+    assert!(e.contains("no weight_map"), "{e}");
+    std::fs::write(&index_path, "{").unwrap();
+    let e = ModelWeights::from_checkpoint(&tiny_config(), &dir).unwrap_err().to_string();
+    assert!(e.contains("not JSON"), "{e}");
+}
