@@ -320,3 +320,136 @@ fn an_index_that_disagrees_with_its_shards_is_an_error() {
     let e = ModelWeights::from_checkpoint(&tiny_config(), &dir).unwrap_err().to_string();
     assert!(e.contains("not JSON"), "{e}");
 }
+
+// ---- config.json values: read as transformers reads them, refused where not implemented ------
+
+use qwen_kernels::Error;
+
+/// Qwen/Qwen2.5-0.5B-Instruct's published config.json (transformers 4.x layout).
+const QWEN2_5_0_5B: &str = r#"{
+  "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+  "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+  "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
+  "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+  "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true,
+  "torch_dtype": "bfloat16", "transformers_version": "4.43.1", "use_cache": true,
+  "use_sliding_window": false, "vocab_size": 151936
+}"#;
+
+/// The published config with `edit` applied (a null value removes the field).
+fn edited(edit: serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(QWEN2_5_0_5B).unwrap();
+    for (k, x) in edit.as_object().unwrap() {
+        if x.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = x.clone();
+        }
+    }
+    v.to_string()
+}
+
+#[test]
+fn published_and_saved_configs_are_read_as_transformers_reads_them() {
+    assert_eq!(Qwen2Config::from_hf_json("qwen2.5-0.5b", QWEN2_5_0_5B).unwrap(), Qwen2Config::qwen2_5_0_5b());
+    let cfg = tiny_config();
+    assert_eq!((cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads, cfg.rope_theta, cfg.tie_word_embeddings), (64, 16, 2, 10_000.0, true));
+    let read = |edit| Qwen2Config::from_hf_json("m", &edited(edit)).unwrap();
+    // Accepted: what transformers computes the same way we do.
+    let base = read(serde_json::json!({}));
+    for (edit, why) in [
+        (serde_json::json!({ "rope_scaling": {} }), "an empty rope_scaling is no scaling"),
+        (serde_json::json!({ "rope_scaling": { "type": "default" } }), "the default type, legacy key"),
+        (serde_json::json!({ "rope_theta": null, "rope_parameters": { "rope_type": "default", "rope_theta": 1e6 } }), "transformers 5 layout"),
+        (serde_json::json!({ "rope_parameters": { "rope_type": "default", "partial_rotary_factor": 1.0 } }), "a whole-head rotary factor"),
+        (serde_json::json!({ "use_sliding_window": true, "max_window_layers": 24 }), "no layer index reaches max_window_layers"),
+        (serde_json::json!({ "use_sliding_window": true, "sliding_window": null }), "no window: transformers slides nothing"),
+        (serde_json::json!({ "layer_types": vec!["full_attention"; 24] }), "every layer full attention"),
+        (serde_json::json!({ "attention_dropout": 0.1 }), "dropout applies only in training"),
+        (serde_json::json!({ "hidden_act": "swish" }), "ACT2FN's swish is nn.SiLU"),
+        (serde_json::json!({ "sliding_window": 4, "pad_token_id": 7, "initializer_range": 1.0, "quantization_config": null }), "inference ignores them"),
+    ] {
+        assert_eq!(read(edit), base, "{why}");
+    }
+    // Defaults transformers fills in.
+    assert_eq!(read(serde_json::json!({ "rope_theta": null })).rope_theta, 10_000.0);
+    let v = edited(serde_json::json!({})).replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":null");
+    assert_eq!(Qwen2Config::from_hf_json("m", &v).unwrap().num_key_value_heads, 14, "null: as many as the heads");
+    assert!(!read(serde_json::json!({ "tie_word_embeddings": null })).tie_word_embeddings);
+    // An explicit head_dim with heads x head_dim != hidden: the projections follow head_dim.
+    let cfg = read(serde_json::json!({ "head_dim": 80 }));
+    assert_eq!((cfg.head_dim, cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size), (80, 1120, 896));
+}
+
+#[test]
+fn config_values_the_forward_does_not_implement_are_refused() {
+    use serde_json::json;
+    let mut sliding_fourth = vec!["full_attention"; 24];
+    sliding_fourth[3] = "sliding_attention";
+    let cases: Vec<(serde_json::Value, &[&str])> = vec![
+        (json!({ "use_sliding_window": true }), &["use_sliding_window = true", "max_window_layers = 21", "num_hidden_layers = 24"]),
+        (json!({ "use_sliding_window": true, "max_window_layers": null, "num_hidden_layers": 30 }), &["max_window_layers = 28", "num_hidden_layers = 30"]),
+        (json!({ "use_sliding_window": "yes" }), &["use_sliding_window = \"yes\""]),
+        (json!({ "layer_types": sliding_fourth }), &["layer_types[3] = \"sliding_attention\""]),
+        (json!({ "layer_types": vec!["full_attention"; 2] }), &["layer_types has 2 entries", "num_hidden_layers = 24"]),
+        (json!({ "rope_scaling": { "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768 } }), &["rope_scaling.rope_type = \"yarn\""]),
+        (json!({ "rope_scaling": { "rope_type": "dynamic", "factor": 2.0 } }), &["rope_scaling.rope_type = \"dynamic\""]),
+        (json!({ "rope_scaling": "linear" }), &["rope_scaling = \"linear\""]),
+        (json!({ "rope_parameters": { "rope_type": "linear", "factor": 2.0, "rope_theta": 1e6 } }), &["rope_parameters.rope_type = \"linear\""]),
+        (json!({ "rope_parameters": { "rope_type": "llama3", "rope_theta": 1e6 } }), &["rope_parameters.rope_type = \"llama3\""]),
+        (json!({ "rope_parameters": { "full_attention": { "rope_type": "default", "rope_theta": 1e6 } } }), &["rope_parameters.full_attention", "per layer type"]),
+        (json!({ "rope_parameters": { "rope_type": "default", "partial_rotary_factor": 0.5 } }), &["rope_parameters.partial_rotary_factor = 0.5"]),
+        (json!({ "partial_rotary_factor": 0.25 }), &["partial_rotary_factor = 0.25"]),
+        (json!({ "rope_theta": -1.0 }), &["rope_theta = -1.0", "positive"]),
+        (json!({ "rope_theta": 1e40 }), &["rope_theta = 1e+40"]),
+        (json!({ "rope_theta": "1e6" }), &["rope_theta = \"1e6\""]),
+        (json!({ "hidden_act": "gelu" }), &["hidden_act = \"gelu\"", "silu"]),
+        (json!({ "hidden_act": "gelu_pytorch_tanh" }), &["hidden_act = \"gelu_pytorch_tanh\""]),
+        (json!({ "model_type": "qwen2_moe" }), &["model_type = \"qwen2_moe\""]),
+        (json!({ "quantization_config": { "quant_method": "awq", "bits": 4 } }), &["quantization_config = {", "awq"]),
+        (json!({ "head_dim": 15 }), &["head_dim = 15 is odd"]),
+        (json!({ "head_dim": 0 }), &["head_dim = 0"]),
+        (json!({ "hidden_size": 900 }), &["hidden_size = 900 is not a multiple of num_attention_heads = 14"]),
+        (json!({ "num_key_value_heads": 3 }), &["num_attention_heads = 14 is not a multiple of num_key_value_heads = 3"]),
+        (json!({ "num_key_value_heads": 0 }), &["num_key_value_heads = 0"]),
+        (json!({ "hidden_size": 0 }), &["hidden_size = 0"]),
+        (json!({ "hidden_size": "896" }), &["hidden_size = \"896\""]),
+        (json!({ "num_hidden_layers": -2 }), &["num_hidden_layers = -2"]),
+        (json!({ "vocab_size": null }), &["lacks vocab_size"]),
+        (json!({ "num_key_value_heads": null }), &["lacks num_key_value_heads"]),
+        (json!({ "vocab_size": 1u64 << 62, "hidden_size": 1u64 << 20, "num_attention_heads": 2, "head_dim": 64 }), &["vocab_size x hidden_size", "overflows"]),
+        (json!({ "rms_norm_eps": -1e-6 }), &["rms_norm_eps = -1e-6", "non-negative"]),
+        (json!({ "rms_norm_eps": null }), &["lacks rms_norm_eps"]),
+        (json!({ "tie_word_embeddings": "true" }), &["tie_word_embeddings = \"true\""]),
+    ];
+    for (edit, wanted) in cases {
+        let e = Qwen2Config::from_hf_json("m", &edited(edit.clone())).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "config", .. }), "{edit}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains("config.json of m"), "{edit}: {msg}");
+        for w in wanted {
+            assert!(msg.contains(w), "{edit}: {msg:?} lacks {w:?}");
+        }
+    }
+    for (text, wanted) in [("[1, 2]", "not a JSON object"), ("{", "not JSON"), ("", "not JSON")] {
+        let e = Qwen2Config::from_hf_json("m", text).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{text:?}: {e}");
+    }
+}
+
+/// A checkpoint with an explicit head_dim (4 heads x 12 = 48, hidden 32) and an untied lm_head,
+/// saved by save_pretrained, against transformers' own goldens (golden/tiny_checkpoint.py
+/// head-dim): the reference runs it as transformers does.
+#[test]
+fn an_explicit_head_dim_passes_its_transformers_golden() {
+    let dir = data_dir().join("tiny-qwen2-head-dim/checkpoint");
+    let report = diff::analyse_checkpoint(&dir, "tiny-qwen2-head-dim", None).unwrap();
+    for r in diff::rows(&report) {
+        assert!(r.comparison.passed(), "{} {}: {}", r.op, r.case, r.comparison);
+    }
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let cfg = Qwen2Config::from_hf_json("tiny-qwen2-head-dim", &text).unwrap();
+    assert_eq!((cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.tie_word_embeddings), (32, 4, 12, false));
+    let w = ModelWeights::from_checkpoint(&cfg, &dir).unwrap();
+    assert_eq!((w.layers[0].q_proj.weight.rows, w.layers[0].o_proj.weight.cols), (48, 48));
+}
