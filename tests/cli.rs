@@ -4,8 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary cargo built, or, in a GPU bundle (scripts/bundle.sh copies the tests and the CLI
+/// into one bin/), the one beside this test.
+fn binary() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_qwen-kernels"));
+    if built.exists() {
+        return built;
+    }
+    std::env::current_exe().unwrap().with_file_name("qwen-kernels")
+}
+
 fn qwen_kernels(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qwen-kernels"));
+    let mut cmd = Command::new(binary());
     cmd.args(args);
     cmd
 }
@@ -114,7 +124,7 @@ fn copy_files(from: &Path, to: &Path, names: &[&str]) {
 /// when they are missing the error says the gen.py command that writes them.
 #[test]
 fn checkpoint_goldens_are_found_in_the_user_directory() {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/data/tiny-qwen2");
+    let data = qwen_kernels::golden::file::data_dir().join("tiny-qwen2");
     let tmp = TempDir::new("checkpoint");
     let ckpt = tmp.0.join("ckpt");
     copy_files(&data.join("checkpoint"), &ckpt, &["config.json", "model.safetensors"]);
