@@ -91,7 +91,7 @@ impl ModelWeights {
 
     /// A Hugging Face checkpoint directory (see the module docs for which files are read).
     pub fn from_checkpoint(config: &Qwen2Config, dir: &Path) -> Result<Self> {
-        let (paths, weight_map) = checkpoint_files(dir)?;
+        let CheckpointFiles { paths, weight_map } = checkpoint_files(dir)?;
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let bytes = std::fs::read(&path).map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
@@ -139,13 +139,20 @@ impl ModelWeights {
 const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
+/// The safetensors files a checkpoint's weights are read from.
+struct CheckpointFiles {
+    paths: Vec<PathBuf>,
+    /// The index's `weight_map` (tensor name -> file name) for a sharded checkpoint.
+    weight_map: Option<HashMap<String, String>>,
+}
+
 /// The files of checkpoint `dir` that transformers' from_pretrained loads: `model.safetensors`
-/// when it exists, else the shards of `model.safetensors.index.json` (its `weight_map`, tensor
-/// name -> file name, returned too). File names must stay inside `dir`.
-fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<HashMap<String, String>>)> {
+/// when it exists, else the shards of `model.safetensors.index.json`. File names must stay inside
+/// `dir`.
+fn checkpoint_files(dir: &Path) -> Result<CheckpointFiles> {
     let single = dir.join(SINGLE);
     if single.is_file() {
-        return Ok((vec![single], None));
+        return Ok(CheckpointFiles { paths: vec![single], weight_map: None });
     }
     let index = dir.join(INDEX);
     if !index.is_file() {
@@ -179,7 +186,7 @@ fn checkpoint_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<HashMap<String, 
         return Err(bad("weight_map is empty".into()));
     }
     files.sort();
-    Ok((files, Some(map)))
+    Ok(CheckpointFiles { paths: files, weight_map: Some(map) })
 }
 
 type Getter<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<u16>> + 'a;
