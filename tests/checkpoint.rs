@@ -118,6 +118,7 @@ fn gen_py_writes_checkpoint_goldens_where_qwen_kernels_reads_them() {
                 .arg(checkpoint)
                 .arg(&committed)
                 .current_dir(&golden_py)
+                .env("PYTHONDONTWRITEBYTECODE", "1")
                 .env_remove("QK_CHECKPOINT_GOLDEN_DIR")
                 .env_remove("XDG_CACHE_HOME")
                 .env_remove("HOME");
