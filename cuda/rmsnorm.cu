@@ -21,6 +21,15 @@
 //           y = T(float(w) * float(T(float(r) * inv)))         (two roundings, as PyTorch does in 16-bit)
 // In f32 storage every T(.) is the identity.
 //
+// Overflow, as PyTorch: the sum of squares is an FP32 sum. When it passes FLT_MAX (at or above
+// 2^128 - 2^103 after rounding) it is +inf, mean = +inf, inv = 1 / sqrt(inf) = 0, and the row is
+// y = T(w * T(r * 0)) = +-0; a row holding an inf gives inf * 0 = NaN. transformers' FP32
+// pow(2).mean() does the same, so this is the contract, not a scaled sum that would stay finite
+// (src/reference/rmsnorm.rs gives the reasons and the boundary, and mirrors it). It takes an RMS of
+// sqrt(FLT_MAX / hidden) (~4.7e17 at hidden 1536) to get there: bf16 and f32 inputs can, f16
+// cannot. A row whose sum lies within the reduction's rounding error of the threshold may go
+// either way, depending on the order of the partial sums.
+//
 // One block per row; blockDim.x = the row's work items (16-byte vectors or scalars) rounded up to a
 // multiple of 32, at most 1024, so the reduction order is a function of `hidden` alone: a row gives
 // bit-identical results whatever the number of rows in the launch. The vector path is used by the host
@@ -70,7 +79,7 @@ __device__ __forceinline__ void rmsnorm_row(const T* __restrict__ x, T* __restri
         }
     }
     const float mean = block_sum(sum_sq) / static_cast<float>(hidden);
-    const float inv = 1.0f / sqrtf(mean + eps);
+    const float inv = 1.0f / sqrtf(mean + eps);  // 0 when the FP32 sum overflowed (see the header)
 
     // Pass 2: y = T(w * T(r * inv)). In the fused variant r is re-read from residual: each thread
     // reads back exactly the elements it wrote in pass 1, so no barrier is needed for them.

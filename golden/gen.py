@@ -4,7 +4,8 @@
     python3 golden/gen.py                       # every model, into golden/data/
     python3 golden/gen.py --model qwen2.5-0.5b  # one model
     python3 golden/gen.py --only model          # the whole-model files only (ops: ops + layer0)
-    python3 golden/gen.py --checkpoint DIR --name NAME   # whole-model goldens of a real checkpoint
+    python3 golden/gen.py --checkpoint DIR --name NAME   # whole-model goldens of a real checkpoint,
+                                                         # into ~/.cache/qwen-kernels/goldens/NAME/
 
 No math is re-implemented here: each golden is the output of a transformers module (Qwen2RMSNorm, ...)
 run twice on the same inputs, once in float64 (the truth) and once at the storage dtype (what PyTorch
@@ -43,6 +44,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hazards  # noqa: E402
+import locations  # noqa: E402
 import synth  # noqa: E402
 
 FORMAT = "qwen-kernels-golden"
@@ -761,10 +763,10 @@ def model_goldens(preset, config, weights=None, profile_meta=None, real_vocab=ha
     return out, recorded, layer_files
 
 
-def checkpoint_goldens(directory, name, out_dir):
+def checkpoint_goldens(directory, name, out_dir, command):
     """The whole-model goldens of a Hugging Face checkpoint directory (config.json + safetensors),
-    written to <out_dir>/<name>/model.safetensors; the Rust side reads the same directory's weights
-    (`qwen-kernels check --checkpoint DIR`). The prompt starts with <|endoftext|> (151643) when the
+    written to <out_dir>/<name>/model.safetensors (golden/locations.py says where by default); the
+    Rust side reads the same directory's weights (`qwen-kernels check --checkpoint DIR`). The prompt starts with <|endoftext|> (151643) when the
     vocabulary has it, else id 0; the real vocabulary is the Qwen2 tokenizer's 151665 ids or the
     whole embedding if smaller."""
     config = Qwen2Config.from_pretrained(directory)
@@ -781,13 +783,14 @@ def checkpoint_goldens(directory, name, out_dir):
     meta = {
         "format": FORMAT, "version": VERSION, "model": name, "config": config_text, "seed": str(SEED),
         "profile": "checkpoint", "torch": torch.__version__, "transformers": transformers.__version__,
-        "command": f"python3 golden/gen.py --checkpoint {directory} --name {name}",
+        "command": command,
     }
     meta.update(recorded)
     path = os.path.join(out_dir, name, "model.safetensors")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_safetensors(tensors, path, meta)
     print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+    return path
 
 
 BUDGET_BYTES = 24 * 1000 * 1000
@@ -836,7 +839,8 @@ def metadata(preset, config, command):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="all", choices=["all", *PRESETS])
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+    parser.add_argument("--out", help="where golden files go (default: golden/data; with --checkpoint, the user "
+                        "directory of golden/locations.py, or golden/data for a checkpoint committed there)")
     parser.add_argument("--only", default="all", choices=["all", "ops", "model"], help="ops: ops + layer0 files; model: the whole-model file")
     parser.add_argument("--checkpoint", help="a Hugging Face checkpoint directory: write its whole-model goldens only")
     parser.add_argument("--name", help="with --checkpoint: the model name the goldens are filed under")
@@ -844,9 +848,20 @@ def main():
     torch.manual_seed(0)
     if args.checkpoint:
         name = args.name or os.path.basename(os.path.normpath(args.checkpoint))
-        checkpoint_goldens(args.checkpoint, name, args.out)
-        write_manifest(args.out)
+        command = f"python3 golden/gen.py --checkpoint {args.checkpoint} --name {name}"
+        if args.out:
+            command += f" --out {args.out}"
+        out = args.out or locations.checkpoint_out_dir(args.checkpoint)
+        path = checkpoint_goldens(args.checkpoint, name, out, command)
+        if locations.is_committed(out):
+            write_manifest(out)
+        else:
+            print(f"{path}: outside golden/data (not committed, MANIFEST.json untouched); "
+                  f"read by: qwen-kernels check --checkpoint {args.checkpoint} --name {name}"
+                  + (f" --goldens {args.out}" if args.out else ""))
         return
+    if args.out is None:
+        args.out = locations.COMMITTED
     models = list(PRESETS) if args.model == "all" else [args.model]
     for preset in models:
         config = make_config(preset)

@@ -4,11 +4,16 @@
 #   bin/bench-*   release criterion benches
 #   bin/qwen-kernels, peers/ (PyTorch peer benchmarks), golden/ (golden data, when present)
 #   run           the runner: ./run --help
-# usage: scripts/bundle.sh [DIR]   (default: bundle/, which git ignores)
+#   GLIBC_REQUIRED  the newest glibc symbol version the binaries use (run checks it first)
+#   tools/        with --sanitizer: compute-sanitizer from PyPI (cuda-toolkit[sanitizer]==13.0.2), so
+#                 the GPU machine needs neither a CUDA toolkit nor network access for it
+# usage: scripts/bundle.sh [--sanitizer] [DIR]   (default DIR: bundle/, which git ignores)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+ship_sanitizer=0
+if [ "${1:-}" = "--sanitizer" ]; then ship_sanitizer=1; shift; fi
 out=${1:-bundle}
 scripts/setup-cuda.sh
 
@@ -46,6 +51,28 @@ cargo build --release --bin qwen-kernels
 cp target/release/qwen-kernels "$out/bin/qwen-kernels"
 # Debug info is for local profiling; the bundle travels.
 strip "$out"/bin/* 2>/dev/null || true
+
+# The binaries link against this machine's glibc and need at least the newest symbol version they
+# use; record it for run's check. objdump lists the versioned symbols; without binutils the
+# version names are read from the binaries' string tables.
+glibc_versions() {
+    if command -v objdump >/dev/null 2>&1; then
+        objdump -T "$@" 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*'
+    else
+        grep -a -o -h 'GLIBC_[0-9][0-9.]*' "$@"
+    fi
+}
+required=$(glibc_versions "$out"/bin/* | sed 's/^GLIBC_//' | sort -u -V | tail -n 1)
+here_glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+echo "$required" > "$out/GLIBC_REQUIRED"
+echo "bundle: the binaries need glibc >= $required (built with glibc ${here_glibc:-unknown})"
+
+if [ "$ship_sanitizer" = 1 ]; then
+    spec='cuda-toolkit[sanitizer]==13.0.2'
+    echo "bundle: shipping compute-sanitizer ($spec) in $out/tools"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --target "$out/tools" "$spec"
+    ls "$out"/tools/nvidia/*/bin/compute-sanitizer
+fi
 
 cp -r benches/peers "$out/peers"
 if [ -d golden/data ]; then cp -r golden/data "$out/golden"; fi

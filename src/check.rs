@@ -344,7 +344,7 @@ pub fn layer_rows() -> Result<Vec<Row>> {
         // Layer 0, and the whole model's hazard layers (listed in its metadata `layer_files`).
         let model = GoldenFile::open(cfg.name, "model")?;
         let listed: Vec<String> = serde_json::from_str(model.metadata("layer_files").unwrap_or("[]"))
-            .map_err(|e| crate::Error::Golden { path: format!("{}/model.safetensors", cfg.name), detail: format!("layer_files: {e}"), model: cfg.name.into() })?;
+            .map_err(|e| model.error(format!("layer_files: {e}")))?;
         for layer_name in std::iter::once("layer0".to_string()).chain(listed) {
             out.extend(layer_stage_rows(&cfg, &layer_name)?);
         }

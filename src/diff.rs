@@ -77,18 +77,15 @@ pub fn analyse(cfg: &Qwen2Config) -> Result<ModelReport> {
 }
 
 /// The whole-model golden of a Hugging Face checkpoint directory (config.json + bf16
-/// safetensors), filed under `name` by `golden/gen.py --checkpoint DIR --name NAME`.
-pub fn analyse_checkpoint(dir: &std::path::Path, name: &str) -> Result<ModelReport> {
+/// safetensors), filed under `name` by `golden/gen.py --checkpoint DIR --name NAME`, read from
+/// `goldens` (None: where gen.py writes by default, [`crate::golden::file::checkpoint_golden_dir`]).
+pub fn analyse_checkpoint(dir: &std::path::Path, name: &str, goldens: Option<&std::path::Path>) -> Result<ModelReport> {
     let text = std::fs::read_to_string(dir.join("config.json"))
         .map_err(|e| Error::invalid("checkpoint", format!("cannot read {}/config.json: {e}", dir.display())))?;
     let cfg = Qwen2Config::from_hf_json(name, &text)?;
-    let file = GoldenFile::open(name, "model")?;
+    let file = GoldenFile::open_checkpoint(dir, name, goldens)?;
     if file.metadata("config") != Some(text.as_str()) {
-        return Err(Error::Golden {
-            path: format!("{name}/model.safetensors"),
-            detail: format!("made from another config.json than {}", dir.display()),
-            model: name.to_string(),
-        });
+        return Err(file.error(format!("made from another config.json than {}", dir.display())));
     }
     let weights = ModelWeights::from_checkpoint(&cfg, dir)?;
     analyse_with(&file, &weights)
@@ -97,7 +94,7 @@ pub fn analyse_checkpoint(dir: &std::path::Path, name: &str) -> Result<ModelRepo
 /// As `analyse`, with the weights given (a checkpoint's, or a deliberately broken model's).
 pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> {
     let cfg = &w.config;
-    let golden_err = |detail: String| Error::Golden { path: format!("{}/model.safetensors", cfg.name), detail, model: cfg.name.to_string() };
+    let golden_err = |detail: String| file.error(detail);
     let prompt: Vec<u32> = file.tensor("prompt")?.values.iter().map(|&t| t as u32).collect();
     let truth = Truth::load(file)?;
     let (_, hidden_torch) = tensor_rows(file, "hidden.torch")?;

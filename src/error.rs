@@ -34,9 +34,10 @@ pub enum Error {
     #[error("{op}: invalid argument: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
 
-    /// A golden file is missing, stale or malformed.
-    #[error("golden file {path}: {detail} (regenerate: python3 golden/gen.py --model {model})")]
-    Golden { path: String, detail: String, model: String },
+    /// A golden file is missing, stale or malformed; `regenerate` is the command that writes it
+    /// (`python3 golden/gen.py --model M`, or `--checkpoint DIR --name NAME` for a checkpoint's).
+    #[error("golden file {path}: {detail} (regenerate: {regenerate})")]
+    Golden { path: String, detail: String, regenerate: String },
 
     #[error("CUDA call {call} failed: {source}")]
     Cuda {

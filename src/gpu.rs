@@ -23,6 +23,7 @@
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::kernels;
+use cudarc::cublas::sys::cublasMath_t;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
@@ -102,6 +103,35 @@ pub fn hardware_probe() -> std::result::Result<(), String> {
         std::mem::forget(lib);
     }
     Ok(())
+}
+
+/// The math mode of every cuBLAS handle: `CUBLAS_DEFAULT_MATH |
+/// CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION`. Default math: no tensor-op or TF32 shortcut
+/// unless a call's compute type asks for one (`ops::gemm::Precision::Tf32`). Disallowing
+/// reduced-precision reductions: split-K partial sums are reduced in the compute type (FP32),
+/// never in the output's f16/bf16, which cuBLAS may otherwise do at small row counts. cudarc's
+/// `cublasMath_t` is an enum with no OR, so the value is its variant of the same bits (0 | 16).
+pub const CUBLAS_MATH_MODE: cublasMath_t = cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
+const _: () = assert!(
+    CUBLAS_MATH_MODE as u32
+        == cublasMath_t::CUBLAS_DEFAULT_MATH as u32 | cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION as u32
+);
+
+/// A cuBLAS handle on `stream` with [`CUBLAS_MATH_MODE`] set. `Ok(Err(reason))` when cublasCreate
+/// fails (ops that need cuBLAS report it, the others work); `Err` when the mode cannot be set.
+fn blas_handle(stream: &Arc<CudaStream>) -> Result<std::result::Result<CudaBlas, String>> {
+    let blas = match CudaBlas::new(stream.clone()) {
+        Ok(blas) => blas,
+        Err(e) => return Ok(Err(format!("cublasCreate failed: {e}"))),
+    };
+    // SAFETY: the handle is live (owned by `blas`); cublasSetMathMode only stores the mode in it.
+    unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), CUBLAS_MATH_MODE) }
+        .result()
+        .map_err(|source| Error::Cublas {
+            call: "cublasSetMathMode(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)".into(),
+            source,
+        })?;
+    Ok(Ok(blas))
 }
 
 fn driver_version() -> Result<i32> {
@@ -262,10 +292,11 @@ impl Gpu {
         }
 
         // cudarc also panics if libcublas cannot be loaded: probe first. Ops that need cuBLAS report
-        // its absence; the others work without it.
+        // its absence; the others work without it. A handle whose math mode cannot be set is an
+        // error: the GEMM's FP32 promise depends on it.
         // SAFETY: only tries to dlopen the cuBLAS library by its usual names.
         let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
-            CudaBlas::new(stream.clone()).map_err(|e| format!("cublasCreate failed: {e}"))
+            blas_handle(&stream)?
         } else {
             Err("libcublas.so was not found on the library search path (CUDA 13 wheels keep it in \
                  site-packages/nvidia/cu13/lib; add that to LD_LIBRARY_PATH)"
@@ -344,7 +375,7 @@ impl Gpu {
         self.stream.synchronize().cuda("cuStreamSynchronize")
     }
 
-    /// The cuBLAS handle (bound to this `Gpu`'s stream).
+    /// The cuBLAS handle (bound to this `Gpu`'s stream, math mode [`CUBLAS_MATH_MODE`]).
     pub fn blas(&self) -> Result<&CudaBlas> {
         self.blas.as_ref().map_err(|reason| Error::CublasNotFound { reason: reason.clone() })
     }

@@ -1,7 +1,10 @@
 //! The compiled kernels, embedded at build time (see build.rs).
 //!
 //! - `MODULES`: one fatbin per `cuda/*.cu`, by file stem. Empty when the crate was built without nvcc.
-//! - `TARGETS`: the SASS and PTX targets compiled (None without nvcc).
+//! - `TARGETS`: the SASS and PTX targets compiled, as text (None without nvcc); `SASS_TARGETS` and
+//!   `PTX_TARGET` the same as numbers (empty / None without nvcc).
+//! - `COMPUTE_CAP`: the `CUDA_COMPUTE_CAP` value the crate was built with (None: unset, so
+//!   `DEFAULT_SASS_TARGETS`). It is the build's, whatever the environment at run time says.
 //! - `PTXAS_REPORT`: nvcc's `-Xptxas -v` output (registers, spills, shared memory per kernel and target).
 
 //! - `SOFTGPU`: the software device's `libcuda.so` and `libcublas.so` (softgpu/), built with the

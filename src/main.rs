@@ -1,92 +1,129 @@
-//! The `qwen-kernels` command line.
+//! The `qwen-kernels` command line (`qwen-kernels --help`, `qwen-kernels <command> --help`).
 //!
 //! ```text
 //! qwen-kernels check [--backend cpu|cuda] [--device N] [--model M]   every check, one row each; exit 1 on any FAIL
+//! qwen-kernels check --checkpoint DIR [--name NAME] [--goldens DIR]  a real checkpoint's whole-model golden
 //! qwen-kernels diff  [--model M]                                     the whole model layer by layer (CPU reference)
+//! qwen-kernels diff  --checkpoint DIR [--name NAME] [--goldens DIR]
 //! qwen-kernels info  [--device N]                                    build targets, kernel resources, the device
 //! ```
-//! qwen-kernels check --checkpoint DIR [--name NAME]                  a real checkpoint's whole-model golden
-//! qwen-kernels diff  --checkpoint DIR [--name NAME]
-//! `--model` is a preset name (qwen2.5-0.5b, vibethinker-1.5b); without it, every preset.
-//! `--checkpoint` reads a Hugging Face checkpoint directory (config.json, bf16 safetensors) whose
-//! goldens `python3 golden/gen.py --checkpoint DIR --name NAME` wrote (NAME defaults to the
-//! directory's name; goldens are read from $QK_GOLDEN_DIR or golden/data).
+//! Exit status: 0 when everything passed, 1 on a FAIL or an error, 2 on a usage error.
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
 use qwen_kernels::diff;
 use qwen_kernels::model::Qwen2Config;
 use qwen_kernels::{kernels, Error, Gpu};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: qwen-kernels check [--backend cpu|cuda] [--device N] [--model M]\n       \
-                     qwen-kernels diff [--model M]\n       \
-                     qwen-kernels check|diff --checkpoint DIR [--name NAME]\n       qwen-kernels info [--device N]";
-
-struct Args {
-    command: String,
-    backend: Option<Backend>,
-    device: usize,
-    model: Option<Qwen2Config>,
-    checkpoint: Option<std::path::PathBuf>,
-    name: Option<String>,
+/// Hand-written CUDA kernels for Qwen2 decoders, checked against PyTorch goldens.
+#[derive(Parser)]
+#[command(name = "qwen-kernels", version, about, propagate_version = true, subcommand_required = true, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let command = it.next().ok_or_else(|| USAGE.to_string())?;
-    let mut args = Args { command, backend: None, device: 0, model: None, checkpoint: None, name: None };
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--backend" => {
-                args.backend = Some(match it.next().as_deref() {
-                    Some("cpu") => Backend::Cpu,
-                    Some("cuda") => Backend::Cuda,
-                    other => return Err(format!("--backend takes cpu or cuda, got {other:?}\n{USAGE}")),
-                })
-            }
-            "--device" => {
-                args.device = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("--device takes a device ordinal\n{USAGE}"))?
-            }
-            "--model" => {
-                let name = it.next().unwrap_or_default();
-                let names: Vec<&str> = Qwen2Config::presets().iter().map(|c| c.name).collect();
-                args.model = Some(
-                    Qwen2Config::preset(&name).ok_or_else(|| format!("--model takes one of {names:?}, got {name:?}\n{USAGE}"))?,
-                );
-            }
-            "--checkpoint" => args.checkpoint = Some(it.next().ok_or_else(|| format!("--checkpoint takes a directory\n{USAGE}"))?.into()),
-            "--name" => args.name = Some(it.next().ok_or_else(|| format!("--name takes a model name\n{USAGE}"))?),
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+#[derive(Subcommand)]
+enum Command {
+    /// Check every op against the PyTorch goldens of both models, one row each (exit 1 on any FAIL).
+    ///
+    /// Runs the CUDA kernels when a GPU is usable (plus each kernel against the CPU reference on
+    /// hazard inputs), otherwise the CPU references (plus their hand-computed cases, the decoder
+    /// layers stage by stage and the whole model). With --checkpoint, the whole-model golden of a
+    /// real checkpoint on the CPU reference.
+    Check {
+        /// Where the ops run (default: cuda when a GPU is usable, else cpu).
+        #[arg(long, value_enum, conflicts_with = "checkpoint")]
+        backend: Option<BackendArg>,
+        /// The CUDA device ordinal.
+        #[arg(long, default_value_t = 0, value_name = "N", conflicts_with = "checkpoint")]
+        device: usize,
+        #[command(flatten)]
+        models: Models,
+    },
+    /// Report the whole model layer by layer on the CPU reference (exit 1 on any FAIL).
+    ///
+    /// Per layer: the teacher-forced tolerance used after attention and after the MLP, the first
+    /// layer and position over it, the free-running error and its growth, PyTorch bf16's own error
+    /// beside ours; then where the greedy streams part.
+    Diff {
+        #[command(flatten)]
+        models: Models,
+    },
+    /// Print the build targets, each kernel's registers and spills, and the device.
+    Info {
+        /// The CUDA device ordinal.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        device: usize,
+    },
+}
+
+/// Which models: the presets (all, or one), or a real checkpoint.
+#[derive(Args)]
+struct Models {
+    /// Keep one preset model (default: every preset).
+    #[arg(long, value_name = "M", value_parser = clap::builder::PossibleValuesParser::new(preset_names()))]
+    model: Option<String>,
+    /// A Hugging Face checkpoint directory (config.json, bf16 safetensors) whose goldens
+    /// `python3 golden/gen.py --checkpoint DIR --name NAME` wrote.
+    #[arg(long, value_name = "DIR", conflicts_with = "model")]
+    checkpoint: Option<PathBuf>,
+    /// With --checkpoint: the name its goldens are filed under (default: the directory's name).
+    #[arg(long, value_name = "NAME", requires = "checkpoint")]
+    name: Option<String>,
+    /// With --checkpoint: the directory holding NAME/model.safetensors (gen.py's --out). Default:
+    /// beside a checkpoint committed under the golden data, else $QK_CHECKPOINT_GOLDEN_DIR, else
+    /// $XDG_CACHE_HOME/qwen-kernels/goldens, else ~/.cache/qwen-kernels/goldens.
+    #[arg(long, value_name = "DIR", requires = "checkpoint")]
+    goldens: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Cuda,
+}
+
+fn preset_names() -> Vec<&'static str> {
+    Qwen2Config::presets().iter().map(|c| c.name).collect()
+}
+
+impl Models {
+    /// The presets selected (all without --model).
+    fn presets(&self) -> Result<Vec<Qwen2Config>, Error> {
+        match &self.model {
+            None => Ok(Qwen2Config::presets()),
+            Some(name) => Qwen2Config::preset(name)
+                .map(|c| vec![c])
+                .ok_or_else(|| Error::InvalidArgument { op: "--model", detail: format!("{name} is not one of {:?}", preset_names()) }),
         }
     }
-    Ok(args)
+
+    /// --checkpoint's report: the directory and the name its goldens are filed under.
+    fn checkpoint_report(&self) -> Option<Result<diff::ModelReport, Error>> {
+        let dir = self.checkpoint.as_ref()?;
+        let name = self.name.clone().unwrap_or_else(|| {
+            dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default()
+        });
+        println!("checkpoint {} (goldens: {name})", dir.display());
+        Some(diff::analyse_checkpoint(dir, &name, self.goldens.as_deref()))
+    }
 }
 
-/// `--checkpoint`'s report: the directory and the name its goldens are filed under.
-fn checkpoint_report(args: &Args) -> Option<Result<diff::ModelReport, Error>> {
-    let dir = args.checkpoint.as_ref()?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default()
-    });
-    println!("checkpoint {} (goldens: {name})", dir.display());
-    Some(diff::analyse_checkpoint(dir, &name))
-}
-
-fn run_check(args: &Args) -> Result<ExitCode, Error> {
-    if let Some(report) = checkpoint_report(args) {
+fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Result<ExitCode, Error> {
+    if let Some(report) = models.checkpoint_report() {
         let rows = diff::rows(&report?);
         let failed = check::print_table(Backend::Cpu, &rows);
         println!("{} passed, {} failed", rows.len() - failed, failed);
         return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
-    let (backend, gpu) = match args.backend {
-        Some(Backend::Cpu) => (Backend::Cpu, None),
-        Some(Backend::Cuda) => (Backend::Cuda, Some(Gpu::new(args.device)?)),
-        None => match Gpu::new(args.device) {
+    let presets = models.presets()?;
+    let (backend, gpu) = match backend {
+        Some(BackendArg::Cpu) => (Backend::Cpu, None),
+        Some(BackendArg::Cuda) => (Backend::Cuda, Some(Gpu::new(device)?)),
+        None => match Gpu::new(device) {
             Ok(gpu) => (Backend::Cuda, Some(gpu)),
             Err(e) => {
                 println!("backend: cpu (no usable GPU: {e})");
@@ -110,33 +147,25 @@ fn run_check(args: &Args) -> Result<ExitCode, Error> {
             rows.extend(check::layer_rows()?);
             rows.extend(check::cpu_rows()?);
             // The whole model runs on the CPU reference only, until a GPU forward exists.
-            for cfg in selected(args) {
-                rows.extend(diff::rows(&diff::analyse(&cfg)?));
+            for cfg in &presets {
+                rows.extend(diff::rows(&diff::analyse(cfg)?));
             }
             rows
         }
     };
-    if let Some(m) = &args.model {
-        rows.retain(|r| r.case == m.name);
+    if models.model.is_some() {
+        rows.retain(|r| presets.iter().any(|m| r.case == m.name));
     }
     let failed = check::print_table(backend, &rows);
     println!("{} passed, {} failed", rows.len() - failed, failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The presets `--model` selects (all without it).
-fn selected(args: &Args) -> Vec<Qwen2Config> {
-    match &args.model {
-        Some(m) => vec![m.clone()],
-        None => Qwen2Config::presets(),
-    }
-}
-
-fn run_diff(args: &Args) -> Result<ExitCode, Error> {
+fn run_diff(models: &Models) -> Result<ExitCode, Error> {
     let mut failed = false;
-    let reports: Vec<Result<diff::ModelReport, Error>> = match checkpoint_report(args) {
+    let reports: Vec<Result<diff::ModelReport, Error>> = match models.checkpoint_report() {
         Some(report) => vec![report],
-        None => selected(args).iter().map(diff::analyse).collect(),
+        None => models.presets()?.iter().map(diff::analyse).collect(),
     };
     for report in reports {
         let report = report?;
@@ -147,9 +176,12 @@ fn run_diff(args: &Args) -> Result<ExitCode, Error> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn run_info(args: &Args) -> ExitCode {
+fn run_info(device: usize) -> ExitCode {
     match kernels::TARGETS {
-        Some(t) => println!("kernels: built for {t}"),
+        Some(t) => match kernels::COMPUTE_CAP {
+            Some(cap) => println!("kernels: built for {t} (CUDA_COMPUTE_CAP={cap} at build time)"),
+            None => println!("kernels: built for {t}"),
+        },
         None => println!("kernels: NOT built ({})", Error::KernelsNotBuilt),
     }
     for r in kernels::resources() {
@@ -158,7 +190,7 @@ fn run_info(args: &Args) -> ExitCode {
             r.kernel, r.target, r.registers, r.stack_frame_bytes, r.spill_store_bytes, r.spill_load_bytes
         );
     }
-    match Gpu::new(args.device) {
+    match Gpu::new(device) {
         Ok(gpu) => {
             let i = gpu.info();
             println!(
@@ -180,26 +212,14 @@ fn run_info(args: &Args) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let (what, result) = match &cli.command {
+        Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
+        Command::Diff { models } => ("diff", run_diff(models)),
+        Command::Info { device } => return run_info(*device),
     };
-    match args.command.as_str() {
-        "check" => run_check(&args).unwrap_or_else(|e| {
-            eprintln!("qwen-kernels check: {e}");
-            ExitCode::FAILURE
-        }),
-        "diff" => run_diff(&args).unwrap_or_else(|e| {
-            eprintln!("qwen-kernels diff: {e}");
-            ExitCode::FAILURE
-        }),
-        "info" => run_info(&args),
-        other => {
-            eprintln!("unknown command {other:?}\n{USAGE}");
-            ExitCode::from(2)
-        }
-    }
+    result.unwrap_or_else(|e| {
+        eprintln!("qwen-kernels {what}: {e}");
+        ExitCode::FAILURE
+    })
 }

@@ -13,38 +13,49 @@ fn kernels_are_built_when_required() {
     }
 }
 
+/// Every module, and every kernel of a sample across the ops and dtypes, for every target this
+/// crate was built for: the default list, or the one `CUDA_COMPUTE_CAP` gave build.rs. The value
+/// comes from the build (`kernels::COMPUTE_CAP`), not from the environment this test runs in, so a
+/// bundle built with `CUDA_COMPUTE_CAP=90` passes on a machine that never set it.
 #[test]
-fn every_module_is_embedded_for_every_default_target() {
+fn every_module_is_embedded_for_every_built_target() {
     if !kernels::built() {
+        assert_eq!((kernels::SASS_TARGETS, kernels::PTX_TARGET), (&[][..], None));
         return;
     }
     let names: Vec<&str> = kernels::MODULES.iter().map(|m| m.0).collect();
     for module in ["rmsnorm", "swiglu", "argmax", "rope", "linear", "attention"] {
         assert!(names.contains(&module), "{module} missing from {names:?}");
     }
+    let expected: Vec<u32> = match kernels::COMPUTE_CAP {
+        None => vec![80, 86, 89, 90],
+        Some(list) => list.split(',').map(|s| s.trim().parse().unwrap()).collect(),
+    };
+    assert_eq!(kernels::DEFAULT_SASS_TARGETS, [80, 86, 89, 90]);
+    assert_eq!(kernels::SASS_TARGETS, expected, "built with CUDA_COMPUTE_CAP={:?}", kernels::COMPUTE_CAP);
+    let ptx = *expected.iter().min().unwrap();
+    assert_eq!(kernels::PTX_TARGET, Some(ptx));
+    let sms: Vec<String> = expected.iter().map(|c| format!("sm_{c}")).collect();
+    assert_eq!(kernels::TARGETS.unwrap(), format!("{} + compute_{ptx} PTX", sms.join(", ")));
     let resources = kernels::resources();
-    let targets = kernels::TARGETS.unwrap();
-    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
-        assert_eq!(targets, "sm_80, sm_86, sm_89, sm_90 + compute_80 PTX");
-        for sm in ["sm_80", "sm_86", "sm_89", "sm_90"] {
-            for kernel in [
-                "rmsnorm_bf16_vec",
-                "add_rmsnorm_f16_scalar",
-                "rmsnorm_f32_vec",
-                "swiglu_bf16_vec",
-                "swiglu_f32_scalar",
-                "argmax_partial_f32_vec",
-                "argmax_partial_bf16_scalar",
-                "argmax_finish",
-                "rope_bf16",
-                "rope_kv_f16",
-                "fill_bias_bf16_f32",
-            ] {
-                assert!(
-                    resources.iter().any(|r| r.kernel == kernel && r.target == sm),
-                    "{kernel} for {sm} missing from the ptxas report"
-                );
-            }
+    for sm in &sms {
+        for kernel in [
+            "rmsnorm_bf16_vec",
+            "add_rmsnorm_f16_scalar",
+            "rmsnorm_f32_vec",
+            "swiglu_bf16_vec",
+            "swiglu_f32_scalar",
+            "argmax_partial_f32_vec",
+            "argmax_partial_bf16_scalar",
+            "argmax_finish",
+            "rope_bf16",
+            "rope_kv_f16",
+            "fill_bias_bf16_f32",
+        ] {
+            assert!(
+                resources.iter().any(|r| r.kernel == kernel && r.target == *sm),
+                "{kernel} for {sm} missing from the ptxas report"
+            );
         }
     }
 }

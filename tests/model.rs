@@ -155,7 +155,7 @@ fn an_unbounded_argmax_picks_a_padded_row() {
 #[test]
 fn a_save_pretrained_checkpoint_passes_its_golden() {
     let dir = qwen_kernels::golden::file::data_dir().join("tiny-qwen2/checkpoint");
-    let report = diff::analyse_checkpoint(&dir, "tiny-qwen2").unwrap();
+    let report = diff::analyse_checkpoint(&dir, "tiny-qwen2", None).unwrap();
     for r in diff::rows(&report) {
         assert!(r.comparison.passed(), "{} {}: {}", r.op, r.case, r.comparison);
     }
@@ -170,5 +170,5 @@ fn a_save_pretrained_checkpoint_passes_its_golden() {
     assert!(forced_layer(&truth, &w, 0).unwrap().1.passed());
     assert!(!forced_layer(&truth, &w, 1).unwrap().0.passed(), "a dropped v bias must fail");
     // Another model's goldens are refused.
-    assert!(diff::analyse_checkpoint(&dir, "qwen2.5-0.5b").is_err());
+    assert!(diff::analyse_checkpoint(&dir, "qwen2.5-0.5b", None).is_err());
 }

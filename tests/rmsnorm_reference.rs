@@ -135,3 +135,88 @@ fn launch_plan_picks_vectors_only_when_legal() {
     let e = plan(OP, false, DType::F32, dims(1 << 31), Path::Auto, true).unwrap_err();
     assert!(matches!(e, Error::UnsupportedSize { .. }), "{e}");
 }
+
+/// The case: bf16 or f32 rows of 1536 values up to 1e18 square to ~3.3e35 on average; their
+/// sum (~5e38) passes f32::MAX, so PyTorch's FP32 `pow(2).mean()` is inf, rsqrt gives 0 and every
+/// row is zeros. The reference gives the same, fused or not.
+#[test]
+fn sum_of_squares_past_the_f32_range_gives_zero_rows() {
+    let mut rng = common::rng(4);
+    for dtype in [DType::BF16, DType::F32] {
+        let x = common::uniform(&mut rng, dtype, &[4, 1536], -1e18, 1e18);
+        let res = common::uniform(&mut rng, dtype, &[4, 1536], -0.25e18, 0.25e18);
+        let w = common::uniform(&mut rng, dtype, &[1536], -2.0, 2.0);
+        for r in 0..4 {
+            let sum: f64 = x.data()[r * 1536..(r + 1) * 1536].iter().map(|&v| (v as f64).powi(2)).sum();
+            assert!(sum > 1.3 * f32::MAX as f64, "{dtype} row {r}: sum of squares {sum:e} must be past f32::MAX");
+        }
+        let y = rmsnorm(&x, &w, 1e-6).unwrap();
+        assert!(y.data().iter().all(|&v| v == 0.0), "{dtype}: rows past the f32 range must be zeros");
+        let (_, y) = add_rmsnorm(&x, &res, &w, 1e-6).unwrap();
+        assert!(y.data().iter().all(|&v| v == 0.0), "{dtype}: fused rows past the f32 range must be zeros");
+    }
+    // An inf in the row: inv = 0 and inf * 0 = NaN, as in PyTorch; the other row is untouched.
+    let x = host(DType::F32, &[2, 3], &[1.0, f32::INFINITY, 1.0, 1.0, 1.0, 1.0]);
+    let y = rmsnorm(&x, &host(DType::F32, &[3], &[1.0; 3]), 0.0).unwrap();
+    assert_eq!(y.data()[0], 0.0);
+    assert!(y.data()[1].is_nan());
+    assert_eq!(&y.data()[3..], &[1.0; 3]);
+}
+
+/// The boundary: the sum of squares rounded to f32 is f32::MAX up to (excluding) 2^128 - 2^103 and
+/// inf from there on (ties to even). Rows of powers of two hit each side exactly.
+#[test]
+fn overflow_boundary_is_f32_max_plus_half_an_ulp() {
+    use qwen_kernels::reference::rmsnorm::{mean_of_squares, SUM_OF_SQUARES_OVERFLOW};
+    assert_eq!(SUM_OF_SQUARES_OVERFLOW, 2f64.powi(128) - 2f64.powi(103));
+    assert_eq!(SUM_OF_SQUARES_OVERFLOW as f32, f32::INFINITY);
+    assert_eq!((SUM_OF_SQUARES_OVERFLOW - 2f64.powi(78)) as f32, f32::MAX);
+
+    let width = 48;
+    let f32_max = common::exponents_of_f32_max();
+    let with = |extra: &[i32]| -> Vec<i32> { f32_max.iter().chain(extra).copied().collect() };
+    let threshold: Vec<i32> = [126, 126, 126].into_iter().chain(103..=125).collect();
+    // (name, exponents, exact sum, finite)
+    let cases: [(&str, Vec<i32>, f64, bool); 5] = [
+        ("f32::MAX", f32_max.clone(), f32::MAX as f64, true),
+        ("f32::MAX + 2^102 (rounds down to f32::MAX)", with(&[102]), f32::MAX as f64 + 2f64.powi(102), true),
+        ("just below 2^128 - 2^103", with(&[102, 101, 100]), SUM_OF_SQUARES_OVERFLOW - 2f64.powi(100), true),
+        ("2^128 - 2^103 (ties to even: 2^128 = inf)", threshold, SUM_OF_SQUARES_OVERFLOW, false),
+        ("2^128", vec![126, 126, 126, 126], 2f64.powi(128), false),
+    ];
+    for (name, exponents, sum, finite) in cases {
+        let row = common::row_with_sum_of_squares(&exponents, width);
+        let exact: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum();
+        assert_eq!(exact, sum, "{name}: the row's squares");
+        let mean = mean_of_squares(&row);
+        assert_eq!(mean.is_finite(), finite, "{name}: mean {mean:e}");
+        for dtype in [DType::F32, DType::BF16] {
+            let x = host(dtype, &[1, width], &row);
+            let w = host(dtype, &[width], &[1.0; 48]);
+            let y = rmsnorm(&x, &w, 1e-6).unwrap();
+            let (_, fused) = add_rmsnorm(&x, &host(dtype, &[1, width], &[0.0; 48]), &w, 1e-6).unwrap();
+            assert_eq!(y.data(), fused.data(), "{name} {dtype}: fused with a zero residual");
+            if finite {
+                // y = x / sqrt(sum / width): the f32 mean, sqrt and product each round once, then
+                // the dtype rounds once.
+                let rms = (sum / width as f64).sqrt();
+                let expected: Vec<f32> = row.iter().map(|&v| (v as f64 / rms) as f32).collect();
+                let tol = Tolerance { atol: 0.0, rtol: dtype.epsilon() / 2.0 + 2f32.powi(-21) };
+                let c = compare(y.data(), &expected, tol);
+                assert!(c.passed(), "{name} {dtype}: {c}");
+                assert!(y.data()[0] > 0.5, "{name} {dtype}: {:?}", &y.data()[..4]);
+            } else {
+                assert!(y.data().iter().all(|&v| v == 0.0), "{name} {dtype}: {:?}", &y.data()[..4]);
+            }
+        }
+    }
+
+    // Away from the threshold an FP32 accumulator, in any order, agrees with the reference: the
+    // f32::MAX row sums exactly forwards and backwards, the 2^128 row overflows either way.
+    let fp32_sum = |row: &[f32]| row.iter().fold(0f32, |s, &v| s + v * v);
+    let row = common::row_with_sum_of_squares(&f32_max, width);
+    let reversed: Vec<f32> = row.iter().rev().copied().collect();
+    assert_eq!((fp32_sum(&row), fp32_sum(&reversed)), (f32::MAX, f32::MAX));
+    let row = common::row_with_sum_of_squares(&[126, 126, 126, 126], width);
+    assert_eq!(fp32_sum(&row), f32::INFINITY);
+}

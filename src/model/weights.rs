@@ -7,15 +7,20 @@
 //!   drawn from [`crate::synth`] (`bf16(bf16(unit * scale) + offset)`), then overrides applied in
 //!   order (`t[r, c] = value` for rows `r0..r1` and the listed columns, or all), then a checksum
 //!   of the final bits, which is verified here.
-//! - [`ModelWeights::from_checkpoint`]: a Hugging Face checkpoint directory (`*.safetensors`,
-//!   bf16 tensors).
+//! - [`ModelWeights::from_checkpoint`]: a Hugging Face checkpoint directory, bf16 tensors from the
+//!   files transformers' `from_pretrained` loads (what golden/gen.py read): `model.safetensors`
+//!   when present, else exactly the shards `model.safetensors.index.json` names. Any other
+//!   `*.safetensors` in the directory (a stale download, a conversion left behind) is not read.
+//!   A tensor found in two of the files read is an error, as is one the index places in a file
+//!   that does not hold it.
 
 use crate::error::{Error, Result};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::synth;
 use safetensors::{Dtype, SafeTensors};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 
 const OP: &str = "model weights";
 
@@ -84,30 +89,42 @@ impl ModelWeights {
         })
     }
 
-    /// A Hugging Face checkpoint directory: every `*.safetensors` file in it, bf16 tensors.
+    /// A Hugging Face checkpoint directory (see the module docs for which files are read).
     pub fn from_checkpoint(config: &Qwen2Config, dir: &Path) -> Result<Self> {
-        let mut files = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::invalid(OP, format!("cannot read checkpoint {}: {e}", dir.display())))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "safetensors") {
-                let bytes = std::fs::read(&path).map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
-                files.push((path, bytes));
-            }
+        let CheckpointFiles { paths, weight_map } = checkpoint_files(dir)?;
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let bytes = std::fs::read(&path).map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
+            files.push((path, bytes));
         }
-        if files.is_empty() {
-            return Err(Error::invalid(OP, format!("no *.safetensors in {}", dir.display())));
-        }
-        let mut parsed = Vec::new();
+        let mut parsed = Vec::with_capacity(files.len());
         for (path, bytes) in &files {
             let st = SafeTensors::deserialize(bytes).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))?;
             parsed.push((path, st));
         }
+        // Every tensor of every file read, once.
+        let mut found: HashMap<String, usize> = HashMap::new();
+        for (i, (path, st)) in parsed.iter().enumerate() {
+            for name in st.names() {
+                if let Some(&j) = found.get(name) {
+                    return Err(Error::invalid(OP, format!("tensor {name} is in both {} and {}", parsed[j].0.display(), path.display())));
+                }
+                found.insert(name.to_string(), i);
+            }
+        }
         build(config, |name, shape| {
-            let (path, view) = parsed
-                .iter()
-                .find_map(|(p, st)| st.tensor(name).ok().map(|v| (p, v)))
-                .ok_or_else(|| Error::invalid(OP, format!("checkpoint {} has no tensor {name}", dir.display())))?;
+            let &i = found.get(name).ok_or_else(|| {
+                let read: Vec<String> = parsed.iter().map(|(p, _)| p.display().to_string()).collect();
+                Error::invalid(OP, format!("checkpoint {} has no tensor {name} (read {})", dir.display(), read.join(", ")))
+            })?;
+            let (path, st) = &parsed[i];
+            if let Some(map) = &weight_map {
+                let listed = map.get(name).ok_or_else(|| Error::invalid(OP, format!("{} does not list {name} (found in {})", dir.join(INDEX).display(), path.display())))?;
+                if dir.join(listed) != **path {
+                    return Err(Error::invalid(OP, format!("{} places {name} in {listed}, but it is in {}", dir.join(INDEX).display(), path.display())));
+                }
+            }
+            let view = st.tensor(name).map_err(|e| Error::invalid(OP, format!("{name} in {}: {e}", path.display())))?;
             if view.shape() != shape {
                 return Err(Error::shape(OP, format!("{name} in {} is {:?}, the config says {shape:?}", path.display(), view.shape())));
             }
@@ -117,6 +134,59 @@ impl ModelWeights {
             Ok(view.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
         })
     }
+}
+
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+/// The safetensors files a checkpoint's weights are read from.
+struct CheckpointFiles {
+    paths: Vec<PathBuf>,
+    /// The index's `weight_map` (tensor name -> file name) for a sharded checkpoint.
+    weight_map: Option<HashMap<String, String>>,
+}
+
+/// The files of checkpoint `dir` that transformers' from_pretrained loads: `model.safetensors`
+/// when it exists, else the shards of `model.safetensors.index.json`. File names must stay inside
+/// `dir`.
+fn checkpoint_files(dir: &Path) -> Result<CheckpointFiles> {
+    let single = dir.join(SINGLE);
+    if single.is_file() {
+        return Ok(CheckpointFiles { paths: vec![single], weight_map: None });
+    }
+    let index = dir.join(INDEX);
+    if !index.is_file() {
+        let others: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| Error::invalid(OP, format!("cannot read checkpoint {}: {e}", dir.display())))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        let ignored = if others.is_empty() { String::new() } else { format!(" ({} not read: {})", others.len(), others.join(", ")) };
+        return Err(Error::invalid(OP, format!("checkpoint {} has neither {SINGLE} nor {INDEX}{ignored}", dir.display())));
+    }
+    let bad = |detail: String| Error::invalid(OP, format!("{}: {detail}", index.display()));
+    let text = std::fs::read_to_string(&index).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let entries = json["weight_map"].as_object().ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut map = HashMap::with_capacity(entries.len());
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, file) in entries {
+        let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{tensor}] is {file}, not a file name")))?;
+        if file.is_empty() || !Path::new(file).components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(bad(format!("weight_map[{tensor}] = {file:?} is not a file inside {}", dir.display())));
+        }
+        let path = dir.join(file);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+        map.insert(tensor.clone(), file.to_string());
+    }
+    if files.is_empty() {
+        return Err(bad("weight_map is empty".into()));
+    }
+    files.sort();
+    Ok(CheckpointFiles { paths: files, weight_map: Some(map) })
 }
 
 type Getter<'a> = dyn FnMut(&str, &[usize]) -> Result<Vec<u16>> + 'a;

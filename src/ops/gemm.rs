@@ -5,9 +5,11 @@
 //! x [.., in] (rows = product of the leading dims), W [out, in], b [out] -> y [.., out]
 //! ```
 //! x, W and b share one storage dtype (f32, f16, bf16); y has that dtype or f32 (logits). Products
-//! are accumulated in FP32 (`CUBLAS_COMPUTE_32F`: no TF32, no reduced-precision reductions unless
-//! [`Precision::Tf32`] is asked for, which only f32 inputs accept), the bias is added in FP32 and the
-//! sum rounded once to y's dtype, as PyTorch's F.linear (addmm, beta = 1) does; `cuda/linear.cu`
+//! are accumulated in FP32 (`CUBLAS_COMPUTE_32F`: no TF32 unless [`Precision::Tf32`] is asked for,
+//! which only f32 inputs accept), and partial sums are reduced in FP32 too: the handle's math mode
+//! ([`crate::gpu::CUBLAS_MATH_MODE`], set when the `Gpu` is opened) disallows reduced-precision
+//! reductions, so a split-K GEMM never adds its partials in f16/bf16. The bias is added in FP32 and
+//! the sum rounded once to y's dtype, as PyTorch's F.linear (addmm, beta = 1) does; `cuda/linear.cu`
 //! fills y with the broadcast bias and the GEMM adds to it with beta = 1.
 //!
 //! # Row-major to column-major

@@ -6,6 +6,8 @@
 //! ```
 //! with the mean, rsqrt and products in FP32 and T(.) rounding to the storage dtype exactly where
 //! transformers' Qwen2RMSNorm rounds (see the kernel's header). All leading dimensions are rows.
+//! A row whose FP32 sum of squares passes f32's range comes out as zeros, as in PyTorch
+//! (`crate::reference::rmsnorm` gives the contract and its boundary).
 
 use super::row_block_threads;
 use crate::dtype::DType;

@@ -27,3 +27,26 @@ pub const HIDDEN_SIZES: &[usize] = &[1, 2, 7, 8, 31, 111, 500, 896, 1536, 4097, 
 
 /// Dtypes with their names, for loops.
 pub const DTYPES: [DType; 3] = DType::ALL;
+
+/// A row of `width` values whose squares are powers of two summing exactly to the sum of
+/// 2^e over `exponents` (an even e is one square of 2^(e/2), an odd e two squares of
+/// 2^((e-1)/2)), then zeros. Every value is a power of two, exact in f32 and bf16.
+pub fn row_with_sum_of_squares(exponents: &[i32], width: usize) -> Vec<f32> {
+    let mut row = Vec::with_capacity(width);
+    for &e in exponents {
+        let half = 2f32.powi(e.div_euclid(2));
+        row.push(half);
+        if e.rem_euclid(2) == 1 {
+            row.push(half);
+        }
+    }
+    assert!(row.len() <= width, "{} values do not fit a row of {width}", row.len());
+    row.resize(width, 0.0);
+    row
+}
+
+/// Exponents whose powers of two sum to f32::MAX = 2^128 - 2^104: 3 * 2^126 + 2^104 + ... + 2^125.
+/// With only 24 consecutive bits (104..127) in play, every partial sum, in any order, is an f32.
+pub fn exponents_of_f32_max() -> Vec<i32> {
+    [126, 126, 126].into_iter().chain(104..=125).collect()
+}

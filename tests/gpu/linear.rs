@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 pub const TESTS: &[GpuTest] = &[
+    ("linear::cublas_disallows_reduced_precision_reductions", cublas_disallows_reduced_precision_reductions),
     ("linear::integer_inputs_are_exact_at_model_shapes", integer_inputs_are_exact_at_model_shapes),
     ("linear::lm_head_shapes_exact_with_f32_logits", lm_head_shapes_exact_with_f32_logits),
     ("linear::random_inputs_within_fp32_accumulation_bound", random_inputs_within_fp32_accumulation_bound),
@@ -28,6 +29,21 @@ pub const TESTS: &[GpuTest] = &[
 ];
 
 const EXACT: Tolerance = Tolerance { atol: 0.0, rtol: 0.0 };
+
+/// The handle's math mode, read back from cuBLAS: default math (no tensor-op or TF32 bits) with
+/// reduced-precision reductions disallowed, as src/ops/gemm.rs promises.
+fn cublas_disallows_reduced_precision_reductions(gpu: &Gpu) {
+    use cudarc::cublas::sys::{cublasGetMathMode, cublasMath_t};
+    let handle = *gpu.blas().unwrap().handle();
+    // Read as a plain u32: cuBLAS may return bit combinations cudarc's enum has no variant for.
+    let mut mode: u32 = u32::MAX;
+    // SAFETY: the handle is live for the Gpu's lifetime; cublasGetMathMode writes one 32-bit value.
+    unsafe { cublasGetMathMode(handle, &mut mode as *mut u32 as *mut cublasMath_t) }.result().unwrap();
+    let disallow = cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION as u32;
+    assert_ne!(mode & disallow, 0, "math mode {mode:#x}: reduced-precision reductions are allowed");
+    assert_eq!(mode & !disallow, cublasMath_t::CUBLAS_DEFAULT_MATH as u32, "math mode {mode:#x}: not CUBLAS_DEFAULT_MATH");
+    assert_eq!(mode, qwen_kernels::gpu::CUBLAS_MATH_MODE as u32);
+}
 
 fn integers(r: &mut StdRng, dtype: DType, dims: &[usize], lo: i32, hi: i32) -> HostTensor {
     let n = dims.iter().product();

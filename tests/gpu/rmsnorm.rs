@@ -1,6 +1,6 @@
 //! RMSNorm kernels against the CPU reference on a GPU (run by tests/gpu/main.rs).
 
-use crate::common::{rng, uniform, DTYPES, GUARD, HIDDEN_SIZES, POISON};
+use crate::common::{exponents_of_f32_max, rng, row_with_sum_of_squares, uniform, DTYPES, GUARD, HIDDEN_SIZES, POISON};
 use crate::GpuTest;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -14,6 +14,7 @@ pub const TESTS: &[GpuTest] = &[
     ("rmsnorm::random_inputs_every_dtype_and_hidden_size", random_inputs_every_dtype_and_hidden_size),
     ("rmsnorm::massive_activations_and_tiny_values", massive_activations_and_tiny_values),
     ("rmsnorm::large_magnitudes_square_in_fp32", large_magnitudes_square_in_fp32),
+    ("rmsnorm::sum_of_squares_past_f32_max_gives_zero_rows", sum_of_squares_past_f32_max_gives_zero_rows),
     ("rmsnorm::rows_are_batch_invariant", rows_are_batch_invariant),
     ("rmsnorm::nan_stays_in_its_row", nan_stays_in_its_row),
     ("rmsnorm::empty_batch_is_a_no_op", empty_batch_is_a_no_op),
@@ -126,14 +127,51 @@ fn massive_activations_and_tiny_values(gpu: &Gpu) {
     }
 }
 
-/// Large magnitudes whose squares overflow f16 but not FP32 (x up to 6e4 in f16, 1e18 in f32 and bf16).
+/// Large magnitudes whose squares overflow f16 but not FP32: x up to 6e4 in f16; 2e17 in f32 and
+/// bf16, where r = x + residual stays below 2.5e17 and a row's sum of squares below
+/// 1536 * 6.25e34 = 9.6e37, under f32::MAX (3.4e38) whatever the draw.
 fn large_magnitudes_square_in_fp32(gpu: &Gpu) {
     let mut r = rng(4);
-    for (dtype, scale) in [(DType::F16, 6.0e4), (DType::BF16, 1.0e18), (DType::F32, 1.0e18)] {
+    for (dtype, scale) in [(DType::F16, 6.0e4), (DType::BF16, 2.0e17), (DType::F32, 2.0e17)] {
         let x = uniform(&mut r, dtype, &[4, 1536], -scale, scale);
         let res = uniform(&mut r, dtype, &[4, 1536], -scale / 4.0, scale / 4.0);
         let w = uniform(&mut r, dtype, &[1536], -2.0, 2.0);
         check_case(gpu, &x, &res, &w, "large");
+        let y = reference::rmsnorm(&x, &w, EPS).unwrap();
+        assert!(y.data().iter().any(|&v| v.abs() > 0.1), "{dtype}: rows within the f32 range are not zeros");
+    }
+}
+
+/// The overflow contract (src/reference/rmsnorm.rs): a sum of squares past f32's range is +inf in
+/// the FP32 reduction, as in PyTorch's `pow(2).mean()`, so inv = 0 and the row is zeros.
+/// - x up to 1e18 over 1536 columns: sums of ~5e38, far past f32::MAX, every row zeros.
+/// - The boundary, with rows of powers of two whose every partial sum is exact in any reduction
+///   order: a sum of exactly f32::MAX stays finite (y = x / rms, about 1 for the largest values),
+///   a sum of 2^128 (one f32 ulp more) gives zeros. Residuals are zero so the fused op sees the
+///   same rows. f16 cannot get there (65504^2 * 1536 = 6.6e12).
+fn sum_of_squares_past_f32_max_gives_zero_rows(gpu: &Gpu) {
+    let mut r = rng(7);
+    for dtype in [DType::BF16, DType::F32] {
+        let x = uniform(&mut r, dtype, &[4, 1536], -1.0e18, 1.0e18);
+        let res = uniform(&mut r, dtype, &[4, 1536], -0.25e18, 0.25e18);
+        let w = uniform(&mut r, dtype, &[1536], -2.0, 2.0);
+        assert!(reference::rmsnorm(&x, &w, EPS).unwrap().data().iter().all(|&v| v == 0.0), "{dtype}: reference");
+        check_case(gpu, &x, &res, &w, "past f32::MAX");
+
+        let hidden = 1536;
+        let finite = row_with_sum_of_squares(&exponents_of_f32_max(), hidden);
+        let overflow = row_with_sum_of_squares(&[126, 126, 126, 126], hidden);
+        let x = HostTensor::from_f32(dtype, &[2, hidden], [finite, overflow].concat()).unwrap();
+        let zeros = HostTensor::full(dtype, &[2, hidden], 0.0).unwrap();
+        let w = HostTensor::full(dtype, &[hidden], 1.0).unwrap();
+        check_case(gpu, &x, &zeros, &w, "boundary");
+        let dx = DeviceTensor::from_host(gpu, &x).unwrap();
+        let dw = DeviceTensor::from_host(gpu, &w).unwrap();
+        let mut y = DeviceTensor::zeros(gpu, dtype, &[2, hidden]).unwrap();
+        rmsnorm(gpu, &dx.view(), &dw.view(), EPS, &mut y.view_mut()).unwrap();
+        let y = y.to_host(gpu).unwrap().into_data();
+        assert!(y[0] > 0.5 && y[..hidden].iter().all(|v| v.is_finite()), "{dtype}: sum = f32::MAX must stay finite: {:?}", &y[..4]);
+        assert!(y[hidden..].iter().all(|&v| v == 0.0), "{dtype}: sum = 2^128 must give zeros: {:?}", &y[hidden..hidden + 4]);
     }
 }
 

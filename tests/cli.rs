@@ -1,0 +1,171 @@
+//! The `qwen-kernels` binary as a user meets it: help, version, usage errors that say what was
+//! expected, and `--checkpoint` finding a checkpoint's goldens where gen.py puts them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary cargo built, or, in a GPU bundle (scripts/bundle.sh copies the tests and the CLI
+/// into one bin/), the one beside this test.
+fn binary() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_qwen-kernels"));
+    if built.exists() {
+        return built;
+    }
+    std::env::current_exe().unwrap().with_file_name("qwen-kernels")
+}
+
+fn qwen_kernels(args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(args);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = cmd.output().unwrap();
+    (status.code().unwrap_or(-1), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+}
+
+#[test]
+fn help_lists_every_command_and_option() {
+    for flag in ["--help", "-h", "help"] {
+        let (code, out, err) = run(&mut qwen_kernels(&[flag]));
+        assert_eq!(code, 0, "{flag}: {err}");
+        for word in ["Usage: qwen-kernels <COMMAND>", "check", "diff", "info", "--version"] {
+            assert!(out.contains(word), "{flag}: {word:?} missing from\n{out}");
+        }
+    }
+    let options: [(&str, &[&str]); 3] = [
+        ("check", &["--backend <BACKEND>", "[possible values: cpu, cuda]", "--device <N>", "--model <M>", "qwen2.5-0.5b", "vibethinker-1.5b", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>"]),
+        ("diff", &["--model <M>", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>"]),
+        ("info", &["--device <N>"]),
+    ];
+    for (command, wanted) in options {
+        let (code, out, err) = run(&mut qwen_kernels(&[command, "--help"]));
+        assert_eq!(code, 0, "{command} --help: {err}");
+        for w in wanted {
+            assert!(out.contains(w), "{command} --help: {w:?} missing from\n{out}");
+        }
+    }
+    // No command at all: the help, on stderr, as a usage error.
+    let (code, out, err) = run(&mut qwen_kernels(&[]));
+    assert_eq!(code, 2);
+    assert!(out.is_empty() && err.contains("Usage: qwen-kernels <COMMAND>"), "{err}");
+}
+
+#[test]
+fn version_is_the_crate_version() {
+    for args in [&["--version"][..], &["-V"]] {
+        let (code, out, _) = run(&mut qwen_kernels(args));
+        assert_eq!((code, out.trim()), (0, concat!("qwen-kernels ", env!("CARGO_PKG_VERSION"))), "{args:?}");
+    }
+    let (code, out, _) = run(&mut qwen_kernels(&["check", "--version"]));
+    assert_eq!((code, out.trim()), (0, concat!("qwen-kernels-check ", env!("CARGO_PKG_VERSION"))));
+}
+
+/// Usage errors exit 2 and say what was given and what was expected.
+#[test]
+fn usage_errors_say_what_was_expected() {
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&["frobnicate"], &["unrecognized subcommand 'frobnicate'", "Usage: qwen-kernels <COMMAND>"]),
+        (&["check", "--backend", "gpu"], &["invalid value 'gpu' for '--backend <BACKEND>'", "[possible values: cpu, cuda]"]),
+        (&["check", "--device", "first"], &["invalid value 'first' for '--device <N>'", "invalid digit"]),
+        (&["diff", "--model", "llama-3"], &["invalid value 'llama-3' for '--model <M>'", "qwen2.5-0.5b", "vibethinker-1.5b"]),
+        (&["check", "--frob"], &["unexpected argument '--frob'"]),
+        (&["diff", "--name", "mine"], &["--name <NAME>", "--checkpoint <DIR>"]),
+        (&["check", "--model", "qwen2.5-0.5b", "--checkpoint", "x"], &["'--model <M>' cannot be used with '--checkpoint <DIR>'"]),
+        (&["info", "--model", "qwen2.5-0.5b"], &["unexpected argument '--model'"]),
+    ];
+    for (args, wanted) in cases {
+        let (code, out, err) = run(&mut qwen_kernels(args));
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        for w in wanted {
+            assert!(err.contains(w), "{args:?}: {w:?} missing from\n{err}");
+        }
+    }
+}
+
+#[test]
+fn info_runs_without_a_gpu() {
+    let (code, out, err) = run(&mut qwen_kernels(&["info"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("kernels: "), "{out}");
+    assert!(out.contains("device"), "{out}");
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("qwen-kernels-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copy `names` from directory `from` into `to` (created).
+fn copy_files(from: &Path, to: &Path, names: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in names {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+}
+
+/// A checkpoint outside the repository whose goldens gen.py wrote to the user's directory:
+/// `check --checkpoint` and `diff --checkpoint` find them there without being told, in
+/// $QK_CHECKPOINT_GOLDEN_DIR or ~/.cache/qwen-kernels/goldens; `--goldens` names another place;
+/// when they are missing the error says the gen.py command that writes them.
+#[test]
+fn checkpoint_goldens_are_found_in_the_user_directory() {
+    let data = qwen_kernels::golden::file::data_dir().join("tiny-qwen2");
+    let tmp = TempDir::new("checkpoint");
+    let ckpt = tmp.0.join("ckpt");
+    copy_files(&data.join("checkpoint"), &ckpt, &["config.json", "model.safetensors"]);
+    let home = tmp.0.join("home");
+    copy_files(&data, &home.join(".cache/qwen-kernels/goldens/tiny-qwen2"), &["model.safetensors"]);
+    let elsewhere = tmp.0.join("elsewhere");
+    copy_files(&data, &elsewhere.join("tiny-qwen2"), &["model.safetensors"]);
+    let ckpt_s = ckpt.to_str().unwrap();
+    let user = |cmd: &mut Command| {
+        cmd.env_remove("QK_CHECKPOINT_GOLDEN_DIR").env_remove("XDG_CACHE_HOME").env("HOME", &home);
+    };
+
+    for command in ["check", "diff"] {
+        let mut cmd = qwen_kernels(&[command, "--checkpoint", ckpt_s, "--name", "tiny-qwen2"]);
+        user(&mut cmd);
+        let (code, out, err) = run(&mut cmd);
+        assert_eq!(code, 0, "{command} from ~/.cache: {out}{err}");
+    }
+    let mut cmd = qwen_kernels(&["check", "--checkpoint", ckpt_s, "--name", "tiny-qwen2"]);
+    user(&mut cmd);
+    cmd.env("QK_CHECKPOINT_GOLDEN_DIR", &elsewhere);
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "from QK_CHECKPOINT_GOLDEN_DIR: {out}{err}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+
+    let mut cmd = qwen_kernels(&["check", "--checkpoint", ckpt_s, "--name", "tiny-qwen2", "--goldens", elsewhere.to_str().unwrap()]);
+    cmd.env("HOME", tmp.0.join("nobody"));
+    let (code, out, err) = run(&mut cmd);
+    assert_eq!(code, 0, "--goldens: {out}{err}");
+
+    // Missing: exit 1, and the command that makes them.
+    let mut cmd = qwen_kernels(&["check", "--checkpoint", ckpt_s, "--name", "tiny-qwen2"]);
+    user(&mut cmd);
+    cmd.env("HOME", tmp.0.join("nobody"));
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("regenerate: python3 golden/gen.py --checkpoint {ckpt_s} --name tiny-qwen2)")), "{err}");
+    // The name defaults to the directory's: "ckpt" has no goldens anywhere.
+    let mut cmd = qwen_kernels(&["diff", "--checkpoint", ckpt_s]);
+    user(&mut cmd);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ckpt/model.safetensors") && err.contains("--name ckpt"), "{err}");
+}
