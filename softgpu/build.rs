@@ -112,7 +112,8 @@ fn module_source(cuda_dir: &Path, softgpu_dir: &Path, module: &str, source: &Pat
 
 fn link(build: &cc::Build, objects: &[PathBuf], out: &Path, soname: &str, extra: &[String]) {
     let mut cmd: Command = build.get_compiler().to_command();
-    cmd.arg("-shared").arg(format!("-Wl,-soname,{soname}")).arg("-o").arg(out);
+    // -z now: every symbol bound at load, so nothing is resolved lazily while a kernel runs.
+    cmd.arg("-shared").arg(format!("-Wl,-soname,{soname}")).arg("-Wl,-z,now").arg("-o").arg(out);
     cmd.args(objects);
     cmd.args(extra);
     cmd.args(["-lpthread", "-ldl"]);

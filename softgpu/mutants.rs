@@ -31,7 +31,7 @@ pub const MUTANTS: &[Mutant] = &[
         module: "attention",
         find: "static constexpr int P_TERMS = 3;",
         replace: "static constexpr int P_TERMS = 1;",
-        caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
+        caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
         says: "FAILED",
     },
     Mutant {

@@ -255,6 +255,7 @@ struct Launch {
     size_t stat_bytes = 0;
     const char* host_task = nullptr;  // non-null while a cuBLAS call runs
     std::vector<WarpOp> ops;
+    std::vector<uint32_t> exited_lanes;  // per warp
     int exited = 0, at_barrier = 0;
     size_t cursor = 0;
     Rng thread_rng{0}, landing_rng{0};
@@ -380,12 +381,17 @@ void arrive(OpKind kind, int sub, unsigned mask, int operand, int width, const L
     Fiber& f = me();
     Launch& L = *g_launch;
     WarpOp& op = L.ops[f.warp];
-    const char* name = op_name(kind, sub);
-    if (!(mask >> f.lane & 1)) {
-        fail_in_fiber(format("%s at %s:%d: lane %d calls it with mask 0x%08x, which does not include itself (%s)", name,
-                             short_file(file).c_str(), line, f.lane, mask, where(f).c_str()));
-    }
-    if (mask & ~warp_lanes(f.warp)) {
+    if (!(mask >> f.lane & 1) || (mask & ~warp_lanes(f.warp)) || (mask & L.exited_lanes[f.warp])) {
+        const char* name = op_name(kind, sub);
+        if (mask & L.exited_lanes[f.warp]) {
+            const int l = __builtin_ctz(mask & L.exited_lanes[f.warp]);
+            fail_in_fiber(format("%s at %s:%d: lane %d of its mask 0x%08x has exited and never reaches it (%s)", name,
+                                 short_file(file).c_str(), line, l, mask, where(f).c_str()));
+        }
+        if (!(mask >> f.lane & 1)) {
+            fail_in_fiber(format("%s at %s:%d: lane %d calls it with mask 0x%08x, which does not include itself (%s)", name,
+                                 short_file(file).c_str(), line, f.lane, mask, where(f).c_str()));
+        }
         fail_in_fiber(format("%s at %s:%d: mask 0x%08x names lanes %s that do not exist (the block has %d threads; %s)",
                              name, short_file(file).c_str(), line, mask, lanes_text(mask & ~warp_lanes(f.warp)).c_str(),
                              L.n, where(f).c_str()));
@@ -402,14 +408,8 @@ void arrive(OpKind kind, int sub, unsigned mask, int operand, int width, const L
                op.operand != operand || op.width != width) {
         fail_in_fiber(format("divergent warp: lane %d reaches %s at %s:%d (mask 0x%08x) while lanes %s wait at %s at "
                              "%s:%d (mask 0x%08x) (%s)",
-                             f.lane, name, short_file(file).c_str(), line, mask, lanes_text(op.arrived).c_str(),
+                             f.lane, op_name(kind, sub), short_file(file).c_str(), line, mask, lanes_text(op.arrived).c_str(),
                              op_name(op.kind, op.sub), short_file(op.file).c_str(), op.line, op.mask, where(f).c_str()));
-    }
-    for (int l = 0; l < 32; ++l) {
-        if ((mask >> l & 1) && g_fibers[f.warp * 32 + l].state == State::Exited) {
-            fail_in_fiber(format("%s at %s:%d: lane %d of its mask 0x%08x has exited and never reaches it (%s)", name,
-                                 short_file(file).c_str(), line, l, mask, where(f).c_str()));
-        }
     }
     op.in[f.lane] = in;
     op.arrived |= 1u << f.lane;
@@ -557,6 +557,7 @@ void fiber_main() {
     f.open.clear();
     f.state = State::Exited;
     ++L.exited;
+    L.exited_lanes[f.warp] |= 1u << f.lane;
     fiber_exit_checks(f);
     context_switch(f.ctx, L.sched);
     abort();  // an exited fiber is never resumed
@@ -671,6 +672,7 @@ void run_block(Launch& L, uint3 block) {
         context_init(f.ctx, f.stack + STACK_BYTES, fiber_main);
     }
     for (auto& op : L.ops) op.arrived = 0;
+    std::fill(L.exited_lanes.begin(), L.exited_lanes.end(), 0u);
     L.exited = 0;
     L.at_barrier = 0;
     L.cursor = g_schedule.threads == ThreadOrder::Reverse ? L.n - 1 : 0;
@@ -743,21 +745,14 @@ std::string describe_address(uint64_t a) {
                   (unsigned long long)a);
 }
 
+// What the handler saw; the report is written after the jump, outside the signal handler.
+volatile uint64_t g_fault_address = 0;
+
 void fault_handler(int sig, siginfo_t* info, void* uctx) {
     Launch* L = g_launch;
     if (L && pthread_equal(pthread_self(), g_launch_thread)) {
-        const uint64_t a = reinterpret_cast<uint64_t>(info->si_addr);
-        std::string what;
-        if (L->host_task) {
-            what = format("%s: illegal access to %s", L->host_task, describe_address(a).c_str());
-        } else if (L->cur >= 0) {
-            what = format("illegal address in %s: %s", where(g_fibers[L->cur]).c_str(), describe_address(a).c_str());
-        } else {
-            what = format("illegal address in kernel %s: %s", L->kernel ? L->kernel->name : "?", describe_address(a).c_str());
-        }
-        L->failed = true;
-        L->code = CUDA_ERROR_ILLEGAL_ADDRESS;
-        L->failure = what;
+        // Async-signal-safe only: record the address and leave the kernel.
+        g_fault_address = reinterpret_cast<uint64_t>(info->si_addr);
         siglongjmp(g_fault_jmp, 1);
     }
     // Not ours: hand it to whoever handled it before (Rust's stack overflow handler), or crash.
@@ -775,11 +770,24 @@ void fault_handler(int sig, siginfo_t* info, void* uctx) {
 }
 
 // No thread_local in this library: its TLS block is the kernels' static shared memory.
+void record_fault(Launch& L) {
+    const uint64_t a = g_fault_address;
+    L.failed = true;
+    L.code = CUDA_ERROR_ILLEGAL_ADDRESS;
+    if (L.host_task) {
+        L.failure = format("%s: illegal access to %s", L.host_task, describe_address(a).c_str());
+    } else if (L.cur >= 0) {
+        L.failure = format("illegal address in %s: %s", where(g_fibers[L.cur]).c_str(), describe_address(a).c_str());
+    } else {
+        L.failure = format("illegal address in kernel %s: %s", L.kernel ? L.kernel->name : "?", describe_address(a).c_str());
+    }
+}
+
 void install_fault_handlers() {
     stack_t current;
     if (sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE)) {
         stack_t ss;
-        ss.ss_size = 64 * 1024;
+        ss.ss_size = 256 * 1024;
         ss.ss_sp = mmap(nullptr, ss.ss_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         ss.ss_flags = 0;
         if (ss.ss_sp != MAP_FAILED) sigaltstack(&ss, nullptr);
@@ -789,7 +797,7 @@ void install_fault_handlers() {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = fault_handler;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
         sigaction(SIGSEGV, &sa, &g_old_segv);
         sigaction(SIGBUS, &sa, &g_old_bus);
@@ -935,6 +943,7 @@ int run_kernel(const KernelDesc* kernel, const ModuleDesc* module, const LaunchD
     L.failure.clear();
     L.host_task = nullptr;
     L.ops.assign((L.n + 31) / 32, WarpOp());
+    L.exited_lanes.assign((L.n + 31) / 32, 0u);
     L.thread_rng = Rng{g_schedule.thread_seed};
     L.landing_rng = Rng{g_schedule.landing_seed};
     L.dyn = dims.dynamic_shared ? dynamic_arena(dims.dynamic_shared) : nullptr;
@@ -960,6 +969,8 @@ int run_kernel(const KernelDesc* kernel, const ModuleDesc* module, const LaunchD
             run_block(L, block);
             if (L.failed) break;
         }
+    } else {
+        record_fault(L);
     }
     qksoft_current = nullptr;
     g_launch = nullptr;
@@ -979,7 +990,11 @@ int run_host_task(const char* what, const std::function<void()>& task) {
     install_fault_handlers();
     g_launch_thread = pthread_self();
     g_launch = &L;
-    if (sigsetjmp(g_fault_jmp, 1) == 0) task();
+    if (sigsetjmp(g_fault_jmp, 1) == 0) {
+        task();
+    } else {
+        record_fault(L);
+    }
     g_launch = nullptr;
     if (L.failed) {
         set_sticky_error(L.code, L.failure);
@@ -1110,6 +1125,10 @@ void ptx_cp_async_commit() {
 }
 
 void ptx_cp_async_wait(int pending, const char*, int) {
+    // A switch point first: other threads run while this one waits, and this thread's copies land
+    // as it leaves the wait (as late as the instruction allows), so a thread that reads another's
+    // copies without the barrier in between reads poison under the default schedule.
+    yield_fiber();
     Fiber& f = me();
     size_t done = 0;
     while (f.groups.size() - done > static_cast<size_t>(pending)) {
@@ -1117,7 +1136,6 @@ void ptx_cp_async_wait(int pending, const char*, int) {
         ++done;
     }
     f.groups.erase(f.groups.begin(), f.groups.begin() + done);
-    yield_fiber();  // a switch point: other threads may run before this one goes on
 }
 
 void ptx_mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, const char* file,

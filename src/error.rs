@@ -55,6 +55,11 @@ pub enum Error {
 
     #[error("cuBLAS is not available: {reason}")]
     CublasNotFound { reason: String },
+
+    /// A launch whose arguments do not match the kernel's parameters (count or sizes, as the
+    /// driver reports them): caught before the launch, where the GPU would read garbage.
+    #[error("kernel {kernel}: arguments do not match its parameters: {detail}")]
+    KernelArguments { kernel: String, detail: String },
 }
 
 impl Error {

@@ -25,7 +25,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::kernels;
 use cudarc::cublas::sys::cublasMath_t;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -66,6 +66,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Parameter sizes of each kernel, from cuFuncGetParamInfo (None: the driver cannot say).
+    params: Mutex<HashMap<&'static str, Option<Vec<usize>>>>,
     blas: std::result::Result<CudaBlas, String>,
     // Declared last: dropped after everything allocated from it.
     _ctx: Arc<CudaContext>,
@@ -139,6 +141,70 @@ fn driver_version() -> Result<i32> {
     // SAFETY: cuDriverGetVersion writes one int through a valid pointer.
     unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result().cuda("cuDriverGetVersion")?;
     Ok(version)
+}
+
+/// One kernel argument: how many bytes the launch passes for it (what cuLaunchKernel copies).
+pub trait KernelArg {
+    const BYTES: usize;
+}
+macro_rules! scalar_args {
+    ($($t:ty),*) => { $(impl KernelArg for &$t { const BYTES: usize = std::mem::size_of::<$t>(); })* };
+}
+scalar_args!(i32, u32, i64, u64, f32);
+impl<T> KernelArg for &CudaSlice<T> {
+    const BYTES: usize = 8;
+}
+impl<T> KernelArg for &mut CudaSlice<T> {
+    const BYTES: usize = 8;
+}
+impl<T> KernelArg for &CudaView<'_, T> {
+    const BYTES: usize = 8;
+}
+impl<T> KernelArg for &mut CudaViewMut<'_, T> {
+    const BYTES: usize = 8;
+}
+
+/// A kernel launch being assembled (see [`Gpu::launcher`]).
+pub struct KernelLaunch<'a> {
+    gpu: &'a Gpu,
+    name: &'static str,
+    func: &'a CudaFunction,
+    args: LaunchArgs<'a>,
+    sizes: Vec<usize>,
+}
+
+impl<'a> KernelLaunch<'a> {
+    /// Push one argument (a device pointer: 8 bytes; a scalar: its size).
+    pub fn arg<A: KernelArg>(&mut self, a: A) -> &mut Self
+    where
+        LaunchArgs<'a>: PushKernelArg<A>,
+    {
+        self.sizes.push(A::BYTES);
+        self.args.arg(a);
+        self
+    }
+
+    /// Check the arguments against the kernel's parameters, then launch.
+    ///
+    /// # Safety
+    /// As `cudarc::driver::LaunchArgs::launch`: the kernel must stay in bounds of every buffer it
+    /// is given for this configuration (each call site says why it does).
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
+        if let Some(expected) = self.gpu.param_sizes(self.name, self.func)? {
+            if expected != self.sizes {
+                let detail = if expected.len() != self.sizes.len() {
+                    format!("{} arguments pushed, the kernel takes {}", self.sizes.len(), expected.len())
+                } else {
+                    let i = (0..expected.len()).find(|&i| expected[i] != self.sizes[i]).unwrap_or(0);
+                    format!("argument {i} is {} bytes, the kernel's parameter {i} is {} bytes", self.sizes[i], expected[i])
+                };
+                return Err(Error::KernelArguments { kernel: self.name.to_string(), detail });
+            }
+        }
+        // SAFETY: the caller's contract (above).
+        unsafe { self.args.launch(cfg) }.cuda(format!("cuLaunchKernel({})", self.name))?;
+        Ok(())
+    }
 }
 
 /// Whether the driver cudarc is bound to is the software device (it exports `qksoft_version`).
@@ -303,7 +369,15 @@ impl Gpu {
                 .to_string())
         };
 
-        Ok(Gpu { info, stream, modules, functions: Mutex::new(HashMap::new()), blas, _ctx: ctx })
+        Ok(Gpu {
+            info,
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            params: Mutex::new(HashMap::new()),
+            blas,
+            _ctx: ctx,
+        })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -365,6 +439,11 @@ impl Gpu {
             .map_err(|e| Error::unsupported("software device", format!("missing export: {e}")))
     }
 
+    /// The CUDA context (for loading modules or allocating outside the crate's tensors).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self._ctx
+    }
+
     /// The stream every op of this `Gpu` is queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
@@ -380,8 +459,49 @@ impl Gpu {
         self.blas.as_ref().map_err(|reason| Error::CublasNotFound { reason: reason.clone() })
     }
 
+    /// A launch of `func` (kernel `name`) on this Gpu's stream whose arguments are checked, before
+    /// anything is queued, against the parameters the kernel declares: their count and each size,
+    /// from cuFuncGetParamInfo. A 4-byte `int` pushed where the kernel takes a `long long` is an
+    /// `Error::KernelArguments`, not 8 bytes of which 4 are garbage. Every op launches through this.
+    pub fn launcher<'a>(&'a self, func: &'a CudaFunction, name: &'static str) -> KernelLaunch<'a> {
+        KernelLaunch { gpu: self, name, args: self.stream.launch_builder(func), func, sizes: Vec::new() }
+    }
+
+    /// Parameter sizes of `func` as the driver reports them; None when the driver cannot say
+    /// (cuFuncGetParamInfo needs a CUDA 12.4+ driver).
+    fn param_sizes(&self, name: &'static str, func: &CudaFunction) -> Result<Option<Vec<usize>>> {
+        let mut cache = self.params.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(p) = cache.get(name) {
+            return Ok(p.clone());
+        }
+        // SAFETY: looks the symbol up in the library cudarc loaded; no call is made.
+        let present = unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn()>(b"cuFuncGetParamInfo").is_ok() };
+        let sizes = if present {
+            let mut sizes = Vec::new();
+            loop {
+                let (mut offset, mut size) = (0usize, 0usize);
+                // SAFETY: a live function handle; the driver writes two size_t.
+                let rc = unsafe { cudarc::driver::sys::cuFuncGetParamInfo(func.cu_function(), sizes.len(), &mut offset, &mut size) };
+                match rc {
+                    cudarc::driver::sys::CUresult::CUDA_SUCCESS => sizes.push(size),
+                    // Past the last parameter.
+                    cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE => break,
+                    cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_SUPPORTED => break,
+                    other => {
+                        return Err(Error::Cuda { call: format!("cuFuncGetParamInfo({name}, {})", sizes.len()), source: cudarc::driver::DriverError(other) })
+                    }
+                }
+            }
+            Some(sizes)
+        } else {
+            None
+        };
+        cache.insert(name, sizes.clone());
+        Ok(sizes)
+    }
+
     /// Kernel `name` from the fatbin compiled from `cuda/<module>.cu`, loaded once and cached.
-    pub(crate) fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+    pub fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
         let mut cache = self.functions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(f) = cache.get(name) {
             return Ok(f.clone());

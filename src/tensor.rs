@@ -225,6 +225,12 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    /// The device memory of this view (its first byte is the first element), for launching a
+    /// kernel of one's own on it (`Gpu::launcher`).
+    pub fn device_data(&self) -> &CudaView<'a, u8> {
+        &self.data
+    }
+
     pub fn layout(&self) -> Layout {
         self.layout
     }
@@ -263,6 +269,11 @@ pub struct ViewMut<'a> {
 }
 
 impl<'a> ViewMut<'a> {
+    /// The device memory of this view, writable (see [`View::device_data`]).
+    pub fn device_data_mut(&mut self) -> &mut CudaViewMut<'a, u8> {
+        &mut self.data
+    }
+
     pub fn layout(&self) -> Layout {
         self.layout
     }

@@ -14,7 +14,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::reference::argmax::RowMax;
 use crate::tensor::{Layout, View};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 pub const OP: &str = "argmax";
 const MODULE: &str = "argmax";
@@ -140,18 +140,18 @@ pub fn argmax_with_path(gpu: &Gpu, logits: &View, n_valid: usize, out: &mut Argm
     }
     let (stride_i, n_valid_i, chunk_i) = (stride as i64, n_valid as i32, launch.chunk as i32);
     let partial = gpu.function(MODULE, launch.kernel)?;
-    let mut args = gpu.stream().launch_builder(&partial);
+    let mut args = gpu.launcher(&partial, launch.kernel);
     args.arg(&logits.data).arg(&mut out.part_v).arg(&mut out.part_i).arg(&stride_i).arg(&n_valid_i).arg(&chunk_i);
     let cfg = LaunchConfig { grid_dim: (CHUNKS as u32, launch.rows, 1), block_dim: (launch.threads, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: logits holds rows * stride elements of the kernel's dtype; block (c, r) reads row r's
     // entries [c * chunk, min((c + 1) * chunk, n_valid)), n_valid <= stride (16-byte vectors only
     // when every row start is aligned; chunk is a multiple of 8), and writes partial r * CHUNKS + c,
     // r < rows <= capacity (checked above), inside the [capacity, CHUNKS] partials.
-    unsafe { args.launch(cfg) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+    unsafe { args.launch(cfg) }?;
 
     let finish = gpu.function(MODULE, "argmax_finish")?;
     let null: u64 = 0;
-    let mut args = gpu.stream().launch_builder(&finish);
+    let mut args = gpu.launcher(&finish, "argmax_finish");
     args.arg(&out.part_v).arg(&out.part_i).arg(&mut out.index);
     if with_max {
         args.arg(&mut out.max);
@@ -162,6 +162,6 @@ pub fn argmax_with_path(gpu: &Gpu, logits: &View, n_valid: usize, out: &mut Argm
     // SAFETY: block r reads partials r * CHUNKS .. (r + 1) * CHUNKS, written by the launch above
     // (same stream, so ordered), and writes index[r] and max[r], r < rows <= capacity. The null max
     // pointer is never dereferenced.
-    unsafe { args.launch(cfg) }.cuda("cuLaunchKernel(argmax_finish)")?;
+    unsafe { args.launch(cfg) }?;
     Ok(())
 }

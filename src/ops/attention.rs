@@ -37,7 +37,7 @@ use crate::gpu::Gpu;
 use crate::ops::kv_cache::{self, KvCacheDims};
 use crate::tensor::{HostTensor, Layout, View, ViewMut};
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, LaunchConfig};
 
 pub const OP: &str = "attention";
 pub const DECODE_OP: &str = "attention_decode";
@@ -255,7 +255,7 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
     let head_stride = dims.head_dim as i64;
     let row_stride = (dims.kv_heads * dims.head_dim) as i64;
     let scale = scale(dims.head_dim);
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, launch.kernel);
     if launch.kernel.starts_with("attn_prefill_mma") {
         args.arg(&q.data).arg(&k.data).arg(&v.data).arg(&mut out.data);
         args.arg(&tokens).arg(&context).arg(&heads).arg(&group).arg(&head_stride).arg(&row_stride).arg(&scale);
@@ -263,7 +263,7 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
         // dtype, 16-byte aligned (checked above); the dynamic shared memory is the kernel's
         // mma_smem_bytes(D), allowed by the attribute just set. Block (i, h) reads q rows and writes out rows
         // of its 64 tokens (< T only) for head h, and reads k, v rows < S of kv head h / group.
-        unsafe { args.launch(config) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+        unsafe { args.launch(config) }?;
     } else {
         // Prefill mode of the split kernel: no slots/lens (row t has len S - T + t + 1), one split
         // covering the whole context, so the workspace is never touched (null).
@@ -278,7 +278,7 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
         // SAFETY: as above; block (t, y, 0) reads keys 0 .. S - T + t of one kv head, writes the
         // out rows of token t for at most 8 heads of that kv head's group. One split: the kernel
         // writes out directly and never dereferences the null workspace.
-        unsafe { args.launch(config) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+        unsafe { args.launch(config) }?;
     }
     Ok(())
 }
@@ -446,7 +446,7 @@ pub fn decode_with_chunk(
     let scale = scale(c.head_dim);
 
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
-    let mut args = gpu.stream().launch_builder(&split);
+    let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
     args.arg(&q.data).arg(&k_cache.data).arg(&v_cache.data).arg(&mut out.data).arg(&mut workspace.data);
     args.arg(slots).arg(lens).arg(&heads).arg(&group_i).arg(&n_slots).arg(&capacity).arg(&context).arg(&tokens);
     args.arg(&slot_stride).arg(&head_stride).arg(&row_stride).arg(&chunk_i).arg(&max_splits).arg(&scale);
@@ -457,17 +457,17 @@ pub fn decode_with_chunk(
     // 1 <= len <= capacity, keys < len; splits >= ceil(len / chunk) <= max_splits exit. The
     // workspace holds decode_workspace_len(..) f32 >= B * heads * max_splits * (D + 2), the
     // largest index written.
-    unsafe { args.launch(config) }.cuda(format!("cuLaunchKernel({})", split_kernel(dtype, d128)))?;
+    unsafe { args.launch(config) }?;
 
     if max_splits > 1 {
         let combine = gpu.function(MODULE, combine_kernel(dtype, d128))?;
-        let mut args = gpu.stream().launch_builder(&combine);
+        let mut args = gpu.launcher(&combine, combine_kernel(dtype, d128));
         args.arg(&mut workspace.data).arg(&mut out.data).arg(slots).arg(lens).arg(&heads).arg(&n_slots).arg(&capacity);
         args.arg(&context).arg(&tokens).arg(&chunk_i).arg(&max_splits);
         let config = LaunchConfig { grid_dim: (dims.batch as u32, dims.heads as u32, 1), block_dim: (c.head_dim as u32, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: reads the workspace entries the split kernel wrote for valid rows with more than
         // one split (same slot/len rule, same index formula), writes those rows of out.
-        unsafe { args.launch(config) }.cuda(format!("cuLaunchKernel({})", combine_kernel(dtype, d128)))?;
+        unsafe { args.launch(config) }?;
     }
     Ok(())
 }

@@ -29,11 +29,11 @@
 //! show the golden fails.
 
 use crate::dtype::DType;
-use crate::error::{CudaContext as _, Error, Result};
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::{Layout, View, ViewMut};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use std::ffi::c_void;
 
 pub const OP: &str = "linear";
@@ -151,12 +151,12 @@ pub fn linear_with_precision(gpu: &Gpu, x: &View, weight: &View, bias: Option<&V
             let f = gpu.function(MODULE, kernel)?;
             let (rows_i, out_i) = (dims.rows as i64, dims.out_features as i32);
             let blocks = (dims.rows * dims.out_features).div_ceil(256).clamp(1, 65_535) as u32;
-            let mut args = gpu.stream().launch_builder(&f);
+            let mut args = gpu.launcher(&f, kernel);
             args.arg(&b.data).arg(&mut y.data).arg(&rows_i).arg(&out_i);
             let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: bias holds out elements, y rows * out elements of the kernels' dtypes (checked
             // above); the kernel writes y[e] for e < rows * out and reads bias[e % out].
-            unsafe { args.launch(cfg) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+            unsafe { args.launch(cfg) }?;
             1.0
         }
         None => 0.0,

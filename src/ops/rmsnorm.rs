@@ -11,10 +11,10 @@
 
 use super::row_block_threads;
 use crate::dtype::DType;
-use crate::error::{CudaContext as _, Error, Result};
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::{Layout, View, ViewMut};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 pub const OP: &str = "rmsnorm";
 pub const FUSED_OP: &str = "add_rmsnorm";
@@ -124,11 +124,11 @@ pub fn rmsnorm_with_path(gpu: &Gpu, x: &View, weight: &View, eps: f32, out: &mut
     }
     let f = gpu.function(MODULE, launch.kernel)?;
     let hidden = dims.hidden as i32;
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, launch.kernel);
     args.arg(&x.data).arg(&weight.data).arg(&mut out.data).arg(&hidden).arg(&eps);
     // SAFETY: x and out hold rows * hidden elements and weight hidden elements of the kernel's dtype
     // (checked above); the grid has one block per row and each block touches only its row.
-    unsafe { args.launch(config(&launch)) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+    unsafe { args.launch(config(&launch)) }?;
     Ok(())
 }
 
@@ -158,11 +158,11 @@ pub fn add_rmsnorm_with_path(
     }
     let f = gpu.function(MODULE, launch.kernel)?;
     let hidden = dims.hidden as i32;
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, launch.kernel);
     args.arg(&x.data).arg(&mut residual.data).arg(&weight.data).arg(&mut out.data).arg(&hidden).arg(&eps);
     // SAFETY: x, residual and out hold rows * hidden elements and weight hidden elements of the
     // kernel's dtype (checked above); one block per row, each block touches only its row. Rust's
     // borrows guarantee residual and out do not alias each other or x.
-    unsafe { args.launch(config(&launch)) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+    unsafe { args.launch(config(&launch)) }?;
     Ok(())
 }

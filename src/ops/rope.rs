@@ -26,7 +26,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::kv_cache;
 use crate::tensor::{Layout, View, ViewMut};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 pub const OP: &str = "rope";
 pub const KV_OP: &str = "rope_kv";
@@ -199,14 +199,14 @@ pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, 
     let kernel = kernel_name(false, q.layout().dtype);
     let f = gpu.function(MODULE, kernel)?;
     let (heads_i, kv_i, half_i, max_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32, table.max_positions as i32);
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, kernel);
     args.arg(&mut q.data).arg(&mut k.data).arg(positions).arg(&table.inv_freq).arg(&mut table.status);
     args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&max_i);
     // SAFETY: q holds T * heads * d and k T * kv_heads * d elements of the kernel's dtype, positions
     // T entries, inv_freq d / 2 (checked above and by the table). Block t touches token t's rows of
     // q and k only, threads with i >= d / 2 return, and a token with a position outside
     // 0..max_positions is skipped whole.
-    unsafe { args.launch(launch_config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+    unsafe { args.launch(launch_config(dims, kv_heads)) }?;
     Ok(())
 }
 
@@ -238,7 +238,7 @@ pub fn rope_kv(
     let f = gpu.function(MODULE, kernel)?;
     let (heads_i, kv_i, half_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32);
     let (limit_i, slots_i, capacity_i) = (pos_limit as i32, cache.slots as i32, cache.capacity as i32);
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, kernel);
     args.arg(&mut q.data).arg(&k.data).arg(&v.data).arg(positions).arg(slots).arg(&table.inv_freq);
     args.arg(&mut table.status).arg(&mut k_cache.data).arg(&mut v_cache.data);
     args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&limit_i).arg(&slots_i).arg(&capacity_i);
@@ -246,7 +246,7 @@ pub fn rope_kv(
     // kernel writes the cache only at [slot, h, pos, 0..d] with 0 <= slot < slots, h < kv_heads
     // (= the cache's), 0 <= pos < min(max_positions, capacity), checked on the device per token
     // (others are skipped), so every cache write is inside the caches' slots * kv_heads * capacity * d.
-    unsafe { args.launch(launch_config(dims, kv_heads)) }.cuda(format!("cuLaunchKernel({kernel})"))?;
+    unsafe { args.launch(launch_config(dims, kv_heads)) }?;
     Ok(())
 }
 

@@ -8,10 +8,10 @@
 //! `check` is also the CPU reference's validation (`reference::swiglu`).
 
 use crate::dtype::DType;
-use crate::error::{CudaContext as _, Error, Result};
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::{Layout, View, ViewMut};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 pub const OP: &str = "swiglu";
 pub const FUSED_OP: &str = "swiglu_fused";
@@ -116,12 +116,12 @@ pub fn swiglu_with_path(gpu: &Gpu, gate: &View, up: &View, out: &mut ViewMut, pa
     }
     let f = gpu.function(MODULE, launch.kernel)?;
     let (rows_i, width_i, stride) = (rows as i64, width as i32, width as i64);
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, launch.kernel);
     args.arg(&gate.data).arg(&up.data).arg(&mut out.data).arg(&rows_i).arg(&width_i).arg(&stride).arg(&stride);
     // SAFETY: gate, up and out each hold rows * width elements of the kernel's dtype (checked above);
     // the kernel touches item (r, c) with r < rows, c < width only, at row stride width, and uses
     // 16-byte access only when width, the strides and every pointer allow it (plan).
-    unsafe { args.launch(config(&launch)) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+    unsafe { args.launch(config(&launch)) }?;
     Ok(())
 }
 
@@ -145,11 +145,11 @@ pub fn swiglu_fused_with_path(gpu: &Gpu, x: &View, out: &mut ViewMut, path: Path
     let f = gpu.function(MODULE, launch.kernel)?;
     let up = x.data.slice(width * dtype.size()..);
     let (rows_i, width_i, stride) = (rows as i64, width as i32, 2 * width as i64);
-    let mut args = gpu.stream().launch_builder(&f);
+    let mut args = gpu.launcher(&f, launch.kernel);
     args.arg(&x.data).arg(&up).arg(&mut out.data).arg(&rows_i).arg(&width_i).arg(&stride).arg(&stride);
     // SAFETY: x holds rows * 2 * width elements; gate item (r, c) is x[r * 2w + c] and up item
     // x[w + r * 2w + c], c < w, both inside x; out holds rows * width elements (checked above).
-    unsafe { args.launch(config(&launch)) }.cuda(format!("cuLaunchKernel({})", launch.kernel))?;
+    unsafe { args.launch(config(&launch)) }?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! (its 16-bit split softmax weights and the mma's truncating FP32 accumulation).
 
 use crate::common::{rng, uniform, GUARD, POISON};
+use rand::Rng as _;
 use crate::GpuTest;
 use cudarc::driver::CudaSlice;
 use proptest::prelude::*;
@@ -26,6 +27,7 @@ pub const TESTS: &[GpuTest] = &[
     ("attention::goldens_prefill_every_case_and_dtype", goldens_prefill_every_case_and_dtype),
     ("attention::goldens_decode_from_the_cache", goldens_decode_from_the_cache),
     ("attention::stress_layer_f16_is_finite_where_eager_overflows", stress_layer_f16_is_finite_where_eager_overflows),
+    ("attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation", tensor_core_weights_keep_fp32_accuracy_under_cancellation),
     ("attention::decode_every_step_of_a_300_token_golden_in_one_launch", decode_every_step_of_a_300_token_golden_in_one_launch),
     ("attention::decode_many_sequences_of_different_lengths", decode_many_sequences_of_different_lengths),
     ("attention::decode_invalid_slot_or_len_gives_nan_rows_only", decode_invalid_slot_or_len_gives_nan_rows_only),
@@ -207,6 +209,40 @@ fn goldens_decode_from_the_cache(gpu: &Gpu) {
 
 /// VibeThinker's layer 0 in f16: PyTorch's eager attention gives inf/NaN (asserted from the golden
 /// itself); ours is finite and within tolerance of the float64 truth on every path.
+/// The tensor-core prefill splits each softmax weight p into 16-bit terms (3 in bf16, 2 in f16)
+/// so P V keeps the FP32 contract. With v rows of +1 and -1 the output is a small difference of
+/// large sums, so the error a single 16-bit rounding of p would leave (u_T p per key, 2^-9 in
+/// bf16) is hundreds of times the FP32 tolerance, while the split terms stay within it. Keys
+/// differ only slightly (|logit| < 0.3), so no weight is a round 16-bit number.
+fn tensor_core_weights_keep_fp32_accuracy_under_cancellation(gpu: &Gpu) {
+    let mut r = rng(57);
+    let (heads, kv_heads, dim) = (2, 1, 64);
+    for dtype in [DType::BF16, DType::F16] {
+        for context in [2, 16, 100] {
+            let mut q = vec![0.0f32; context * heads * dim];
+            let mut k = vec![0.0f32; context * kv_heads * dim];
+            let mut v = vec![0.0f32; context * kv_heads * dim];
+            for t in 0..context {
+                for h in 0..heads {
+                    q[(t * heads + h) * dim] = 1.0;
+                }
+                k[t * dim] = dtype.round(r.gen_range(-2.4f32..2.4));
+                for d in 0..dim {
+                    v[t * dim + d] = if (t + d) % 2 == 0 { 1.0 } else { -1.0 };
+                }
+            }
+            let q = HostTensor::from_f32(dtype, &[context, heads, dim], q).unwrap();
+            let k = HostTensor::from_f32(dtype, &[context, kv_heads, dim], k).unwrap();
+            let v = HostTensor::from_f32(dtype, &[context, kv_heads, dim], v).unwrap();
+            let expected = reference(&q, &k, &v).unwrap();
+            let what = format!("cancellation S {context}");
+            let ours = run_prefill(gpu, &q, &k, &v, PrefillPath::TensorCore, &what);
+            let c = compare_scaled(&ours, &expected, table::attention(dtype), Some(&tolerance_scale(&q, &k, &v, true)));
+            assert!(c.passed(), "prefill {what} {dtype} TensorCore: {c}");
+        }
+    }
+}
+
 fn stress_layer_f16_is_finite_where_eager_overflows(gpu: &Gpu) {
     let f = GoldenFile::open("vibethinker-1.5b", "ops").unwrap();
     let eager = f.tensor("attention.stress8.f16.o.torch").unwrap().values;

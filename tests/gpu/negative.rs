@@ -1,0 +1,123 @@
+//! Negative tests: the software device can fail, and the suite catches each planted defect.
+//!
+//! - `source_mutants_are_caught` (software device only): for each source mutant of
+//!   softgpu/mutants.rs (one kernel file with one defect: a wrong ldmatrix .trans, bf16 P in one
+//!   term, a causal mask off by one, no barrier after the cp.async wait, no trailing barrier in the
+//!   double-buffered loop, a read one past a buffer, a shuffle half the lanes skip), this binary
+//!   runs the GPU tests named in the mutant's `caught_by` again, in a child process with the mutant
+//!   in place of the real module (QK_SOFTGPU_MUTANT), and requires them to fail, printing `says`.
+//! - A launch above 48 KiB of dynamic shared memory without cuFuncSetAttribute fails, as on a GPU.
+//! - An argument of the wrong size (an i32 where the kernel takes a long long) is an error before
+//!   the launch.
+
+use crate::mutants::MUTANTS;
+use crate::GpuTest;
+use cudarc::driver::LaunchConfig;
+use cudarc::nvrtc::Ptx;
+use qwen_kernels::{kernels, DType, DeviceTensor, Error, Gpu, HostTensor};
+use std::process::Command;
+
+pub const TESTS: &[GpuTest] = &[
+    ("negative::source_mutants_are_caught", source_mutants_are_caught),
+    ("negative::launch_over_48k_without_attribute_fails", launch_over_48k_without_attribute_fails),
+    ("negative::argument_of_the_wrong_size_is_an_error", argument_of_the_wrong_size_is_an_error),
+];
+
+/// Set in the child runs, which must not start children of their own.
+pub const CHILD: &str = "QK_GPU_NEGATIVE_CHILD";
+
+fn source_mutants_are_caught(_gpu: &Gpu) {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut missed = Vec::new();
+    for m in MUTANTS {
+        let lib = kernels::SOFTGPU_MUTANTS.iter().find(|(name, _)| *name == m.name).map(|(_, p)| *p);
+        let lib = lib.unwrap_or_else(|| panic!("mutant {} was not built", m.name));
+        let out = Command::new(&exe)
+            .args(m.caught_by)
+            .env("QK_DEVICE", "emulated")
+            .env("QK_SOFTGPU_MUTANT", lib)
+            .env(CHILD, "1")
+            .env_remove("QK_REQUIRE_GPU")
+            .env_remove("QK_SOFTGPU_SCHEDULE")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let closing = text.lines().rev().find(|l| l.starts_with("software-gpu: ")).unwrap_or("(no closing line)");
+        let failed = closing.split(", ").nth(1).and_then(|f| f.split(' ').next()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+        let caught = !out.status.success() && failed > 0 && text.contains(m.says);
+        let evidence = text.lines().find(|l| l.contains(m.says)).unwrap_or("").trim();
+        println!(
+            "  mutant {:<32} {} by {:?}: {closing}; {:.150}",
+            m.name,
+            if caught { "caught" } else { "NOT CAUGHT" },
+            m.caught_by,
+            evidence
+        );
+        if !caught {
+            missed.push(m.name);
+        }
+    }
+    assert!(missed.is_empty(), "planted defects the suite did not catch: {missed:?}");
+}
+
+/// The tensor-core prefill at D 128 needs 68 KiB of dynamic shared memory. On a fresh load of the
+/// module (so no earlier call has raised the limit) the launch must fail until the attribute is set.
+fn launch_over_48k_without_attribute_fails(gpu: &Gpu) {
+    let name = "attn_prefill_mma_bf16_d128";
+    let image = kernels::MODULES.iter().find(|(m, _)| *m == "attention").unwrap().1;
+    let module = gpu.context().load_module(Ptx::from_binary(image.to_vec())).unwrap();
+    let f = module.load_function(name).unwrap();
+    let (tokens, heads, dim) = (64usize, 2usize, 128usize);
+    let t = |n: usize| DeviceTensor::from_host(gpu, &HostTensor::full(DType::BF16, &[n], 0.5).unwrap()).unwrap();
+    let (q, k, v, mut o) = (t(tokens * heads * dim), t(tokens * dim), t(tokens * dim), t(tokens * heads * dim));
+    let shared = (2 * 2 * 64 * (dim + 8) * 2) as u32;
+    assert!(shared > 48 * 1024);
+    let cfg = LaunchConfig { grid_dim: (1, heads as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: shared };
+    let (ti, hi, gi, hs, rs, scale) = (tokens as i32, heads as i32, heads as i32, dim as i64, dim as i64, 1.0f32 / (dim as f32).sqrt());
+    let launch = |gpu: &Gpu, q: &DeviceTensor, k: &DeviceTensor, v: &DeviceTensor, o: &mut DeviceTensor| {
+        let (qv, kv, vv) = (q.view(), k.view(), v.view());
+        let mut ov = o.view_mut();
+        let mut args = gpu.launcher(&f, name);
+        args.arg(qv.device_data()).arg(kv.device_data()).arg(vv.device_data()).arg(ov.device_data_mut());
+        args.arg(&ti).arg(&ti).arg(&hi).arg(&gi).arg(&hs).arg(&rs).arg(&scale);
+        // SAFETY: q, o hold 64 tokens x 2 heads x 128, k, v 64 x 1 x 128 bf16 (one kv head,
+        // group 2); one block of 64 query rows per head.
+        unsafe { args.launch(cfg) }
+    };
+    match launch(gpu, &q, &k, &v, &mut o) {
+        Err(Error::Cuda { source, .. }) => {
+            assert_eq!(source.0, cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE, "{name} without the attribute: {source}");
+        }
+        other => panic!("{name} with {shared} bytes of dynamic shared memory and no attribute: expected CUDA_ERROR_INVALID_VALUE, got {other:?}"),
+    }
+    f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32).unwrap();
+    launch(gpu, &q, &k, &v, &mut o).unwrap();
+    // Every weight is equal and every v is 0.5: the output is 0.5.
+    assert!(o.to_host(gpu).unwrap().data().iter().all(|&x| x == 0.5));
+}
+
+/// argmax_partial takes (logits, part_v, part_i, long long stride, int n_valid, int chunk).
+fn argument_of_the_wrong_size_is_an_error(gpu: &Gpu) {
+    let name = "argmax_partial_f32_scalar";
+    let f = gpu.function("argmax", name).unwrap();
+    let logits = DeviceTensor::from_host(gpu, &HostTensor::full(DType::F32, &[8], 1.0).unwrap()).unwrap();
+    let mut part = DeviceTensor::from_host(gpu, &HostTensor::full(DType::F32, &[256], 0.0).unwrap()).unwrap();
+    let mut part_i = DeviceTensor::from_host(gpu, &HostTensor::full(DType::F32, &[256], 0.0).unwrap()).unwrap();
+    let (stride_wrong, n_valid, chunk) = (8i32, 8i32, 8i32);
+    let (lv, mut pv, mut piv) = (logits.view(), part.view_mut(), part_i.view_mut());
+    let mut args = gpu.launcher(&f, name);
+    args.arg(lv.device_data()).arg(pv.device_data_mut()).arg(piv.device_data_mut());
+    args.arg(&stride_wrong).arg(&n_valid).arg(&chunk);
+    let cfg = LaunchConfig { grid_dim: (256, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: never launched: the argument check fails first (asserted below).
+    match unsafe { args.launch(cfg) } {
+        Err(Error::KernelArguments { kernel, detail }) => {
+            assert_eq!(kernel, name);
+            assert!(detail.contains("argument 3 is 4 bytes") && detail.contains("is 8 bytes"), "{detail}");
+        }
+        other => panic!("an i32 pushed for a long long: expected Error::KernelArguments, got {other:?}"),
+    }
+}
