@@ -199,6 +199,9 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
             s_p[j][lane] = pa;
             s_p[j][lane + WARP] = pb;
             const float tile_sum = warp_sum(pa + pb);
+            // Every lane has read s_max[j] (m_old) above; lane 0 now replaces it. The shuffles
+            // between keep the lanes in step but are not a memory barrier: __syncwarp is.
+            __syncwarp();
             if (lane == 0) {
                 const float alpha = expf(m_old - m_new);   // 0 on the first tile
                 s_alpha[j] = alpha;

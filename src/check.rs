@@ -31,7 +31,10 @@ use crate::{DType, DeviceTensor, Gpu, HostTensor, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Cpu,
+    /// The kernels on a GPU.
     Cuda,
+    /// The kernels on the software device (softgpu/), on the CPU.
+    SoftGpu,
 }
 
 impl Backend {
@@ -39,6 +42,7 @@ impl Backend {
         match self {
             Backend::Cpu => "cpu",
             Backend::Cuda => "cuda",
+            Backend::SoftGpu => "softgpu",
         }
     }
 }

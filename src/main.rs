@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
 use qwen_kernels::diff;
 use qwen_kernels::model::Qwen2Config;
-use qwen_kernels::{kernels, Error, Gpu};
+use qwen_kernels::{kernels, DeviceKind, Error, Gpu};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,7 +34,9 @@ enum Command {
     /// layers stage by stage and the whole model). With --checkpoint, the whole-model golden of a
     /// real checkpoint on the CPU reference.
     Check {
-        /// Where the ops run (default: cuda when a GPU is usable, else cpu).
+        /// Where the ops run: cpu (the references), or cuda (the kernels: on a GPU when one is
+        /// usable, else on the software device; QK_DEVICE=hardware|emulated chooses). Default cuda
+        /// when either is there, else cpu.
         #[arg(long, value_enum, conflicts_with = "checkpoint")]
         backend: Option<BackendArg>,
         /// The CUDA device ordinal.
@@ -120,24 +122,27 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
         return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let presets = models.presets()?;
-    let (backend, gpu) = match backend {
-        Some(BackendArg::Cpu) => (Backend::Cpu, None),
-        Some(BackendArg::Cuda) => (Backend::Cuda, Some(Gpu::new(device)?)),
-        None => match Gpu::new(device) {
-            Ok(gpu) => (Backend::Cuda, Some(gpu)),
+    // cuda: hardware when a GPU is usable, else the software device (Gpu::any; QK_DEVICE and
+    // QK_REQUIRE_GPU=1 choose explicitly).
+    let gpu = match backend {
+        Some(BackendArg::Cpu) => None,
+        Some(BackendArg::Cuda) => Some(Gpu::any(device)?),
+        None => match Gpu::any(device) {
+            Ok(gpu) => Some(gpu),
             Err(e) => {
-                println!("backend: cpu (no usable GPU: {e})");
-                (Backend::Cpu, None)
+                println!("backend: cpu (no CUDA device, hardware or software: {e})");
+                None
             }
         },
     };
+    let backend = match &gpu {
+        None => Backend::Cpu,
+        Some(g) if g.info().kind == DeviceKind::Software => Backend::SoftGpu,
+        Some(_) => Backend::Cuda,
+    };
     let mut rows = match &gpu {
         Some(gpu) => {
-            let i = gpu.info();
-            println!(
-                "backend: cuda on device {} {} (sm_{}{}, driver {})",
-                i.ordinal, i.name, i.compute_capability.0, i.compute_capability.1, i.driver_version
-            );
+            println!("backend: {} on {}", backend.name(), gpu.describe());
             let mut rows = check::golden_rows(Some(gpu))?;
             rows.extend(check::cuda_rows(gpu)?);
             rows
@@ -190,23 +195,18 @@ fn run_info(device: usize) -> ExitCode {
             r.kernel, r.target, r.registers, r.stack_frame_bytes, r.spill_store_bytes, r.spill_load_bytes
         );
     }
-    match Gpu::new(device) {
+    match Gpu::any(device) {
         Ok(gpu) => {
             let i = gpu.info();
-            println!(
-                "device {}: {} (sm_{}{}), {:.1} GiB, driver {}",
-                i.ordinal,
-                i.name,
-                i.compute_capability.0,
-                i.compute_capability.1,
-                i.total_memory_bytes as f64 / (1u64 << 30) as f64,
-                i.driver_version
-            );
+            println!("device: {}, {:.1} GiB", gpu.describe(), i.total_memory_bytes as f64 / (1u64 << 30) as f64);
+            if let Ok((custom, ucontext)) = gpu.software_switch_ns() {
+                println!("  fiber switch: {custom:.1} ns (hand-written), {ucontext:.1} ns (ucontext) on this CPU");
+            }
             if let Err(e) = gpu.blas() {
                 println!("cuBLAS: {e}");
             }
         }
-        Err(e) => println!("device: {e}"),
+        Err(e) => println!("device: none ({e})"),
     }
     ExitCode::SUCCESS
 }

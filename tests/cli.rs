@@ -92,6 +92,34 @@ fn info_runs_without_a_gpu() {
     assert!(out.contains("device"), "{out}");
 }
 
+/// `check --backend cuda` runs every kernel against the goldens of both models: on a GPU when one
+/// is usable, else on the software device (the kernels compiled for the host), and says which in
+/// the backend line and column. Every row must pass. Needs the kernels (scripts/setup-cuda.sh).
+#[test]
+fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
+    if std::env::var("QK_REQUIRE_KERNELS").is_err() && !qwen_kernels::kernels::built() {
+        eprintln!("skipped: the kernels were not built (no nvcc)");
+        return;
+    }
+    let (code, out, err) = run(&mut qwen_kernels(&["check", "--backend", "cuda"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let column = if out.contains("backend: softgpu on software device") {
+        "softgpu"
+    } else {
+        assert!(out.contains("backend: cuda on "), "the backend line names no device:\n{out}");
+        "cuda"
+    };
+    let rows: Vec<&str> = out.lines().filter(|l| l.ends_with("PASS") || l.ends_with("FAIL")).collect();
+    assert!(rows.len() >= 100, "{} rows:\n{out}", rows.len());
+    for row in &rows {
+        assert!(row.ends_with("PASS") && row.split_whitespace().nth(3) == Some(column), "{row}");
+    }
+    for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
+        assert!(rows.iter().any(|r| r.contains(model)), "no row for {model}");
+    }
+    assert!(out.contains(&format!("{} passed, 0 failed", rows.len())), "{out}");
+}
+
 /// A fresh directory under the system's temp dir, removed when dropped.
 struct TempDir(PathBuf);
 

@@ -10,7 +10,9 @@
 //! last line says which device ran them: `gpu: N passed, N failed, N skipped` on hardware,
 //! `software-gpu: N passed, ...` on the software device (softgpu/). A test without any device is
 //! reported as skipped, never as passed. The exit code is non-zero on any failure, and when
-//! QK_REQUIRE_GPU=1 and the filter selects no test.
+//! QK_REQUIRE_GPU=1 and the filter selects no test. On the software device the tests are spread
+//! over several processes of this binary (QK_GPU_JOBS, default the CPU count up to 4), whose
+//! outputs are printed in turn before the total.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -36,6 +38,9 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 
 pub type GpuTest = (&'static str, fn(&Gpu));
+
+/// Set to "i/n" in a shard process (see run_shards).
+const SHARD: &str = "QK_GPU_SHARD";
 
 /// Tests that need the software device (its schedules or its mutant modules): skipped on hardware.
 const SOFTWARE_ONLY: &[&str] = &[
@@ -73,6 +78,14 @@ fn main() -> ExitCode {
     let count = tests.len();
     let selected: Vec<GpuTest> =
         tests.into_iter().filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))).collect();
+    let shard = std::env::var(SHARD).ok().and_then(|s| {
+        let (i, n) = s.split_once('/')?;
+        Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+    });
+    let selected: Vec<GpuTest> = match shard {
+        Some((i, n)) => selected.into_iter().enumerate().filter(|(j, _)| j % n == i).map(|(_, t)| t).collect(),
+        None => selected,
+    };
 
     let device_word = match gpu() {
         Ok(g) => {
@@ -91,6 +104,14 @@ fn main() -> ExitCode {
         println!("QK_REQUIRE_GPU=1 and the filter {filters:?} selects none of the {} tests: failing", count);
         println!("{device_word}: 0 passed, 1 failed, 0 skipped");
         return ExitCode::FAILURE;
+    }
+    let jobs = std::env::var("QK_GPU_JOBS")
+        .ok()
+        .and_then(|j| j.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
+    let software = gpu().as_ref().is_ok_and(|g| g.info().kind == DeviceKind::Software);
+    if software && shard.is_none() && jobs > 1 && selected.len() > 1 {
+        return run_shards(jobs.min(selected.len()), device_word);
     }
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (name, test) in selected {
@@ -118,6 +139,59 @@ fn main() -> ExitCode {
             Err(reason) => {
                 skipped += 1;
                 println!("test {name} ... skipped: {reason}");
+            }
+        }
+    }
+    match shard {
+        Some((i, n)) => println!("shard {i}/{n}: {passed} passed, {failed} failed, {skipped} skipped"),
+        None => println!("{device_word}: {passed} passed, {failed} failed, {skipped} skipped"),
+    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The software device runs a launch on one CPU core: spread the tests over `n` processes of
+/// this binary (shard i runs tests i, i + n, ...), then print each one's output and the total.
+fn run_shards(n: usize, device_word: &str) -> ExitCode {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!("running the tests in {n} processes (QK_GPU_JOBS=1: one)");
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let (exe, args) = (exe.clone(), args.clone());
+            std::thread::spawn(move || {
+                std::process::Command::new(exe).args(args).env(SHARD, format!("{i}/{n}")).output()
+            })
+        })
+        .collect();
+    let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.join().expect("shard thread");
+        let Ok(out) = out else {
+            failed += 1;
+            println!("shard {i}/{n}: could not start: {:?}", out.err());
+            continue;
+        };
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counts = text.lines().rev().find_map(|l| {
+            let rest = l.strip_prefix(&format!("shard {i}/{n}: "))?;
+            let nums: Vec<u32> = rest.split(", ").filter_map(|p| p.split(' ').next()?.parse().ok()).collect();
+            (nums.len() == 3).then(|| (nums[0], nums[1], nums[2]))
+        });
+        match counts {
+            Some((p, f, s)) => {
+                passed += p;
+                failed += f;
+                skipped += s;
+                if f == 0 && !out.status.success() {
+                    failed += 1;
+                    println!("shard {i}/{n} exited with {} after its tests", out.status);
+                }
+            }
+            None => {
+                failed += 1;
+                println!("shard {i}/{n} ended without its summary ({})", out.status);
             }
         }
     }

@@ -40,6 +40,8 @@ fn source_mutants_are_caught(_gpu: &Gpu) {
             .env("QK_DEVICE", "emulated")
             .env("QK_SOFTGPU_MUTANT", lib)
             .env(CHILD, "1")
+            .env("QK_GPU_JOBS", "1")
+            .env_remove("QK_GPU_SHARD")
             .env_remove("QK_REQUIRE_GPU")
             .env_remove("QK_SOFTGPU_SCHEDULE")
             .output()
