@@ -67,6 +67,14 @@ pub const MUTANTS: &[Mutant] = &[
         says: "past the end of device allocation",
     },
     Mutant {
+        name: "warp_exits_before_barrier",
+        module: "rmsnorm",
+        find: "    const float mean = block_sum(sum_sq) / static_cast<float>(hidden);",
+        replace: "    if (blockDim.x > 32 && threadIdx.x / 32 == blockDim.x / 32 - 1) return;\n    const float mean = block_sum(sum_sq) / static_cast<float>(hidden);",
+        caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
+        says: "is never reached by 32 thread(s)",
+    },
+    Mutant {
         name: "shuffle_half_the_lanes_skip",
         module: "argmax",
         find: "o.v = __shfl_xor_sync(0xffffffffu, x.v, offset);",
