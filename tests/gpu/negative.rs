@@ -10,6 +10,7 @@
 //! - A launch above 48 KiB of dynamic shared memory without cuFuncSetAttribute fails, as on a GPU.
 //! - An argument of the wrong size (an i32 where the kernel takes a long long) is an error before
 //!   the launch.
+//! - With QK_REQUIRE_GPU=1 a test filter that selects nothing fails the run.
 
 use crate::mutants::MUTANTS;
 use crate::GpuTest;
@@ -22,7 +23,28 @@ pub const TESTS: &[GpuTest] = &[
     ("negative::source_mutants_are_caught", source_mutants_are_caught),
     ("negative::launch_over_48k_without_attribute_fails", launch_over_48k_without_attribute_fails),
     ("negative::argument_of_the_wrong_size_is_an_error", argument_of_the_wrong_size_is_an_error),
+    ("negative::required_gpu_with_a_filter_that_selects_nothing_fails", required_gpu_with_a_filter_that_selects_nothing_fails),
 ];
+
+/// With QK_REQUIRE_GPU=1, a filter that matches no test must fail the run, not report "0 passed".
+fn required_gpu_with_a_filter_that_selects_nothing_fails(_gpu: &Gpu) {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("no-test-is-called-this")
+        .env("QK_REQUIRE_GPU", "1")
+        .env(CHILD, "1")
+        .env("QK_GPU_JOBS", "1")
+        .env_remove("QK_GPU_SHARD")
+        .env_remove("QK_DEVICE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "exit {} with:\n{text}", out.status);
+    assert!(text.contains("selects none of the"), "{text}");
+    assert!(text.lines().last().is_some_and(|l| l.ends_with(": 0 passed, 1 failed, 0 skipped")), "{text}");
+}
 
 /// Set in the child runs, which must not start children of their own.
 pub const CHILD: &str = "QK_GPU_NEGATIVE_CHILD";
