@@ -89,17 +89,16 @@ pub fn hardware_probe() -> std::result::Result<(), String> {
         if lib.get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"qksoft_version").is_ok() {
             return Err("libcuda.so is the software device".into());
         }
-        let init: libloading::Symbol<Init> = lib.get(b"cuInit").map_err(|e| e.to_string())?;
-        let count: libloading::Symbol<Count> = lib.get(b"cuDeviceGetCount").map_err(|e| e.to_string())?;
+        // Plain function pointers: valid while `lib` is loaded, which outlives their use here.
+        let init: Init = *lib.get(b"cuInit").map_err(|e| e.to_string())?;
+        let count: Count = *lib.get(b"cuDeviceGetCount").map_err(|e| e.to_string())?;
         let rc = init(0);
         if rc != 0 {
-            drop((init, count));
             return Err(format!("cuInit failed ({rc})"));
         }
         let mut n = 0;
         let rc = count(&mut n);
         if rc != 0 || n <= 0 {
-            drop((init, count));
             return Err(format!("the driver reports {n} CUDA devices"));
         }
         std::mem::forget(lib);
