@@ -491,7 +491,8 @@ impl Gpu {
                     }
                 }
             }
-            Some(sizes)
+            // A kernel of this crate always has parameters: a driver that lists none cannot say.
+            (!sizes.is_empty()).then_some(sizes)
         } else {
             None
         };

@@ -74,11 +74,13 @@ fn source_mutants_are_caught(_gpu: &Gpu) {
         let failed = closing.split(", ").nth(1).and_then(|f| f.split(' ').next()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
         let caught = !out.status.success() && failed > 0 && text.contains(m.says);
         let evidence = text.lines().find(|l| l.contains(m.says)).unwrap_or("").trim();
+        // The child's summary is reworded so that no line here reads like this runner's own.
         println!(
-            "  mutant {:<32} {} by {:?}: {closing}; {:.150}",
+            "  mutant {:<32} {} by {:?} (child run: {}); {:.150}",
             m.name,
             if caught { "caught" } else { "NOT CAUGHT" },
             m.caught_by,
+            closing.replace(", ", " / "),
             evidence
         );
         if !caught {
