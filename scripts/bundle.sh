@@ -49,6 +49,12 @@ mkdir -p "$out/bin"
 done
 cargo build --release --bin qwen-kernels
 cp target/release/qwen-kernels "$out/bin/qwen-kernels"
+# The software device's source mutants (tests/gpu/negative.rs runs them where no GPU is usable).
+mutants=$(ls -td target/release/build/qwen-kernels-*/out/softgpu/mutants 2>/dev/null | head -n 1)
+if [ -n "$mutants" ]; then
+    mkdir -p "$out/softgpu-mutants"
+    cp "$mutants"/lib*.so "$out/softgpu-mutants/"
+fi
 # Debug info is for local profiling; the bundle travels.
 strip "$out"/bin/* 2>/dev/null || true
 

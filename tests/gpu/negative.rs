@@ -56,8 +56,11 @@ fn source_mutants_are_caught(_gpu: &Gpu) {
     let exe = std::env::current_exe().unwrap();
     let mut missed = Vec::new();
     for m in MUTANTS {
-        let lib = kernels::SOFTGPU_MUTANTS.iter().find(|(name, _)| *name == m.name).map(|(_, p)| *p);
-        let lib = lib.unwrap_or_else(|| panic!("mutant {} was not built", m.name));
+        // Where the build put it, or, in a GPU bundle (scripts/bundle.sh), bin/../softgpu-mutants/.
+        let built = kernels::SOFTGPU_MUTANTS.iter().find(|(name, _)| *name == m.name).map(|(_, p)| std::path::PathBuf::from(p));
+        let bundled = exe.parent().and_then(|bin| bin.parent()).map(|b| b.join("softgpu-mutants").join(format!("lib{}.so", m.name)));
+        let lib = [built, bundled].into_iter().flatten().find(|p| p.exists());
+        let lib = lib.unwrap_or_else(|| panic!("mutant {} was not built (softgpu/mutants.rs)", m.name));
         let out = Command::new(&exe)
             .args(m.caught_by)
             .env("QK_DEVICE", "emulated")
