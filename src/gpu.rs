@@ -212,26 +212,17 @@ fn bound_to_software() -> bool {
     unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"qksoft_version").is_ok() }
 }
 
-/// Write the software device's libraries where they can be loaded by path (once per content).
+/// Write the software device's libraries into a new private folder (mode 0700, a name no other
+/// process uses), so that what is loaded is exactly what this build embeds.
 fn softgpu_files(libs: &kernels::SoftGpuLibraries) -> std::io::Result<(PathBuf, PathBuf)> {
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for &b in libs.libcuda.iter().chain(libs.libcublas) {
-        hash = (hash ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    let dir = std::env::temp_dir().join(format!("qwen-kernels-softgpu-{hash:016x}"));
-    std::fs::create_dir_all(&dir)?;
-    let mut paths = Vec::new();
-    for (name, bytes) in [("libcuda.so", libs.libcuda), ("libcublas.so", libs.libcublas)] {
-        let path = dir.join(name);
-        if std::fs::read(&path).map(|b| b != bytes).unwrap_or(true) {
-            // Write beside, then rename: another process may be loading the same file.
-            let tmp = dir.join(format!("{name}.{}", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)?;
-        }
-        paths.push(path);
-    }
-    Ok((paths.remove(0), paths.remove(0)))
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("qwen-kernels-softgpu-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let (cuda, cublas) = (dir.join("libcuda.so"), dir.join("libcublas.so"));
+    std::fs::write(&cuda, libs.libcuda)?;
+    std::fs::write(&cublas, libs.libcublas)?;
+    Ok((cuda, cublas))
 }
 
 /// Load the software device's libcuda.so and libcublas.so (once per process).
@@ -241,13 +232,18 @@ fn load_softgpu() -> Result<()> {
         .get_or_init(|| {
             let libs = kernels::SOFTGPU.as_ref().ok_or("this build has no software device (built without nvcc)")?;
             let (cuda, cublas) = softgpu_files(libs).map_err(|e| format!("cannot write the software device's libraries: {e}"))?;
-            for path in [&cuda, &cublas] {
+            let loaded = [&cuda, &cublas].into_iter().try_for_each(|path| {
                 // SAFETY: our own libraries, built with the crate; their initialisers only register kernels.
                 let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
                 // Kept for the life of the process: cudarc's handles point into it.
                 std::mem::forget(lib);
+                Ok::<(), String>(())
+            });
+            // Loaded (or not): the files are no longer needed.
+            if let Some(dir) = cuda.parent() {
+                let _ = std::fs::remove_dir_all(dir);
             }
-            Ok(())
+            loaded
         })
         .clone()
         .map_err(|reason| Error::NoDevice { reason })
