@@ -17,7 +17,7 @@
 //     q, o         [rows, heads, D]                       rows = new tokens (prefill) or sequences (decode)
 //     k, v         row s of kv head g at k + slot * slot_stride + g * head_stride + s * row_stride
 //                  contiguous prefill k [S, kv_heads, D]:  slot_stride 0, head_stride D, row_stride kv_heads D
-//                  KV cache [slots, kv_heads, capacity, D] (ops/kv_cache.rs): kv_heads capacity D, capacity D, D
+//                  KV cache [slots, kv_heads, capacity, D] (spec/kv_cache.rs): kv_heads capacity D, capacity D, D
 //
 // Two kernel families:
 //

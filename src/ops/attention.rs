@@ -34,13 +34,12 @@
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::kv_cache::{self, KvCacheDims};
+use crate::spec::kv_cache::{self, KvCacheDims};
 use crate::tensor::{HostTensor, Layout, View, ViewMut};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaView, LaunchConfig};
 
-pub const OP: &str = "attention";
-pub const DECODE_OP: &str = "attention_decode";
+pub use crate::spec::attention::{check, error_scale, softmax_scale, AttentionDims, DECODE_OP, OP};
 const MODULE: &str = "attention";
 
 /// Head dims the kernels are compiled for.
@@ -68,50 +67,6 @@ const SPLIT_THREADS: u32 = 128;
 const MMA_THREADS: u32 = 128;
 /// CUDA's limit on grid.y and grid.z.
 const GRID_YZ_MAX: usize = 65535;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttentionDims {
-    /// New tokens (queries).
-    pub tokens: usize,
-    /// Context length: cached plus new tokens (keys).
-    pub context: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttentionDims {
-    /// Query heads per KV head.
-    pub fn group(&self) -> usize {
-        self.heads / self.kv_heads
-    }
-}
-
-/// Validate q [T, heads, D], k and v [S, kv_heads, D] with T <= S, heads a multiple of kv_heads.
-pub fn check(q: Layout, k: Layout, v: Layout) -> Result<AttentionDims> {
-    let [tokens, heads, head_dim] = *q.shape.dims() else {
-        return Err(Error::shape(OP, format!("q must be [tokens, heads, head_dim], got {q}")));
-    };
-    let [context, kv_heads, k_dim] = *k.shape.dims() else {
-        return Err(Error::shape(OP, format!("k must be [context, kv_heads, head_dim], got {k}")));
-    };
-    if v.shape != k.shape {
-        return Err(Error::shape(OP, format!("v {v} must match k {k}")));
-    }
-    if k.dtype != q.dtype || v.dtype != q.dtype {
-        return Err(Error::dtype(OP, format!("q {}, k {}, v {} must share one dtype", q.dtype, k.dtype, v.dtype)));
-    }
-    if k_dim != head_dim || head_dim == 0 {
-        return Err(Error::shape(OP, format!("head_dim of q {q} and k {k} differ or are 0")));
-    }
-    if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(Error::shape(OP, format!("{heads} query heads are not a multiple of {kv_heads} kv heads")));
-    }
-    if tokens > context {
-        return Err(Error::shape(OP, format!("{tokens} new tokens but a context of only {context}")));
-    }
-    Ok(AttentionDims { tokens, context, heads, kv_heads, head_dim })
-}
 
 /// The head dims the kernels are compiled for.
 pub fn check_head_dim(op: &'static str, head_dim: usize) -> Result<()> {
@@ -226,11 +181,6 @@ fn combine_kernel(dtype: DType, d128: bool) -> &'static str {
     }
 }
 
-fn scale(head_dim: usize) -> f32 {
-    // The reference's scale, D^-0.5 rounded once to FP32 (transformers: self.head_dim ** -0.5).
-    (head_dim as f64).powf(-0.5) as f32
-}
-
 /// Causal attention of `q` [T, heads, D] over `k`, `v` [S, kv_heads, D] into `out` [T, heads, D].
 pub fn prefill(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut ViewMut) -> Result<()> {
     prefill_with_path(gpu, q, k, v, out, PrefillPath::Auto)
@@ -254,7 +204,7 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
     // Contiguous k, v [S, kv_heads, D]: kv head g's row s at g * D + s * kv_heads * D.
     let head_stride = dims.head_dim as i64;
     let row_stride = (dims.kv_heads * dims.head_dim) as i64;
-    let scale = scale(dims.head_dim);
+    let scale = softmax_scale(dims.head_dim);
     let mut args = gpu.launcher(&f, launch.kernel);
     if launch.kernel.starts_with("attn_prefill_mma") {
         args.arg(&q.data).arg(&k.data).arg(&v.data).arg(&mut out.data);
@@ -384,7 +334,7 @@ pub fn check_decode(
 
 /// One new token per sequence against the KV cache, with `DEFAULT_DECODE_CHUNK`.
 ///
-/// `q`, `out`: [B, heads, D]; `k_cache`, `v_cache`: [slots, kv_heads, capacity, D] (ops::kv_cache);
+/// `q`, `out`: [B, heads, D]; `k_cache`, `v_cache`: [slots, kv_heads, capacity, D] (crate::spec::kv_cache);
 /// `slots`, `lens`: B device i32 each (sequence b is in slot `slots[b]` with `lens[b]` valid
 /// positions, the new token's key at `lens[b] - 1`); `workspace`: f32, at least
 /// `decode_workspace_len(B, heads, D, capacity, DEFAULT_DECODE_CHUNK)` elements.
@@ -443,7 +393,7 @@ pub fn decode_with_chunk(
     let head_stride = (c.capacity * c.head_dim) as i64;
     let row_stride = c.head_dim as i64;
     let chunk_i = chunk as i32;
-    let scale = scale(c.head_dim);
+    let scale = softmax_scale(c.head_dim);
 
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
     let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
@@ -473,10 +423,10 @@ pub fn decode_with_chunk(
 }
 
 /// Per-element tolerance scale (units of u32) of a prefill of q [T, heads, D] over k, v: the FP32
-/// contract's `reference::attention::error_scale`, plus [`mma_extra_error`] times the largest |v|
+/// contract's [`error_scale`], plus [`mma_extra_error`] times the largest |v|
 /// of the element's column when the tensor-core kernel runs (`tensor_core` and 16-bit storage).
 pub fn prefill_error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor, tensor_core: bool) -> Result<Vec<f32>> {
-    let mut scale = crate::reference::attention::error_scale(q, k, v)?;
+    let mut scale = error_scale(q, k, v)?;
     if !tensor_core || q.dtype() == DType::F32 {
         return Ok(scale);
     }
@@ -504,7 +454,7 @@ pub fn prefill_error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor, tenso
     Ok(scale)
 }
 
-/// Extra error of the tensor-core prefill beyond `reference::attention::error_scale`, per output
+/// Extra error of the tensor-core prefill beyond the contract's [`error_scale`], per output
 /// element, in units of u32 = 2^-24 times `v_max` (the largest |v_sd| over the visible keys), for a
 /// row with `visible` keys and logit bound `logit_bound` (L = max_s sum_i |q_i k_si| / sqrt(D), as in
 /// `error_scale`). Add it to `error_scale` when comparing that kernel. Two sources:
