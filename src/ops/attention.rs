@@ -28,8 +28,10 @@
 //! within the tolerance, not bitwise (different summation orders).
 //!
 //! Device-side slots and lens cannot be checked on the host. The kernels read them and treat a row
-//! with slot outside [0, slots) or len outside [1, capacity] as invalid: nothing is read for it and
-//! every element of its output is NaN (reported, never an out-of-bounds access).
+//! with slot outside [0, slots) or len outside [1, capacity] as invalid: nothing is read for it,
+//! every element of its output is NaN, and a flag is raised in the workspace's status word, which
+//! [`decode_status`] reads (synchronising) as a typed error: never an out-of-bounds access, never
+//! a silent row.
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
@@ -259,11 +261,41 @@ pub fn decode_splits(len: usize, chunk: usize) -> usize {
     len.div_ceil(chunk.max(1))
 }
 
-/// FP32 elements of the decode workspace for `batch` sequences: per (sequence, head, split) the
-/// unnormalised accumulator (head_dim) and the running max and sum (2). Depends only on shapes, so
-/// one buffer allocated up front serves every step.
+/// FP32 elements of the decode workspace for `batch` sequences: the status word (element 0, see
+/// [`decode_status`]), then per (sequence, head, split) the unnormalised accumulator (head_dim) and
+/// the running max and sum (2). Depends only on shapes, so one buffer allocated up front serves
+/// every step.
 pub fn decode_workspace_len(batch: usize, heads: usize, head_dim: usize, capacity: usize, chunk: usize) -> usize {
-    batch * heads * decode_splits(capacity, chunk) * (head_dim + 2)
+    1 + batch * heads * decode_splits(capacity, chunk) * (head_dim + 2)
+}
+
+/// Status bit: some row's slot was outside the cache (its output is NaN).
+pub const STATUS_BAD_SLOT: u32 = 1;
+/// Status bit: some row's len was outside 1..=capacity (its output is NaN).
+pub const STATUS_BAD_LEN: u32 = 2;
+
+/// Read (synchronising) the status word of the last decode into `workspace`: `Ok` if every row had
+/// a slot inside the cache and a len in 1..=capacity, else an error naming what was wrong; those
+/// rows' outputs are NaN. The next decode clears the word, so read it after each step whose rows
+/// were not known to be valid.
+pub fn decode_status(gpu: &Gpu, workspace: &View) -> Result<()> {
+    if workspace.layout().dtype != DType::F32 || workspace.layout().numel() == 0 {
+        return Err(Error::dtype(DECODE_OP, format!("workspace must be a non-empty f32 tensor, got {}", workspace.layout())));
+    }
+    let word = gpu.stream().clone_dtoh(&workspace.data.slice(0..4)).cuda("cuMemcpyDtoH(decode status)")?;
+    gpu.synchronize()?;
+    let bits = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+    if bits == 0 {
+        return Ok(());
+    }
+    let mut what = Vec::new();
+    if bits & STATUS_BAD_SLOT != 0 {
+        what.push("a slot outside 0..slots of the cache");
+    }
+    if bits & STATUS_BAD_LEN != 0 {
+        what.push("a len outside 1..=capacity");
+    }
+    Err(Error::invalid(DECODE_OP, format!("rows with {} were skipped, their output is NaN (status {bits:#x})", what.join(" and "))))
 }
 
 fn check_chunk(chunk: usize) -> Result<()> {
@@ -337,7 +369,8 @@ pub fn check_decode(
 /// `q`, `out`: [B, heads, D]; `k_cache`, `v_cache`: [slots, kv_heads, capacity, D] (crate::spec::kv_cache);
 /// `slots`, `lens`: B device i32 each (sequence b is in slot `slots[b]` with `lens[b]` valid
 /// positions, the new token's key at `lens[b] - 1`); `workspace`: f32, at least
-/// `decode_workspace_len(B, heads, D, capacity, DEFAULT_DECODE_CHUNK)` elements.
+/// `decode_workspace_len(B, heads, D, capacity, DEFAULT_DECODE_CHUNK)` elements. A row whose slot
+/// or len is outside the cache is skipped (its output NaN) and flagged: [`decode_status`] says so.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
@@ -395,6 +428,8 @@ pub fn decode_with_chunk(
     let chunk_i = chunk as i32;
     let scale = softmax_scale(c.head_dim);
 
+    // The status word (workspace element 0) reports this launch only: cleared on the stream first.
+    gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")?;
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
     let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
     args.arg(&q.data).arg(&k_cache.data).arg(&v_cache.data).arg(&mut out.data).arg(&mut workspace.data);
@@ -404,9 +439,10 @@ pub fn decode_with_chunk(
     // SAFETY: q and out hold B * heads * D elements and each cache slots * kv_heads * capacity * D,
     // of the kernel's dtype, 16-byte aligned; slots and lens hold B i32 (all checked above). The
     // kernel reads a row's slot and len once and touches the cache only for 0 <= slot < slots and
-    // 1 <= len <= capacity, keys < len; splits >= ceil(len / chunk) <= max_splits exit. The
-    // workspace holds decode_workspace_len(..) f32 >= B * heads * max_splits * (D + 2), the
-    // largest index written.
+    // 1 <= len <= capacity, keys < len; splits >= ceil(len / chunk) <= max_splits exit; an invalid
+    // row touches only its output and the status word. The workspace holds
+    // decode_workspace_len(..) f32 = 1 + B * heads * max_splits * (D + 2), the largest index
+    // written plus one.
     unsafe { args.launch(config) }?;
 
     if max_splits > 1 {
