@@ -17,7 +17,7 @@
 //     q, o         [rows, heads, D]                       rows = new tokens (prefill) or sequences (decode)
 //     k, v         row s of kv head g at k + slot * slot_stride + g * head_stride + s * row_stride
 //                  contiguous prefill k [S, kv_heads, D]:  slot_stride 0, head_stride D, row_stride kv_heads D
-//                  KV cache [slots, kv_heads, capacity, D] (ops/kv_cache.rs): kv_heads capacity D, capacity D, D
+//                  KV cache [slots, kv_heads, capacity, D] (spec/kv_cache.rs): kv_heads capacity D, capacity D, D
 //
 // Two kernel families:
 //
@@ -33,7 +33,9 @@
 //    and every sum runs in a fixed order: a row's result does not depend on the launch it is in.
 //    Decode reads per-row slot and len from device arrays (the new token's key is at len - 1).
 //    They are not validated on the host; a row with slot outside [0, slots) or len outside
-//    [1, capacity] reads nothing and gets NaN in every output element (reported, never hidden).
+//    [1, capacity] reads nothing, gets NaN in every output element, and sets a bit in the
+//    workspace's status word (ws[0]: 1 = a slot, 2 = a len; the host clears it before each decode
+//    and reads it with attention::decode_status). Never an access outside the cache.
 //    Prefill mode (slots = lens = nullptr): row t has slot 0 and len = S - T + t + 1; used for f32
 //    storage prefill and as the SIMT prefill path.
 //
@@ -121,6 +123,11 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     const size_t head0 = static_cast<size_t>(row) * heads + static_cast<size_t>(kv_head) * group + g0;
     if (!valid) {
         for (int i = tid; i < n_heads * D; i += SPLIT_THREADS) o[head0 * D + i] = from_float<T>(__int_as_float(0x7fc00000));
+        // Decode only (prefill rows are always valid): flag what was wrong in the status word.
+        if (tid == 0) {
+            const unsigned bad = (slot < 0 || slot >= n_slots ? 1u : 0u) | (len < 1 || len > capacity ? 2u : 0u);
+            atomicOr(reinterpret_cast<unsigned*>(ws), bad);
+        }
         return;
     }
     const int key_begin = split * chunk;
@@ -240,10 +247,11 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
         }
         return;
     }
-    // Workspace (FP32): acc [rows, heads, max_splits, D], then (max, sum) [rows, heads, max_splits, 2].
+    // Workspace (FP32): the status word, acc [rows, heads, max_splits, D], then (max, sum)
+    // [rows, heads, max_splits, 2].
     const size_t rows = gridDim.x;
-    float* ws_acc = ws;
-    float* ws_ml = ws + rows * heads * max_splits * D;
+    float* ws_acc = ws + 1;
+    float* ws_ml = ws_acc + rows * heads * max_splits * D;
 #pragma unroll
     for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
         if (j >= n_heads) break;
@@ -269,8 +277,8 @@ __device__ __forceinline__ void attn_combine(const float* __restrict__ ws, T* __
     if (n_splits == 1) return;
     const size_t rows = gridDim.x;
     const size_t head = static_cast<size_t>(row) * heads + blockIdx.y;
-    const float* ws_acc = ws + head * max_splits * D;
-    const float* ws_ml = ws + rows * heads * max_splits * D + head * max_splits * 2;
+    const float* ws_acc = ws + 1 + head * max_splits * D;   // ws[0] is the status word
+    const float* ws_ml = ws + 1 + rows * heads * max_splits * D + head * max_splits * 2;
     float m = -INFINITY;
     for (int i = 0; i < n_splits; ++i) m = fmaxf(m, ws_ml[i * 2]);
     float total = 0.0f, acc = 0.0f;

@@ -25,8 +25,8 @@
 // 2^128 - 2^103 after rounding) it is +inf, mean = +inf, inv = 1 / sqrt(inf) = 0, and the row is
 // y = T(w * T(r * 0)) = +-0; a row holding an inf gives inf * 0 = NaN. transformers' FP32
 // pow(2).mean() does the same, so this is the contract, not a scaled sum that would stay finite
-// (src/reference/rmsnorm.rs gives the reasons and the boundary, and mirrors it). It takes an RMS of
-// sqrt(FLT_MAX / hidden) (~4.7e17 at hidden 1536) to get there: bf16 and f32 inputs can, f16
+// (src/spec/rmsnorm.rs gives the reasons and the boundary; the reference mirrors it). It takes an
+// RMS of sqrt(FLT_MAX / hidden) (~4.7e17 at hidden 1536) to get there: bf16 and f32 inputs can, f16
 // cannot. A row whose sum lies within the reduction's rounding error of the threshold may go
 // either way, depending on the order of the partial sums.
 //

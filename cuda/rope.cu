@@ -18,10 +18,10 @@
 //     out[i + d/2] = T(T(x[i + d/2] * c) + T( x[i] * s))
 // Every multiply and add is a separate IEEE op (__fmul_rn / __fadd_rn), as PyTorch's three tensor ops
 // are: no FMA contraction, which would change f32 results. inv_freq is not computed here: the host
-// passes the table `reference::rope::inv_freq` computes (see ops::rope::RopeTable for why).
+// passes the table `spec::rope::inv_freq` computes (src/spec/rope.rs says why).
 //
 // Shapes (row-major): q [T, heads, d], k and v [T, kv_heads, d], positions and slots i32 [T],
-// inv_freq f32 [d/2], caches [slots, kv_heads, capacity, d] (the layout of ops/kv_cache.rs):
+// inv_freq f32 [d/2], caches [slots, kv_heads, capacity, d] (the layout of spec/kv_cache.rs):
 //     k_cache[slot[t], h, pos[t], :] = rotated k[t, h, :],  v_cache[slot[t], h, pos[t], :] = v[t, h, :].
 //
 // Positions and slots live on the device, so the host cannot check them without a sync. The kernel

@@ -95,7 +95,7 @@ pub fn analyse_checkpoint(dir: &std::path::Path, name: &str, goldens: Option<&st
 pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> {
     let cfg = &w.config;
     let golden_err = |detail: String| file.error(detail);
-    let prompt: Vec<u32> = file.tensor("prompt")?.values.iter().map(|&t| t as u32).collect();
+    let prompt = token_ids(file, "prompt")?;
     let truth = Truth::load(file)?;
     let (_, hidden_torch) = tensor_rows(file, "hidden.torch")?;
     let (l, t, h) = (cfg.num_hidden_layers, prompt.len(), cfg.hidden_size);
@@ -108,11 +108,14 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
             l + 1
         )));
     }
+    if hidden_torch.len() != (l + 1) * t * h {
+        return Err(golden_err(format!("hidden.torch holds {} values, expected [{}, {t}, {h}]", hidden_torch.len(), l + 1)));
+    }
     let slice = |v: &[f64], i: usize| -> Vec<f64> { v[i * t * h..(i + 1) * t * h].to_vec() };
     let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
 
     // Free-running: the prefill and the greedy continuation.
-    let greedy_truth: Vec<u32> = file.tensor("greedy.tokens.truth")?.values.iter().map(|&x| x as u32).collect();
+    let greedy_truth = token_ids(file, "greedy.tokens.truth")?;
     let run = model_ref::greedy(w, &prompt, greedy_truth.len())?;
 
     let exact = Tolerance { atol: 0.0, rtol: 0.0 };
@@ -130,12 +133,12 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
         });
     }
 
-    let logits_truth = file.tensor("logits.truth")?.values;
+    let logits_truth = values_of_len(file, "logits.truth", cfg.vocab_size)?;
     let x = Act::new(t, h, f32s(truth.hidden(l)), true, true);
     let (_, logits) = model_ref::head(w, &x);
     let forced_logits = compare_scaled(&logits.v, &logits_truth, BOUND, Some(&logits.bounds_f32()));
     let free_logits = compare(&run.logits, &logits_truth, exact);
-    let torch_logits = compare(&f32s(&file.tensor("logits.torch")?.values), &logits_truth, exact);
+    let torch_logits = compare(&f32s(&values_of_len(file, "logits.torch", cfg.vocab_size)?), &logits_truth, exact);
 
     let normed_truth = file.tensor("greedy.normed.truth")?.values;
     let normed_rel_l2 = run
@@ -157,10 +160,33 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
         torch_logits,
         greedy_truth,
         greedy_ours: run.tokens,
-        greedy_torch: file.tensor("greedy.tokens.torch")?.values.iter().map(|&x| x as u32).collect(),
+        greedy_torch: token_ids(file, "greedy.tokens.torch")?,
         min_margin,
         normed_rel_l2,
     })
+}
+
+/// Token ids stored in tensor `name`: whole numbers in 0..2^32, else an error naming the file (a
+/// corrupted id must not wrap or saturate into another token).
+fn token_ids(file: &GoldenFile, name: &str) -> Result<Vec<u32>> {
+    let values = file.tensor(name)?.values;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| match t {
+            t if t.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&t) => Ok(t as u32),
+            t => Err(file.error(format!("{name}[{i}] = {t} is not a token id"))),
+        })
+        .collect()
+}
+
+/// Tensor `name`'s values, which must number `len`.
+fn values_of_len(file: &GoldenFile, name: &str, len: usize) -> Result<Vec<f64>> {
+    let values = file.tensor(name)?.values;
+    if values.len() != len {
+        return Err(file.error(format!("{name} has {} values, expected {len} (the vocabulary)", values.len())));
+    }
+    Ok(values)
 }
 
 /// The float64 truth of the residual stream of a whole-model golden, read once.
@@ -179,10 +205,10 @@ impl Truth {
         let (shape, stream) = tensor_rows(file, "hidden.truth")?;
         let attn_residual = file.tensor("attn_residual.truth")?.values;
         let [n, tokens, hidden] = shape[..] else {
-            return Err(Error::invalid("model golden", format!("hidden.truth has shape {shape:?}, expected 3 dims")));
+            return Err(file.error(format!("hidden.truth has shape {shape:?}, expected 3 dims")));
         };
         if n == 0 || attn_residual.len() != (n - 1) * tokens * hidden {
-            return Err(Error::invalid("model golden", format!("attn_residual.truth does not match hidden.truth {shape:?}")));
+            return Err(file.error(format!("attn_residual.truth does not match hidden.truth {shape:?}")));
         }
         Ok(Truth { layers: n - 1, tokens, hidden, stream, attn_residual })
     }

@@ -5,7 +5,9 @@
 //!
 //! - [`Gpu`] opens a device (errors, never panics, on machines without one).
 //! - [`DeviceTensor`] / [`View`] / [`ViewMut`]: device memory with a dtype and shape; [`HostTensor`] on the host.
-//! - [`ops`]: the kernels' safe wrappers; [`reference`](mod@reference): the CPU references; [`golden`]: comparison.
+//! - [`spec`]: each op's specification (validation, contracts, tables), which both the kernels'
+//!   safe wrappers, [`ops`], and the CPU references, [`reference`](mod@reference), depend on;
+//!   [`golden`]: comparison.
 //!
 //! Every op stores f32, f16 or bf16 and computes in FP32, rounding where PyTorch rounds.
 //! Every public function returns [`Result`]; bad input is an [`Error`] naming the op and the values.
@@ -43,6 +45,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod reference;
+pub mod spec;
 pub mod synth;
 pub mod tensor;
 

@@ -74,8 +74,17 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// A layout whose byte count fits the address space (`isize::MAX`, Rust's limit on one
+    /// allocation), so [`Layout::bytes`] and every byte offset derived from it are exact.
     pub fn new(dtype: DType, dims: &[usize]) -> Result<Self> {
-        Ok(Layout { dtype, shape: Shape::new(dims)? })
+        let shape = Shape::new(dims)?;
+        if shape.numel().checked_mul(dtype.size()).is_none_or(|b| b > isize::MAX as usize) {
+            return Err(Error::shape(
+                "Layout::new",
+                format!("{dtype}{shape}: {} elements of {} bytes exceed isize::MAX bytes", shape.numel(), dtype.size()),
+            ));
+        }
+        Ok(Layout { dtype, shape })
     }
 
     pub fn numel(&self) -> usize {

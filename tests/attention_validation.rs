@@ -94,7 +94,7 @@ fn decode_workspace_is_sized_by_shapes_only() {
     assert_eq!(decode_splits(32768, 256), 128);
     assert_eq!(decode_splits(1, 256), 1);
     assert_eq!(decode_splits(257, 256), 2);
-    assert_eq!(decode_workspace_len(64, 14, 64, 32768, 256), 64 * 14 * 128 * 66);
+    assert_eq!(decode_workspace_len(64, 14, 64, 32768, 256), 1 + 64 * 14 * 128 * 66); // status word + partials
     let bf = DType::BF16;
     let (q, cache) = (l(bf, &[3, 12, 128]), l(bf, &[5, 2, 4096, 128]));
     let need = decode_workspace_len(3, 12, 128, 4096, DEFAULT_DECODE_CHUNK);

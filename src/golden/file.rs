@@ -220,7 +220,12 @@ impl GoldenFile {
             .map(|d| d.as_u64().map(|d| d as usize))
             .collect::<Option<_>>()
             .ok_or_else(|| self.error(format!("{key}: bad shape")))?;
-        let numel = shape.iter().product();
+        // A corrupted shape must not decide how much is generated: refuse one that overflows.
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n <= isize::MAX as usize / 2)
+            .ok_or_else(|| self.error(format!("{key}: shape {shape:?} is too large")))?;
         let bits = crate::synth::tensor_bf16_bits(seed, field("name")?, numel, scale);
         let got = crate::synth::checksum(&bits);
         if got != checksum {
@@ -234,6 +239,6 @@ impl GoldenFile {
     pub fn host(&self, name: &str) -> Result<HostTensor> {
         let t = self.tensor(name)?;
         let dtype = t.dtype.ok_or_else(|| self.error(format!("tensor {name} is not stored as f32/f16/bf16")))?;
-        HostTensor::from_f32(dtype, &t.shape, t.values_f32())
+        HostTensor::from_f32(dtype, &t.shape, t.values_f32()).map_err(|e| self.error(format!("tensor {name}: {e}")))
     }
 }

@@ -251,12 +251,24 @@ fn recipe_tensor(key: &str, text: &str, shape: &[usize]) -> Result<Vec<u16>> {
         return Err(Error::shape(OP, format!("{key}: recipe shape {recorded:?}, the config says {shape:?}")));
     }
     let seed: u64 = r["seed"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| bad("no seed".into()))?;
+    // Rows of `cols` values; the parts fill them in order. An empty or overflowing shape, or parts
+    // past its rows, is refused before anything is generated (a corrupted recipe must not allocate
+    // what it claims).
     let cols = *shape.last().unwrap_or(&1);
-    let numel: usize = shape.iter().product();
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n > 0 && n <= isize::MAX as usize / 2);
+    let Some(numel) = numel else {
+        return Err(bad(format!("shape {shape:?} is empty or too large")));
+    };
+    let rows_total = numel / cols;
     let mut bits = Vec::with_capacity(numel);
     for part in r["parts"].as_array().ok_or_else(|| bad("no parts".into()))? {
         let name = part["name"].as_str().ok_or_else(|| bad("part without name".into()))?;
-        let rows = part["rows"].as_u64().ok_or_else(|| bad("part without rows".into()))? as usize;
+        let rows = part["rows"].as_u64().ok_or_else(|| bad("part without rows".into()))?;
+        let filled = bits.len() / cols;
+        let rows = match usize::try_from(rows) {
+            Ok(r) if r <= rows_total - filled => r,
+            _ => return Err(bad(format!("part {name} has {rows} rows, but shape {shape:?} has {} left", rows_total - filled))),
+        };
         let num = |f: &str| part[f].as_str().and_then(synth::parse_scale).ok_or_else(|| bad(format!("part {name}: bad {f}")));
         let (scale, offset) = (num("scale")?, num("offset")?);
         let mut block = synth::tensor_bf16_bits(seed, name, rows * cols, scale);
@@ -270,7 +282,6 @@ fn recipe_tensor(key: &str, text: &str, shape: &[usize]) -> Result<Vec<u16>> {
     if bits.len() != numel {
         return Err(bad(format!("parts give {} values for shape {shape:?}", bits.len())));
     }
-    let rows_total = numel / cols;
     for o in r["overrides"].as_array().ok_or_else(|| bad("no overrides".into()))? {
         let range: Vec<usize> = o["rows"]
             .as_array()

@@ -7,16 +7,16 @@
 //! a row). Nothing synchronises, so a decode step ending in argmax can be captured in a CUDA graph;
 //! [`ArgmaxOutput::to_host`] downloads (and synchronises) when the caller wants the tokens.
 //!
-//! `check` is also the CPU reference's validation (`reference::argmax`).
+//! The validation and the per-row result type are the op's specification, [`crate::spec::argmax`]
+//! (re-exported here).
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::reference::argmax::RowMax;
-use crate::tensor::{Layout, View};
+use crate::tensor::View;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-pub const OP: &str = "argmax";
+pub use crate::spec::argmax::{check, RowMax, OP};
 const MODULE: &str = "argmax";
 /// Chunks per row (the kernel's ARGMAX_CHUNKS): a 151665-entry row is read by 256 blocks of
 /// 600 entries (150 f32 vectors) each, so batch 1 spreads over the whole GPU.
@@ -26,20 +26,6 @@ const PARTIAL_THREADS: u32 = 256;
 
 /// The index a row with a NaN among its valid entries gets (its max value is NaN).
 pub const NAN_ROW: i32 = -1;
-
-/// Validate logits [rows, stride] and `n_valid` in 1..=stride; returns (rows, stride).
-pub fn check(logits: Layout, n_valid: usize) -> Result<(usize, usize)> {
-    let [rows, stride] = *logits.shape.dims() else {
-        return Err(Error::shape(OP, format!("logits must be [rows, stride], got {logits}")));
-    };
-    if n_valid == 0 || n_valid > stride {
-        return Err(Error::invalid(OP, format!("n_valid {n_valid} must be in 1..={stride}")));
-    }
-    if n_valid > u32::MAX as usize {
-        return Err(Error::unsupported(OP, format!("n_valid {n_valid} > {}", u32::MAX)));
-    }
-    Ok((rows, stride))
-}
 
 /// Per-row results on the device, for up to `capacity` rows, and the per-chunk partial results
 /// of the first stage ([capacity, CHUNKS] each).
@@ -66,7 +52,7 @@ impl ArgmaxOutput {
         self.capacity
     }
 
-    /// The first `rows` results (synchronises): `None` for a NaN row, as `reference::argmax`.
+    /// The first `rows` results (synchronises): `None` for a NaN row ([`RowMax`]).
     pub fn to_host(&self, gpu: &Gpu, rows: usize) -> Result<Vec<RowMax>> {
         let (index, max) = self.raw_to_host(gpu, rows)?;
         Ok(index.iter().zip(&max).map(|(&i, &v)| if i == NAN_ROW { None } else { Some((i as u32, v)) }).collect())

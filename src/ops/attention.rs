@@ -28,19 +28,20 @@
 //! within the tolerance, not bitwise (different summation orders).
 //!
 //! Device-side slots and lens cannot be checked on the host. The kernels read them and treat a row
-//! with slot outside [0, slots) or len outside [1, capacity] as invalid: nothing is read for it and
-//! every element of its output is NaN (reported, never an out-of-bounds access).
+//! with slot outside [0, slots) or len outside [1, capacity] as invalid: nothing is read for it,
+//! every element of its output is NaN, and a flag is raised in the workspace's status word, which
+//! [`decode_status`] reads (synchronising) as a typed error: never an out-of-bounds access, never
+//! a silent row.
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::kv_cache::{self, KvCacheDims};
+use crate::spec::kv_cache::{self, KvCacheDims};
 use crate::tensor::{HostTensor, Layout, View, ViewMut};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaView, LaunchConfig};
 
-pub const OP: &str = "attention";
-pub const DECODE_OP: &str = "attention_decode";
+pub use crate::spec::attention::{check, error_scale, softmax_scale, AttentionDims, DECODE_OP, OP};
 const MODULE: &str = "attention";
 
 /// Head dims the kernels are compiled for.
@@ -68,50 +69,6 @@ const SPLIT_THREADS: u32 = 128;
 const MMA_THREADS: u32 = 128;
 /// CUDA's limit on grid.y and grid.z.
 const GRID_YZ_MAX: usize = 65535;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttentionDims {
-    /// New tokens (queries).
-    pub tokens: usize,
-    /// Context length: cached plus new tokens (keys).
-    pub context: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl AttentionDims {
-    /// Query heads per KV head.
-    pub fn group(&self) -> usize {
-        self.heads / self.kv_heads
-    }
-}
-
-/// Validate q [T, heads, D], k and v [S, kv_heads, D] with T <= S, heads a multiple of kv_heads.
-pub fn check(q: Layout, k: Layout, v: Layout) -> Result<AttentionDims> {
-    let [tokens, heads, head_dim] = *q.shape.dims() else {
-        return Err(Error::shape(OP, format!("q must be [tokens, heads, head_dim], got {q}")));
-    };
-    let [context, kv_heads, k_dim] = *k.shape.dims() else {
-        return Err(Error::shape(OP, format!("k must be [context, kv_heads, head_dim], got {k}")));
-    };
-    if v.shape != k.shape {
-        return Err(Error::shape(OP, format!("v {v} must match k {k}")));
-    }
-    if k.dtype != q.dtype || v.dtype != q.dtype {
-        return Err(Error::dtype(OP, format!("q {}, k {}, v {} must share one dtype", q.dtype, k.dtype, v.dtype)));
-    }
-    if k_dim != head_dim || head_dim == 0 {
-        return Err(Error::shape(OP, format!("head_dim of q {q} and k {k} differ or are 0")));
-    }
-    if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(Error::shape(OP, format!("{heads} query heads are not a multiple of {kv_heads} kv heads")));
-    }
-    if tokens > context {
-        return Err(Error::shape(OP, format!("{tokens} new tokens but a context of only {context}")));
-    }
-    Ok(AttentionDims { tokens, context, heads, kv_heads, head_dim })
-}
 
 /// The head dims the kernels are compiled for.
 pub fn check_head_dim(op: &'static str, head_dim: usize) -> Result<()> {
@@ -226,11 +183,6 @@ fn combine_kernel(dtype: DType, d128: bool) -> &'static str {
     }
 }
 
-fn scale(head_dim: usize) -> f32 {
-    // The reference's scale, D^-0.5 rounded once to FP32 (transformers: self.head_dim ** -0.5).
-    (head_dim as f64).powf(-0.5) as f32
-}
-
 /// Causal attention of `q` [T, heads, D] over `k`, `v` [S, kv_heads, D] into `out` [T, heads, D].
 pub fn prefill(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut ViewMut) -> Result<()> {
     prefill_with_path(gpu, q, k, v, out, PrefillPath::Auto)
@@ -254,7 +206,7 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
     // Contiguous k, v [S, kv_heads, D]: kv head g's row s at g * D + s * kv_heads * D.
     let head_stride = dims.head_dim as i64;
     let row_stride = (dims.kv_heads * dims.head_dim) as i64;
-    let scale = scale(dims.head_dim);
+    let scale = softmax_scale(dims.head_dim);
     let mut args = gpu.launcher(&f, launch.kernel);
     if launch.kernel.starts_with("attn_prefill_mma") {
         args.arg(&q.data).arg(&k.data).arg(&v.data).arg(&mut out.data);
@@ -309,11 +261,41 @@ pub fn decode_splits(len: usize, chunk: usize) -> usize {
     len.div_ceil(chunk.max(1))
 }
 
-/// FP32 elements of the decode workspace for `batch` sequences: per (sequence, head, split) the
-/// unnormalised accumulator (head_dim) and the running max and sum (2). Depends only on shapes, so
-/// one buffer allocated up front serves every step.
+/// FP32 elements of the decode workspace for `batch` sequences: the status word (element 0, see
+/// [`decode_status`]), then per (sequence, head, split) the unnormalised accumulator (head_dim) and
+/// the running max and sum (2). Depends only on shapes, so one buffer allocated up front serves
+/// every step.
 pub fn decode_workspace_len(batch: usize, heads: usize, head_dim: usize, capacity: usize, chunk: usize) -> usize {
-    batch * heads * decode_splits(capacity, chunk) * (head_dim + 2)
+    1 + batch * heads * decode_splits(capacity, chunk) * (head_dim + 2)
+}
+
+/// Status bit: some row's slot was outside the cache (its output is NaN).
+pub const STATUS_BAD_SLOT: u32 = 1;
+/// Status bit: some row's len was outside 1..=capacity (its output is NaN).
+pub const STATUS_BAD_LEN: u32 = 2;
+
+/// Read (synchronising) the status word of the last decode into `workspace`: `Ok` if every row had
+/// a slot inside the cache and a len in 1..=capacity, else an error naming what was wrong; those
+/// rows' outputs are NaN. The next decode clears the word, so read it after each step whose rows
+/// were not known to be valid.
+pub fn decode_status(gpu: &Gpu, workspace: &View) -> Result<()> {
+    if workspace.layout().dtype != DType::F32 || workspace.layout().numel() == 0 {
+        return Err(Error::dtype(DECODE_OP, format!("workspace must be a non-empty f32 tensor, got {}", workspace.layout())));
+    }
+    let word = gpu.stream().clone_dtoh(&workspace.data.slice(0..4)).cuda("cuMemcpyDtoH(decode status)")?;
+    gpu.synchronize()?;
+    let bits = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+    if bits == 0 {
+        return Ok(());
+    }
+    let mut what = Vec::new();
+    if bits & STATUS_BAD_SLOT != 0 {
+        what.push("a slot outside 0..slots of the cache");
+    }
+    if bits & STATUS_BAD_LEN != 0 {
+        what.push("a len outside 1..=capacity");
+    }
+    Err(Error::invalid(DECODE_OP, format!("rows with {} were skipped, their output is NaN (status {bits:#x})", what.join(" and "))))
 }
 
 fn check_chunk(chunk: usize) -> Result<()> {
@@ -384,10 +366,11 @@ pub fn check_decode(
 
 /// One new token per sequence against the KV cache, with `DEFAULT_DECODE_CHUNK`.
 ///
-/// `q`, `out`: [B, heads, D]; `k_cache`, `v_cache`: [slots, kv_heads, capacity, D] (ops::kv_cache);
+/// `q`, `out`: [B, heads, D]; `k_cache`, `v_cache`: [slots, kv_heads, capacity, D] (crate::spec::kv_cache);
 /// `slots`, `lens`: B device i32 each (sequence b is in slot `slots[b]` with `lens[b]` valid
 /// positions, the new token's key at `lens[b] - 1`); `workspace`: f32, at least
-/// `decode_workspace_len(B, heads, D, capacity, DEFAULT_DECODE_CHUNK)` elements.
+/// `decode_workspace_len(B, heads, D, capacity, DEFAULT_DECODE_CHUNK)` elements. A row whose slot
+/// or len is outside the cache is skipped (its output NaN) and flagged: [`decode_status`] says so.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
@@ -443,8 +426,10 @@ pub fn decode_with_chunk(
     let head_stride = (c.capacity * c.head_dim) as i64;
     let row_stride = c.head_dim as i64;
     let chunk_i = chunk as i32;
-    let scale = scale(c.head_dim);
+    let scale = softmax_scale(c.head_dim);
 
+    // The status word (workspace element 0) reports this launch only: cleared on the stream first.
+    gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")?;
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
     let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
     args.arg(&q.data).arg(&k_cache.data).arg(&v_cache.data).arg(&mut out.data).arg(&mut workspace.data);
@@ -454,9 +439,10 @@ pub fn decode_with_chunk(
     // SAFETY: q and out hold B * heads * D elements and each cache slots * kv_heads * capacity * D,
     // of the kernel's dtype, 16-byte aligned; slots and lens hold B i32 (all checked above). The
     // kernel reads a row's slot and len once and touches the cache only for 0 <= slot < slots and
-    // 1 <= len <= capacity, keys < len; splits >= ceil(len / chunk) <= max_splits exit. The
-    // workspace holds decode_workspace_len(..) f32 >= B * heads * max_splits * (D + 2), the
-    // largest index written.
+    // 1 <= len <= capacity, keys < len; splits >= ceil(len / chunk) <= max_splits exit; an invalid
+    // row touches only its output and the status word. The workspace holds
+    // decode_workspace_len(..) f32 = 1 + B * heads * max_splits * (D + 2), the largest index
+    // written plus one.
     unsafe { args.launch(config) }?;
 
     if max_splits > 1 {
@@ -473,10 +459,10 @@ pub fn decode_with_chunk(
 }
 
 /// Per-element tolerance scale (units of u32) of a prefill of q [T, heads, D] over k, v: the FP32
-/// contract's `reference::attention::error_scale`, plus [`mma_extra_error`] times the largest |v|
+/// contract's [`error_scale`], plus [`mma_extra_error`] times the largest |v|
 /// of the element's column when the tensor-core kernel runs (`tensor_core` and 16-bit storage).
 pub fn prefill_error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor, tensor_core: bool) -> Result<Vec<f32>> {
-    let mut scale = crate::reference::attention::error_scale(q, k, v)?;
+    let mut scale = error_scale(q, k, v)?;
     if !tensor_core || q.dtype() == DType::F32 {
         return Ok(scale);
     }
@@ -504,7 +490,7 @@ pub fn prefill_error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor, tenso
     Ok(scale)
 }
 
-/// Extra error of the tensor-core prefill beyond `reference::attention::error_scale`, per output
+/// Extra error of the tensor-core prefill beyond the contract's [`error_scale`], per output
 /// element, in units of u32 = 2^-24 times `v_max` (the largest |v_sd| over the visible keys), for a
 /// row with `visible` keys and logit bound `logit_bound` (L = max_s sum_i |q_i k_si| / sqrt(D), as in
 /// `error_scale`). Add it to `error_scale` when comparing that kernel. Two sources:

@@ -25,8 +25,8 @@
 //! C[m, n] = op(A)[m, k] op(B)[k, n] with m = out, n = rows, k = in, A = W (lda = in),
 //! B = x (ldb = in), C = y (ldc = out). (llm.c's matmul_forward derives the same: "out.T = weight.T
 //! @ inp => transa = T".) A transposed weight ([in, out] passed as [out, in]) has a different shape
-//! and is rejected by `check_linear`, unless in == out; the tests feed one to a non-square layer to
-//! show the golden fails.
+//! and is rejected by `check_linear` (the op's specification, [`crate::spec::linear`]), unless
+//! in == out; the tests feed one to a non-square layer to show the golden fails.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -36,48 +36,8 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use std::ffi::c_void;
 
-pub const OP: &str = "linear";
+pub use crate::spec::linear::{check_linear, LinearDims, OP};
 const MODULE: &str = "linear";
-
-/// Rows of x, in_features and out_features of a validated linear layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinearDims {
-    pub rows: usize,
-    pub in_features: usize,
-    pub out_features: usize,
-}
-
-/// Validate `x` \[.., in\], `weight` \[out, in\] and `bias` \[out\] (all one dtype).
-pub fn check_linear(x: Layout, weight: Layout, bias: Option<Layout>) -> Result<LinearDims> {
-    if x.shape.rank() == 0 {
-        return Err(Error::shape(OP, format!("x must have rank >= 1, got {x}")));
-    }
-    let in_features = x.shape.last();
-    let [out_features, w_in] = weight.shape.dims() else {
-        return Err(Error::shape(OP, format!("weight must be [out_features, in_features], got {weight}")));
-    };
-    if *w_in != in_features {
-        return Err(Error::shape(
-            OP,
-            format!("weight {weight} has in_features {w_in} but x {x} has {in_features} (is the weight transposed?)"),
-        ));
-    }
-    if in_features == 0 || *out_features == 0 {
-        return Err(Error::shape(OP, format!("empty layer: x {x}, weight {weight}")));
-    }
-    if weight.dtype != x.dtype {
-        return Err(Error::dtype(OP, format!("weight is {} but x is {}", weight.dtype, x.dtype)));
-    }
-    if let Some(b) = bias {
-        if b.shape.dims() != [*out_features] {
-            return Err(Error::shape(OP, format!("bias {b} must be [{out_features}]")));
-        }
-        if b.dtype != x.dtype {
-            return Err(Error::dtype(OP, format!("bias is {} but x is {}", b.dtype, x.dtype)));
-        }
-    }
-    Ok(LinearDims { rows: x.numel() / in_features, in_features, out_features: *out_features })
-}
 
 /// Validate `y`: x's leading dims and `out_features`, dtype x's or f32; and cuBLAS' int limits.
 pub fn check_output(x: Layout, dims: LinearDims, y: Layout) -> Result<()> {

@@ -1,11 +1,15 @@
 //! Safe wrappers, one file per op. Each validates ranks, shapes, dtypes and alignment first and
 //! returns a typed error naming the op and the values; only then does it launch. The validation
-//! functions are public and pure, so they are also what the CPU references use.
+//! every implementation shares is the op's specification ([`crate::spec`]), which each wrapper
+//! re-exports; what the kernel adds (alignment, compiled sizes, workspaces, grid and i32 limits)
+//! is checked here, by pure functions too (`plan`, `check_decode`, ...), so it is tested without a
+//! GPU.
 
 pub mod argmax;
 pub mod attention;
 pub mod gemm;
-pub mod kv_cache;
+/// The KV cache layout (its specification, [`crate::spec::kv_cache`]).
+pub use crate::spec::kv_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

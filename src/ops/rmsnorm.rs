@@ -7,59 +7,19 @@
 //! with the mean, rsqrt and products in FP32 and T(.) rounding to the storage dtype exactly where
 //! transformers' Qwen2RMSNorm rounds (see the kernel's header). All leading dimensions are rows.
 //! A row whose FP32 sum of squares passes f32's range comes out as zeros, as in PyTorch
-//! (`crate::reference::rmsnorm` gives the contract and its boundary).
+//! ([`crate::spec::rmsnorm`] gives the contract and its boundary, and the validation).
 
 use super::row_block_threads;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::tensor::{Layout, View, ViewMut};
+use crate::tensor::{View, ViewMut};
 use cudarc::driver::LaunchConfig;
 
-pub const OP: &str = "rmsnorm";
-pub const FUSED_OP: &str = "add_rmsnorm";
+pub use crate::spec::rmsnorm::{check, check_same, Dims, FUSED_OP, OP};
 const MODULE: &str = "rmsnorm";
 
 pub use super::Path;
-
-/// Rows and row width of a validated RMSNorm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    pub rows: usize,
-    pub hidden: usize,
-}
-
-/// Validate `x` \[.., hidden\], `weight` \[hidden\] and `eps` (shared by the kernel and the reference).
-pub fn check(op: &'static str, x: Layout, weight: Layout, eps: f32) -> Result<Dims> {
-    if x.shape.rank() == 0 {
-        return Err(Error::shape(op, format!("x must have rank >= 1, got {x}")));
-    }
-    let hidden = x.shape.last();
-    if hidden == 0 {
-        return Err(Error::shape(op, format!("empty rows: hidden size 0 in x {x}")));
-    }
-    if weight.shape.dims() != [hidden] {
-        return Err(Error::shape(op, format!("weight {weight} must be [{hidden}] for x {x}")));
-    }
-    if weight.dtype != x.dtype {
-        return Err(Error::dtype(op, format!("weight is {} but x is {}", weight.dtype, x.dtype)));
-    }
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::invalid(op, format!("eps must be finite and >= 0, got {eps}")));
-    }
-    Ok(Dims { rows: x.numel() / hidden, hidden })
-}
-
-/// Validate an operand that must have exactly `x`'s layout (output, residual).
-pub fn check_same(op: &'static str, what: &str, x: Layout, other: Layout) -> Result<()> {
-    if other.dtype != x.dtype {
-        return Err(Error::dtype(op, format!("{what} is {} but x is {}", other.dtype, x.dtype)));
-    }
-    if other.shape != x.shape {
-        return Err(Error::shape(op, format!("{what} {other} must match x {x}")));
-    }
-    Ok(())
-}
 
 /// The launch an RMSNorm of `dims` gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! rope:     q, k rotated in place at positions[t]
 //! rope_kv:  q rotated in place; k rotated and written, with v, to the KV cache at
 //!           k_cache[slots[t], h, positions[t], :], v_cache[slots[t], h, positions[t], :]
-//!           (the layout of ops::kv_cache)
+//!           (the layout of crate::spec::kv_cache)
 //! ```
 //!
 //! Positions (and slots) are device i32 arrays: the decode step keeps no host-side position
@@ -16,20 +16,20 @@
 //! keep their values), and a flag is raised in the table's device status word. The caller reads it
 //! with [`RopeTable::check_status`] when it next synchronises (an engine: after the step). Nothing is
 //! ever written out of bounds. No host-positions variant is offered: uploading would allocate or
-//! need a staging buffer per call, and `check` below already validates host positions for callers
+//! need a staging buffer per call, and [`check`] already validates host positions for callers
 //! that have them.
 //!
-//! `check` is also the CPU reference's validation (`reference::rope`).
+//! The validation and the inv_freq table are the op's specification, [`crate::spec::rope`]
+//! (re-exported here).
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::kv_cache;
-use crate::tensor::{Layout, View, ViewMut};
+use crate::spec::kv_cache;
+use crate::tensor::{View, ViewMut};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
-pub const OP: &str = "rope";
-pub const KV_OP: &str = "rope_kv";
+pub use crate::spec::rope::{check, check_kv, check_qk, check_theta, inv_freq, RopeDims, KV_OP, OP};
 const MODULE: &str = "rope";
 
 /// Status bit: some token's position was outside the limit (that token was skipped).
@@ -37,42 +37,11 @@ pub const STATUS_BAD_POSITION: u32 = 1;
 /// Status bit: some token's slot was outside the cache (that token was skipped).
 pub const STATUS_BAD_SLOT: u32 = 2;
 
-/// Tokens, heads and head_dim of a validated RoPE input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RopeDims {
-    pub tokens: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-/// Validate `x` [T, heads, head_dim] and its positions: one per token, each in
-/// 0..max_positions; head_dim even and non-zero; theta finite and > 1.
-pub fn check(x: Layout, positions: &[i32], max_positions: usize, theta: f32) -> Result<RopeDims> {
-    let [tokens, heads, head_dim] = x.shape.dims() else {
-        return Err(Error::shape(OP, format!("x must be [tokens, heads, head_dim], got {x}")));
-    };
-    if *head_dim == 0 || head_dim % 2 != 0 || *heads == 0 {
-        return Err(Error::shape(OP, format!("head_dim must be even and heads non-zero, got {x}")));
-    }
-    if positions.len() != *tokens {
-        return Err(Error::shape(OP, format!("{} positions for {tokens} tokens", positions.len())));
-    }
-    if let Some((i, &p)) = positions.iter().enumerate().find(|(_, &p)| p < 0 || p as usize >= max_positions) {
-        return Err(Error::invalid(OP, format!("position {p} of token {i} is outside 0..{max_positions}")));
-    }
-    if !(theta.is_finite() && theta > 1.0) {
-        return Err(Error::invalid(OP, format!("rope theta must be finite and > 1, got {theta}")));
-    }
-    Ok(RopeDims { tokens: *tokens, heads: *heads, head_dim: *head_dim })
-}
-
 /// Validate a table's parameters: theta finite and > 1, head_dim even in 2..=2048 (one thread per
 /// rotation pair, at most 1024 per block), max_positions in 1..=2^24 (every position is then exact
 /// as the f32 PyTorch converts it to, and fits the kernel's i32).
 pub fn check_table(theta: f32, head_dim: usize, max_positions: usize) -> Result<()> {
-    if !(theta.is_finite() && theta > 1.0) {
-        return Err(Error::invalid(OP, format!("rope theta must be finite and > 1, got {theta}")));
-    }
+    check_theta(theta)?;
     if head_dim == 0 || head_dim % 2 != 0 || head_dim > 2048 {
         return Err(Error::unsupported(OP, format!("head_dim {head_dim} must be even and in 2..=2048")));
     }
@@ -82,43 +51,11 @@ pub fn check_table(theta: f32, head_dim: usize, max_positions: usize) -> Result<
     Ok(())
 }
 
-/// Validate q [T, heads, d] and k [T, kv_heads, d] for a table of `head_dim`: same dtype, tokens
-/// and head_dim, heads a multiple of kv_heads (GQA); `positions` holds one entry per token.
-pub fn check_qk(op: &'static str, q: Layout, k: Layout, head_dim: usize, positions: usize) -> Result<RopeDims> {
-    let [tokens, heads, d] = *q.shape.dims() else {
-        return Err(Error::shape(op, format!("q must be [tokens, heads, head_dim], got {q}")));
-    };
-    let [k_tokens, kv_heads, k_d] = *k.shape.dims() else {
-        return Err(Error::shape(op, format!("k must be [tokens, kv_heads, head_dim], got {k}")));
-    };
-    if k.dtype != q.dtype {
-        return Err(Error::dtype(op, format!("k is {} but q is {}", k.dtype, q.dtype)));
-    }
-    if k_tokens != tokens || k_d != d {
-        return Err(Error::shape(op, format!("k {k} must have q's tokens and head_dim (q {q})")));
-    }
-    if d != head_dim {
-        return Err(Error::shape(op, format!("head_dim {d} of q {q} but the rope table is for head_dim {head_dim}")));
-    }
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(Error::shape(op, format!("heads {heads} must be a non-zero multiple of kv_heads {kv_heads}")));
-    }
-    if positions != tokens {
-        return Err(Error::shape(op, format!("{positions} positions for {tokens} tokens")));
-    }
-    if tokens > i32::MAX as usize || heads + kv_heads > i32::MAX as usize {
-        return Err(Error::unsupported(op, format!("tokens {tokens} or heads {heads} + {kv_heads} past i32")));
-    }
-    Ok(RopeDims { tokens, heads, head_dim })
-}
-
 /// One model's rotary table on the device: inv_freq [head_dim / 2] in FP32 and the status word the
 /// kernels flag bad positions and slots in. Built once per model (no per-call allocation or copy).
 ///
-/// inv_freq is computed on the host, by `reference::rope::inv_freq`, and uploaded, rather than by
-/// `powf` in the kernel: CUDA's powf and the host's may differ by an ulp, which moves an angle of
-/// 3e4 rad by ~2e-3 rad at late positions; sharing one table makes the kernel and the CPU reference
-/// agree exactly on every angle.
+/// inv_freq is the specification's table ([`inv_freq`]), computed on the host and uploaded (the
+/// spec says why).
 pub struct RopeTable {
     inv_freq: CudaSlice<f32>,
     status: CudaSlice<u32>,
@@ -130,7 +67,7 @@ pub struct RopeTable {
 impl RopeTable {
     pub fn new(gpu: &Gpu, theta: f32, head_dim: usize, max_positions: usize) -> Result<Self> {
         check_table(theta, head_dim, max_positions)?;
-        let table = crate::reference::rope::inv_freq(theta, head_dim);
+        let table = inv_freq(theta, head_dim);
         let inv_freq = gpu.stream().clone_htod(&table).cuda("cuMemcpyHtoD(rope inv_freq)")?;
         let status = gpu.stream().alloc_zeros::<u32>(1).cuda("cuMemAlloc(rope status)")?;
         Ok(RopeTable { inv_freq, status, theta, head_dim, max_positions })
@@ -212,7 +149,7 @@ pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, 
 
 /// Rotate q [T, heads, d] in place; rotate k [T, kv_heads, d] into `k_cache` and copy v
 /// \[T, kv_heads, d\] into `v_cache` at (slots\[t\], positions\[t\]) (device i32 \[T\] each). The caches are
-/// [slots, kv_heads, capacity, d] (ops::kv_cache). Positions must be below both the table's
+/// [slots, kv_heads, capacity, d] (crate::spec::kv_cache). Positions must be below both the table's
 /// max_positions and the cache's capacity; tokens that are not are skipped and flagged.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv(
@@ -247,33 +184,5 @@ pub fn rope_kv(
     // (= the cache's), 0 <= pos < min(max_positions, capacity), checked on the device per token
     // (others are skipped), so every cache write is inside the caches' slots * kv_heads * capacity * d.
     unsafe { args.launch(launch_config(dims, kv_heads)) }?;
-    Ok(())
-}
-
-/// Validate v against k, the slots' length and the caches against q/k (dtype, kv_heads, head_dim,
-/// i32 limits). The caches' own shape is `kv_cache::check`'s.
-pub fn check_kv(q: Layout, k: Layout, v: Layout, slots: usize, k_cache: Layout, v_cache: Layout) -> Result<()> {
-    if v.dtype != k.dtype {
-        return Err(Error::dtype(KV_OP, format!("v is {} but k is {}", v.dtype, k.dtype)));
-    }
-    if v.shape != k.shape {
-        return Err(Error::shape(KV_OP, format!("v {v} must match k {k}")));
-    }
-    let [tokens, kv_heads, d] = *k.shape.dims() else {
-        return Err(Error::shape(KV_OP, format!("k must be [tokens, kv_heads, head_dim], got {k}")));
-    };
-    if slots != tokens {
-        return Err(Error::shape(KV_OP, format!("{slots} slots for {tokens} tokens")));
-    }
-    let cache = kv_cache::check(KV_OP, k_cache, v_cache)?;
-    if k_cache.dtype != q.dtype {
-        return Err(Error::dtype(KV_OP, format!("the cache is {} but q is {}", k_cache.dtype, q.dtype)));
-    }
-    if cache.kv_heads != kv_heads || cache.head_dim != d {
-        return Err(Error::shape(KV_OP, format!("cache {k_cache} must have k's kv_heads {kv_heads} and head_dim {d}")));
-    }
-    if cache.slots > i32::MAX as usize || cache.capacity > i32::MAX as usize {
-        return Err(Error::unsupported(KV_OP, format!("cache {k_cache}: slots and capacity must fit i32")));
-    }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! swiglu_fused:  x [.., 2 * width] = [gate | up]   -> out [.., width]   (a fused gate/up GEMM's output)
 //! ```
 //! SiLU in FP32, rounded to the storage dtype, times `up`, rounded again (see the kernel's header).
-//! `check` is also the CPU reference's validation (`reference::swiglu`).
+//! The inputs' validation is the op's specification, [`crate::spec::swiglu`] (re-exported here).
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -13,41 +13,13 @@ use crate::gpu::Gpu;
 use crate::tensor::{Layout, View, ViewMut};
 use cudarc::driver::LaunchConfig;
 
-pub const OP: &str = "swiglu";
-pub const FUSED_OP: &str = "swiglu_fused";
+pub use crate::spec::swiglu::{check, check_fused, FUSED_OP, OP};
 const MODULE: &str = "swiglu";
 /// Threads per block; blocks = work items / THREADS, capped at MAX_BLOCKS (grid-stride beyond).
 const THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 65_535;
 
 pub use super::Path;
-
-/// Validate `gate` and `up` (same dtype and shape, rank >= 1); returns the element count.
-pub fn check(gate: Layout, up: Layout) -> Result<usize> {
-    if up.dtype != gate.dtype {
-        return Err(Error::dtype(OP, format!("up is {} but gate is {}", up.dtype, gate.dtype)));
-    }
-    if up.shape != gate.shape {
-        return Err(Error::shape(OP, format!("up {up} must match gate {gate}")));
-    }
-    if gate.shape.rank() == 0 || gate.shape.last() == 0 {
-        return Err(Error::shape(OP, format!("empty rows: gate {gate}")));
-    }
-    Ok(gate.numel())
-}
-
-/// Validate a fused `x` [.., 2 * width] (gate in the first half of each row, up in the second);
-/// returns (rows, width).
-pub fn check_fused(x: Layout) -> Result<(usize, usize)> {
-    if x.shape.rank() == 0 || x.shape.last() == 0 {
-        return Err(Error::shape(FUSED_OP, format!("x must be [.., 2 * width] with width > 0, got {x}")));
-    }
-    let last = x.shape.last();
-    if last % 2 != 0 {
-        return Err(Error::shape(FUSED_OP, format!("x {x}: last dimension {last} is not 2 * width")));
-    }
-    Ok((x.numel() / last, last / 2))
-}
 
 /// Validate `out`: `dtype` and the input's leading dimensions with last dimension `width`.
 pub fn check_out(op: &'static str, input: Layout, width: usize, out: Layout) -> Result<()> {

@@ -3,11 +3,9 @@
 //! caller is told, never handed an arbitrary index).
 
 use crate::error::Result;
-use crate::ops::argmax::check;
+pub use crate::spec::argmax::RowMax;
+use crate::spec::argmax::check;
 use crate::tensor::HostTensor;
-
-/// The winning index and value of one row, or `None` if the row's valid part holds a NaN.
-pub type RowMax = Option<(u32, f32)>;
 
 pub fn argmax(logits: &HostTensor, n_valid: usize) -> Result<Vec<RowMax>> {
     let (_, stride) = check(logits.layout(), n_valid)?;

@@ -11,7 +11,8 @@
 //! ```
 
 use crate::error::Result;
-use crate::ops::attention::check;
+pub use crate::spec::attention::error_scale;
+use crate::spec::attention::{check, softmax_scale};
 use crate::tensor::HostTensor;
 
 /// o [T, heads, head_dim] of q [T, heads, D] against k, v [S, kv_heads, D], causal.
@@ -27,7 +28,7 @@ pub fn attention(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<HostT
 /// rounding error.
 pub fn attention_unrounded(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<Vec<f64>> {
     let d = check(q.layout(), k.layout(), v.layout())?;
-    let scale = (d.head_dim as f64).powf(-0.5) as f32;
+    let scale = softmax_scale(d.head_dim);
     let (qd, kd, vd) = (q.data(), k.data(), v.data());
     let kv_row = d.kv_heads * d.head_dim;
     let mut out = Vec::with_capacity(qd.len());
@@ -50,38 +51,6 @@ pub fn attention_unrounded(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Re
             for i in 0..d.head_dim {
                 let acc: f64 = (0..visible).map(|s| (logits[s] / sum) as f64 * vd[s * kv_row + kvh * d.head_dim + i] as f64).sum();
                 out.push(acc);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Per output element, the scale of FP32 attention's absolute error, in units of u32 (2^-24):
-/// with L the largest scaled |logit| bound of the row (sum_i |q_i k_si| / sqrt(D)) and V_d the
-/// largest |v_sd| over visible keys, logits err by at most (D + 2) u32 L, the softmax turns that
-/// into at most twice as much relative error in each p (plus (S + 8) u32 for exp, sum, divide),
-/// and p v adds (S + 2) u32 V_d: |error| <= u32 V_d (2 (D + 2) L + 3 S + 12).
-pub fn error_scale(q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<Vec<f32>> {
-    let d = check(q.layout(), k.layout(), v.layout())?;
-    let scale = (d.head_dim as f64).powf(-0.5);
-    let kv_row = d.kv_heads * d.head_dim;
-    let (qd, kd, vd) = (q.data(), k.data(), v.data());
-    let mut out = Vec::with_capacity(qd.len());
-    for t in 0..d.tokens {
-        let visible = d.context - d.tokens + t + 1;
-        for h in 0..d.heads {
-            let kvh = h / d.group();
-            let qv = &qd[(t * d.heads + h) * d.head_dim..][..d.head_dim];
-            let l = (0..visible)
-                .map(|s| {
-                    let kv = &kd[s * kv_row + kvh * d.head_dim..][..d.head_dim];
-                    qv.iter().zip(kv).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * scale
-                })
-                .fold(0f64, f64::max);
-            for i in 0..d.head_dim {
-                let v_max = (0..visible).map(|s| vd[s * kv_row + kvh * d.head_dim + i].abs() as f64).fold(0f64, f64::max);
-                let factor = 2.0 * (d.head_dim as f64 + 2.0) * l + 3.0 * visible as f64 + 12.0;
-                out.push((v_max * factor) as f32);
             }
         }
     }

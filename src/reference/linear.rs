@@ -6,7 +6,7 @@
 //! reaches), adds the bias in f32, then rounds to the dtype.
 
 use crate::error::Result;
-use crate::ops::gemm::check_linear;
+use crate::spec::linear::check_linear;
 use crate::tensor::HostTensor;
 
 pub fn linear(x: &HostTensor, weight: &HostTensor, bias: Option<&HostTensor>) -> Result<HostTensor> {

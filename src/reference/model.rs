@@ -47,7 +47,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::weights::{bf16_to_f32, check_tokens, Linear, Matrix, ModelWeights};
-use crate::reference::rope::{cos_sin, inv_freq};
+use crate::reference::rope::cos_sin;
+use crate::spec::rope::inv_freq;
 
 /// One f32 rounding, relative.
 pub const U: f64 = 1.0 / (1u64 << 24) as f64;
@@ -84,7 +85,7 @@ impl Act {
 }
 
 /// One layer's cache: k and v [kv_heads, capacity, head_dim] (one slot of the layout in
-/// `ops::kv_cache`), and their bounds when tracked.
+/// `crate::spec::kv_cache`), and their bounds when tracked.
 #[derive(Clone, Debug)]
 pub struct LayerCache {
     k: Vec<f32>,

@@ -10,35 +10,16 @@
 //! The mean is accumulated in f64 (each f32 square is exact there) and rounded once to f32: the
 //! value every FP32 reduction order approximates, so the kernel's error against it is its own.
 //!
-//! # Overflow: PyTorch's FP32 sum, not a scaled one
-//!
-//! `pow(2).mean(-1)` sums the squares in an FP32 accumulator (CPU: sum, then divide; CUDA: sum
-//! times 1/n). When the sum of squares passes f32's range it is +inf, the mean is +inf,
-//! `rsqrt(inf + eps)` is 0 and the row comes out as zeros (`w * T(x * 0)`, signs kept); a row
-//! holding an inf gives `inf * 0 = NaN`. That is what transformers computes at every storage
-//! dtype, and the rounding contract (round and overflow where PyTorch does) makes it ours: the
-//! kernel and this reference both give zero rows. A scaled sum (divide by the row's max first)
-//! would stay finite, but would then disagree with PyTorch on exactly these rows, and no real
-//! activation comes near: the threshold is an RMS of sqrt(f32::MAX / hidden), about 4.7e17 at
-//! hidden 1536, where the largest activations of these models are about 8e3. f16 cannot reach
-//! it (its maximum squares to 4.3e9); bf16 and f32 can.
-//!
-//! The boundary is the f64 sum rounded once to f32, [`SUM_OF_SQUARES_OVERFLOW`] = 2^128 - 2^103
-//! (f32::MAX plus half an ulp; ties go to the even 2^128, which is inf): below it the mean is
-//! finite, at or above it the row is zeros. An FP32 reduction in another order rounds its partial
-//! sums differently, so a row whose sum lies within that rounding error of the threshold (a
-//! relative 1e-4 at hidden 1536) may fall on either side in the kernel; the tests use rows whose
-//! every partial sum is exact.
+//! Overflow: a row whose FP32 sum of squares passes f32's range comes out as zeros, as in
+//! PyTorch; [`crate::spec::rmsnorm`] gives the contract and its boundary, which
+//! [`mean_of_squares`] implements.
 
 use crate::error::Result;
-use crate::ops::rmsnorm::{check, check_same, FUSED_OP, OP};
+pub use crate::spec::rmsnorm::SUM_OF_SQUARES_OVERFLOW;
+use crate::spec::rmsnorm::{check, check_same, FUSED_OP, OP};
 use crate::tensor::HostTensor;
 
-/// The smallest sum of squares an FP32 accumulator cannot hold: 2^128 - 2^103, halfway between
-/// f32::MAX (2^128 - 2^104) and 2^128. A sum at or above it rounds to +inf.
-pub const SUM_OF_SQUARES_OVERFLOW: f64 = f32::MAX as f64 + (1u128 << 103) as f64;
-
-/// `pow(2).mean(-1)` in FP32: +inf when the sum of squares overflows f32 (see the module docs).
+/// `pow(2).mean(-1)` in FP32: +inf when the sum of squares overflows f32 (`crate::spec::rmsnorm`).
 pub fn mean_of_squares(x: &[f32]) -> f32 {
     let sum_sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     if (sum_sq as f32).is_infinite() {

@@ -13,13 +13,9 @@
 //! three roundings of the two products and their sum.
 
 use crate::error::Result;
-use crate::ops::rope::check;
+pub use crate::spec::rope::inv_freq;
+use crate::spec::rope::check;
 use crate::tensor::HostTensor;
-
-/// 1 / theta^(2i / head_dim) for i in 0..head_dim/2, in FP32.
-pub fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
-}
 
 /// cos and sin [T, head_dim] in FP32 (emb = cat(freqs, freqs)).
 pub fn cos_sin(positions: &[i32], inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {

@@ -7,7 +7,7 @@
 //! storage dtype, then multiplied by `up` and rounded again.
 
 use crate::error::Result;
-use crate::ops::swiglu::check;
+use crate::spec::swiglu::check;
 use crate::tensor::HostTensor;
 
 /// SiLU in FP32.

@@ -18,6 +18,7 @@
 mod common;
 mod argmax;
 mod attention;
+mod bad_inputs;
 mod golden;
 mod graph;
 mod linear;
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
         golden::TESTS,
         schedules::TESTS,
         negative::TESTS,
+        bad_inputs::TESTS,
     ]
     .concat();
     let count = tests.len();

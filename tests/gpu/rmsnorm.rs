@@ -142,7 +142,7 @@ fn large_magnitudes_square_in_fp32(gpu: &Gpu) {
     }
 }
 
-/// The overflow contract (src/reference/rmsnorm.rs): a sum of squares past f32's range is +inf in
+/// The overflow contract (src/spec/rmsnorm.rs): a sum of squares past f32's range is +inf in
 /// the FP32 reduction, as in PyTorch's `pow(2).mean()`, so inv = 0 and the row is zeros.
 /// - x up to 1e18 over 1536 columns: sums of ~5e38, far past f32::MAX, every row zeros.
 /// - The boundary, with rows of powers of two whose every partial sum is exact in any reduction
