@@ -63,6 +63,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The variant's name (`"Shape"`, `"Cuda"`, ...), for reports and tests that expect a kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::KernelsNotBuilt => "KernelsNotBuilt",
+            Error::NoDevice { .. } => "NoDevice",
+            Error::Shape { .. } => "Shape",
+            Error::DType { .. } => "DType",
+            Error::Alignment { .. } => "Alignment",
+            Error::UnsupportedSize { .. } => "UnsupportedSize",
+            Error::InvalidArgument { .. } => "InvalidArgument",
+            Error::Golden { .. } => "Golden",
+            Error::Cuda { .. } => "Cuda",
+            Error::Cublas { .. } => "Cublas",
+            Error::CublasNotFound { .. } => "CublasNotFound",
+            Error::KernelArguments { .. } => "KernelArguments",
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape { op, detail: detail.into() }
     }

@@ -10,6 +10,8 @@
 //! without a GPU; [`CPU_ROWS`] and the CLI rows here, plus the GPU table there, are the count the
 //! README states.
 
+mod common;
+use common::TempDir;
 use qwen_kernels::golden::file::data_dir;
 use qwen_kernels::golden::metrics::{compare, Tolerance};
 use qwen_kernels::golden::GoldenFile;
@@ -17,37 +19,18 @@ use qwen_kernels::model::weights::recipe_host;
 use qwen_kernels::model::{ModelWeights, Qwen2Config};
 use qwen_kernels::ops::{argmax, attention, gemm, kv_cache, rmsnorm, rope, swiglu};
 use qwen_kernels::reference::model::{self as model_ref, KvCache};
-use qwen_kernels::{diff, reference, DType, Error, HostTensor, Layout, Result, Shape};
+use qwen_kernels::{diff, reference, DType, HostTensor, Layout, Result, Shape};
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Rows of the library table below (checked, so the README's count stays true).
 const CPU_ROWS: usize = 89;
 /// Rows of the CLI table below.
 const CLI_ROWS: usize = 7;
-
-/// The name of an error's variant, for the table's expectations.
-fn variant(e: &Error) -> &'static str {
-    match e {
-        Error::KernelsNotBuilt => "KernelsNotBuilt",
-        Error::NoDevice { .. } => "NoDevice",
-        Error::Shape { .. } => "Shape",
-        Error::DType { .. } => "DType",
-        Error::Alignment { .. } => "Alignment",
-        Error::UnsupportedSize { .. } => "UnsupportedSize",
-        Error::InvalidArgument { .. } => "InvalidArgument",
-        Error::Golden { .. } => "Golden",
-        Error::Cuda { .. } => "Cuda",
-        Error::Cublas { .. } => "Cublas",
-        Error::CublasNotFound { .. } => "CublasNotFound",
-        Error::KernelArguments { .. } => "KernelArguments",
-    }
-}
 
 /// One bad input: what it is, the call it is given to, and what must come back.
 struct Row {
@@ -77,8 +60,8 @@ fn run_table(rows: &[Row]) -> Vec<String> {
             Ok(Ok(())) => problems.push(format!("{what}: accepted (expected {})", r.variant)),
             Ok(Err(e)) => {
                 let message = e.to_string();
-                if variant(&e) != r.variant {
-                    problems.push(format!("{what}: {} (expected {}): {message}", variant(&e), r.variant));
+                if e.kind() != r.variant {
+                    problems.push(format!("{what}: {} (expected {}): {message}", e.kind(), r.variant));
                 }
                 for s in &r.contains {
                     if !message.contains(s.as_str()) {
@@ -99,28 +82,6 @@ fn host(dtype: DType, dims: &[usize], values: Vec<f32>) -> HostTensor {
     HostTensor::from_f32(dtype, dims, values).unwrap()
 }
 
-/// A fresh directory under the system's temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("qwen-kernels-bad-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 type Tensors = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
 

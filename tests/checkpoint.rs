@@ -3,34 +3,13 @@
 //! run, which safetensors files a checkpoint's weights come from, and which config.json values
 //! are refused.
 
+mod common;
+use common::TempDir;
 use qwen_kernels::diff;
 use qwen_kernels::golden::file::{data_dir, resolve_checkpoint_golden_dir};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A fresh directory under the system's temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("qwen-kernels-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The committed tiny save_pretrained checkpoint and its golden.
 fn tiny_checkpoint() -> PathBuf {

@@ -1,6 +1,8 @@
 //! The `qwen-kernels` binary as a user meets it: help, version, usage errors that say what was
 //! expected, and `--checkpoint` finding a checkpoint's goldens where gen.py puts them.
 
+mod common;
+use common::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -120,23 +122,6 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
     assert!(out.contains(&format!("{} passed, 0 failed", rows.len())), "{out}");
 }
 
-/// A fresh directory under the system's temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("qwen-kernels-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Copy `names` from directory `from` into `to` (created).
 fn copy_files(from: &Path, to: &Path, names: &[&str]) {

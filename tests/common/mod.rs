@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use qwen_kernels::{DType, HostTensor};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,4 +51,27 @@ pub fn row_with_sum_of_squares(exponents: &[i32], width: usize) -> Vec<f32> {
 /// With only 24 consecutive bits (104..127) in play, every partial sum, in any order, is an f32.
 pub fn exponents_of_f32_max() -> Vec<i32> {
     [126, 126, 126].into_iter().chain(104..=125).collect()
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("qwen-kernels-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
