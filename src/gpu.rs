@@ -189,19 +189,9 @@ impl<'a> KernelLaunch<'a> {
     /// As `cudarc::driver::LaunchArgs::launch`: the kernel must stay in bounds of every buffer it
     /// is given for this configuration (each call site says why it does).
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
-        if let Some(expected) = self.gpu.param_sizes(self.name, self.func)? {
-            if expected != self.sizes {
-                let detail = if expected.len() != self.sizes.len() {
-                    format!("{} arguments pushed, the kernel takes {}", self.sizes.len(), expected.len())
-                } else {
-                    let i = (0..expected.len()).find(|&i| expected[i] != self.sizes[i]).unwrap_or(0);
-                    format!("argument {i} is {} bytes, the kernel's parameter {i} is {} bytes", self.sizes[i], expected[i])
-                };
-                return Err(Error::KernelArguments { kernel: self.name.to_string(), detail });
-            }
-        }
+        self.gpu.check_arguments(self.name, self.func, &self.sizes)?;
         // SAFETY: the caller's contract (above).
-        unsafe { self.args.launch(cfg) }.cuda(format!("cuLaunchKernel({})", self.name))?;
+        unsafe { self.args.launch(cfg) }.map_err(|source| Error::Cuda { call: format!("cuLaunchKernel({})", self.name), source })?;
         Ok(())
     }
 }
@@ -462,13 +452,30 @@ impl Gpu {
         KernelLaunch { gpu: self, name, args: self.stream.launch_builder(func), func, sizes: Vec::new() }
     }
 
-    /// Parameter sizes of `func` as the driver reports them; None when the driver cannot say
-    /// (cuFuncGetParamInfo needs a CUDA 12.4+ driver).
-    fn param_sizes(&self, name: &'static str, func: &CudaFunction) -> Result<Option<Vec<usize>>> {
+    /// Compare the argument sizes `pushed` with the parameters of `func` as the driver reports
+    /// them (cuFuncGetParamInfo, asked once per kernel; a driver older than CUDA 12.4 cannot say,
+    /// and then nothing is checked).
+    fn check_arguments(&self, name: &'static str, func: &CudaFunction, pushed: &[usize]) -> Result<()> {
         let mut cache = self.params.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(p) = cache.get(name) {
-            return Ok(p.clone());
+        if !cache.contains_key(name) {
+            let sizes = Self::param_sizes(name, func)?;
+            cache.insert(name, sizes);
         }
+        let Some(expected) = cache.get(name).and_then(|s| s.as_deref()) else { return Ok(()) };
+        if expected == pushed {
+            return Ok(());
+        }
+        let detail = if expected.len() != pushed.len() {
+            format!("{} arguments pushed, the kernel takes {}", pushed.len(), expected.len())
+        } else {
+            let i = (0..expected.len()).find(|&i| expected[i] != pushed[i]).unwrap_or(0);
+            format!("argument {i} is {} bytes, the kernel's parameter {i} is {} bytes", pushed[i], expected[i])
+        };
+        Err(Error::KernelArguments { kernel: name.to_string(), detail })
+    }
+
+    /// Parameter sizes of `func` from the driver; None when it cannot say.
+    fn param_sizes(name: &'static str, func: &CudaFunction) -> Result<Option<Vec<usize>>> {
         // SAFETY: looks the symbol up in the library cudarc loaded; no call is made.
         let present = unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn()>(b"cuFuncGetParamInfo").is_ok() };
         let sizes = if present {
@@ -492,7 +499,6 @@ impl Gpu {
         } else {
             None
         };
-        cache.insert(name, sizes.clone());
         Ok(sizes)
     }
 
