@@ -1,7 +1,9 @@
 //! Qwen2 models: config presets and whole-model weights (synthetic profile or checkpoint).
 
 pub mod config;
+pub mod device;
 pub mod weights;
 
 pub use config::Qwen2Config;
+pub use device::{DeviceModel, ModelOptions};
 pub use weights::ModelWeights;

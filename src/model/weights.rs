@@ -318,14 +318,6 @@ fn recipe_tensor(key: &str, text: &str, shape: &[usize]) -> Result<Vec<u16>> {
     Ok(bits)
 }
 
-/// Token ids to look up: each must be below the vocabulary size.
-pub fn check_tokens(config: &Qwen2Config, tokens: &[u32]) -> Result<()> {
-    if let Some(&t) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
-        return Err(Error::invalid("embedding", format!("token id {t} >= vocab size {}", config.vocab_size)));
-    }
-    Ok(())
-}
-
 /// One tensor of a golden file's hazard-profile recipes (metadata `weight.<name>`, Hugging Face
 /// name), checksum verified, as a bf16 host tensor of the recipe's shape.
 pub fn recipe_host(file: &GoldenFile, name: &str) -> Result<crate::HostTensor> {

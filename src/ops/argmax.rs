@@ -53,6 +53,17 @@ impl ArgmaxOutput {
     }
 
     /// The first `rows` results (synchronises): `None` for a NaN row ([`RowMax`]).
+    /// The device array of row indices (i32, `NAN_ROW` for a NaN row): a decode step feeds it
+    /// back as the next step's tokens without the host seeing it.
+    pub fn index(&self) -> &CudaSlice<i32> {
+        &self.index
+    }
+
+    /// The index array, writable: how an engine seeds the first decode step's tokens.
+    pub fn index_mut(&mut self) -> &mut CudaSlice<i32> {
+        &mut self.index
+    }
+
     pub fn to_host(&self, gpu: &Gpu, rows: usize) -> Result<Vec<RowMax>> {
         let (index, max) = self.raw_to_host(gpu, rows)?;
         Ok(index.iter().zip(&max).map(|(&i, &v)| if i == NAN_ROW { None } else { Some((i as u32, v)) }).collect())

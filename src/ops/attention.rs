@@ -191,6 +191,56 @@ pub fn prefill(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut ViewMut) -> Re
 pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut ViewMut, path: PrefillPath) -> Result<()> {
     let offsets = [q.byte_offset(), k.byte_offset(), v.byte_offset(), out.byte_offset()];
     let (dims, launch) = plan_prefill(q.layout(), k.layout(), v.layout(), out.layout(), offsets, path)?;
+    // Contiguous k, v [S, kv_heads, D]: kv head g's row s at g * D + s * kv_heads * D.
+    let strides = KeyStrides { head: dims.head_dim as i64, row: (dims.kv_heads * dims.head_dim) as i64 };
+    launch_prefill(gpu, q, &k.data, &v.data, out, dims, launch, strides)
+}
+
+/// Causal attention of `q` [T, heads, D], the newest T tokens of the sequence in cache slot
+/// `slot`, over that slot's first `context` positions of `k_cache`, `v_cache` [slots, kv_heads,
+/// capacity, D] ([`crate::spec::kv_cache`]), into `out` [T, heads, D]: query t sits at position
+/// context - T + t. The same kernels as [`prefill`] (tensor cores for f16/bf16), reading the cache
+/// in place through its strides: a chunked prefill needs no contiguous copy of the keys. The keys
+/// and values of the T new tokens must already be in the cache (`rope::rope_kv` writes them).
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_cached(gpu: &Gpu, q: &View, k_cache: &View, v_cache: &View, slot: usize, context: usize, out: &mut ViewMut, path: PrefillPath) -> Result<()> {
+    let cache = kv_cache::check(OP, k_cache.layout(), v_cache.layout())?;
+    if slot >= cache.slots {
+        return Err(Error::invalid(OP, format!("slot {slot} outside the cache's {} slots", cache.slots)));
+    }
+    if context > cache.capacity {
+        return Err(Error::invalid(OP, format!("context {context} past the cache's capacity {}", cache.capacity)));
+    }
+    // The slot's first `context` positions, validated as the contiguous k, v [S, kv_heads, D] they
+    // stand for (same element count and dtype; only the strides differ).
+    let kv = Layout::new(k_cache.layout().dtype, &[context, cache.kv_heads, cache.head_dim])?;
+    let offsets = [q.byte_offset(), k_cache.byte_offset(), v_cache.byte_offset(), out.byte_offset()];
+    let (dims, launch) = plan_prefill(q.layout(), kv, kv, out.layout(), offsets, path)?;
+    let slot_bytes = cache.kv_heads * cache.capacity * cache.head_dim * kv.dtype.size();
+    let (k, v) = (k_cache.data.slice(slot * slot_bytes..), v_cache.data.slice(slot * slot_bytes..));
+    // [slots, kv_heads, capacity, D]: kv head g's position s of this slot at g * capacity * D + s * D.
+    let strides = KeyStrides { head: (cache.capacity * cache.head_dim) as i64, row: cache.head_dim as i64 };
+    launch_prefill(gpu, q, &k, &v, out, dims, launch, strides)
+}
+
+/// Element strides of the keys and values a prefill reads: between kv heads, between positions.
+#[derive(Clone, Copy)]
+struct KeyStrides {
+    head: i64,
+    row: i64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_prefill(
+    gpu: &Gpu,
+    q: &View,
+    k: &CudaView<u8>,
+    v: &CudaView<u8>,
+    out: &mut ViewMut,
+    dims: AttentionDims,
+    launch: PrefillLaunch,
+    strides: KeyStrides,
+) -> Result<()> {
     if dims.tokens == 0 {
         return Ok(());
     }
@@ -203,18 +253,19 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
     }
     let (tokens, context, heads) = (dims.tokens as i32, dims.context as i32, dims.heads as i32);
     let group = dims.group() as i32;
-    // Contiguous k, v [S, kv_heads, D]: kv head g's row s at g * D + s * kv_heads * D.
-    let head_stride = dims.head_dim as i64;
-    let row_stride = (dims.kv_heads * dims.head_dim) as i64;
+    let (head_stride, row_stride) = (strides.head, strides.row);
     let scale = softmax_scale(dims.head_dim);
     let mut args = gpu.launcher(&f, launch.kernel);
     if launch.kernel.starts_with("attn_prefill_mma") {
-        args.arg(&q.data).arg(&k.data).arg(&v.data).arg(&mut out.data);
+        args.arg(&q.data).arg(k).arg(v).arg(&mut out.data);
         args.arg(&tokens).arg(&context).arg(&heads).arg(&group).arg(&head_stride).arg(&row_stride).arg(&scale);
-        // SAFETY: q and out hold T * heads * D elements, k and v S * kv_heads * D, of the kernel's
-        // dtype, 16-byte aligned (checked above); the dynamic shared memory is the kernel's
-        // mma_smem_bytes(D), allowed by the attribute just set. Block (i, h) reads q rows and writes out rows
-        // of its 64 tokens (< T only) for head h, and reads k, v rows < S of kv head h / group.
+        // SAFETY: q and out hold T * heads * D elements of the kernel's dtype, 16-byte aligned
+        // (checked by plan_prefill); k and v hold kv head g's position s < S at g * head_stride +
+        // s * row_stride (contiguous [S, kv_heads, D], or a cache slot's [kv_heads, capacity, D]
+        // with S <= capacity, checked by the callers), 16-byte aligned; the dynamic shared memory
+        // is the kernel's mma_smem_bytes(D), allowed by the attribute just set. Block (i, h) reads
+        // q rows and writes out rows of its 64 tokens (< T only) for head h, and reads k, v rows
+        // < S of kv head h / group.
         unsafe { args.launch(config) }?;
     } else {
         // Prefill mode of the split kernel: no slots/lens (row t has len S - T + t + 1), one split
@@ -224,7 +275,7 @@ pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut View
         let chunk = context;
         let max_splits = 1i32;
         let slot_stride = 0i64;
-        args.arg(&q.data).arg(&k.data).arg(&v.data).arg(&mut out.data).arg(&null).arg(&null).arg(&null);
+        args.arg(&q.data).arg(k).arg(v).arg(&mut out.data).arg(&null).arg(&null).arg(&null);
         args.arg(&heads).arg(&group).arg(&n_slots).arg(&context).arg(&context).arg(&tokens);
         args.arg(&slot_stride).arg(&head_stride).arg(&row_stride).arg(&chunk).arg(&max_splits).arg(&scale);
         // SAFETY: as above; block (t, y, 0) reads keys 0 .. S - T + t of one kv head, writes the

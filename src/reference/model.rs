@@ -46,7 +46,8 @@
 //! so free-running comparisons are reported, not judged by this model.
 
 use crate::error::{Error, Result};
-use crate::model::weights::{bf16_to_f32, check_tokens, Linear, Matrix, ModelWeights};
+use crate::model::weights::{bf16_to_f32, Linear, Matrix, ModelWeights};
+use crate::spec::embed::check_tokens;
 use crate::reference::rope::cos_sin;
 use crate::spec::rope::inv_freq;
 
@@ -383,7 +384,7 @@ fn attention(q: &Act, cache: &LayerCache, capacity: usize, start: usize, heads: 
 
 /// The embedding rows of `tokens` (exact).
 pub fn embed(w: &ModelWeights, tokens: &[u32], bounds: bool) -> Result<Act> {
-    check_tokens(&w.config, tokens)?;
+    check_tokens(tokens, w.config.vocab_size)?;
     let h = w.config.hidden_size;
     let v = tokens.iter().flat_map(|&t| w.embed_tokens.row(t as usize).iter().map(|&b| bf16_to_f32(b))).collect();
     Ok(Act::new(tokens.len(), h, v, bounds, false))

@@ -19,6 +19,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod embed;
 pub mod kv_cache;
 pub mod linear;
 pub mod rmsnorm;

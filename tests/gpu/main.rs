@@ -22,6 +22,7 @@ mod bad_inputs;
 mod golden;
 mod graph;
 mod linear;
+mod model;
 #[allow(dead_code)] // find, replace: read by the build
 #[path = "../../softgpu/mutants.rs"]
 mod mutants;
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
         schedules::TESTS,
         negative::TESTS,
         bad_inputs::TESTS,
+        model::TESTS,
     ]
     .concat();
     let count = tests.len();

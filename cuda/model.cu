@@ -1,0 +1,54 @@
+// model.cu: the two small kernels the whole-model forward needs besides the ops (src/model/device.rs).
+//
+// 1. embed_<dtype>: the embedding lookup, out[r, :] = table[tokens[r], :] (nn.Embedding: an exact
+//    copy of a row, no arithmetic). The token ids live on the device: in a decode step they are the
+//    previous step's argmax, never seen by the host. A token outside 0..vocab (the argmax's NaN row
+//    marker -1 included) makes its row's block fill the row with NaN and set QK_EMBED_BAD_TOKEN in
+//    *status; nothing is read outside the table. The caller reads the status when it synchronises.
+//    grid = (rows, 1, 1), any block size (the host uses 128); offsets are 64-bit.
+//
+// 2. decode_advance: after a decode step, each row's position and length move on by one:
+//    positions[b] += 1, lens[b] += 1 for b < batch. Kept on the device so that a captured decode
+//    step replays without the host (the next replay reads the new values). grid = (1, 1, 1),
+//    block = batch rounded up to 32 threads, looping for larger batches.
+#include "common.cuh"
+
+namespace qk {
+
+constexpr unsigned EMBED_BAD_TOKEN = 1u;
+
+template <typename T>
+__device__ __forceinline__ void embed_row(const T* __restrict__ table, const int* __restrict__ tokens,
+                                          T* __restrict__ out, int vocab, int hidden,
+                                          unsigned* __restrict__ status) {
+    const int token = tokens[blockIdx.x];
+    T* dst = out + static_cast<long long>(blockIdx.x) * hidden;
+    if (token < 0 || token >= vocab) {
+        if (threadIdx.x == 0) atomicOr(status, EMBED_BAD_TOKEN);
+        const T nan = from_float<T>(__int_as_float(0x7fc00000));
+        for (int c = threadIdx.x; c < hidden; c += blockDim.x) dst[c] = nan;
+        return;
+    }
+    const T* src = table + static_cast<long long>(token) * hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) dst[c] = src[c];
+}
+
+}  // namespace qk
+
+#define QK_EMBED_ENTRY(NAME, T)                                                                        \
+    extern "C" __global__ void embed_##NAME(const T* __restrict__ table, const int* __restrict__ tokens, \
+                                            T* __restrict__ out, int vocab, int hidden,                \
+                                            unsigned* __restrict__ status) {                           \
+        qk::embed_row<T>(table, tokens, out, vocab, hidden, status);                                   \
+    }
+
+QK_EMBED_ENTRY(f32, float)
+QK_EMBED_ENTRY(f16, __half)
+QK_EMBED_ENTRY(bf16, __nv_bfloat16)
+
+extern "C" __global__ void decode_advance(int* __restrict__ positions, int* __restrict__ lens, int batch) {
+    for (int b = threadIdx.x; b < batch; b += blockDim.x) {
+        positions[b] += 1;
+        lens[b] += 1;
+    }
+}

@@ -1,0 +1,847 @@
+//! The whole Qwen2ForCausalLM on the device, from this crate's kernels only: prefill (chunked),
+//! greedy decode of a batch of sequences with the KV cache, each decode step captured once into a
+//! CUDA graph and replayed.
+//!
+//! ```text
+//! prefill (one sequence, a chunk of T tokens at positions p0..p0+T, slot s):
+//!   resid = embed[tokens]                                      ops::embed
+//!   per layer:  xn = rmsnorm(resid)            (layer 0)       ops::rmsnorm
+//!               xn = add_rmsnorm(down, resid)  (layers 1..)    resid += down, then the norm
+//!               q, k, v = xn Wq^T + bq, ...                    ops::gemm::linear (3 GEMMs)
+//!               rope_kv: q rotated in place; k rotated, v -> cache[s, :, p0..p0+T]
+//!               attn = attention over cache[s, :, 0..p0+T]     ops::attention::prefill_cached
+//!               o = attn Wo^T;  xn = add_rmsnorm(o, resid)     resid after attention
+//!               gu = xn [Wgate; Wup]^T                         one GEMM (merged gate/up)
+//!               act = silu(gu[:, :I]) * gu[:, I:];  down = act Wdown^T
+//!   xn = add_rmsnorm(down, resid, final norm); logits = xn[T-1] lm_head^T (f32); argmax
+//!
+//! decode step (B rows, row b continuing the sequence in slot slots[b]):
+//!   the same with T = B, tokens = the previous step's argmax (on the device), rope_kv at the
+//!   rows' device positions, attention::decode over each row's slot and len, logits [B, vocab]
+//!   f32, the bounded argmax into the tokens of the next step, then positions and lens + 1.
+//! ```
+//!
+//! Merged: gate and up are one GEMM over the concatenated [2I, H] weight. Each output element is
+//! still its own FP32 dot product over the same H products, so the merge is exact in the sense the
+//! crate's contract uses (what differs is cuBLAS' choice of kernel, which no contract pins); the
+//! fused SwiGLU reads the [gate | up] rows it produces. q, k and v stay three GEMMs: RoPE and the
+//! cache write take them as separate contiguous tensors.
+//!
+//! Dtypes: weights and activations share one storage dtype (f32, f16 or bf16; checkpoints hold
+//! bf16, which f32 holds exactly and f16 rounds), logits are f32, every op computes in FP32.
+//!
+//! Memory: the weights, the KV cache and a fixed workspace are allocated at construction
+//! ([`DeviceModel::memory`] reports the bytes of each); nothing is allocated per token. A decode
+//! step neither allocates nor synchronises, so it can be captured; [`DeviceModel::decode_step`]
+//! captures it once per batch size and replays the graph afterwards (or launches directly when
+//! graphs are off, for comparison).
+//!
+//! Errors: bad host input (a slot outside the cache, a sequence past its capacity, a token past
+//! the vocabulary) is refused before anything is launched. What only the device sees (a NaN row's
+//! argmax fed back as a token, a bad device position) is flagged in status words that
+//! [`DeviceModel::check_status`] reads; [`DeviceModel::next_tokens`] reads them with the tokens.
+
+use crate::dtype::DType;
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::Gpu;
+use crate::model::weights::{bf16_to_f32, ModelWeights};
+use crate::model::Qwen2Config;
+use crate::ops::argmax::{self, ArgmaxOutput, NAN_ROW};
+use crate::ops::attention::{self, PrefillPath};
+use crate::ops::embed::{self, EmbedStatus};
+use crate::ops::gemm::linear;
+use crate::ops::rmsnorm::{add_rmsnorm, rmsnorm};
+use crate::ops::rope::{rope_kv, RopeTable};
+use crate::ops::swiglu::swiglu_fused;
+use crate::spec::kv_cache::KvCacheDims;
+use crate::tensor::{DeviceTensor, HostTensor, View};
+use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice};
+use std::collections::HashMap;
+
+const OP: &str = "device model";
+
+/// How a [`DeviceModel`] is laid out: storage dtype, KV cache size, chunking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Storage dtype of weights and activations (logits are always f32).
+    pub dtype: DType,
+    /// Sequences the KV cache holds at once: the largest decode batch.
+    pub slots: usize,
+    /// Positions per slot (prompt plus generated tokens), at most the config's
+    /// `max_position_embeddings`.
+    pub capacity: usize,
+    /// Tokens per prefill launch; longer prompts are prefilled in chunks of this many.
+    pub prefill_chunk: usize,
+    /// Keys per decode split ([`attention::decode_with_chunk`]).
+    pub decode_chunk: usize,
+    /// Capture each decode step into a CUDA graph (once per batch size) and replay it.
+    pub graphs: bool,
+}
+
+impl ModelOptions {
+    /// `slots` sequences of up to `capacity` positions in `dtype`; chunks of 512 prompt tokens,
+    /// the default decode split, graphs on.
+    pub fn new(dtype: DType, slots: usize, capacity: usize) -> Self {
+        ModelOptions { dtype, slots, capacity, prefill_chunk: 512, decode_chunk: attention::DEFAULT_DECODE_CHUNK, graphs: true }
+    }
+}
+
+/// Bytes a [`DeviceModel`] allocated, by purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    pub weights: usize,
+    pub kv_cache: usize,
+    /// Activations, logits, the attention and argmax workspaces, device token/position arrays.
+    pub workspace: usize,
+}
+
+struct Layer {
+    input_norm: DeviceTensor,
+    q: DeviceTensor,
+    q_bias: DeviceTensor,
+    k: DeviceTensor,
+    k_bias: DeviceTensor,
+    v: DeviceTensor,
+    v_bias: DeviceTensor,
+    o: DeviceTensor,
+    post_norm: DeviceTensor,
+    /// [gate; up]: [2 * intermediate, hidden].
+    gate_up: DeviceTensor,
+    down: DeviceTensor,
+    k_cache: DeviceTensor,
+    v_cache: DeviceTensor,
+}
+
+/// Activations for up to `rows` tokens at once (a prefill chunk or a decode batch).
+struct Workspace {
+    rows: usize,
+    resid: DeviceTensor,
+    xn: DeviceTensor,
+    q: DeviceTensor,
+    k: DeviceTensor,
+    v: DeviceTensor,
+    attn: DeviceTensor,
+    /// o_proj's and down_proj's output, added into `resid` by the next add_rmsnorm.
+    proj: DeviceTensor,
+    gate_up: DeviceTensor,
+    act: DeviceTensor,
+    attn_ws: DeviceTensor,
+    /// [slots, vocab] f32: the decode batch's logits.
+    logits: DeviceTensor,
+    /// [1, vocab] f32: the last prefill's logits, and their argmax (apart from the decode batch's,
+    /// so a prefill between decode steps leaves the batch's next tokens alone).
+    prefill_logits: DeviceTensor,
+    prefill_argmax: ArgmaxOutput,
+    /// Prefill: token ids, positions, slot of each row of a chunk.
+    tokens: CudaSlice<i32>,
+    positions: CudaSlice<i32>,
+    row_slots: CudaSlice<i32>,
+    /// Decode: each row's position, length (position + 1) and slot; the tokens are `argmax`'s index.
+    dec_positions: CudaSlice<i32>,
+    dec_lens: CudaSlice<i32>,
+    dec_slots: CudaSlice<i32>,
+    argmax: ArgmaxOutput,
+}
+
+/// A Qwen2 model on the device: weights, KV cache, workspace (see the module docs).
+pub struct DeviceModel {
+    config: Qwen2Config,
+    options: ModelOptions,
+    embed: DeviceTensor,
+    /// None when tied to the embedding.
+    lm_head: Option<DeviceTensor>,
+    norm: DeviceTensor,
+    layers: Vec<Layer>,
+    rope: RopeTable,
+    embed_status: EmbedStatus,
+    ws: Workspace,
+    /// Valid positions of each slot, as the host knows them.
+    lens: Vec<usize>,
+    /// The decode batch: row b continues slot batch[b].
+    batch: Vec<usize>,
+    graphs: HashMap<usize, CudaGraph>,
+    memory: MemoryReport,
+}
+
+/// What the per-layer trace of a forward holds (free-running, [`DeviceModel::prefill_traced`]).
+#[derive(Clone, Debug, Default)]
+pub struct DeviceTrace {
+    /// After each layer's attention (the residual stream), [T, H] each.
+    pub attn_residual: Vec<HostTensor>,
+    /// The embedding, then after each layer: layers + 1 entries of [T, H].
+    pub hidden: Vec<HostTensor>,
+}
+
+fn bad(detail: String) -> Error {
+    Error::invalid(OP, detail)
+}
+
+/// bf16 bits as `dtype` bytes (f32 exact, f16 rounded to nearest even, bf16 as is).
+fn encode_bf16(dtype: DType, bits: &[u16]) -> Vec<u8> {
+    match dtype {
+        DType::BF16 => bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+        DType::F32 => bits.iter().flat_map(|&b| bf16_to_f32(b).to_le_bytes()).collect(),
+        DType::F16 => bits.iter().flat_map(|&b| half::f16::from_f32(bf16_to_f32(b)).to_bits().to_le_bytes()).collect(),
+    }
+}
+
+fn upload(gpu: &Gpu, dtype: DType, dims: &[usize], bits: &[u16]) -> Result<DeviceTensor> {
+    let mut t = DeviceTensor::zeros(gpu, dtype, dims)?;
+    if t.layout().numel() != bits.len() {
+        return Err(Error::shape(OP, format!("{} values for {}", bits.len(), t.layout())));
+    }
+    let bytes = encode_bf16(dtype, bits);
+    gpu.stream().memcpy_htod(&bytes, &mut t.view_mut().data).cuda("cuMemcpyHtoD(weights)")?;
+    Ok(t)
+}
+
+fn upload_f32(gpu: &Gpu, dtype: DType, values: &[f32]) -> Result<DeviceTensor> {
+    DeviceTensor::from_host(gpu, &HostTensor::from_f32(dtype, &[values.len()], values.to_vec())?)
+}
+
+fn i32s(gpu: &Gpu, n: usize) -> Result<CudaSlice<i32>> {
+    gpu.stream().alloc_zeros::<i32>(n.max(1)).cuda("cuMemAlloc(model indices)")
+}
+
+fn to_i32(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit i32")))
+}
+
+impl DeviceModel {
+    /// Upload `weights` (bf16 on the host) in `options.dtype` and allocate the KV cache and the
+    /// workspace.
+    pub fn new(gpu: &Gpu, weights: &ModelWeights, options: ModelOptions) -> Result<Self> {
+        let c = &weights.config;
+        Self::check_options(c, &options)?;
+        let dt = options.dtype;
+        let (h, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let cache_dims = [options.slots, c.num_key_value_heads, options.capacity, d];
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for lw in &weights.layers {
+            let lin = |l: &crate::model::weights::Linear| upload(gpu, dt, &[l.weight.rows, l.weight.cols], &l.weight.bits);
+            let bias = |l: &crate::model::weights::Linear| match &l.bias {
+                Some(b) => upload_f32(gpu, dt, b),
+                None => Err(bad("a q/k/v projection without its bias".into())),
+            };
+            let mut gate_up_bits = Vec::with_capacity(2 * inter * h);
+            gate_up_bits.extend_from_slice(&lw.gate_proj.weight.bits);
+            gate_up_bits.extend_from_slice(&lw.up_proj.weight.bits);
+            layers.push(Layer {
+                input_norm: upload_f32(gpu, dt, &lw.input_layernorm)?,
+                q: lin(&lw.q_proj)?,
+                q_bias: bias(&lw.q_proj)?,
+                k: lin(&lw.k_proj)?,
+                k_bias: bias(&lw.k_proj)?,
+                v: lin(&lw.v_proj)?,
+                v_bias: bias(&lw.v_proj)?,
+                o: lin(&lw.o_proj)?,
+                post_norm: upload_f32(gpu, dt, &lw.post_attention_layernorm)?,
+                gate_up: upload(gpu, dt, &[2 * inter, h], &gate_up_bits)?,
+                down: lin(&lw.down_proj)?,
+                k_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
+                v_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
+            });
+            debug_assert_eq!((lw.q_proj.weight.rows, lw.k_proj.weight.rows), (q_out, kv_out));
+        }
+        let embed = upload(gpu, dt, &[c.vocab_size, h], &weights.embed_tokens.bits)?;
+        let lm_head = match &weights.lm_head {
+            Some(m) => Some(upload(gpu, dt, &[m.rows, m.cols], &m.bits)?),
+            None => None,
+        };
+        let norm = upload_f32(gpu, dt, &weights.norm)?;
+        Self::assemble(gpu, c.clone(), options, embed, lm_head, norm, layers)
+    }
+
+    /// Read a Hugging Face checkpoint directory (config.json and the bf16 safetensors,
+    /// [`ModelWeights::from_checkpoint`]) and upload it.
+    pub fn from_checkpoint(gpu: &Gpu, dir: &std::path::Path, options: ModelOptions) -> Result<Self> {
+        let name = dir.file_name().map_or("checkpoint".to_string(), |n| n.to_string_lossy().into_owned());
+        let text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| Error::invalid("checkpoint", format!("cannot read {}/config.json: {e}", dir.display())))?;
+        let config = Qwen2Config::from_hf_json(&name, &text)?;
+        let weights = ModelWeights::from_checkpoint(&config, dir)?;
+        Self::new(gpu, &weights, options)
+    }
+
+    /// Build from tensors the caller already holds on the device, by Hugging Face name
+    /// (`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`, ...; `lm_head.weight`
+    /// unless the embeddings are tied). `take(name, dims)` hands over each tensor, which must have
+    /// `options.dtype` and exactly `dims` (wrap a cudarc buffer with [`DeviceTensor::from_slice`]).
+    /// The model keeps them, except gate_proj and up_proj, which are copied (on the device) into the
+    /// merged [gate; up] weight and dropped.
+    pub fn from_device_tensors(
+        gpu: &Gpu,
+        config: &Qwen2Config,
+        options: ModelOptions,
+        mut take: impl FnMut(&str, &[usize]) -> Result<DeviceTensor>,
+    ) -> Result<Self> {
+        let c = config;
+        Self::check_options(c, &options)?;
+        let dt = options.dtype;
+        let (h, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let mut get = |name: &str, dims: &[usize]| -> Result<DeviceTensor> {
+            let t = take(name, dims)?;
+            if t.dtype() != dt || t.dims() != dims {
+                return Err(Error::shape(OP, format!("{name} is {}, expected {dt}{dims:?}", t.layout())));
+            }
+            Ok(t)
+        };
+        let cache_dims = [options.slots, c.num_key_value_heads, options.capacity, d];
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            let gate = get(&p("mlp.gate_proj.weight"), &[inter, h])?;
+            let up = get(&p("mlp.up_proj.weight"), &[inter, h])?;
+            let mut gate_up = DeviceTensor::zeros(gpu, dt, &[2 * inter, h])?;
+            {
+                let mut both = gate_up.view_mut();
+                gpu.stream().memcpy_dtod(&gate.view().data, &mut both.rows_mut(0..inter)?.data).cuda("cuMemcpyDtoD(gate)")?;
+                gpu.stream().memcpy_dtod(&up.view().data, &mut both.rows_mut(inter..2 * inter)?.data).cuda("cuMemcpyDtoD(up)")?;
+            }
+            gpu.synchronize()?;
+            layers.push(Layer {
+                input_norm: get(&p("input_layernorm.weight"), &[h])?,
+                q: get(&p("self_attn.q_proj.weight"), &[q_out, h])?,
+                q_bias: get(&p("self_attn.q_proj.bias"), &[q_out])?,
+                k: get(&p("self_attn.k_proj.weight"), &[kv_out, h])?,
+                k_bias: get(&p("self_attn.k_proj.bias"), &[kv_out])?,
+                v: get(&p("self_attn.v_proj.weight"), &[kv_out, h])?,
+                v_bias: get(&p("self_attn.v_proj.bias"), &[kv_out])?,
+                o: get(&p("self_attn.o_proj.weight"), &[h, q_out])?,
+                post_norm: get(&p("post_attention_layernorm.weight"), &[h])?,
+                gate_up,
+                down: get(&p("mlp.down_proj.weight"), &[h, inter])?,
+                k_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
+                v_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
+            });
+        }
+        let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[c.vocab_size, h])?) };
+        let norm = get("model.norm.weight", &[h])?;
+        Self::assemble(gpu, c.clone(), options, embed, lm_head, norm, layers)
+    }
+
+    fn check_options(c: &Qwen2Config, o: &ModelOptions) -> Result<()> {
+        if o.slots == 0 || o.capacity == 0 || o.prefill_chunk == 0 {
+            return Err(bad(format!("slots {}, capacity {} and prefill_chunk {} must be positive", o.slots, o.capacity, o.prefill_chunk)));
+        }
+        if o.capacity > c.max_position_embeddings {
+            return Err(bad(format!("capacity {} past the model's max_position_embeddings {}", o.capacity, c.max_position_embeddings)));
+        }
+        attention::check_head_dim(OP, c.head_dim)?;
+        to_i32("capacity", o.capacity)?;
+        to_i32("slots", o.slots)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        gpu: &Gpu,
+        config: Qwen2Config,
+        options: ModelOptions,
+        embed: DeviceTensor,
+        lm_head: Option<DeviceTensor>,
+        norm: DeviceTensor,
+        layers: Vec<Layer>,
+    ) -> Result<Self> {
+        let c = &config;
+        let dt = options.dtype;
+        let rows = options.prefill_chunk.max(options.slots);
+        let (h, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (heads, kv) = (c.num_attention_heads, c.num_key_value_heads);
+        let zeros = |dims: &[usize]| DeviceTensor::zeros(gpu, dt, dims);
+        let ws = Workspace {
+            rows,
+            resid: zeros(&[rows, h])?,
+            xn: zeros(&[rows, h])?,
+            q: zeros(&[rows, heads, d])?,
+            k: zeros(&[rows, kv, d])?,
+            v: zeros(&[rows, kv, d])?,
+            attn: zeros(&[rows, heads, d])?,
+            proj: zeros(&[rows, h])?,
+            gate_up: zeros(&[rows, 2 * inter])?,
+            act: zeros(&[rows, inter])?,
+            attn_ws: DeviceTensor::zeros(
+                gpu,
+                DType::F32,
+                &[attention::decode_workspace_len(options.slots, heads, d, options.capacity, options.decode_chunk)],
+            )?,
+            logits: DeviceTensor::zeros(gpu, DType::F32, &[options.slots, c.vocab_size])?,
+            prefill_logits: DeviceTensor::zeros(gpu, DType::F32, &[1, c.vocab_size])?,
+            prefill_argmax: ArgmaxOutput::new(gpu, 1)?,
+            tokens: i32s(gpu, rows)?,
+            positions: i32s(gpu, rows)?,
+            row_slots: i32s(gpu, rows)?,
+            dec_positions: i32s(gpu, options.slots)?,
+            dec_lens: i32s(gpu, options.slots)?,
+            dec_slots: i32s(gpu, options.slots)?,
+            argmax: ArgmaxOutput::new(gpu, options.slots)?,
+        };
+        let bytes = |t: &DeviceTensor| t.layout().bytes();
+        let weights = bytes(&embed)
+            + lm_head.as_ref().map_or(0, bytes)
+            + bytes(&norm)
+            + layers
+                .iter()
+                .map(|l| {
+                    [&l.input_norm, &l.q, &l.q_bias, &l.k, &l.k_bias, &l.v, &l.v_bias, &l.o, &l.post_norm, &l.gate_up, &l.down]
+                        .into_iter()
+                        .map(bytes)
+                        .sum::<usize>()
+                })
+                .sum::<usize>();
+        let kv_cache = layers.iter().map(|l| bytes(&l.k_cache) + bytes(&l.v_cache)).sum();
+        let index_bytes = (3 * rows + 3 * options.slots) * 4;
+        let argmax_bytes = (options.slots + 1) * (8 + argmax::CHUNKS * 8);
+        let workspace = [&ws.resid, &ws.xn, &ws.q, &ws.k, &ws.v, &ws.attn, &ws.proj, &ws.gate_up, &ws.act, &ws.attn_ws, &ws.logits, &ws.prefill_logits]
+            .into_iter()
+            .map(bytes)
+            .sum::<usize>()
+            + index_bytes
+            + argmax_bytes;
+        let rope = RopeTable::new(gpu, c.rope_theta, d, c.max_position_embeddings)?;
+        let embed_status = EmbedStatus::new(gpu)?;
+        gpu.synchronize()?;
+        Ok(DeviceModel {
+            lens: vec![0; options.slots],
+            batch: Vec::new(),
+            graphs: HashMap::new(),
+            memory: MemoryReport { weights, kv_cache, workspace },
+            config,
+            options,
+            embed,
+            lm_head,
+            norm,
+            layers,
+            rope,
+            embed_status,
+            ws,
+        })
+    }
+
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
+    }
+
+    /// Bytes of weights, KV cache and workspace, all allocated at construction.
+    pub fn memory(&self) -> MemoryReport {
+        self.memory
+    }
+
+    /// Valid positions of `slot` (its prompt and generated tokens so far).
+    pub fn seq_len(&self, slot: usize) -> usize {
+        self.lens.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Forget the sequence in `slot` (its cache rows are overwritten by the next one).
+    pub fn reset(&mut self, slot: usize) -> Result<()> {
+        self.check_slot(slot)?;
+        self.lens[slot] = 0;
+        Ok(())
+    }
+
+    /// Layer `layer`'s KV cache: k and v, each [slots, kv_heads, capacity, head_dim] in the
+    /// model's dtype (the layout of [`crate::spec::kv_cache`]); positions 0..seq_len(slot) of a slot
+    /// are valid.
+    pub fn kv_cache(&self, layer: usize) -> Result<(View<'_>, View<'_>)> {
+        let l = self.layers.get(layer).ok_or_else(|| bad(format!("layer {layer} of {}", self.layers.len())))?;
+        Ok((l.k_cache.view(), l.v_cache.view()))
+    }
+
+    /// The cache's dimensions (shared by every layer).
+    pub fn kv_cache_dims(&self) -> KvCacheDims {
+        KvCacheDims { slots: self.options.slots, kv_heads: self.config.num_key_value_heads, capacity: self.options.capacity, head_dim: self.config.head_dim }
+    }
+
+    fn check_slot(&self, slot: usize) -> Result<()> {
+        if slot >= self.options.slots {
+            return Err(bad(format!("slot {slot} outside the cache's {} slots", self.options.slots)));
+        }
+        Ok(())
+    }
+
+    /// Append `tokens` to the sequence in `slot` (in chunks of `prefill_chunk`), and compute the
+    /// logits of the last one ([`DeviceModel::prefill_logits`]); returns its greedy token (the
+    /// argmax over the real vocabulary). Synchronises once, to read that token.
+    pub fn prefill(&mut self, gpu: &Gpu, slot: usize, tokens: &[u32]) -> Result<u32> {
+        self.prefill_inner(gpu, slot, tokens, None)?;
+        Ok(self.read_tokens(gpu, Head::Prefill)?[0])
+    }
+
+    /// As [`DeviceModel::prefill`], also returning the residual stream after every attention and
+    /// every layer (one synchronisation per layer; for checking, not for serving). The prompt must
+    /// fit one chunk.
+    pub fn prefill_traced(&mut self, gpu: &Gpu, slot: usize, tokens: &[u32]) -> Result<(u32, DeviceTrace)> {
+        if tokens.len() > self.options.prefill_chunk {
+            return Err(bad(format!("a traced prefill takes at most one chunk ({} tokens), got {}", self.options.prefill_chunk, tokens.len())));
+        }
+        let mut trace = DeviceTrace::default();
+        self.prefill_inner(gpu, slot, tokens, Some(&mut trace))?;
+        Ok((self.read_tokens(gpu, Head::Prefill)?[0], trace))
+    }
+
+    fn prefill_inner(&mut self, gpu: &Gpu, slot: usize, tokens: &[u32], mut trace: Option<&mut DeviceTrace>) -> Result<()> {
+        self.check_slot(slot)?;
+        embed::check_tokens(tokens, self.config.vocab_size)?;
+        if tokens.is_empty() {
+            return Err(bad("prefill of no tokens".into()));
+        }
+        let start = self.lens[slot];
+        if start + tokens.len() > self.options.capacity {
+            return Err(bad(format!("{} tokens after {start} in slot {slot} overflow its capacity of {}", tokens.len(), self.options.capacity)));
+        }
+        let chunks: Vec<&[u32]> = tokens.chunks(self.options.prefill_chunk).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let p0 = self.lens[slot];
+            let t = chunk.len();
+            let ids: Vec<i32> = chunk.iter().map(|&x| x as i32).collect();
+            let positions: Vec<i32> = (p0..p0 + t).map(|p| p as i32).collect();
+            let slots = vec![slot as i32; t];
+            let stream = gpu.stream();
+            stream.memcpy_htod(&ids, &mut self.ws.tokens.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill tokens)")?;
+            stream.memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill positions)")?;
+            stream.memcpy_htod(&slots, &mut self.ws.row_slots.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill slots)")?;
+            embed::embed(gpu, &self.embed.view(), &self.ws.tokens.slice(0..t), &mut self.ws.resid.view_mut().rows_mut(0..t)?, &mut self.embed_status)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
+            }
+            for l in 0..self.layers.len() {
+                self.layer(gpu, l, t, Attend::Prefill { slot, context: p0 + t }, trace.as_deref_mut())?;
+            }
+            self.lens[slot] = p0 + t;
+            if i + 1 == chunks.len() {
+                self.final_norm(gpu, t)?;
+                if let Some(tr) = trace.as_deref_mut() {
+                    tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
+                }
+                self.head(gpu, t - 1..t, Head::Prefill)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One decoder layer over the first `t` rows of the workspace: expects the residual stream in
+    /// `resid` (layer 0) or the previous layer's down projection pending in `proj`, and leaves its
+    /// own down projection pending in `proj`.
+    fn layer(&mut self, gpu: &Gpu, l: usize, t: usize, attend: Attend, mut trace: Option<&mut DeviceTrace>) -> Result<()> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps;
+        let (heads, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let ws = &mut self.ws;
+        let lw = &mut self.layers[l];
+        if l == 0 {
+            rmsnorm(gpu, &ws.resid.view().rows(0..t)?, &lw.input_norm.view(), eps, &mut ws.xn.view_mut().rows_mut(0..t)?)?;
+        } else {
+            add_rmsnorm(
+                gpu,
+                &ws.proj.view().rows(0..t)?,
+                &mut ws.resid.view_mut().rows_mut(0..t)?,
+                &lw.input_norm.view(),
+                eps,
+                &mut ws.xn.view_mut().rows_mut(0..t)?,
+            )?;
+        }
+        let xn = ws.xn.view().rows(0..t)?;
+        linear(gpu, &xn, &lw.q.view(), Some(&lw.q_bias.view()), &mut ws.q.view_mut().rows_mut(0..t)?.reshape(&[t, heads * d])?)?;
+        linear(gpu, &xn, &lw.k.view(), Some(&lw.k_bias.view()), &mut ws.k.view_mut().rows_mut(0..t)?.reshape(&[t, kv * d])?)?;
+        linear(gpu, &xn, &lw.v.view(), Some(&lw.v_bias.view()), &mut ws.v.view_mut().rows_mut(0..t)?.reshape(&[t, kv * d])?)?;
+        let (positions, slots) = match attend {
+            Attend::Prefill { .. } => (ws.positions.slice(0..t), ws.row_slots.slice(0..t)),
+            Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slots.slice(0..t)),
+        };
+        rope_kv(
+            gpu,
+            &mut self.rope,
+            &mut ws.q.view_mut().rows_mut(0..t)?,
+            &ws.k.view().rows(0..t)?,
+            &ws.v.view().rows(0..t)?,
+            &positions,
+            &slots,
+            &mut lw.k_cache.view_mut(),
+            &mut lw.v_cache.view_mut(),
+        )?;
+        match attend {
+            Attend::Prefill { slot, context } => attention::prefill_cached(
+                gpu,
+                &ws.q.view().rows(0..t)?,
+                &lw.k_cache.view(),
+                &lw.v_cache.view(),
+                slot,
+                context,
+                &mut ws.attn.view_mut().rows_mut(0..t)?,
+                PrefillPath::Auto,
+            )?,
+            Attend::Decode => attention::decode_with_chunk(
+                gpu,
+                &ws.q.view().rows(0..t)?,
+                &lw.k_cache.view(),
+                &lw.v_cache.view(),
+                &ws.dec_slots.slice(0..t),
+                &ws.dec_lens.slice(0..t),
+                &mut ws.attn_ws.view_mut(),
+                &mut ws.attn.view_mut().rows_mut(0..t)?,
+                self.options.decode_chunk,
+            )?,
+        }
+        linear(gpu, &ws.attn.view().rows(0..t)?.reshape(&[t, heads * d])?, &lw.o.view(), None, &mut ws.proj.view_mut().rows_mut(0..t)?)?;
+        add_rmsnorm(
+            gpu,
+            &ws.proj.view().rows(0..t)?,
+            &mut ws.resid.view_mut().rows_mut(0..t)?,
+            &lw.post_norm.view(),
+            eps,
+            &mut ws.xn.view_mut().rows_mut(0..t)?,
+        )?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.attn_residual.push(ws.resid.view().rows(0..t)?.to_host(gpu)?);
+        }
+        linear(gpu, &ws.xn.view().rows(0..t)?, &lw.gate_up.view(), None, &mut ws.gate_up.view_mut().rows_mut(0..t)?)?;
+        swiglu_fused(gpu, &ws.gate_up.view().rows(0..t)?, &mut ws.act.view_mut().rows_mut(0..t)?)?;
+        linear(gpu, &ws.act.view().rows(0..t)?, &lw.down.view(), None, &mut ws.proj.view_mut().rows_mut(0..t)?)?;
+        if let Some(tr) = trace {
+            // The residual after this layer is resid + proj; the next add_rmsnorm forms it. For the
+            // trace, form it now in a copy (the kernels' own sum: T(x + residual)).
+            if l + 1 < self.layers.len() {
+                let mut next = self.ws.resid.view().rows(0..t)?.to_host(gpu)?.into_data();
+                let down = self.ws.proj.view().rows(0..t)?.to_host(gpu)?;
+                let dtype = self.options.dtype;
+                for (r, &x) in next.iter_mut().zip(down.data()) {
+                    *r = dtype.round(*r + x);
+                }
+                tr.hidden.push(HostTensor::from_f32(dtype, &[t, self.config.hidden_size], next)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The final norm over the first `t` rows: resid += proj (the last layer's output), xn = norm.
+    fn final_norm(&mut self, gpu: &Gpu, t: usize) -> Result<()> {
+        let ws = &mut self.ws;
+        add_rmsnorm(
+            gpu,
+            &ws.proj.view().rows(0..t)?,
+            &mut ws.resid.view_mut().rows_mut(0..t)?,
+            &self.norm.view(),
+            self.config.rms_norm_eps,
+            &mut ws.xn.view_mut().rows_mut(0..t)?,
+        )
+    }
+
+    /// lm_head over rows `rows` of `xn` into the first rows of the logits `to` names (f32), then
+    /// the bounded argmax into its argmax output.
+    fn head(&mut self, gpu: &Gpu, rows: std::ops::Range<usize>, to: Head) -> Result<()> {
+        let n = rows.len();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let ws = &mut self.ws;
+        let (logits, out) = match to {
+            Head::Prefill => (&mut ws.prefill_logits, &mut ws.prefill_argmax),
+            Head::Decode => (&mut ws.logits, &mut ws.argmax),
+        };
+        linear(gpu, &ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)?;
+        argmax::argmax(gpu, &logits.view().rows(0..n)?, self.config.real_vocab_size, out, false)
+    }
+
+    /// The logits of each row of the last decode step, f32 [slots, vocab] (rows past the batch
+    /// hold stale values).
+    pub fn logits(&self) -> View<'_> {
+        self.ws.logits.view()
+    }
+
+    /// The logits of the last prefill's last token, f32 [1, vocab].
+    pub fn prefill_logits(&self) -> View<'_> {
+        self.ws.prefill_logits.view()
+    }
+
+    /// Set the decode batch: row b continues the sequence in `slots[b]`, fed `tokens[b]` (usually
+    /// the token its prefill returned). Later steps feed each row its own previous argmax.
+    pub fn begin_decode(&mut self, gpu: &Gpu, slots: &[usize], tokens: &[u32]) -> Result<()> {
+        if slots.is_empty() || slots.len() > self.options.slots || tokens.len() != slots.len() {
+            return Err(bad(format!("a decode batch of {} slots and {} tokens (1..={} rows, one token each)", slots.len(), tokens.len(), self.options.slots)));
+        }
+        for (b, &s) in slots.iter().enumerate() {
+            self.check_slot(s)?;
+            if slots[..b].contains(&s) {
+                return Err(bad(format!("slot {s} appears twice in the decode batch {slots:?}")));
+            }
+        }
+        embed::check_tokens(tokens, self.config.vocab_size)?;
+        let b = slots.len();
+        let positions: Vec<i32> = slots.iter().map(|&s| self.lens[s] as i32).collect();
+        let lens: Vec<i32> = positions.iter().map(|&p| p + 1).collect();
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+        let stream = gpu.stream();
+        stream.memcpy_htod(&ids, &mut self.ws.argmax.index_mut().slice_mut(0..b)).cuda("cuMemcpyHtoD(decode tokens)")?;
+        stream.memcpy_htod(&positions, &mut self.ws.dec_positions.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode positions)")?;
+        stream.memcpy_htod(&lens, &mut self.ws.dec_lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
+        stream.memcpy_htod(&slot_ids, &mut self.ws.dec_slots.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slots)")?;
+        self.batch = slots.to_vec();
+        Ok(())
+    }
+
+    /// One decode step of the batch set by [`DeviceModel::begin_decode`]: every row's token through
+    /// every layer, the logits [B, vocab], the argmax (the next step's tokens, read with
+    /// [`DeviceModel::next_tokens`]) and the position update. Launched from a CUDA graph when
+    /// `options.graphs` (captured at the first step of each batch size), else directly. Neither
+    /// allocates nor synchronises.
+    pub fn decode_step(&mut self, gpu: &Gpu) -> Result<()> {
+        let b = self.batch.len();
+        if b == 0 {
+            return Err(bad("decode_step before begin_decode".into()));
+        }
+        if let Some(&s) = self.batch.iter().find(|&&s| self.lens[s] >= self.options.capacity) {
+            return Err(bad(format!("slot {s} is full: {} positions of {}", self.lens[s], self.options.capacity)));
+        }
+        if self.options.graphs {
+            if !self.graphs.contains_key(&b) {
+                let stream = gpu.stream().clone();
+                stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).cuda("cuStreamBeginCapture")?;
+                let enqueued = self.enqueue_decode(gpu, b);
+                // End the capture whatever happened, so the stream is usable again.
+                let graph = stream.end_capture(CUgraphInstantiate_flags_enum(0)).cuda("cuStreamEndCapture");
+                enqueued?;
+                let graph = graph?.ok_or_else(|| bad("the capture of a decode step produced no graph".into()))?;
+                self.graphs.insert(b, graph);
+            }
+            self.graphs[&b].launch().cuda("cuGraphLaunch(decode step)")?;
+        } else {
+            self.enqueue_decode(gpu, b)?;
+        }
+        for &s in &self.batch {
+            self.lens[s] += 1;
+        }
+        Ok(())
+    }
+
+    fn enqueue_decode(&mut self, gpu: &Gpu, b: usize) -> Result<()> {
+        let tokens = self.ws.argmax.index().slice(0..b);
+        embed::embed(gpu, &self.embed.view(), &tokens, &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
+        for l in 0..self.layers.len() {
+            self.layer(gpu, l, b, Attend::Decode, None)?;
+        }
+        self.final_norm(gpu, b)?;
+        self.head(gpu, 0..b, Head::Decode)?;
+        embed::advance(gpu, &mut self.ws.dec_positions, &mut self.ws.dec_lens, b)
+    }
+
+    /// The tokens the last prefill (1) or decode step (the batch) chose, after checking every
+    /// status word (synchronises): a NaN row, a bad token fed back, a bad position or slot on the
+    /// device is an error.
+    pub fn next_tokens(&mut self, gpu: &Gpu) -> Result<Vec<u32>> {
+        self.read_tokens(gpu, Head::Decode)
+    }
+
+    fn read_tokens(&mut self, gpu: &Gpu, from: Head) -> Result<Vec<u32>> {
+        let (index, _) = match from {
+            Head::Prefill => self.ws.prefill_argmax.raw_to_host(gpu, 1)?,
+            Head::Decode => self.ws.argmax.raw_to_host(gpu, self.batch.len())?,
+        };
+        self.check_status(gpu)?;
+        index
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| if i == NAN_ROW { Err(bad(format!("row {r}'s logits hold a NaN in the real vocabulary"))) } else { Ok(i as u32) })
+            .collect()
+    }
+
+    /// Read (and clear) the device-side status words: embedding, RoPE, decode attention.
+    pub fn check_status(&mut self, gpu: &Gpu) -> Result<()> {
+        self.embed_status.check(gpu)?;
+        self.rope.check_status(gpu)?;
+        if !self.batch.is_empty() {
+            attention::decode_status(gpu, &self.ws.attn_ws.view())?;
+        }
+        Ok(())
+    }
+
+    /// Layer `layer` alone on `x` [T, H] (positions 0..T of `slot`, which it resets), for
+    /// teacher-forced checks: returns the residual after attention and after the layer.
+    pub fn forward_layer(&mut self, gpu: &Gpu, slot: usize, layer: usize, x: &HostTensor) -> Result<(HostTensor, HostTensor)> {
+        self.check_slot(slot)?;
+        let h = self.config.hidden_size;
+        let [t, width] = *x.dims() else {
+            return Err(Error::shape(OP, format!("layer input must be [tokens, hidden], got {}", x.layout())));
+        };
+        if width != h || x.dtype() != self.options.dtype || t == 0 || t > self.ws.rows.min(self.options.capacity) {
+            return Err(Error::shape(OP, format!("layer input {} for hidden {h}, dtype {}, at most {} rows", x.layout(), self.options.dtype, self.ws.rows)));
+        }
+        if layer >= self.layers.len() {
+            return Err(bad(format!("layer {layer} of {}", self.layers.len())));
+        }
+        self.lens[slot] = 0;
+        let positions: Vec<i32> = (0..t as i32).collect();
+        let slots = vec![slot as i32; t];
+        gpu.stream().memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(positions)")?;
+        gpu.stream().memcpy_htod(&slots, &mut self.ws.row_slots.slice_mut(0..t)).cuda("cuMemcpyHtoD(slots)")?;
+        self.ws.resid.view_mut().rows_mut(0..t)?.upload(gpu, x)?;
+        // A layer other than 0 expects its input as resid + proj: zero proj, so resid is the input.
+        if layer > 0 {
+            gpu.stream().memset_zeros(&mut self.ws.proj.view_mut().rows_mut(0..t)?.data).cuda("cuMemsetD8(proj)")?;
+        }
+        let mut trace = DeviceTrace::default();
+        self.layer(gpu, layer, t, Attend::Prefill { slot, context: t }, Some(&mut trace))?;
+        // The layer's output: resid + proj, formed by the kernels (the next norm's add).
+        self.final_norm(gpu, t)?;
+        let out = self.ws.resid.view().rows(0..t)?.to_host(gpu)?;
+        self.lens[slot] = 0;
+        self.check_status(gpu)?;
+        let mid = trace.attn_residual.pop().ok_or_else(|| bad("no attention residual recorded".into()))?;
+        Ok((mid, out))
+    }
+
+    /// The final norm and lm_head of the last row of `x` [T, H] (teacher-forced logits, f32 [vocab]).
+    pub fn forward_head(&mut self, gpu: &Gpu, x: &HostTensor) -> Result<Vec<f32>> {
+        let [t, width] = *x.dims() else {
+            return Err(Error::shape(OP, format!("head input must be [tokens, hidden], got {}", x.layout())));
+        };
+        if width != self.config.hidden_size || x.dtype() != self.options.dtype || t == 0 || t > self.ws.rows {
+            return Err(Error::shape(OP, format!("head input {} for hidden {}, dtype {}", x.layout(), self.config.hidden_size, self.options.dtype)));
+        }
+        self.ws.resid.view_mut().rows_mut(0..t)?.upload(gpu, x)?;
+        gpu.stream().memset_zeros(&mut self.ws.proj.view_mut().rows_mut(0..t)?.data).cuda("cuMemsetD8(proj)")?;
+        self.final_norm(gpu, t)?;
+        self.head(gpu, t - 1..t, Head::Prefill)?;
+        let logits = self.ws.prefill_logits.view().to_host(gpu)?;
+        Ok(logits.into_data())
+    }
+
+    /// Greedy generation for one sequence in `slot` (reset first): prefill `prompt`, then `steps - 1`
+    /// decode steps; returns the `steps` tokens chosen (the first from the prefill).
+    pub fn greedy(&mut self, gpu: &Gpu, slot: usize, prompt: &[u32], steps: usize) -> Result<Vec<u32>> {
+        self.reset(slot)?;
+        if steps == 0 {
+            return Ok(Vec::new());
+        }
+        let first = self.prefill(gpu, slot, prompt)?;
+        let mut tokens = vec![first];
+        self.begin_decode(gpu, &[slot], &[first])?;
+        while tokens.len() < steps {
+            self.decode_step(gpu)?;
+            tokens.push(self.next_tokens(gpu)?[0]);
+        }
+        Ok(tokens)
+    }
+}
+
+/// Which logits and argmax a head writes.
+#[derive(Clone, Copy)]
+enum Head {
+    Prefill,
+    Decode,
+}
+
+/// Where a layer's attention reads its keys.
+#[derive(Clone, Copy)]
+enum Attend {
+    /// A prefill chunk of one sequence: `slot`'s positions 0..context.
+    Prefill { slot: usize, context: usize },
+    /// The decode batch: each row's slot and len on the device.
+    Decode,
+}
