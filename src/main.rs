@@ -11,9 +11,9 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
-use qwen_kernels::diff;
+use qwen_kernels::diff::{self, Forward};
 use qwen_kernels::model::Qwen2Config;
-use qwen_kernels::{kernels, DeviceKind, Error, Gpu};
+use qwen_kernels::{kernels, DType, DeviceKind, Error, Gpu};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,10 +37,10 @@ enum Command {
         /// Where the ops run: cpu (the references), or cuda (the kernels: on a GPU when one is
         /// usable, else on the software device; QK_DEVICE=hardware|emulated chooses). Default cuda
         /// when either is there, else cpu.
-        #[arg(long, value_enum, conflicts_with = "checkpoint")]
+        #[arg(long, value_enum)]
         backend: Option<BackendArg>,
         /// The CUDA device ordinal.
-        #[arg(long, default_value_t = 0, value_name = "N", conflicts_with = "checkpoint")]
+        #[arg(long, default_value_t = 0, value_name = "N")]
         device: usize,
         #[command(flatten)]
         models: Models,
@@ -51,6 +51,16 @@ enum Command {
     /// layer and position over it, the free-running error and its growth, PyTorch bf16's own error
     /// beside ours; then where the greedy streams part.
     Diff {
+        /// Which forward: cpu (the CPU reference, f32) or cuda (the kernels, on a GPU when one is
+        /// usable, else on the software device).
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        /// With --backend cuda: the storage dtype of the device forward.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DTypeArg,
+        /// The CUDA device ordinal.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        device: usize,
         #[command(flatten)]
         models: Models,
     },
@@ -88,6 +98,27 @@ enum BackendArg {
     Cuda,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DTypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// The whole-model forwards `check` runs on a device: f32 (held to the error model, greedy tokens
+/// exact) and bf16 (what engines run: held to PyTorch bf16's own error).
+const DEVICE_MODEL_DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
 fn preset_names() -> Vec<&'static str> {
     Qwen2Config::presets().iter().map(|c| c.name).collect()
 }
@@ -103,21 +134,48 @@ impl Models {
         }
     }
 
-    /// --checkpoint's report: the directory and the name its goldens are filed under.
-    fn checkpoint_report(&self) -> Option<Result<diff::ModelReport, Error>> {
+    /// --checkpoint's report on `forward`: the directory and the name its goldens are filed under.
+    fn checkpoint_report(&self, forward: Forward) -> Option<Result<diff::ModelReport, Error>> {
         let dir = self.checkpoint.as_ref()?;
         let name = self.name.clone().unwrap_or_else(|| {
             dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default()
         });
         println!("checkpoint {} (goldens: {name})", dir.display());
-        Some(diff::analyse_checkpoint(dir, &name, self.goldens.as_deref()))
+        Some(diff::analyse_checkpoint_on(dir, &name, self.goldens.as_deref(), forward))
     }
 }
 
+/// The device of `--backend cuda` (hardware when usable, else the software device: Gpu::any;
+/// QK_DEVICE and QK_REQUIRE_GPU=1 choose explicitly), and the backend column it reports.
+fn open_device(device: usize) -> Result<(Gpu, Backend), Error> {
+    let gpu = Gpu::any(device)?;
+    let backend = if gpu.info().kind == DeviceKind::Software { Backend::SoftGpu } else { Backend::Cuda };
+    Ok((gpu, backend))
+}
+
 fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Result<ExitCode, Error> {
-    if let Some(report) = models.checkpoint_report() {
-        let rows = diff::rows(&report?);
-        let failed = check::print_table(Backend::Cpu, &rows);
+    if models.checkpoint.is_some() {
+        let (gpu, backend) = match backend {
+            Some(BackendArg::Cuda) => {
+                let (gpu, backend) = open_device(device)?;
+                (Some(gpu), backend)
+            }
+            _ => (None, Backend::Cpu),
+        };
+        let forwards: Vec<Forward> = match &gpu {
+            Some(gpu) => DEVICE_MODEL_DTYPES.iter().map(|&dtype| Forward::Device { gpu, dtype }).collect(),
+            None => vec![Forward::Cpu],
+        };
+        let (mut rows, mut notes) = (Vec::new(), Vec::new());
+        for forward in forwards {
+            let report = models.checkpoint_report(forward).expect("a checkpoint")?;
+            rows.extend(diff::rows(&report));
+            notes.push(diff::greedy_note(&report));
+        }
+        let failed = check::print_table(backend, &rows);
+        for note in notes.iter().filter(|_| gpu.is_some()) {
+            println!("{note}");
+        }
         println!("{} passed, {} failed", rows.len() - failed, failed);
         return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
@@ -140,18 +198,26 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
         Some(g) if g.info().kind == DeviceKind::Software => Backend::SoftGpu,
         Some(_) => Backend::Cuda,
     };
+    let mut notes = Vec::new();
     let mut rows = match &gpu {
         Some(gpu) => {
             println!("backend: {} on {}", backend.name(), gpu.describe());
             let mut rows = check::golden_rows(Some(gpu))?;
             rows.extend(check::cuda_rows(gpu)?);
+            // The whole model from the kernels, in f32 and bf16.
+            for cfg in &presets {
+                for dtype in DEVICE_MODEL_DTYPES {
+                    let report = diff::analyse_on(cfg, Forward::Device { gpu, dtype })?;
+                    rows.extend(diff::rows(&report));
+                    notes.push(diff::greedy_note(&report));
+                }
+            }
             rows
         }
         None => {
             let mut rows = check::golden_rows(None)?;
             rows.extend(check::layer_rows()?);
             rows.extend(check::cpu_rows()?);
-            // The whole model runs on the CPU reference only, until a GPU forward exists.
             for cfg in &presets {
                 rows.extend(diff::rows(&diff::analyse(cfg)?));
             }
@@ -162,15 +228,29 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
         rows.retain(|r| presets.iter().any(|m| r.case == m.name));
     }
     let failed = check::print_table(backend, &rows);
+    for note in &notes {
+        println!("{note}");
+    }
     println!("{} passed, {} failed", rows.len() - failed, failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_diff(models: &Models) -> Result<ExitCode, Error> {
+fn run_diff(backend: BackendArg, dtype: DTypeArg, device: usize, models: &Models) -> Result<ExitCode, Error> {
+    let gpu = match backend {
+        BackendArg::Cpu if !matches!(dtype, DTypeArg::F32) => {
+            return Err(Error::InvalidArgument { op: "--dtype", detail: "the CPU reference runs in f32 only; use --backend cuda".into() });
+        }
+        BackendArg::Cpu => None,
+        BackendArg::Cuda => Some(open_device(device)?.0),
+    };
+    let forward = match &gpu {
+        Some(gpu) => Forward::Device { gpu, dtype: dtype.dtype() },
+        None => Forward::Cpu,
+    };
     let mut failed = false;
-    let reports: Vec<Result<diff::ModelReport, Error>> = match models.checkpoint_report() {
+    let reports: Vec<Result<diff::ModelReport, Error>> = match models.checkpoint_report(forward) {
         Some(report) => vec![report],
-        None => models.presets()?.iter().map(diff::analyse).collect(),
+        None => models.presets()?.iter().map(|cfg| diff::analyse_on(cfg, forward)).collect(),
     };
     for report in reports {
         let report = report?;
@@ -215,7 +295,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (what, result) = match &cli.command {
         Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
-        Command::Diff { models } => ("diff", run_diff(models)),
+        Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
         Command::Info { device } => return run_info(*device),
     };
     result.unwrap_or_else(|e| {
