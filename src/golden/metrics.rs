@@ -124,3 +124,50 @@ pub fn compare_scaled<E: Copy + Into<f64>>(actual: &[f32], expected: &[E], tol: 
     c.cosine = if exp_sq > 0.0 && act_sq > 0.0 { dot / (exp_sq.sqrt() * act_sq.sqrt()) } else if exp_sq == act_sq { 1.0 } else { 0.0 };
     c
 }
+
+/// Whether our error against a truth exceeds a peer's (PyTorch at the same dtype) beyond chance:
+/// a paired comparison of the squared errors, element by element.
+///
+/// With a_i = ours_i - truth_i and b_i = peer_i - truth_i, the ratio is ||a|| / ||b|| (the
+/// report's `vs_torch`) and d_i = a_i^2 - b_i^2. If our errors were no worse than the peer's
+/// (each pair exchangeable), the sum D = sum d_i would be centred on 0 with standard deviation
+/// about sigma = sqrt(sum d_i^2) (the paired sign test's normal approximation), so
+/// `z = D / sigma` above 3 happens by chance with probability ~0.13%. An extra rounding of every
+/// element (a bf16 P in attention, bf16 logits) moves every d_i the same way and shows as z far
+/// above 3; two 16-bit forwards that round the same stored values differ only where a
+/// pre-rounding value falls on the other side of a rounding boundary, which is the chance this
+/// allows for. Passes when the ratio is at most 1 or z at most [`EXCESS_Z`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Excess {
+    pub ratio: f64,
+    pub z: f64,
+}
+
+/// The z above which our excess error over the peer's is not chance (one-sided, ~0.13%).
+pub const EXCESS_Z: f64 = 3.0;
+
+impl Excess {
+    pub fn passed(&self) -> bool {
+        self.ratio <= 1.0 || self.z <= EXCESS_Z
+    }
+}
+
+/// [`Excess`] of `ours` over `peer` against `truth` (finite pairs only: non-finite values are the
+/// comparisons' business).
+pub fn excess<E: Copy + Into<f64>>(ours: &[f32], peer: &[f32], truth: &[E]) -> Excess {
+    let (mut sum_a, mut sum_b, mut d, mut d2) = (0f64, 0f64, 0f64, 0f64);
+    for ((&o, &p), &t) in ours.iter().zip(peer).zip(truth) {
+        let t: f64 = t.into();
+        let (a, b) = (o as f64 - t, p as f64 - t);
+        if !(a.is_finite() && b.is_finite()) {
+            continue;
+        }
+        sum_a += a * a;
+        sum_b += b * b;
+        d += a * a - b * b;
+        d2 += (a * a - b * b).powi(2);
+    }
+    let ratio = if sum_b > 0.0 { (sum_a / sum_b).sqrt() } else if sum_a == 0.0 { 1.0 } else { f64::INFINITY };
+    let z = if d2 > 0.0 { d / d2.sqrt() } else { 0.0 };
+    Excess { ratio, z }
+}

@@ -162,6 +162,19 @@ pub struct DeviceModel {
     batch: Vec<usize>,
     graphs: HashMap<usize, CudaGraph>,
     memory: MemoryReport,
+    defect: Option<Defect>,
+}
+
+/// A wiring defect planted on purpose, to show that the checks catch it (tests only). The
+/// weight-level ones (a dropped bias, a transposed weight, gate and up swapped) are planted in the
+/// weights handed to [`DeviceModel::new`] instead.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// Every token at position 0: RoPE never rotates and the cache row 0 is overwritten.
+    PositionStuckAtZero,
+    /// The argmax over the padded vocabulary instead of the real one.
+    UnboundedArgmax,
 }
 
 /// What the per-layer trace of a forward holds (free-running, [`DeviceModel::prefill_traced`]).
@@ -410,6 +423,7 @@ impl DeviceModel {
             batch: Vec::new(),
             graphs: HashMap::new(),
             memory: MemoryReport { weights, kv_cache, workspace },
+            defect: None,
             config,
             options,
             embed,
@@ -420,6 +434,20 @@ impl DeviceModel {
             embed_status,
             ws,
         })
+    }
+
+    /// Plant `defect` (tests only: see [`Defect`]).
+    #[doc(hidden)]
+    pub fn plant_defect(&mut self, defect: Defect) {
+        self.defect = Some(defect);
+    }
+
+    /// Positions as uploaded: `positions`, or zeros with the planted defect.
+    fn positions(&self, positions: Vec<i32>) -> Vec<i32> {
+        if self.defect == Some(Defect::PositionStuckAtZero) {
+            return vec![0; positions.len()];
+        }
+        positions
     }
 
     pub fn config(&self) -> &Qwen2Config {
@@ -502,7 +530,7 @@ impl DeviceModel {
             let p0 = self.lens[slot];
             let t = chunk.len();
             let ids: Vec<i32> = chunk.iter().map(|&x| x as i32).collect();
-            let positions: Vec<i32> = (p0..p0 + t).map(|p| p as i32).collect();
+            let positions = self.positions((p0..p0 + t).map(|p| p as i32).collect());
             let slots = vec![slot as i32; t];
             let stream = gpu.stream();
             stream.memcpy_htod(&ids, &mut self.ws.tokens.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill tokens)")?;
@@ -645,7 +673,8 @@ impl DeviceModel {
             Head::Decode => (&mut ws.logits, &mut ws.argmax),
         };
         linear(gpu, &ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)?;
-        argmax::argmax(gpu, &logits.view().rows(0..n)?, self.config.real_vocab_size, out, false)
+        let n_valid = if self.defect == Some(Defect::UnboundedArgmax) { self.config.vocab_size } else { self.config.real_vocab_size };
+        argmax::argmax(gpu, &logits.view().rows(0..n)?, n_valid, out, false)
     }
 
     /// The logits of each row of the last decode step, f32 [slots, vocab] (rows past the batch
@@ -673,8 +702,8 @@ impl DeviceModel {
         }
         embed::check_tokens(tokens, self.config.vocab_size)?;
         let b = slots.len();
-        let positions: Vec<i32> = slots.iter().map(|&s| self.lens[s] as i32).collect();
-        let lens: Vec<i32> = positions.iter().map(|&p| p + 1).collect();
+        let lens: Vec<i32> = slots.iter().map(|&s| self.lens[s] as i32 + 1).collect();
+        let positions = self.positions(slots.iter().map(|&s| self.lens[s] as i32).collect());
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         let stream = gpu.stream();
@@ -728,6 +757,9 @@ impl DeviceModel {
         }
         self.final_norm(gpu, b)?;
         self.head(gpu, 0..b, Head::Decode)?;
+        if self.defect == Some(Defect::PositionStuckAtZero) {
+            return Ok(());
+        }
         embed::advance(gpu, &mut self.ws.dec_positions, &mut self.ws.dec_lens, b)
     }
 
@@ -776,7 +808,7 @@ impl DeviceModel {
             return Err(bad(format!("layer {layer} of {}", self.layers.len())));
         }
         self.lens[slot] = 0;
-        let positions: Vec<i32> = (0..t as i32).collect();
+        let positions = self.positions((0..t as i32).collect());
         let slots = vec![slot as i32; t];
         gpu.stream().memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(positions)")?;
         gpu.stream().memcpy_htod(&slots, &mut self.ws.row_slots.slice_mut(0..t)).cuda("cuMemcpyHtoD(slots)")?;
@@ -796,8 +828,9 @@ impl DeviceModel {
         Ok((mid, out))
     }
 
-    /// The final norm and lm_head of the last row of `x` [T, H] (teacher-forced logits, f32 [vocab]).
-    pub fn forward_head(&mut self, gpu: &Gpu, x: &HostTensor) -> Result<Vec<f32>> {
+    /// The final norm and lm_head of the last row of `x` [T, H], for teacher-forced checks: the
+    /// logits (f32 [vocab]) and their greedy token.
+    pub fn forward_head(&mut self, gpu: &Gpu, x: &HostTensor) -> Result<(Vec<f32>, u32)> {
         let [t, width] = *x.dims() else {
             return Err(Error::shape(OP, format!("head input must be [tokens, hidden], got {}", x.layout())));
         };
@@ -809,7 +842,7 @@ impl DeviceModel {
         self.final_norm(gpu, t)?;
         self.head(gpu, t - 1..t, Head::Prefill)?;
         let logits = self.ws.prefill_logits.view().to_host(gpu)?;
-        Ok(logits.into_data())
+        Ok((logits.into_data(), self.read_tokens(gpu, Head::Prefill)?[0]))
     }
 
     /// Greedy generation for one sequence in `slot` (reset first): prefill `prompt`, then `steps - 1`

@@ -1,11 +1,33 @@
-//! The whole model on the device (src/model/device.rs) against the goldens and the CPU reference.
+//! The whole model on the device (src/model/device.rs): against the goldens, against the CPU
+//! reference, against itself (batch invariance, graph replay), and with planted wiring defects
+//! that the goldens must catch.
+//!
+//! The full-size goldens are expensive on the software device, so most tests use a random model
+//! of the kernels' own shapes (head_dim 64, 2 layers, hidden 128); the f32 greedy run of
+//! qwen2.5-0.5b against the truth, the defects on its layer 0 and head, and both models in f32 and
+//! bf16 through `check --backend cuda` (tests/cli.rs) use the real sizes.
 
+use crate::common::rng;
 use crate::GpuTest;
+use qwen_kernels::diff::Truth;
+use qwen_kernels::golden::metrics::{compare_scaled, Comparison};
 use qwen_kernels::golden::GoldenFile;
+use qwen_kernels::model::device::Defect;
+use qwen_kernels::model::weights::{bf16_to_f32, LayerWeights, Linear, Matrix};
 use qwen_kernels::model::{DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
-use qwen_kernels::{DType, Gpu};
+use qwen_kernels::reference::model::{self as model_ref, Act, KvCache};
+use qwen_kernels::{DType, Gpu, HostTensor};
+use rand::Rng;
 
-pub const TESTS: &[GpuTest] = &[("model::greedy_f32_equals_the_truth_qwen", greedy_f32_equals_the_truth_qwen)];
+pub const TESTS: &[GpuTest] = &[
+    ("model::greedy_f32_equals_the_truth_qwen", greedy_f32_equals_the_truth_qwen),
+    ("model::long_greedy_follows_the_cpu_reference", long_greedy_follows_the_cpu_reference),
+    ("model::batch_of_different_lengths_equals_each_alone", batch_of_different_lengths_equals_each_alone),
+    ("model::graph_replay_equals_direct_launches", graph_replay_equals_direct_launches),
+    ("model::chunked_prefill_equals_one_chunk", chunked_prefill_equals_one_chunk),
+    ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
+    ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
+];
 
 fn golden_model(name: &str) -> (GoldenFile, ModelWeights) {
     let cfg = Qwen2Config::preset(name).unwrap();
@@ -18,15 +40,284 @@ fn ids(file: &GoldenFile, name: &str) -> Vec<u32> {
     file.tensor(name).unwrap().values.iter().map(|&v| v as u32).collect()
 }
 
+/// A random Qwen2 of the kernels' shapes: head_dim 64, 4 query / 2 KV heads, hidden 128, 2
+/// layers, vocab 512 of which 500 are real, an untied lm_head. Weights bf16, scaled so that
+/// activations neither vanish nor blow up; biases and norm weights random (a dropped one shows).
+fn random_model(seed: u64) -> ModelWeights {
+    let config = Qwen2Config {
+        name: "random-d64",
+        hidden_size: 128,
+        intermediate_size: 256,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        vocab_size: 512,
+        real_vocab_size: 500,
+        max_position_embeddings: 1024,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: false,
+    };
+    let mut r = rng(seed);
+    let bf16 = |x: f32| half::bf16::from_f32(x).to_bits();
+    let mut matrix = |rows: usize, cols: usize, scale: f32| Matrix {
+        rows,
+        cols,
+        bits: (0..rows * cols).map(|_| bf16(r.gen_range(-1.0f32..1.0) * scale)).collect(),
+    };
+    let round = |v: Vec<u16>| v.into_iter().map(bf16_to_f32).collect::<Vec<f32>>();
+    let mut layers = Vec::new();
+    let (h, i, q, kv) = (128, 256, 4 * 64, 2 * 64);
+    for _ in 0..config.num_hidden_layers {
+        let lin = |m: &mut dyn FnMut(usize, usize, f32) -> Matrix, rows, cols, bias: bool| Linear {
+            weight: m(rows, cols, 2.0 / (cols as f32).sqrt()),
+            bias: bias.then(|| round(m(1, rows, 0.5).bits)),
+        };
+        layers.push(LayerWeights {
+            input_layernorm: round(matrix(1, h, 0.3).bits).iter().map(|x| 1.0 + x).map(|x| bf16_to_f32(bf16(x))).collect(),
+            q_proj: lin(&mut matrix, q, h, true),
+            k_proj: lin(&mut matrix, kv, h, true),
+            v_proj: lin(&mut matrix, kv, h, true),
+            o_proj: lin(&mut matrix, h, q, false),
+            post_attention_layernorm: round(matrix(1, h, 0.3).bits).iter().map(|x| 1.0 + x).map(|x| bf16_to_f32(bf16(x))).collect(),
+            gate_proj: lin(&mut matrix, i, h, false),
+            up_proj: lin(&mut matrix, i, h, false),
+            down_proj: lin(&mut matrix, h, i, false),
+        });
+    }
+    let embed_tokens = matrix(config.vocab_size, h, 1.0);
+    let lm_head = Some(matrix(config.vocab_size, h, 0.5));
+    let norm = round(matrix(1, h, 0.3).bits).iter().map(|x| 1.0 + x).map(|x| bf16_to_f32(bf16(x))).collect();
+    ModelWeights { config, embed_tokens, layers, norm, lm_head }
+}
+
+fn prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
+    let mut r = rng(seed);
+    (0..len).map(|_| r.gen_range(0..vocab)).collect()
+}
+
 fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
-    let t0 = std::time::Instant::now();
     let (file, w) = golden_model("qwen2.5-0.5b");
     let prompt = ids(&file, "prompt");
     let truth = ids(&file, "greedy.tokens.truth");
     let mut m = DeviceModel::new(gpu, &w, ModelOptions::new(DType::F32, 1, prompt.len() + truth.len())).unwrap();
-    eprintln!("built in {:?}: {:?}", t0.elapsed(), m.memory());
-    let t1 = std::time::Instant::now();
+    let mem = m.memory();
+    assert_eq!(mem.kv_cache, 24 * 2 * 2 * 40 * 64 * 4, "24 layers x k, v x [1, 2, 40, 64] f32");
     let ours = m.greedy(gpu, 0, &prompt, truth.len()).unwrap();
-    eprintln!("greedy in {:?}", t1.elapsed());
-    assert_eq!(ours, truth);
+    assert_eq!(ours, truth, "f32 greedy tokens on the device against the float64 truth's");
+}
+
+/// 160 greedy steps of the random model: every token equals the CPU reference's. The reference's
+/// top-1 margin is checked too, so that a near tie (where either could be right) cannot be what
+/// this test rests on.
+fn long_greedy_follows_the_cpu_reference(gpu: &Gpu) {
+    let w = random_model(7);
+    let p = prompt(8, 12, 500);
+    let steps = 160;
+    let reference = model_ref::greedy(&w, &p, steps).unwrap();
+    let mut m = DeviceModel::new(gpu, &w, ModelOptions::new(DType::F32, 1, p.len() + steps)).unwrap();
+    let ours = m.greedy(gpu, 0, &p, steps).unwrap();
+    let first = ours.iter().zip(&reference.tokens).position(|(a, b)| a != b);
+    assert_eq!(first, None, "device and CPU reference part at step {first:?}");
+    assert!(ours.iter().collect::<std::collections::HashSet<_>>().len() > 4, "a degenerate run (one token repeated) proves little: {ours:?}");
+}
+
+/// Logits of every row of the last decode step, as bits.
+fn logit_bits(m: &DeviceModel, gpu: &Gpu, rows: usize) -> Vec<Vec<u32>> {
+    let all = m.logits().to_host(gpu).unwrap().into_data();
+    let vocab = m.config().vocab_size;
+    (0..rows).map(|r| all[r * vocab..(r + 1) * vocab].iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// Three sequences of lengths 5, 17 and 2 in slots 2, 0, 1, decoded together for 6 steps, give
+/// each row the tokens and logits (bit for bit) of the sequence decoded alone: each kernel's result
+/// for a row depends on that row alone.
+fn batch_of_different_lengths_equals_each_alone(gpu: &Gpu) {
+    let w = random_model(11);
+    let prompts = [prompt(1, 5, 500), prompt(2, 17, 500), prompt(3, 2, 500)];
+    let slots = [2usize, 0, 1];
+    let steps = 6;
+    for dtype in [DType::F32, DType::BF16] {
+        let mut batch = DeviceModel::new(gpu, &w, ModelOptions::new(dtype, 3, 64)).unwrap();
+        let firsts: Vec<u32> = prompts.iter().zip(slots).map(|(p, s)| batch.prefill(gpu, s, p).unwrap()).collect();
+        batch.begin_decode(gpu, &slots, &firsts).unwrap();
+        let mut together = vec![Vec::new(); 3];
+        let mut logits = vec![Vec::new(); 3];
+        for _ in 0..steps {
+            batch.decode_step(gpu).unwrap();
+            for (row, t) in batch.next_tokens(gpu).unwrap().into_iter().enumerate() {
+                together[row].push(t);
+            }
+            for (row, l) in logit_bits(&batch, gpu, 3).into_iter().enumerate() {
+                logits[row].push(l);
+            }
+        }
+        for (row, p) in prompts.iter().enumerate() {
+            let mut alone = DeviceModel::new(gpu, &w, ModelOptions::new(dtype, 1, 64)).unwrap();
+            let first = alone.prefill(gpu, 0, p).unwrap();
+            assert_eq!(first, firsts[row], "{dtype} row {row}: the prefill's token");
+            alone.begin_decode(gpu, &[0], &[first]).unwrap();
+            for step in 0..steps {
+                alone.decode_step(gpu).unwrap();
+                assert_eq!(alone.next_tokens(gpu).unwrap()[0], together[row][step], "{dtype} row {row} step {step}: token");
+                assert!(logit_bits(&alone, gpu, 1)[0] == logits[row][step], "{dtype} row {row} step {step}: logits differ in the batch");
+            }
+            assert_eq!(alone.seq_len(0), batch.seq_len(slots[row]));
+        }
+    }
+}
+
+/// The same steps launched directly and replayed from the captured graph: identical tokens and
+/// logits, and the graph is captured once per batch size.
+fn graph_replay_equals_direct_launches(gpu: &Gpu) {
+    let w = random_model(13);
+    let prompts = [prompt(4, 9, 500), prompt(5, 3, 500)];
+    let run = |graphs: bool| {
+        let options = ModelOptions { graphs, ..ModelOptions::new(DType::BF16, 2, 48) };
+        let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+        let firsts: Vec<u32> = prompts.iter().enumerate().map(|(s, p)| m.prefill(gpu, s, p).unwrap()).collect();
+        m.begin_decode(gpu, &[0, 1], &firsts).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            m.decode_step(gpu).unwrap();
+            out.push((m.next_tokens(gpu).unwrap(), logit_bits(&m, gpu, 2)));
+        }
+        // A batch of one continues slot 1 alone: a second graph, for batch size 1.
+        let last = out.last().unwrap().0[1];
+        m.begin_decode(gpu, &[1], &[last]).unwrap();
+        for _ in 0..3 {
+            m.decode_step(gpu).unwrap();
+            out.push((m.next_tokens(gpu).unwrap(), logit_bits(&m, gpu, 1)));
+        }
+        out
+    };
+    let direct = run(false);
+    let replayed = run(true);
+    assert_eq!(direct.len(), replayed.len());
+    for (step, (d, r)) in direct.iter().zip(&replayed).enumerate() {
+        assert_eq!(d.0, r.0, "step {step}: tokens");
+        assert!(d.1 == r.1, "step {step}: logits differ between graph replay and direct launches");
+    }
+}
+
+/// A prompt prefilled in chunks of 4 (each chunk's attention reading the earlier chunks from the
+/// cache) gives the first chunk-free prefill's greedy continuation, in f32 within the kernels'
+/// own agreement: the same tokens.
+fn chunked_prefill_equals_one_chunk(gpu: &Gpu) {
+    let w = random_model(17);
+    let p = prompt(6, 23, 500);
+    let greedy = |chunk: usize| {
+        let options = ModelOptions { prefill_chunk: chunk, ..ModelOptions::new(DType::F32, 1, 48) };
+        let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+        m.greedy(gpu, 0, &p, 10).unwrap()
+    };
+    let reference = model_ref::greedy(&w, &p, 10).unwrap().tokens;
+    assert_eq!(greedy(64), reference, "one chunk");
+    assert_eq!(greedy(4), reference, "chunks of 4");
+}
+
+/// Layer 0 of qwen2.5-0.5b (f32) on the device, teacher-forced on the golden's truth, against the
+/// reference's error model: (after attention, after the layer).
+fn forced_layer0(gpu: &Gpu, w: &ModelWeights, truth: &Truth, defect: Option<Defect>) -> (Comparison, Comparison) {
+    let (t, h) = (truth.tokens, truth.hidden);
+    let mut m = DeviceModel::new(gpu, w, ModelOptions::new(DType::F32, 1, t)).unwrap();
+    if let Some(d) = defect {
+        m.plant_defect(d);
+    }
+    let x = HostTensor::from_f32(DType::F32, &[t, h], truth.hidden(0).iter().map(|&v| v as f32).collect()).unwrap();
+    let (mid, out) = m.forward_layer(gpu, 0, 0, &x).unwrap();
+    let xr = Act::new(t, h, x.data().to_vec(), true, true);
+    let mut cache = KvCache::new(w, t, true).unwrap();
+    let (rmid, rout) = model_ref::layer(w, 0, &xr, &mut cache).unwrap();
+    (
+        compare_scaled(mid.data(), truth.attn_residual(0), qwen_kernels::diff::BOUND, Some(&rmid.bounds_f32())),
+        compare_scaled(out.data(), truth.hidden(1), qwen_kernels::diff::BOUND, Some(&rout.bounds_f32())),
+    )
+}
+
+/// The failure modes of whole-model implementations, each planted in turn: every one fails the
+/// golden that the clean model passes.
+fn planted_defects_fail_the_golden(gpu: &Gpu) {
+    let (file, full) = golden_model("qwen2.5-0.5b");
+    let truth = Truth::load(&file).unwrap();
+    // Layer 0 and the head are all these checks run: a one-layer model keeps the upload small.
+    let mut w = full.clone();
+    w.layers.truncate(1);
+    w.config.num_hidden_layers = 1;
+
+    let (mid, out) = forced_layer0(gpu, &w, &truth, None);
+    assert!(mid.passed() && out.passed(), "the clean layer 0 must pass: {mid} / {out}");
+    let fails = |what: &str, w: &ModelWeights, defect: Option<Defect>| {
+        let (mid, out) = forced_layer0(gpu, w, &truth, defect);
+        assert!(!(mid.passed() && out.passed()), "{what}: layer 0 still passes ({mid} / {out})");
+    };
+    fails("position stuck at 0", &w, Some(Defect::PositionStuckAtZero));
+    let mut no_bias = w.clone();
+    let l0 = &mut no_bias.layers[0];
+    for b in [&mut l0.q_proj.bias, &mut l0.k_proj.bias].into_iter().flatten() {
+        b.iter_mut().for_each(|x| *x = 0.0);
+    }
+    fails("q and k biases dropped", &no_bias, None);
+    let mut no_v_bias = w.clone();
+    no_v_bias.layers[0].v_proj.bias.as_mut().unwrap().iter_mut().for_each(|x| *x = 0.0);
+    fails("v bias dropped", &no_v_bias, None);
+    // o_proj is [896, 896]: its transpose has the right shape, so only the values can tell.
+    let mut transposed = w.clone();
+    let o = &mut transposed.layers[0].o_proj.weight;
+    assert_eq!(o.rows, o.cols);
+    let n = o.rows;
+    let bits = o.bits.clone();
+    for r in 0..n {
+        for c in 0..n {
+            o.bits[r * n + c] = bits[c * n + r];
+        }
+    }
+    fails("o_proj transposed", &transposed, None);
+    let mut swapped = w.clone();
+    let l = &mut swapped.layers[0];
+    std::mem::swap(&mut l.gate_proj, &mut l.up_proj);
+    fails("gate and up swapped", &swapped, None);
+
+    // The head: the truth's first greedy token from the truth of the last layer's output; over the
+    // padded vocabulary the hazard's padding row wins instead.
+    let first = ids(&file, "greedy.tokens.truth")[0];
+    let head = |defect: Option<Defect>| {
+        let mut m = DeviceModel::new(gpu, &w, ModelOptions::new(DType::F32, 1, truth.tokens)).unwrap();
+        if let Some(d) = defect {
+            m.plant_defect(d);
+        }
+        let x = HostTensor::from_f32(DType::F32, &[truth.tokens, truth.hidden], truth.hidden(truth.layers).iter().map(|&v| v as f32).collect()).unwrap();
+        m.forward_head(gpu, &x).unwrap().1
+    };
+    assert_eq!(head(None), first, "bounded argmax");
+    let unbounded = head(Some(Defect::UnboundedArgmax));
+    assert_ne!(unbounded, first, "the unbounded argmax still finds the truth's token");
+    assert!(unbounded as usize >= full.config.real_vocab_size, "the unbounded argmax picked {unbounded}, not a padding row");
+}
+
+/// Requests the host can check are refused, naming what was wrong, before anything runs.
+fn bad_requests_are_refused_before_launch(gpu: &Gpu) {
+    let w = random_model(19);
+    let mut m = DeviceModel::new(gpu, &w, ModelOptions::new(DType::BF16, 2, 16)).unwrap();
+    fn err<T>(r: qwen_kernels::Result<T>) -> String {
+        r.map(|_| ()).unwrap_err().to_string()
+    }
+    assert!(err(m.prefill(gpu, 2, &[1, 2])).contains("slot 2 outside the cache's 2 slots"));
+    assert!(err(m.prefill(gpu, 0, &[1, 512])).contains("token id 512"));
+    assert!(err(m.prefill(gpu, 0, &[])).contains("no tokens"));
+    assert!(err(m.prefill(gpu, 0, &[3; 17])).contains("overflow its capacity of 16"));
+    assert!(err(m.decode_step(gpu)).contains("before begin_decode"));
+    assert!(err(m.begin_decode(gpu, &[0, 0], &[1, 2])).contains("twice"));
+    assert!(err(m.begin_decode(gpu, &[0], &[1, 2])).contains("1 slots and 2 tokens"));
+    // A full slot: 15 prompt tokens + 1 decode step fill 16 positions; the next step is refused.
+    let first = m.prefill(gpu, 0, &[3; 15]).unwrap();
+    m.begin_decode(gpu, &[0], &[first]).unwrap();
+    m.decode_step(gpu).unwrap();
+    assert_eq!(m.seq_len(0), 16);
+    assert!(err(m.decode_step(gpu)).contains("slot 0 is full"));
+    assert!(err(DeviceModel::new(gpu, &w, ModelOptions::new(DType::BF16, 1, 2048))).contains("max_position_embeddings 1024"));
+    let mut odd = w.clone();
+    odd.config.head_dim = 32;
+    assert!(err(DeviceModel::new(gpu, &odd, ModelOptions::new(DType::BF16, 1, 16))).contains("head_dim 32"));
 }
