@@ -48,6 +48,7 @@ pub mod reference;
 pub mod spec;
 pub mod synth;
 pub mod tensor;
+pub mod text;
 
 pub use dtype::DType;
 pub use error::{Error, Result};

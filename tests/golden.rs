@@ -404,7 +404,7 @@ fn shared_tensors_are_served_under_each_dtype_name() {
 }
 
 /// golden/data/MANIFEST.json (written by gen.py) lists every golden file at its current size, and
-/// the committed goldens stay within their 24 MB budget.
+/// the committed goldens stay within their 25 MB budget.
 #[test]
 fn manifest_lists_every_golden_within_budget() {
     let dir = qwen_kernels::golden::file::data_dir();
@@ -422,5 +422,5 @@ fn manifest_lists_every_golden_within_budget() {
         }
     }
     assert_eq!(Some(total), manifest["total_bytes"].as_u64());
-    assert!(total <= 24_000_000, "goldens take {total} bytes");
+    assert!(total <= 25_000_000, "goldens take {total} bytes");
 }
