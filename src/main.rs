@@ -12,7 +12,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
 use qwen_kernels::diff::{self, Forward};
-use qwen_kernels::model::Qwen2Config;
+use qwen_kernels::model::{DeviceModel, ModelOptions, Qwen2Config};
+use qwen_kernels::text::Tokenizer;
 use qwen_kernels::{kernels, DType, DeviceKind, Error, Gpu};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,35 @@ enum Command {
         device: usize,
         #[command(flatten)]
         models: Models,
+    },
+    /// Generate text from a checkpoint with the kernels (greedy), streaming it as it is decoded.
+    ///
+    /// Tokenizes the prompt with the checkpoint's tokenizer.json (applying its chat template with
+    /// --chat), prefills it, decodes until an EOS id of generation_config.json / config.json or
+    /// --max-tokens, and ends with the prefill and decode tokens/s on stderr. Runs on a GPU when
+    /// one is usable, else on the software device (slow: for trying tiny checkpoints).
+    Generate {
+        /// A Hugging Face checkpoint directory: config.json, bf16 safetensors, tokenizer.json.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// The text to continue (with --chat: the user's message).
+        #[arg(long)]
+        prompt: String,
+        /// Most new tokens (fewer when the model's positions run out first).
+        #[arg(long, default_value_t = 128, value_name = "N")]
+        max_tokens: usize,
+        /// Wrap the prompt in the checkpoint's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// Storage dtype of weights and activations.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: DTypeArg,
+        /// The CUDA device ordinal.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        device: usize,
+        /// Also print the prompt's and the generated token ids (stderr).
+        #[arg(long)]
+        show_ids: bool,
     },
     /// Print the build targets, each kernel's registers and spills, and the device.
     Info {
@@ -261,6 +291,60 @@ fn run_diff(backend: BackendArg, dtype: DTypeArg, device: usize, models: &Models
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+struct GenerateArgs<'a> {
+    checkpoint: &'a std::path::Path,
+    prompt: &'a str,
+    max_tokens: usize,
+    chat: bool,
+    dtype: DType,
+    device: usize,
+    show_ids: bool,
+}
+
+fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
+    use std::io::Write as _;
+    let tokenizer = Tokenizer::from_checkpoint(a.checkpoint)?;
+    let text = if a.chat { tokenizer.apply_chat_template(a.prompt)? } else { a.prompt.to_string() };
+    let prompt = tokenizer.encode(&text)?;
+    let (gpu, _) = open_device(a.device)?;
+    let config_text = std::fs::read_to_string(a.checkpoint.join("config.json"))
+        .map_err(|e| Error::InvalidArgument { op: "checkpoint", detail: format!("cannot read {}/config.json: {e}", a.checkpoint.display()) })?;
+    let config = Qwen2Config::from_hf_json("checkpoint", &config_text)?;
+    if prompt.is_empty() || prompt.len() >= config.max_position_embeddings {
+        return Err(Error::InvalidArgument { op: "generate", detail: format!("a prompt of {} tokens: it must be 1..{} (max_position_embeddings)", prompt.len(), config.max_position_embeddings) });
+    }
+    let max_new = a.max_tokens.min(config.max_position_embeddings - prompt.len());
+    let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), ..ModelOptions::new(a.dtype, 1, prompt.len() + max_new.max(1)) };
+    let mut model = DeviceModel::from_checkpoint(&gpu, a.checkpoint, options)?;
+    eprintln!("{} on {}, {}: a prompt of {} tokens", a.checkpoint.display(), gpu.describe(), a.dtype, prompt.len());
+    if a.show_ids {
+        eprintln!("prompt ids: {prompt:?}");
+    }
+    let mut stream = tokenizer.stream_decoder();
+    let mut out = std::io::stdout().lock();
+    let write = |out: &mut std::io::StdoutLock, piece: &str| {
+        out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(|e| Error::InvalidArgument { op: "generate", detail: format!("cannot write to stdout: {e}") })
+    };
+    let g = model.generate(&gpu, 0, &prompt, max_new, tokenizer.eos_ids(), |id| write(&mut out, &stream.push(id)?))?;
+    write(&mut out, &stream.finish()?)?;
+    write(&mut out, "\n")?;
+    if a.show_ids {
+        eprintln!("generated ids: {:?}", g.tokens);
+    }
+    let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    eprintln!(
+        "{}; prefill: {} tokens in {:.1} ms ({:.1} tokens/s); decode: {} tokens in {:.1} ms ({:.1} tokens/s)",
+        if g.stopped_at_eos { "stopped at EOS" } else { "stopped at the token limit" },
+        prompt.len(),
+        g.prefill_seconds * 1e3,
+        rate(prompt.len(), g.prefill_seconds),
+        g.decode_steps(),
+        g.decode_seconds * 1e3,
+        rate(g.decode_steps(), g.decode_seconds)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_info(device: usize) -> ExitCode {
     match kernels::TARGETS {
         Some(t) => match kernels::COMPUTE_CAP {
@@ -296,6 +380,18 @@ fn main() -> ExitCode {
     let (what, result) = match &cli.command {
         Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
         Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
+        Command::Generate { checkpoint, prompt, max_tokens, chat, dtype, device, show_ids } => (
+            "generate",
+            run_generate(GenerateArgs {
+                checkpoint,
+                prompt,
+                max_tokens: *max_tokens,
+                chat: *chat,
+                dtype: dtype.dtype(),
+                device: *device,
+                show_ids: *show_ids,
+            }),
+        ),
         Command::Info { device } => return run_info(*device),
     };
     result.unwrap_or_else(|e| {

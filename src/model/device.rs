@@ -863,6 +863,69 @@ impl DeviceModel {
     }
 }
 
+/// What [`DeviceModel::generate`] produced, with its timings (wall clock, synchronised).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The new tokens, the EOS token included when one stopped the run.
+    pub tokens: Vec<u32>,
+    pub stopped_at_eos: bool,
+    /// From the prefill's start until its token was read back.
+    pub prefill_seconds: f64,
+    /// The decode steps after it (each read back, as a streaming caller does).
+    pub decode_seconds: f64,
+}
+
+impl Generation {
+    /// Decode steps run: every new token but the prefill's.
+    pub fn decode_steps(&self) -> usize {
+        self.tokens.len().saturating_sub(1)
+    }
+}
+
+impl DeviceModel {
+    /// Greedy generation in `slot` (reset first): prefill `prompt`, then decode until an id of
+    /// `eos` is produced or `max_new` tokens were, handing each token to `on_token` as it is read
+    /// back (a streaming caller prints it there; an error from it stops the run).
+    pub fn generate(
+        &mut self,
+        gpu: &Gpu,
+        slot: usize,
+        prompt: &[u32],
+        max_new: usize,
+        eos: &[u32],
+        mut on_token: impl FnMut(u32) -> Result<()>,
+    ) -> Result<Generation> {
+        self.reset(slot)?;
+        let mut g = Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 };
+        if max_new == 0 {
+            return Ok(g);
+        }
+        let start = std::time::Instant::now();
+        let first = self.prefill(gpu, slot, prompt)?;
+        g.prefill_seconds = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        let mut token = first;
+        loop {
+            g.tokens.push(token);
+            on_token(token)?;
+            if eos.contains(&token) {
+                g.stopped_at_eos = true;
+                break;
+            }
+            if g.tokens.len() == max_new {
+                break;
+            }
+            if g.tokens.len() == 1 {
+                self.begin_decode(gpu, &[slot], &[token])?;
+            }
+            self.decode_step(gpu)?;
+            token = self.next_tokens(gpu)?[0];
+        }
+        g.decode_seconds = start.elapsed().as_secs_f64();
+        Ok(g)
+    }
+}
+
 /// Which logits and argmax a head writes.
 #[derive(Clone, Copy)]
 enum Head {
