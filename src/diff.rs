@@ -424,6 +424,14 @@ pub fn first_divergence(a: &[u32], b: &[u32]) -> usize {
 /// every layer (the row shows the layer with the largest ratio) and in the logits. How far its greedy tokens follow the truth is reported by
 /// [`greedy_note`], not judged: with a top-1 margin of 1e-3 and a bf16 logit error near 1e-2,
 /// where a 16-bit stream parts from the truth is chance, for PyTorch as for us.
+///
+/// The paired test treats elements as independent pairs. That holds where the storage rounding
+/// of each element dominates the error, as in the real-size goldens (7168 and 12288 elements a
+/// layer; the ratios sit within 0.2% of 1 after every layer). It does not hold for a tiny model:
+/// on tiny-qwen2-gen (1024 elements a layer, errors correlated through attention and the MLP)
+/// PyTorch's own two bf16 forwards, SDPA and eager, differ in rel-L2 by 7% after layer 0 and 14%
+/// after layer 1's attention, so a checkpoint's bf16 forward is reported ([`free_note`]) and only
+/// the presets' are judged.
 pub fn rows(r: &ModelReport) -> Vec<Row> {
     let row = |op: &str, tolerance: Tolerance, comparison: Comparison, pytorch: Option<Comparison>| Row {
         op: op.to_string(),
@@ -463,6 +471,17 @@ pub fn rows(r: &ModelReport) -> Vec<Row> {
     }
     rows.push(row(&format!("model.greedy{n}"), exact, compare(&tokens(&r.greedy_ours), &truth, exact), Some(compare(&tokens(&r.greedy_torch), &truth, exact))));
     rows
+}
+
+/// One line: the free-running error against PyTorch bf16's, after the worst layer and in the
+/// logits (ratio and paired excess z, [`Excess`]).
+pub fn free_note(r: &ModelReport) -> String {
+    let worst = r.layers.iter().enumerate().max_by(|a, b| a.1.vs_torch.ratio.total_cmp(&b.1.vs_torch.ratio));
+    let layer = worst.map_or("-".to_string(), |(i, l)| format!("layer {i}: ratio {:.4}, z {:.2}", l.vs_torch.ratio, l.vs_torch.z));
+    format!(
+        "{} {}: free-running error over PyTorch bf16's: worst {layer}; logits ratio {:.4}, z {:.2} (reported, not judged)",
+        r.model, r.dtype, r.logits_vs_torch.ratio, r.logits_vs_torch.z
+    )
 }
 
 /// One line: how many greedy tokens agree with the truth, ours and PyTorch bf16's.

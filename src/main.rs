@@ -199,7 +199,15 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
         let (mut rows, mut notes) = (Vec::new(), Vec::new());
         for forward in forwards {
             let report = models.checkpoint_report(forward).expect("a checkpoint")?;
-            rows.extend(diff::rows(&report));
+            // A checkpoint's bf16 forward is reported beside PyTorch bf16's, not judged: the
+            // paired excess test needs the many independent roundings of a real-size model, and
+            // a small checkpoint's few thousand correlated elements move the ratio by chance (see
+            // diff::rows). The preset goldens are judged in bf16.
+            if report.dtype == DType::F32 {
+                rows.extend(diff::rows(&report));
+            } else {
+                notes.push(diff::free_note(&report));
+            }
             notes.push(diff::greedy_note(&report));
         }
         let failed = check::print_table(backend, &rows);

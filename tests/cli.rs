@@ -32,13 +32,14 @@ fn help_lists_every_command_and_option() {
     for flag in ["--help", "-h", "help"] {
         let (code, out, err) = run(&mut qwen_kernels(&[flag]));
         assert_eq!(code, 0, "{flag}: {err}");
-        for word in ["Usage: qwen-kernels <COMMAND>", "check", "diff", "info", "--version"] {
+        for word in ["Usage: qwen-kernels <COMMAND>", "check", "diff", "generate", "info", "--version"] {
             assert!(out.contains(word), "{flag}: {word:?} missing from\n{out}");
         }
     }
-    let options: [(&str, &[&str]); 3] = [
+    let options: [(&str, &[&str]); 4] = [
         ("check", &["--backend <BACKEND>", "[possible values: cpu, cuda]", "--device <N>", "--model <M>", "qwen2.5-0.5b", "vibethinker-1.5b", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>"]),
-        ("diff", &["--model <M>", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>"]),
+        ("diff", &["--model <M>", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>", "--backend <BACKEND>", "--dtype <DTYPE>", "--device <N>"]),
+        ("generate", &["--checkpoint <DIR>", "--prompt <PROMPT>", "--max-tokens <N>", "--chat", "--dtype <DTYPE>", "--device <N>", "--show-ids"]),
         ("info", &["--device <N>"]),
     ];
     for (command, wanted) in options {
@@ -67,7 +68,9 @@ fn version_is_the_crate_version() {
 /// Usage errors exit 2 and say what was given and what was expected.
 #[test]
 fn usage_errors_say_what_was_expected() {
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 10] = [
+        (&["generate", "--prompt", "hi"], &["--checkpoint <DIR>"]),
+        (&["diff", "--dtype", "f8"], &["invalid value 'f8' for '--dtype <DTYPE>'", "[possible values: f32, f16, bf16]"]),
         (&["frobnicate"], &["unrecognized subcommand 'frobnicate'", "Usage: qwen-kernels <COMMAND>"]),
         (&["check", "--backend", "gpu"], &["invalid value 'gpu' for '--backend <BACKEND>'", "[possible values: cpu, cuda]"]),
         (&["check", "--device", "first"], &["invalid value 'first' for '--device <N>'", "invalid digit"]),
@@ -118,10 +121,56 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
     }
     for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
         assert!(rows.iter().any(|r| r.contains(model)), "no row for {model}");
+        // The whole model from the kernels: f32 against the error model and the greedy truth, bf16
+        // against PyTorch bf16's own error.
+        for (op, dtype) in [("model.layers.forced", "f32"), ("model.logits.forced", "f32"), ("model.greedy32", "f32"), ("model.layers.free", "bf16"), ("model.logits.free", "bf16")] {
+            assert!(
+                rows.iter().any(|r| r.split_whitespace().take(3).collect::<Vec<_>>() == [op, model, dtype]),
+                "no {op} {dtype} row for {model}"
+            );
+        }
+        assert!(out.contains(&format!("{model} bf16: greedy 32: ours")), "no bf16 greedy note for {model}");
     }
     assert!(out.contains(&format!("{} passed, 0 failed", rows.len())), "{out}");
 }
 
+
+/// `generate` on the tiny checkpoint with its own tokenizer (golden/data/tiny-qwen2-gen), in f32,
+/// against transformers' `generate` of the same prompts in float32 (`generate.json`, written by
+/// golden/generate_expected.py; every step's top-1 margin is at least 1e-3, far above an f32
+/// model's logit error, so the tokens must be equal): the same token ids, the same text on stdout,
+/// and the throughput line at the end. The plain prompt and the chat template both run.
+#[test]
+fn generate_reproduces_transformers_on_the_tiny_checkpoint() {
+    if std::env::var("QK_REQUIRE_KERNELS").is_err() && !qwen_kernels::kernels::built() {
+        eprintln!("skipped: the kernels were not built (no nvcc)");
+        return;
+    }
+    let dir = qwen_kernels::golden::file::data_dir().join("tiny-qwen2-gen");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
+    let checkpoint = dir.join("checkpoint");
+    for case in expected["cases"].as_array().unwrap() {
+        let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<u64>>();
+        let max = expected["max_new_tokens"].as_u64().unwrap().to_string();
+        let mut args = vec!["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--prompt", case["prompt"].as_str().unwrap(), "--max-tokens", &max, "--dtype", "f32", "--show-ids"];
+        if case["chat"].as_bool().unwrap() {
+            args.push("--chat");
+        }
+        let (code, out, err) = run(&mut qwen_kernels(&args));
+        assert_eq!(code, 0, "{}: {err}", case["name"]);
+        let line = |prefix: &str| err.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line in\n{err}")).to_string();
+        let parse = |s: String| serde_json::from_str::<Vec<u64>>(&s).unwrap();
+        assert_eq!(parse(line("prompt ids: ")), ids(&case["prompt_ids"]), "{}: the prompt's tokens", case["name"]);
+        assert_eq!(parse(line("generated ids: ")), ids(&case["generated_ids"]), "{}: the generated tokens", case["name"]);
+        assert_eq!(out, format!("{}\n", case["text"].as_str().unwrap()), "{}: the streamed text", case["name"]);
+        let stop = if case["stopped_at_eos"].as_bool().unwrap() { "stopped at EOS" } else { "stopped at the token limit" };
+        assert!(err.contains(stop) && err.contains("tokens/s); decode: ") && err.ends_with("tokens/s)\n"), "{err}");
+    }
+    // The default storage, bf16, as engines run it (its tokens are not held to the f32 run's).
+    let (code, out, err) = run(&mut qwen_kernels(&["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--prompt", "The kernel reads", "--max-tokens", "8"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty() && err.contains("bf16: a prompt of 4 tokens") && err.contains("decode: 7 tokens"), "{out}\n{err}");
+}
 
 /// Copy `names` from directory `from` into `to` (created).
 fn copy_files(from: &Path, to: &Path, names: &[&str]) {

@@ -9,7 +9,7 @@
 
 use crate::common::rng;
 use crate::GpuTest;
-use qwen_kernels::diff::Truth;
+use qwen_kernels::diff::{self, Forward, Truth};
 use qwen_kernels::golden::metrics::{compare_scaled, Comparison};
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::device::Defect;
@@ -27,7 +27,52 @@ pub const TESTS: &[GpuTest] = &[
     ("model::chunked_prefill_equals_one_chunk", chunked_prefill_equals_one_chunk),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
+    ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
+    ("model::generate_stops_at_eos", generate_stops_at_eos),
 ];
+
+fn tiny_gen_checkpoint() -> std::path::PathBuf {
+    qwen_kernels::golden::file::data_dir().join("tiny-qwen2-gen/checkpoint")
+}
+
+/// The tiny checkpoint with its own tokenizer (head_dim 64), read from its safetensors by
+/// Hugging Face names, through every whole-model row on the device in f32: teacher-forced layers
+/// and logits within the error model, 32 greedy tokens equal to the truth's. Its bf16 forward runs
+/// and is reported, not judged (diff::rows says why).
+fn tiny_checkpoint_end_to_end(gpu: &Gpu) {
+    let report = diff::analyse_checkpoint_on(&tiny_gen_checkpoint(), "tiny-qwen2-gen", None, Forward::Device { gpu, dtype: DType::F32 }).unwrap();
+    let rows = diff::rows(&report);
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert!(r.comparison.passed(), "f32 {}: {}", r.op, r.comparison);
+    }
+    let report = diff::analyse_checkpoint_on(&tiny_gen_checkpoint(), "tiny-qwen2-gen", None, Forward::Device { gpu, dtype: DType::BF16 }).unwrap();
+    assert!(report.layers.iter().all(|l| l.free_out.rel_l2.is_finite() && l.free_out.rel_l2 < 0.05), "{}", diff::free_note(&report));
+    assert!(diff::first_divergence(&report.greedy_ours, &report.greedy_truth) >= 1, "{}", diff::greedy_note(&report));
+}
+
+/// `generate` stops at an EOS id, which it returns; without one it runs to the limit. The tiny
+/// checkpoint's greedy run (generate.json) never produces its own EOS ids, so an id it does produce
+/// (its second token) stands in.
+fn generate_stops_at_eos(gpu: &Gpu) {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_gen_checkpoint().with_file_name("generate.json")).unwrap()).unwrap();
+    let case = &expected["cases"][0];
+    let list = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<u32>>();
+    let (prompt, generated) = (list(&case["prompt_ids"]), list(&case["generated_ids"]));
+    let mut m = DeviceModel::from_checkpoint(gpu, &tiny_gen_checkpoint(), ModelOptions::new(DType::F32, 1, 64)).unwrap();
+    let mut streamed = Vec::new();
+    let all = m.generate(gpu, 0, &prompt, generated.len(), &[], |t| Ok(streamed.push(t))).unwrap();
+    assert_eq!((all.tokens.clone(), all.stopped_at_eos), (generated.clone(), false));
+    assert_eq!(streamed, generated);
+    let eos = generated[1];
+    let stopped = m.generate(gpu, 0, &prompt, generated.len(), &[eos], |_| Ok(())).unwrap();
+    assert_eq!((stopped.tokens, stopped.stopped_at_eos, stopped_steps(&all)), (generated[..2].to_vec(), true, generated.len() - 1));
+}
+
+fn stopped_steps(g: &qwen_kernels::model::Generation) -> usize {
+    g.decode_steps()
+}
 
 fn golden_model(name: &str) -> (GoldenFile, ModelWeights) {
     let cfg = Qwen2Config::preset(name).unwrap();
@@ -321,3 +366,4 @@ fn bad_requests_are_refused_before_launch(gpu: &Gpu) {
     odd.config.head_dim = 32;
     assert!(err(DeviceModel::new(gpu, &odd, ModelOptions::new(DType::BF16, 1, 16))).contains("head_dim 32"));
 }
+
