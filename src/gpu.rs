@@ -365,6 +365,29 @@ impl Gpu {
         })
     }
 
+    /// The same device and kernels on another stream of the same context: an engine's own stream
+    /// (from cudarc: `gpu.context().new_stream()`, or one it already has), so that every op, and a
+    /// [`crate::model::DeviceModel`] driven with the returned `Gpu`, runs in the engine's stream
+    /// order. It has its own cuBLAS handle (bound to that stream, with the same math mode).
+    pub fn with_stream(&self, stream: Arc<CudaStream>) -> Result<Gpu> {
+        if !Arc::ptr_eq(stream.context(), &self._ctx) {
+            return Err(Error::invalid("Gpu::with_stream", "the stream belongs to another context than this Gpu's".to_string()));
+        }
+        let blas = match &self.blas {
+            Ok(_) => blas_handle(&stream)?,
+            Err(why) => Err(why.clone()),
+        };
+        Ok(Gpu {
+            info: self.info.clone(),
+            stream,
+            modules: self.modules.clone(),
+            functions: Mutex::new(HashMap::new()),
+            params: Mutex::new(HashMap::new()),
+            blas,
+            _ctx: self._ctx.clone(),
+        })
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }

@@ -167,6 +167,22 @@ impl DeviceTensor {
         Ok(DeviceTensor { buf, layout })
     }
 
+    /// Wrap a device buffer the caller already holds (an engine's weights, say) as a tensor of
+    /// `dtype` and `dims`, without copying: its byte length must be exactly the layout's. The
+    /// buffer must belong to the same context as the `Gpu` the tensor is used with.
+    pub fn from_slice(buf: CudaSlice<u8>, dtype: DType, dims: &[usize]) -> Result<Self> {
+        let layout = Layout::new(dtype, dims)?;
+        if buf.len() != layout.bytes().max(1) {
+            return Err(Error::shape("DeviceTensor::from_slice", format!("a buffer of {} bytes for {layout} ({} bytes)", buf.len(), layout.bytes())));
+        }
+        Ok(DeviceTensor { buf, layout })
+    }
+
+    /// The device buffer (its first `layout().bytes()` bytes are the elements).
+    pub fn into_slice(self) -> CudaSlice<u8> {
+        self.buf
+    }
+
     /// Upload a host tensor.
     pub fn from_host(gpu: &Gpu, host: &HostTensor) -> Result<Self> {
         let mut t = DeviceTensor::zeros(gpu, host.dtype(), host.dims())?;

@@ -475,6 +475,17 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// Keep the first `len` positions of `slot` (an engine rolling a sequence back, e.g. after
+    /// rejected speculative tokens); the rest are overwritten by the next tokens.
+    pub fn truncate(&mut self, slot: usize, len: usize) -> Result<()> {
+        self.check_slot(slot)?;
+        if len > self.lens[slot] {
+            return Err(bad(format!("cannot truncate slot {slot} of {} positions to {len}", self.lens[slot])));
+        }
+        self.lens[slot] = len;
+        Ok(())
+    }
+
     /// Layer `layer`'s KV cache: k and v, each [slots, kv_heads, capacity, head_dim] in the
     /// model's dtype (the layout of [`crate::spec::kv_cache`]); positions 0..seq_len(slot) of a slot
     /// are valid.

@@ -29,7 +29,57 @@ pub const TESTS: &[GpuTest] = &[
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
     ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
     ("model::generate_stops_at_eos", generate_stops_at_eos),
+    ("model::engine_tensors_on_its_own_stream", engine_tensors_on_its_own_stream),
 ];
+
+/// What an engine does: its weights already on the device as cudarc buffers, its own stream. The
+/// model built from them (DeviceModel::from_device_tensors, Gpu::with_stream) decodes exactly as
+/// the one uploaded from host weights.
+fn engine_tensors_on_its_own_stream(gpu: &Gpu) {
+    let w = random_model(23);
+    let p = prompt(9, 7, 500);
+    let expected = DeviceModel::new(gpu, &w, ModelOptions::new(DType::BF16, 1, 32)).unwrap().greedy(gpu, 0, &p, 6).unwrap();
+
+    let engine = gpu.with_stream(gpu.context().new_stream().unwrap()).unwrap();
+    // The engine's buffers: bf16 bytes in plain cudarc slices, by Hugging Face name.
+    let mut held: std::collections::HashMap<String, (cudarc::driver::CudaSlice<u8>, Vec<usize>)> = Default::default();
+    let mut put = |name: String, rows: usize, cols: usize, values: Vec<f32>| {
+        let dims = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+        let t = qwen_kernels::DeviceTensor::from_host(&engine, &HostTensor::from_f32(DType::BF16, &dims, values).unwrap()).unwrap();
+        held.insert(name, (t.into_slice(), dims));
+    };
+    let m = |x: &Matrix| (x.rows, x.cols, x.bits.iter().map(|&b| bf16_to_f32(b)).collect::<Vec<f32>>());
+    for (i, l) in w.layers.iter().enumerate() {
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        for (name, lin) in [("self_attn.q_proj", &l.q_proj), ("self_attn.k_proj", &l.k_proj), ("self_attn.v_proj", &l.v_proj), ("self_attn.o_proj", &l.o_proj), ("mlp.gate_proj", &l.gate_proj), ("mlp.up_proj", &l.up_proj), ("mlp.down_proj", &l.down_proj)] {
+            let (r, c, v) = m(&lin.weight);
+            put(p(&format!("{name}.weight")), r, c, v);
+            if let Some(b) = &lin.bias {
+                put(p(&format!("{name}.bias")), 1, b.len(), b.clone());
+            }
+        }
+        put(p("input_layernorm.weight"), 1, l.input_layernorm.len(), l.input_layernorm.clone());
+        put(p("post_attention_layernorm.weight"), 1, l.post_attention_layernorm.len(), l.post_attention_layernorm.clone());
+    }
+    let (r, c, v) = m(&w.embed_tokens);
+    put("model.embed_tokens.weight".into(), r, c, v);
+    let (r, c, v) = m(w.lm_head.as_ref().unwrap());
+    put("lm_head.weight".into(), r, c, v);
+    put("model.norm.weight".into(), 1, w.norm.len(), w.norm.clone());
+    let n = held.len();
+    let mut model = DeviceModel::from_device_tensors(&engine, &w.config, ModelOptions::new(DType::BF16, 1, 32), |name, dims| {
+        let (buf, _) = held.remove(name).unwrap_or_else(|| panic!("asked for {name}, which the engine does not hold"));
+        qwen_kernels::DeviceTensor::from_slice(buf, DType::BF16, dims)
+    })
+    .unwrap();
+    assert!(held.is_empty(), "{} of {n} tensors were not taken: {:?}", held.len(), held.keys());
+    assert_eq!(model.greedy(&engine, 0, &p, 6).unwrap(), expected);
+    // A wrongly shaped tensor is refused by name.
+    let bad = DeviceModel::from_device_tensors(&engine, &w.config, ModelOptions::new(DType::BF16, 1, 32), |_, _| {
+        qwen_kernels::DeviceTensor::zeros(&engine, DType::BF16, &[3, 3])
+    });
+    assert!(bad.map(|_| ()).unwrap_err().to_string().contains("model.layers.0.mlp.gate_proj.weight is bf16[3, 3], expected bf16[256, 128]"));
+}
 
 fn tiny_gen_checkpoint() -> std::path::PathBuf {
     qwen_kernels::golden::file::data_dir().join("tiny-qwen2-gen/checkpoint")
