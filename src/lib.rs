@@ -47,6 +47,7 @@ pub mod ops;
 pub mod reference;
 pub mod spec;
 pub mod synth;
+pub mod telemetry;
 pub mod tensor;
 pub mod text;
 

@@ -371,6 +371,10 @@ fn run_info(device: usize) -> ExitCode {
         Ok(gpu) => {
             let i = gpu.info();
             println!("device: {}, {:.1} GiB", gpu.describe(), i.total_memory_bytes as f64 / (1u64 << 30) as f64);
+            match qwen_kernels::telemetry::read(&gpu) {
+                Ok(t) => println!("  telemetry: {t}"),
+                Err(why) => println!("  telemetry: none ({why})"),
+            }
             if let Ok((custom, ucontext)) = gpu.software_switch_ns() {
                 println!("  fiber switch: {custom:.1} ns (hand-written), {ucontext:.1} ns (ucontext) on this CPU");
             }

@@ -172,3 +172,12 @@ fn a_save_pretrained_checkpoint_passes_its_golden() {
     // Another model's goldens are refused.
     assert!(diff::analyse_checkpoint(&dir, "qwen2.5-0.5b", None).is_err());
 }
+
+/// The parameter count a decode step reads (the benchmarks' weight-bandwidth floor) is the
+/// published one: Qwen2.5-0.5B 494,032,768 and Qwen2.5-1.5B (VibeThinker's architecture)
+/// 1,543,714,304, embeddings tied.
+#[test]
+fn parameter_counts_are_the_published_ones() {
+    assert_eq!(Qwen2Config::qwen2_5_0_5b().parameter_count(), 494_032_768);
+    assert_eq!(Qwen2Config::vibethinker_1_5b().parameter_count(), 1_543_714_304);
+}

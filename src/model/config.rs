@@ -80,6 +80,16 @@ impl Qwen2Config {
     pub fn group_size(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+
+    /// Parameters of the model (the embedding once when tied): what a decode step reads once,
+    /// whatever the batch, and so the floor of its time at a given bandwidth.
+    pub fn parameter_count(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
+        let layer = 2 * h + (h * q + q) + 2 * (h * kv + kv) + q * h + 3 * h * i;
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        self.vocab_size * h + head + h + self.num_hidden_layers * layer
+    }
 }
 
 impl Qwen2Config {

@@ -458,6 +458,12 @@ impl DeviceModel {
         &self.options
     }
 
+    /// Capture decode steps into CUDA graphs (replayed from the next step on), or launch them
+    /// directly. Graphs already captured are kept for when they are switched back on.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.options.graphs = on;
+    }
+
     /// Bytes of weights, KV cache and workspace, all allocated at construction.
     pub fn memory(&self) -> MemoryReport {
         self.memory

@@ -198,6 +198,7 @@ fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
     let truth = ids(&file, "greedy.tokens.truth");
     let mut m = DeviceModel::new(gpu, &w, ModelOptions::new(DType::F32, 1, prompt.len() + truth.len())).unwrap();
     let mem = m.memory();
+    assert_eq!(mem.weights, w.config.parameter_count() * 4, "every parameter once, in f32");
     assert_eq!(mem.kv_cache, 24 * 2 * 2 * 40 * 64 * 4, "24 layers x k, v x [1, 2, 40, 64] f32");
     let ours = m.greedy(gpu, 0, &prompt, truth.len()).unwrap();
     assert_eq!(ours, truth, "f32 greedy tokens on the device against the float64 truth's");
