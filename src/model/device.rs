@@ -40,6 +40,37 @@
 //! the vocabulary) is refused before anything is launched. What only the device sees (a NaN row's
 //! argmax fed back as a token, a bad device position) is flagged in status words that
 //! [`DeviceModel::check_status`] reads; [`DeviceModel::next_tokens`] reads them with the tokens.
+//!
+//! ```
+//! use qwen_kernels::model::{DeviceModel, ModelOptions};
+//! use qwen_kernels::{DType, Gpu};
+//!
+//! let gpu = Gpu::any(0)?; // a GPU when one is usable, else the software device
+//! let dir = std::path::Path::new("golden/data/tiny-qwen2-gen/checkpoint");
+//! // Up to 4 sequences of 64 positions, weights and activations in bf16.
+//! let mut model = DeviceModel::from_checkpoint(&gpu, dir, ModelOptions::new(DType::BF16, 4, 64))?;
+//! println!("{:?}", model.memory()); // weights, KV cache, workspace: all allocated here
+//!
+//! // Two prompts of different lengths, each prefilled into its slot; each returns its first token.
+//! let first = vec![model.prefill(&gpu, 0, &[288, 369, 285, 377])?, model.prefill(&gpu, 1, &[54, 271])?];
+//! // Decode both together: each step is one CUDA graph replay (captured at the first step).
+//! model.begin_decode(&gpu, &[0, 1], &first)?;
+//! for _ in 0..4 {
+//!     model.decode_step(&gpu)?;
+//!     let next = model.next_tokens(&gpu)?; // synchronises; a NaN row or a bad token is an error
+//!     assert_eq!(next.len(), 2);
+//! }
+//! assert_eq!((model.seq_len(0), model.seq_len(1)), (8, 6));
+//! let logits = model.logits(); // f32 [slots, vocab] on the device: row b is sequence b's
+//! assert_eq!(logits.layout().shape.dims(), &[4, 448]);
+//! let (k, _v) = model.kv_cache(0)?; // layer 0: [slots, kv_heads, capacity, head_dim]
+//! assert_eq!(k.layout().shape.dims(), &[4, 2, 64, 64]);
+//! # Ok::<(), qwen_kernels::Error>(())
+//! ```
+//!
+//! An engine holding its weights on the device already passes them by Hugging Face name
+//! ([`DeviceModel::from_device_tensors`], wrapping its cudarc buffers with
+//! [`DeviceTensor::from_slice`]), and drives the model on its own stream ([`Gpu::with_stream`]).
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
