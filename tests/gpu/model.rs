@@ -112,16 +112,15 @@ fn generate_stops_at_eos(gpu: &Gpu) {
     let (prompt, generated) = (list(&case["prompt_ids"]), list(&case["generated_ids"]));
     let mut m = DeviceModel::from_checkpoint(gpu, &tiny_gen_checkpoint(), ModelOptions::new(DType::F32, 1, 64)).unwrap();
     let mut streamed = Vec::new();
-    let all = m.generate(gpu, 0, &prompt, generated.len(), &[], |t| Ok(streamed.push(t))).unwrap();
+    let all = m.generate(gpu, 0, &prompt, generated.len(), &[], |t| {
+        streamed.push(t);
+        Ok(())
+    }).unwrap();
     assert_eq!((all.tokens.clone(), all.stopped_at_eos), (generated.clone(), false));
     assert_eq!(streamed, generated);
     let eos = generated[1];
     let stopped = m.generate(gpu, 0, &prompt, generated.len(), &[eos], |_| Ok(())).unwrap();
-    assert_eq!((stopped.tokens, stopped.stopped_at_eos, stopped_steps(&all)), (generated[..2].to_vec(), true, generated.len() - 1));
-}
-
-fn stopped_steps(g: &qwen_kernels::model::Generation) -> usize {
-    g.decode_steps()
+    assert_eq!((stopped.tokens, stopped.stopped_at_eos, all.decode_steps()), (generated[..2].to_vec(), true, generated.len() - 1));
 }
 
 fn golden_model(name: &str) -> (GoldenFile, ModelWeights) {
