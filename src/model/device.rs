@@ -175,6 +175,14 @@ struct Workspace {
     argmax: ArgmaxOutput,
 }
 
+impl Workspace {
+    /// Over the first `t` rows: resid += proj (the pending projection), xn = rmsnorm(resid) with
+    /// `weight` (one fused launch).
+    fn add_norm(&mut self, gpu: &Gpu, t: usize, weight: &DeviceTensor, eps: f32) -> Result<()> {
+        add_rmsnorm(gpu, &self.proj.view().rows(0..t)?, &mut self.resid.view_mut().rows_mut(0..t)?, &weight.view(), eps, &mut self.xn.view_mut().rows_mut(0..t)?)
+    }
+}
+
 /// A Qwen2 model on the device: weights, KV cache, workspace (see the module docs).
 pub struct DeviceModel {
     config: Qwen2Config,
@@ -615,14 +623,7 @@ impl DeviceModel {
         if l == 0 {
             rmsnorm(gpu, &ws.resid.view().rows(0..t)?, &lw.input_norm.view(), eps, &mut ws.xn.view_mut().rows_mut(0..t)?)?;
         } else {
-            add_rmsnorm(
-                gpu,
-                &ws.proj.view().rows(0..t)?,
-                &mut ws.resid.view_mut().rows_mut(0..t)?,
-                &lw.input_norm.view(),
-                eps,
-                &mut ws.xn.view_mut().rows_mut(0..t)?,
-            )?;
+            ws.add_norm(gpu, t, &lw.input_norm, eps)?;
         }
         let xn = ws.xn.view().rows(0..t)?;
         linear(gpu, &xn, &lw.q.view(), Some(&lw.q_bias.view()), &mut ws.q.view_mut().rows_mut(0..t)?.reshape(&[t, heads * d])?)?;
@@ -667,14 +668,7 @@ impl DeviceModel {
             )?,
         }
         linear(gpu, &ws.attn.view().rows(0..t)?.reshape(&[t, heads * d])?, &lw.o.view(), None, &mut ws.proj.view_mut().rows_mut(0..t)?)?;
-        add_rmsnorm(
-            gpu,
-            &ws.proj.view().rows(0..t)?,
-            &mut ws.resid.view_mut().rows_mut(0..t)?,
-            &lw.post_norm.view(),
-            eps,
-            &mut ws.xn.view_mut().rows_mut(0..t)?,
-        )?;
+        ws.add_norm(gpu, t, &lw.post_norm, eps)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.attn_residual.push(ws.resid.view().rows(0..t)?.to_host(gpu)?);
         }
@@ -699,15 +693,7 @@ impl DeviceModel {
 
     /// The final norm over the first `t` rows: resid += proj (the last layer's output), xn = norm.
     fn final_norm(&mut self, gpu: &Gpu, t: usize) -> Result<()> {
-        let ws = &mut self.ws;
-        add_rmsnorm(
-            gpu,
-            &ws.proj.view().rows(0..t)?,
-            &mut ws.resid.view_mut().rows_mut(0..t)?,
-            &self.norm.view(),
-            self.config.rms_norm_eps,
-            &mut ws.xn.view_mut().rows_mut(0..t)?,
-        )
+        self.ws.add_norm(gpu, t, &self.norm, self.config.rms_norm_eps)
     }
 
     /// lm_head over rows `rows` of `xn` into the first rows of the logits `to` names (f32), then
