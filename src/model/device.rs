@@ -75,7 +75,7 @@
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::model::weights::{bf16_to_f32, ModelWeights};
+use crate::model::weights::{bf16_to_f32, Checkpoint, ModelWeights};
 use crate::model::Qwen2Config;
 use crate::ops::argmax::{self, ArgmaxOutput, NAN_ROW};
 use crate::ops::attention::{self, PrefillPath};
@@ -306,15 +306,25 @@ impl DeviceModel {
         Self::assemble(gpu, c.clone(), options, embed, lm_head, norm, layers)
     }
 
-    /// Read a Hugging Face checkpoint directory (config.json and the bf16 safetensors,
-    /// [`ModelWeights::from_checkpoint`]) and upload it.
+    /// Read a Hugging Face checkpoint directory: config.json and the safetensors transformers
+    /// loads (one file, or the shards the index names; [`Checkpoint`]), each tensor bf16, f16 or
+    /// f32 on disk, converted to `options.dtype` as PyTorch's `.to(dtype)` does (round to nearest
+    /// even) and uploaded; the lm_head is the embedding when the config ties them.
     pub fn from_checkpoint(gpu: &Gpu, dir: &std::path::Path, options: ModelOptions) -> Result<Self> {
         let name = dir.file_name().map_or("checkpoint".to_string(), |n| n.to_string_lossy().into_owned());
         let text = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| Error::invalid("checkpoint", format!("cannot read {}/config.json: {e}", dir.display())))?;
         let config = Qwen2Config::from_hf_json(&name, &text)?;
-        let weights = ModelWeights::from_checkpoint(&config, dir)?;
-        Self::new(gpu, &weights, options)
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_device_tensors(gpu, &config, options, |name, dims| {
+            let (dtype, bytes) = ckpt.tensor(name, dims)?;
+            if dtype == options.dtype {
+                let mut t = DeviceTensor::zeros(gpu, dtype, dims)?;
+                gpu.stream().memcpy_htod(bytes, &mut t.view_mut().data).cuda("cuMemcpyHtoD(weights)")?;
+                return Ok(t);
+            }
+            DeviceTensor::from_host(gpu, &HostTensor::from_f32(options.dtype, dims, dtype.decode(bytes))?)
+        })
     }
 
     /// Build from tensors the caller already holds on the device, by Hugging Face name

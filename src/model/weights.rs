@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::golden::GoldenFile;
 use crate::model::Qwen2Config;
 use crate::synth;
+use crate::DType;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -89,50 +90,82 @@ impl ModelWeights {
         })
     }
 
-    /// A Hugging Face checkpoint directory (see the module docs for which files are read).
+    /// A Hugging Face checkpoint directory (see the module docs for which files are read), whose
+    /// tensors must be bf16 (what the CPU reference and the goldens hold).
     pub fn from_checkpoint(config: &Qwen2Config, dir: &Path) -> Result<Self> {
+        let ckpt = Checkpoint::open(dir)?;
+        build(config, |name, shape| {
+            let (dtype, data) = ckpt.tensor(name, shape)?;
+            if dtype != DType::BF16 {
+                return Err(Error::dtype(OP, format!("{name} in {} is {dtype}; the CPU reference reads BF16 checkpoints", dir.display())));
+            }
+            Ok(data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        })
+    }
+}
+
+/// The tensors of a Hugging Face checkpoint directory, by name: the files transformers'
+/// from_pretrained loads (`model.safetensors`, else exactly the shards its index names), read once;
+/// a tensor in two of them, or placed by the index in a file that does not hold it, is an error.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Tensor name -> index into `files`.
+    found: HashMap<String, usize>,
+    weight_map: Option<HashMap<String, String>>,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
         let CheckpointFiles { paths, weight_map } = checkpoint_files(dir)?;
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let bytes = std::fs::read(&path).map_err(|e| Error::invalid(OP, format!("cannot read {}: {e}", path.display())))?;
             files.push((path, bytes));
         }
-        let mut parsed = Vec::with_capacity(files.len());
-        for (path, bytes) in &files {
-            let st = SafeTensors::deserialize(bytes).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))?;
-            parsed.push((path, st));
-        }
-        // Every tensor of every file read, once.
         let mut found: HashMap<String, usize> = HashMap::new();
-        for (i, (path, st)) in parsed.iter().enumerate() {
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            let st = SafeTensors::deserialize(bytes).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))?;
             for name in st.names() {
                 if let Some(&j) = found.get(name) {
-                    return Err(Error::invalid(OP, format!("tensor {name} is in both {} and {}", parsed[j].0.display(), path.display())));
+                    return Err(Error::invalid(OP, format!("tensor {name} is in both {} and {}", files[j].0.display(), path.display())));
                 }
                 found.insert(name.to_string(), i);
             }
         }
-        build(config, |name, shape| {
-            let &i = found.get(name).ok_or_else(|| {
-                let read: Vec<String> = parsed.iter().map(|(p, _)| p.display().to_string()).collect();
-                Error::invalid(OP, format!("checkpoint {} has no tensor {name} (read {})", dir.display(), read.join(", ")))
-            })?;
-            let (path, st) = &parsed[i];
-            if let Some(map) = &weight_map {
-                let listed = map.get(name).ok_or_else(|| Error::invalid(OP, format!("{} does not list {name} (found in {})", dir.join(INDEX).display(), path.display())))?;
-                if dir.join(listed) != **path {
-                    return Err(Error::invalid(OP, format!("{} places {name} in {listed}, but it is in {}", dir.join(INDEX).display(), path.display())));
-                }
+        Ok(Checkpoint { dir: dir.to_path_buf(), files, found, weight_map })
+    }
+
+    /// Tensor `name`, which must have `shape` and be stored as bf16, f16 or f32: its dtype and
+    /// its little-endian bytes.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<(DType, &[u8])> {
+        let dir = &self.dir;
+        let &i = self.found.get(name).ok_or_else(|| {
+            let read: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+            Error::invalid(OP, format!("checkpoint {} has no tensor {name} (read {})", dir.display(), read.join(", ")))
+        })?;
+        let (path, bytes) = &self.files[i];
+        if let Some(map) = &self.weight_map {
+            let listed = map.get(name).ok_or_else(|| Error::invalid(OP, format!("{} does not list {name} (found in {})", dir.join(INDEX).display(), path.display())))?;
+            if dir.join(listed) != *path {
+                return Err(Error::invalid(OP, format!("{} places {name} in {listed}, but it is in {}", dir.join(INDEX).display(), path.display())));
             }
-            let view = st.tensor(name).map_err(|e| Error::invalid(OP, format!("{name} in {}: {e}", path.display())))?;
-            if view.shape() != shape {
-                return Err(Error::shape(OP, format!("{name} in {} is {:?}, the config says {shape:?}", path.display(), view.shape())));
-            }
-            if view.dtype() != Dtype::BF16 {
-                return Err(Error::dtype(OP, format!("{name} in {} is {:?}; checkpoints are read as BF16", path.display(), view.dtype())));
-            }
-            Ok(view.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
-        })
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))?;
+        let view = st.tensor(name).map_err(|e| Error::invalid(OP, format!("{name} in {}: {e}", path.display())))?;
+        if view.shape() != shape {
+            return Err(Error::shape(OP, format!("{name} in {} is {:?}, the config says {shape:?}", path.display(), view.shape())));
+        }
+        let dtype = match view.dtype() {
+            Dtype::BF16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+            Dtype::F32 => DType::F32,
+            other => return Err(Error::dtype(OP, format!("{name} in {} is {other:?}; checkpoints are read as BF16, F16 or F32", path.display()))),
+        };
+        // The view borrows `st`, which borrows `bytes`: hand out the same range of `bytes`.
+        let data = view.data();
+        let offset = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        Ok((dtype, &bytes[offset..offset + data.len()]))
     }
 }
 

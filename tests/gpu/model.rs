@@ -30,7 +30,80 @@ pub const TESTS: &[GpuTest] = &[
     ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
     ("model::generate_stops_at_eos", generate_stops_at_eos),
     ("model::engine_tensors_on_its_own_stream", engine_tensors_on_its_own_stream),
+    ("model::checkpoint_dtypes_and_shards_load_alike", checkpoint_dtypes_and_shards_load_alike),
 ];
+
+/// Write the tiny checkpoint's tensors again as `dtype` (values rounded to it) into `dir`, in
+/// `shards` files (round-robin, with transformers' index when more than one), beside its config.
+fn rewrite_checkpoint(dir: &std::path::Path, dtype: DType, shards: usize) {
+    use safetensors::tensor::TensorView;
+    let src = tiny_gen_checkpoint();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let st_dtype = match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::BF16 => safetensors::Dtype::BF16,
+    };
+    let mut weight_map = serde_json::Map::new();
+    for shard in 0..shards {
+        let file = if shards == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{shards:05}.safetensors", shard + 1) };
+        let mine: Vec<(String, Vec<usize>, Vec<u8>)> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % shards == shard)
+            .map(|(_, n)| {
+                let v = st.tensor(n).unwrap();
+                (n.to_string(), v.shape().to_vec(), dtype.encode(&DType::BF16.decode(v.data())))
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = mine.iter().map(|(n, shape, data)| (n.clone(), TensorView::new(st_dtype, shape.clone(), data).unwrap())).collect();
+        for (n, _) in &views {
+            weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+        safetensors::tensor::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+    }
+    if shards > 1 {
+        let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    }
+}
+
+/// A checkpoint stored as bf16, f32 (sharded, with the index) or f16 loads into the same model:
+/// bf16 values are exact in f32, so the f32 files give the bf16 file's tokens and logits bit for
+/// bit in f32 storage; the f16 file holds the bf16 values rounded to f16, which is what loading
+/// the bf16 file into f16 storage does, so those agree bit for bit too.
+fn checkpoint_dtypes_and_shards_load_alike(gpu: &Gpu) {
+    let p = [288u32, 369, 285, 377];
+    let run = |dir: &std::path::Path, storage: DType| {
+        let mut m = DeviceModel::from_checkpoint(gpu, dir, ModelOptions::new(storage, 1, 40)).unwrap();
+        let tokens = m.greedy(gpu, 0, &p, 12).unwrap();
+        (tokens, logit_bits(&m, gpu, 1))
+    };
+    let original = tiny_gen_checkpoint();
+    let f32_single = crate::common::TempDir::new("ckpt-f32");
+    rewrite_checkpoint(f32_single.path(), DType::F32, 1);
+    let f32_sharded = crate::common::TempDir::new("ckpt-f32-sharded");
+    rewrite_checkpoint(f32_sharded.path(), DType::F32, 3);
+    let f16 = crate::common::TempDir::new("ckpt-f16");
+    rewrite_checkpoint(f16.path(), DType::F16, 2);
+
+    let baseline = run(&original, DType::F32);
+    assert!(run(f32_single.path(), DType::F32) == baseline, "f32 on disk, one file");
+    assert!(run(f32_sharded.path(), DType::F32) == baseline, "f32 on disk, 3 shards");
+    assert!(run(f16.path(), DType::F16) == run(&original, DType::F16), "f16 on disk against bf16 on disk, both in f16 storage");
+    // An f64 tensor is refused by name.
+    let bad = crate::common::TempDir::new("ckpt-f64");
+    std::fs::copy(original.join("config.json"), bad.path().join("config.json")).unwrap();
+    let data = vec![0u8; 256 * 128 * 8];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![256, 128], &data).unwrap();
+    safetensors::tensor::serialize_to_file(vec![("model.layers.0.mlp.gate_proj.weight".to_string(), view)], None, &bad.path().join("model.safetensors")).unwrap();
+    let e = DeviceModel::from_checkpoint(gpu, bad.path(), ModelOptions::new(DType::BF16, 1, 8)).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("F64"), "{e}");
+}
 
 /// What an engine does: its weights already on the device as cudarc buffers, its own stream. The
 /// model built from them (DeviceModel::from_device_tensors, Gpu::with_stream) decodes exactly as
