@@ -324,7 +324,17 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
     let max_new = a.max_tokens.min(config.max_position_embeddings - prompt.len());
     let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), ..ModelOptions::new(a.dtype, 1, prompt.len() + max_new.max(1)) };
     let mut model = DeviceModel::from_checkpoint(&gpu, a.checkpoint, options)?;
-    eprintln!("{} on {}, {}: a prompt of {} tokens", a.checkpoint.display(), gpu.describe(), a.dtype, prompt.len());
+    let mem = model.memory();
+    eprintln!(
+        "{} on {}, {}: a prompt of {} tokens; {} of weights, {} of KV cache, {} of workspace",
+        a.checkpoint.display(),
+        gpu.describe(),
+        a.dtype,
+        prompt.len(),
+        human_bytes(mem.weights),
+        human_bytes(mem.kv_cache),
+        human_bytes(mem.workspace)
+    );
     if a.show_ids {
         eprintln!("prompt ids: {prompt:?}");
     }
@@ -351,6 +361,18 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
         rate(g.decode_steps(), g.decode_seconds)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// 1536 -> "1.5 KiB".
+fn human_bytes(n: usize) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
 }
 
 fn run_info(device: usize) -> ExitCode {
