@@ -97,7 +97,7 @@ impl ModelWeights {
         build(config, |name, shape| {
             let (dtype, data) = ckpt.tensor(name, shape)?;
             if dtype != DType::BF16 {
-                return Err(Error::dtype(OP, format!("{name} in {} is {dtype}; the CPU reference reads BF16 checkpoints", dir.display())));
+                return Err(Error::dtype(OP, format!("{name} in {} is {dtype:?} on disk; the CPU reference reads BF16 checkpoints", dir.display())));
             }
             Ok(data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
         })
