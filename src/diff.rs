@@ -222,7 +222,7 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
 
     let forced_logits = if f32_forward {
         let x = Act::new(t, h, f32s(truth.hidden(l)), true, true);
-        let (_, logits) = model_ref::head(w, &x);
+        let (_, logits) = model_ref::head(w, &x)?;
         let ours = run.forced.as_ref().map_or(&logits.v, |d| &d.logits);
         Some(compare_scaled(ours, &logits_truth, BOUND, Some(&logits.bounds_f32())))
     } else {

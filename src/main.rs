@@ -314,13 +314,13 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
     let tokenizer = Tokenizer::from_checkpoint(a.checkpoint)?;
     let text = if a.chat { tokenizer.apply_chat_template(a.prompt)? } else { a.prompt.to_string() };
     let prompt = tokenizer.encode(&text)?;
-    let (gpu, _) = open_device(a.device)?;
     let config_text = std::fs::read_to_string(a.checkpoint.join("config.json"))
         .map_err(|e| Error::InvalidArgument { op: "checkpoint", detail: format!("cannot read {}/config.json: {e}", a.checkpoint.display()) })?;
     let config = Qwen2Config::from_hf_json("checkpoint", &config_text)?;
     if prompt.is_empty() || prompt.len() >= config.max_position_embeddings {
         return Err(Error::InvalidArgument { op: "generate", detail: format!("a prompt of {} tokens: it must be 1..{} (max_position_embeddings)", prompt.len(), config.max_position_embeddings) });
     }
+    let (gpu, _) = open_device(a.device)?;
     let max_new = a.max_tokens.min(config.max_position_embeddings - prompt.len());
     let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), ..ModelOptions::new(a.dtype, 1, prompt.len() + max_new.max(1)) };
     let mut model = DeviceModel::from_checkpoint(&gpu, a.checkpoint, options)?;

@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Rows of the library table below (checked, so the README's count stays true).
-const CPU_ROWS: usize = 89;
+const CPU_ROWS: usize = 90;
 /// Rows of the CLI table below.
-const CLI_ROWS: usize = 7;
+const CLI_ROWS: usize = 9;
 
 /// One bad input: what it is, the call it is given to, and what must come back.
 struct Row {
@@ -380,6 +380,8 @@ fn every_bad_input_is_a_typed_error_naming_the_op_and_values() {
     rows.push(row!("cache capacity 129 (max positions 128)", "reference::model::KvCache::new", KvCache::new(&w, 129, false), InvalidArgument, ["model", "capacity 129", "1..=128"]));
     let w = weights.clone();
     rows.push(row!("9 tokens into a cache of 8", "reference::model::forward", KvCache::new(&w, 8, false).and_then(|mut c| model_ref::forward(&w, &[1; 9], &mut c)), InvalidArgument, ["model", "9 new tokens", "cache of 8"]));
+    let w = weights.clone();
+    rows.push(row!("the head of no rows", "reference::model::head", model_ref::head(&w, &model_ref::Act::new(0, 64, Vec::new(), false, false)), Shape, ["model", "head input [0, 64]", "at least one row"]));
 
     assert_eq!(rows.len(), CPU_ROWS, "CPU_ROWS (and the README's count) must match the table");
     let problems = run_table(&rows);
@@ -428,6 +430,7 @@ fn cli_bad_inputs_exit_with_the_error() {
     std::fs::write(goldens.join("tiny-qwen2/model.safetensors"), &golden_bytes[..golden_bytes.len() / 2]).unwrap();
     let (yarn_s, ckpt_s, goldens_s) = (yarn.display().to_string(), ckpt.display().to_string(), goldens.display().to_string());
     let missing = tmp.path().join("missing").display().to_string();
+    let gen_s = data_dir().join("tiny-qwen2-gen/checkpoint").display().to_string();
 
     let rows: Vec<(&str, Vec<&str>, i32, Vec<String>)> = vec![
         ("an unknown model", vec!["check", "--model", "qwen3"], 2, vec!["qwen3".into(), "possible values".into()]),
@@ -437,6 +440,8 @@ fn cli_bad_inputs_exit_with_the_error() {
         ("a checkpoint directory that does not exist", vec!["check", "--checkpoint", &missing], 1, vec!["qwen-kernels check".into(), format!("{missing}/config.json")]),
         ("a config with yarn RoPE scaling", vec!["diff", "--checkpoint", &yarn_s], 1, vec!["qwen-kernels diff".into(), "rope_type".into(), "yarn".into()]),
         ("a truncated checkpoint golden", vec!["check", "--checkpoint", &ckpt_s, "--name", "tiny-qwen2", "--goldens", &goldens_s], 1, vec!["model.safetensors".into(), "regenerate: python3 golden/gen.py --checkpoint".into()]),
+        ("generate from a checkpoint without tokenizer.json", vec!["generate", "--checkpoint", &ckpt_s, "--prompt", "hi"], 1, vec!["qwen-kernels generate".into(), format!("{ckpt_s}/tokenizer.json")]),
+        ("generate from an empty prompt", vec!["generate", "--checkpoint", &gen_s, "--prompt", ""], 1, vec!["qwen-kernels generate".into(), "a prompt of 0 tokens".into()]),
     ];
     assert_eq!(rows.len(), CLI_ROWS);
     let mut problems = Vec::new();

@@ -124,14 +124,14 @@ fn a_stuck_position_counter_fails_the_greedy_golden() {
     let truth: Vec<u32> = file.tensor("greedy.tokens.truth").unwrap().values.iter().map(|&t| t as u32).collect();
     let mut cache = KvCache::new(w, prompt.len() + 8, false).unwrap();
     let trace = forward(w, &prompt, &mut cache).unwrap();
-    let (_, mut logits) = head(w, trace.hidden.last().unwrap());
+    let (_, mut logits) = head(w, trace.hidden.last().unwrap()).unwrap();
     let mut tokens = Vec::new();
     for _ in 0..8 {
         let token = bounded_argmax(&logits.v, w.config.real_vocab_size).unwrap();
         tokens.push(token);
         cache.len = 0; // the bug
         let trace = forward(w, &[token], &mut cache).unwrap();
-        logits = head(w, trace.hidden.last().unwrap()).1;
+        logits = head(w, trace.hidden.last().unwrap()).unwrap().1;
     }
     assert_eq!(tokens[0], truth[0], "the prefill is unaffected");
     assert_ne!(tokens[..], truth[..8], "a stuck position must change the continuation");

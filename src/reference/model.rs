@@ -448,7 +448,11 @@ pub fn forward(w: &ModelWeights, tokens: &[u32], cache: &mut KvCache) -> Result<
 }
 
 /// The final norm of the last row of `h`, then the lm_head: (normed \[H\], logits \[vocab\]).
-pub fn head(w: &ModelWeights, h: &Act) -> (Act, Act) {
+/// `h` without rows, or of another width than the model's hidden size, is an error.
+pub fn head(w: &ModelWeights, h: &Act) -> Result<(Act, Act)> {
+    if h.rows == 0 || h.width != w.config.hidden_size {
+        return Err(Error::shape(OP, format!("head input [{}, {}]: at least one row of hidden {}", h.rows, h.width, w.config.hidden_size)));
+    }
     let last = Act {
         rows: 1,
         width: h.width,
@@ -457,7 +461,7 @@ pub fn head(w: &ModelWeights, h: &Act) -> (Act, Act) {
     };
     let normed = rmsnorm(&last, &w.norm, w.config.rms_norm_eps);
     let logits = matmul(&normed, w.lm_head(), None);
-    (normed, logits)
+    Ok((normed, logits))
 }
 
 /// Argmax over the real vocabulary (ties to the lowest id), `None` if a logit there is NaN.
@@ -493,7 +497,7 @@ pub fn greedy(w: &ModelWeights, prompt: &[u32], steps: usize) -> Result<Greedy> 
     }
     let mut cache = KvCache::new(w, prompt.len() + steps, false)?;
     let prefill = forward(w, prompt, &mut cache)?;
-    let (mut normed, mut logits) = head(w, prefill.hidden.last().expect("layers"));
+    let (mut normed, mut logits) = head(w, prefill.hidden.last().expect("layers"))?;
     let first_logits = logits.v.clone();
     let (mut tokens, mut normed_all) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
     for step in 0..steps {
@@ -505,7 +509,7 @@ pub fn greedy(w: &ModelWeights, prompt: &[u32], steps: usize) -> Result<Greedy> 
             break;
         }
         let trace = forward(w, &[token], &mut cache)?;
-        (normed, logits) = head(w, trace.hidden.last().expect("layers"));
+        (normed, logits) = head(w, trace.hidden.last().expect("layers"))?;
     }
     Ok(Greedy { prefill, logits: first_logits, normed: normed_all, tokens })
 }
