@@ -607,7 +607,23 @@ QKSOFT_API int cublasGetPointerMode_v2(cublasHandle_t handle, int* mode) {
     *mode = handle->pointer_mode;
     return SUCCESS;
 }
-QKSOFT_API int cublasSetWorkspace_v2(cublasHandle_t handle, void*, size_t) { return handle ? SUCCESS : NOT_INITIALIZED; }
+// A refused call says why on stderr (the status alone would not) and returns `status`.
+static int refuse(int status, const std::string& why) {
+    fprintf(stderr, "qwen-kernels software device: %s\n", why.c_str());
+    fflush(stderr);
+    return status;
+}
+
+// The workspace is not used (the GEMM needs none), but it must be device memory of the size given,
+// as cuBLAS would write it: a pointer outside every allocation, or a size past its end, is refused.
+QKSOFT_API int cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t bytes) {
+    if (!handle) return NOT_INITIALIZED;
+    std::string why;
+    if (bytes > 0 && !qksoft::mem_check(reinterpret_cast<uint64_t>(workspace), bytes, &why)) {
+        return refuse(INVALID_VALUE, "cublasSetWorkspace: " + why);
+    }
+    return SUCCESS;
+}
 QKSOFT_API int cublasGetVersion_v2(cublasHandle_t, int* version) {
     if (!version) return INVALID_VALUE;
     *version = 130000;
@@ -626,34 +642,28 @@ QKSOFT_API const char* cublasGetStatusName(int status) {
 }
 QKSOFT_API const char* cublasGetStatusString(int status) { return cublasGetStatusName(status); }
 
-static int refuse(int status, const std::string& why) {
-    fprintf(stderr, "qwen-kernels software device: cublasGemmEx: %s\n", why.c_str());
-    fflush(stderr);
-    return status;
-}
-
 QKSOFT_API int cublasGemmEx(cublasHandle_t handle, int transa, int transb, int m, int n, int k, const void* alpha,
                             const void* A, int a_type, int lda, const void* B, int b_type, int ldb, const void* beta,
                             void* C, int c_type, int ldc, int compute, int /*algo*/) {
     if (!handle) return NOT_INITIALIZED;
     if ((transa != OP_N && transa != OP_T && transa != OP_C) || (transb != OP_N && transb != OP_T && transb != OP_C)) {
-        return refuse(INVALID_VALUE, "transa/transb must be N, T or C");
+        return refuse(INVALID_VALUE, "cublasGemmEx: transa/transb must be N, T or C");
     }
-    if (m < 0 || n < 0 || k < 0) return refuse(INVALID_VALUE, "m, n, k must be >= 0");
+    if (m < 0 || n < 0 || k < 0) return refuse(INVALID_VALUE, "cublasGemmEx: m, n, k must be >= 0");
     const bool ta = transa != OP_N, tb = transb != OP_N;  // real types: C is T
     if (lda < std::max(1, ta ? k : m) || ldb < std::max(1, tb ? n : k) || ldc < std::max(1, m)) {
-        return refuse(INVALID_VALUE, "leading dimension too small: lda " + std::to_string(lda) + ", ldb " +
+        return refuse(INVALID_VALUE, "cublasGemmEx: leading dimension too small: lda " + std::to_string(lda) + ", ldb " +
                                          std::to_string(ldb) + ", ldc " + std::to_string(ldc) + " for m " +
                                          std::to_string(m) + ", n " + std::to_string(n) + ", k " + std::to_string(k));
     }
     auto known = [](int t) { return t == R_32F || t == R_16F || t == R_16BF; };
     if (!known(a_type) || a_type != b_type || !known(c_type) || (c_type != a_type && c_type != R_32F)) {
-        return refuse(NOT_SUPPORTED, "type combination A " + std::to_string(a_type) + ", B " + std::to_string(b_type) +
+        return refuse(NOT_SUPPORTED, "cublasGemmEx: type combination A " + std::to_string(a_type) + ", B " + std::to_string(b_type) +
                                          ", C " + std::to_string(c_type));
     }
     const bool tf = compute == COMPUTE_32F_FAST_TF32;
     if (!(compute == COMPUTE_32F || compute == COMPUTE_32F_PEDANTIC || (tf && a_type == R_32F))) {
-        return refuse(NOT_SUPPORTED, "compute type " + std::to_string(compute));
+        return refuse(NOT_SUPPORTED, "cublasGemmEx: compute type " + std::to_string(compute));
     }
     if (!alpha || !beta) return INVALID_VALUE;
     if (m == 0 || n == 0) return SUCCESS;
@@ -664,13 +674,13 @@ QKSOFT_API int cublasGemmEx(cublasHandle_t handle, int transa, int transb, int m
     };
     std::string why;
     if (k > 0 && !qksoft::mem_check(reinterpret_cast<uint64_t>(A), span(ta ? k : m, ta ? m : k, lda, a_type), &why)) {
-        return refuse(INVALID_VALUE, "A: " + why);
+        return refuse(INVALID_VALUE, "cublasGemmEx: A: " + why);
     }
     if (k > 0 && !qksoft::mem_check(reinterpret_cast<uint64_t>(B), span(tb ? n : k, tb ? k : n, ldb, b_type), &why)) {
-        return refuse(INVALID_VALUE, "B: " + why);
+        return refuse(INVALID_VALUE, "cublasGemmEx: B: " + why);
     }
     if (!qksoft::mem_check(reinterpret_cast<uint64_t>(C), span(m, n, ldc, c_type), &why)) {
-        return refuse(INVALID_VALUE, "C: " + why);
+        return refuse(INVALID_VALUE, "cublasGemmEx: C: " + why);
     }
     Gemm g;
     g.m = m, g.n = n, g.k = k, g.ta = ta, g.tb = tb, g.tf = tf;

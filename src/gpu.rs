@@ -25,7 +25,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::kernels;
 use cudarc::cublas::sys::cublasMath_t;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, LaunchArgs, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -68,7 +68,7 @@ pub struct Gpu {
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     /// Parameter sizes of each kernel, from cuFuncGetParamInfo (None: the driver cannot say).
     params: Mutex<HashMap<&'static str, Option<Vec<usize>>>>,
-    blas: std::result::Result<CudaBlas, String>,
+    blas: std::result::Result<Blas, String>,
     // Declared last: dropped after everything allocated from it.
     _ctx: Arc<CudaContext>,
 }
@@ -118,13 +118,35 @@ const _: () = assert!(
         == cublasMath_t::CUBLAS_DEFAULT_MATH as u32 | cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION as u32
 );
 
-/// A cuBLAS handle on `stream` with [`CUBLAS_MATH_MODE`] set. `Ok(Err(reason))` when cublasCreate
-/// fails (ops that need cuBLAS report it, the others work); `Err` when the mode cannot be set.
-fn blas_handle(stream: &Arc<CudaStream>) -> Result<std::result::Result<CudaBlas, String>> {
+/// Bytes of the workspace each cuBLAS handle gets (what NVIDIA's cuBLAS documentation advises for
+/// Hopper, enough for every architecture before it).
+pub const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A cuBLAS handle and the workspace it was given (which must outlive it).
+pub(crate) struct Blas {
+    handle: CudaBlas,
+    _workspace: CudaSlice<u8>,
+}
+
+/// A cuBLAS handle on `stream` with [`CUBLAS_MATH_MODE`] set and a workspace of its own
+/// ([`CUBLAS_WORKSPACE_BYTES`], allocated here): a GEMM captured into a CUDA graph then never
+/// takes memory from cuBLAS' pool, so a replayed decode step allocates nothing. `Ok(Err(reason))`
+/// when cublasCreate fails (ops that need cuBLAS report it, the others work); `Err` when the mode
+/// or the workspace cannot be set.
+fn blas_handle(stream: &Arc<CudaStream>) -> Result<std::result::Result<Blas, String>> {
     let blas = match CudaBlas::new(stream.clone()) {
         Ok(blas) => blas,
         Err(e) => return Ok(Err(format!("cublasCreate failed: {e}"))),
     };
+    let mut workspace = stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES).cuda("cuMemAlloc(cuBLAS workspace)")?;
+    {
+        let (ptr, _sync) = workspace.device_ptr_mut(stream);
+        // SAFETY: the handle is live; the workspace is CUBLAS_WORKSPACE_BYTES of device memory of
+        // this context, kept alive beside the handle (Blas) and used only by it, on its stream.
+        unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, CUBLAS_WORKSPACE_BYTES) }
+            .result()
+            .map_err(|source| Error::Cublas { call: format!("cublasSetWorkspace({CUBLAS_WORKSPACE_BYTES} bytes)"), source })?;
+    }
     // SAFETY: the handle is live (owned by `blas`); cublasSetMathMode only stores the mode in it.
     unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), CUBLAS_MATH_MODE) }
         .result()
@@ -132,7 +154,7 @@ fn blas_handle(stream: &Arc<CudaStream>) -> Result<std::result::Result<CudaBlas,
             call: "cublasSetMathMode(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)".into(),
             source,
         })?;
-    Ok(Ok(blas))
+    Ok(Ok(Blas { handle: blas, _workspace: workspace }))
 }
 
 fn driver_version() -> Result<i32> {
@@ -464,7 +486,7 @@ impl Gpu {
 
     /// The cuBLAS handle (bound to this `Gpu`'s stream, math mode [`CUBLAS_MATH_MODE`]).
     pub fn blas(&self) -> Result<&CudaBlas> {
-        self.blas.as_ref().map_err(|reason| Error::CublasNotFound { reason: reason.clone() })
+        self.blas.as_ref().map(|b| &b.handle).map_err(|reason| Error::CublasNotFound { reason: reason.clone() })
     }
 
     /// A launch of `func` (kernel `name`) on this Gpu's stream whose arguments are checked, before
