@@ -91,13 +91,17 @@ __device__ __forceinline__ void rope_in_place(T* __restrict__ q, T* __restrict__
     }
 }
 
+// One token's RoPE with the cache write. q is read from q_src and written, rotated, to q_dst (the
+// same rows for rope_kv, in place; a separate contiguous q for rope_qkv); k and v are read at
+// kv_stride elements per token. Row strides are in elements.
 template <typename T>
-__device__ __forceinline__ void rope_kv_write(T* __restrict__ q, const T* __restrict__ k,
-                                              const T* __restrict__ v, const int* __restrict__ positions,
-                                              const int* __restrict__ slots, const float* __restrict__ inv_freq,
-                                              unsigned* __restrict__ status, T* __restrict__ k_cache,
-                                              T* __restrict__ v_cache, int heads, int kv_heads, int half,
-                                              int pos_limit, int n_slots, int capacity) {
+__device__ __forceinline__ void rope_kv_write(const T* q_src, long long q_src_stride, T* q_dst,
+                                              long long q_dst_stride, const T* __restrict__ k,
+                                              const T* __restrict__ v, long long kv_stride,
+                                              const int* __restrict__ positions, const int* __restrict__ slots,
+                                              const float* __restrict__ inv_freq, unsigned* __restrict__ status,
+                                              T* __restrict__ k_cache, T* __restrict__ v_cache, int heads,
+                                              int kv_heads, int half, int pos_limit, int n_slots, int capacity) {
     const int pos = checked_index(positions, pos_limit, ROPE_BAD_POSITION, status);
     const int slot = checked_index(slots, n_slots, ROPE_BAD_SLOT, status);
     const int i = threadIdx.x;
@@ -108,14 +112,15 @@ __device__ __forceinline__ void rope_kv_write(T* __restrict__ q, const T* __rest
     const long long t = blockIdx.x;
     for (int h = threadIdx.y; h < heads + kv_heads; h += blockDim.y) {
         if (h < heads) {
-            T* x = q + (t * heads + h) * d;  // q: [T, heads, d], in place
+            const T* x = q_src + t * q_src_stride + static_cast<long long>(h) * d;
+            T* y = q_dst + t * q_dst_stride + static_cast<long long>(h) * d;
             T o1, o2;
             rope_pair(x[i], x[i + half], c, s, o1, o2);
-            x[i] = o1;
-            x[i + half] = o2;
+            y[i] = o1;
+            y[i + half] = o2;
         } else {
             const int kh = h - heads;
-            const long long src = (t * kv_heads + kh) * d;  // k, v: [T, kv_heads, d]
+            const long long src = t * kv_stride + static_cast<long long>(kh) * d;
             // caches: [n_slots, kv_heads, capacity, d]
             const long long dst = ((static_cast<long long>(slot) * kv_heads + kh) * capacity + pos) * d;
             T o1, o2;
@@ -130,7 +135,9 @@ __device__ __forceinline__ void rope_kv_write(T* __restrict__ q, const T* __rest
 
 }  // namespace qk
 
-// Entry points: rope_<dtype> and rope_kv_<dtype>. grid = (T, 1, 1), block = (round32(d/2), heads_y, 1).
+// Entry points: rope_<dtype>, rope_kv_<dtype> and rope_qkv_<dtype> (q, k, v read from the rows of one
+// [T, (heads + 2 kv_heads) d] tensor, the merged projection's output; q written rotated to a
+// contiguous q_out). grid = (T, 1, 1), block = (round32(d/2), heads_y, 1).
 #define QK_ROPE_ENTRY(NAME, T)                                                                     \
     extern "C" __global__ void rope_##NAME(T* __restrict__ q, T* __restrict__ k,                   \
                                            const int* __restrict__ positions,                      \
@@ -145,7 +152,19 @@ __device__ __forceinline__ void rope_kv_write(T* __restrict__ q, const T* __rest
         const float* __restrict__ inv_freq, unsigned* __restrict__ status, T* __restrict__ k_cache, \
         T* __restrict__ v_cache, int heads, int kv_heads, int half, int pos_limit, int n_slots,    \
         int capacity) {                                                                            \
-        qk::rope_kv_write<T>(q, k, v, positions, slots, inv_freq, status, k_cache, v_cache, heads, \
+        const long long q_stride = static_cast<long long>(heads) * 2 * half;                       \
+        qk::rope_kv_write<T>(q, q_stride, q, q_stride, k, v, static_cast<long long>(kv_heads) * 2 * half, \
+                             positions, slots, inv_freq, status, k_cache, v_cache, heads, kv_heads, \
+                             half, pos_limit, n_slots, capacity);                                  \
+    }                                                                                              \
+    extern "C" __global__ void rope_qkv_##NAME(                                                    \
+        const T* __restrict__ qkv, T* __restrict__ q_out, const int* __restrict__ positions,       \
+        const int* __restrict__ slots, const float* __restrict__ inv_freq,                         \
+        unsigned* __restrict__ status, T* __restrict__ k_cache, T* __restrict__ v_cache, int heads, \
+        int kv_heads, int half, int pos_limit, int n_slots, int capacity) {                        \
+        const long long d = 2 * half, row = (heads + 2LL * kv_heads) * d;                          \
+        qk::rope_kv_write<T>(qkv, row, q_out, heads * d, qkv + heads * d, qkv + (heads + kv_heads) * d, \
+                             row, positions, slots, inv_freq, status, k_cache, v_cache, heads,     \
                              kv_heads, half, pos_limit, n_slots, capacity);                        \
     }
 

@@ -7,8 +7,8 @@
 //!   resid = embed[tokens]                                      ops::embed
 //!   per layer:  xn = rmsnorm(resid)            (layer 0)       ops::rmsnorm
 //!               xn = add_rmsnorm(down, resid)  (layers 1..)    resid += down, then the norm
-//!               q, k, v = xn Wq^T + bq, ...                    ops::gemm::linear (3 GEMMs)
-//!               rope_kv: q rotated in place; k rotated, v -> cache[s, :, p0..p0+T]
+//!               qkv = xn [Wq; Wk; Wv]^T + [bq; bk; bv]         one GEMM (merged q/k/v)
+//!               rope_qkv: q rotated -> q; k rotated, v -> cache[s, :, p0..p0+T]
 //!               attn = attention over cache[s, :, 0..p0+T]     ops::attention::prefill_cached
 //!               o = attn Wo^T;  xn = add_rmsnorm(o, resid)     resid after attention
 //!               gu = xn [Wgate; Wup]^T                         one GEMM (merged gate/up)
@@ -21,11 +21,14 @@
 //!   f32, the bounded argmax into the tokens of the next step, then positions and lens + 1.
 //! ```
 //!
-//! Merged: gate and up are one GEMM over the concatenated [2I, H] weight. Each output element is
-//! still its own FP32 dot product over the same H products, so the merge is exact in the sense the
-//! crate's contract uses (what differs is cuBLAS' choice of kernel, which no contract pins); the
-//! fused SwiGLU reads the [gate | up] rows it produces. q, k and v stay three GEMMs: RoPE and the
-//! cache write take them as separate contiguous tensors.
+//! Merged: q, k and v are one GEMM over the concatenated [(heads + 2 kv_heads) D, H] weight and
+//! bias, and gate and up one over [2I, H]. Each output element is still its own FP32 dot product
+//! over the same H products plus its own bias, so the merges are exact in the sense the crate's
+//! contract uses (what differs is cuBLAS' choice of kernel, which no contract pins). RoPE with the
+//! cache write (`rope::rope_qkv`) reads q, k, v from the merged rows; the fused SwiGLU reads the
+//! [gate | up] rows. A decode step is then 12 launches a layer (norm, bias fill, GEMM, RoPE, 3 for
+//! attention, GEMM, add-norm, GEMM, SwiGLU, GEMM) and 6 more (embedding, final norm, lm_head, 2 for
+//! the argmax, position update).
 //!
 //! Dtypes: weights and activations share one storage dtype (f32, f16 or bf16; checkpoints hold
 //! bf16, which f32 holds exactly and f16 rounds), logits are f32, every op computes in FP32.
@@ -82,7 +85,7 @@ use crate::ops::attention::{self, PrefillPath};
 use crate::ops::embed::{self, EmbedStatus};
 use crate::ops::gemm::linear;
 use crate::ops::rmsnorm::{add_rmsnorm, rmsnorm};
-use crate::ops::rope::{rope_kv, RopeTable};
+use crate::ops::rope::{rope_qkv, RopeTable};
 use crate::ops::swiglu::swiglu_fused;
 use crate::spec::kv_cache::KvCacheDims;
 use crate::tensor::{DeviceTensor, HostTensor, View};
@@ -129,12 +132,9 @@ pub struct MemoryReport {
 
 struct Layer {
     input_norm: DeviceTensor,
-    q: DeviceTensor,
-    q_bias: DeviceTensor,
-    k: DeviceTensor,
-    k_bias: DeviceTensor,
-    v: DeviceTensor,
-    v_bias: DeviceTensor,
+    /// [q; k; v]: [(heads + 2 kv_heads) head_dim, hidden], and its bias.
+    qkv: DeviceTensor,
+    qkv_bias: DeviceTensor,
     o: DeviceTensor,
     post_norm: DeviceTensor,
     /// [gate; up]: [2 * intermediate, hidden].
@@ -149,9 +149,10 @@ struct Workspace {
     rows: usize,
     resid: DeviceTensor,
     xn: DeviceTensor,
+    /// The merged projection's output, [rows, (heads + 2 kv_heads) head_dim].
+    qkv: DeviceTensor,
+    /// The rotated q [rows, heads, head_dim].
     q: DeviceTensor,
-    k: DeviceTensor,
-    v: DeviceTensor,
     attn: DeviceTensor,
     /// o_proj's and down_proj's output, added into `resid` by the next add_rmsnorm.
     proj: DeviceTensor,
@@ -248,6 +249,26 @@ fn upload(gpu: &Gpu, dtype: DType, dims: &[usize], bits: &[u16]) -> Result<Devic
     Ok(t)
 }
 
+/// The tensors' rows one after another in one new tensor (device to device): [q; k; v] and
+/// [gate; up] weights and biases.
+fn concat_rows(gpu: &Gpu, parts: &[DeviceTensor]) -> Result<DeviceTensor> {
+    let first = parts.first().ok_or_else(|| bad("nothing to concatenate".into()))?;
+    let mut dims = first.dims().to_vec();
+    dims[0] = parts.iter().map(|p| p.dims()[0]).sum();
+    let mut out = DeviceTensor::zeros(gpu, first.dtype(), &dims)?;
+    let mut row = 0;
+    {
+        let mut all = out.view_mut();
+        for p in parts {
+            let n = p.dims()[0];
+            gpu.stream().memcpy_dtod(&p.view().data, &mut all.rows_mut(row..row + n)?.data).cuda("cuMemcpyDtoD(merged weight)")?;
+            row += n;
+        }
+    }
+    gpu.synchronize()?;
+    Ok(out)
+}
+
 fn upload_f32(gpu: &Gpu, dtype: DType, values: &[f32]) -> Result<DeviceTensor> {
     DeviceTensor::from_host(gpu, &HostTensor::from_f32(dtype, &[values.len()], values.to_vec())?)
 }
@@ -273,21 +294,18 @@ impl DeviceModel {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for lw in &weights.layers {
             let lin = |l: &crate::model::weights::Linear| upload(gpu, dt, &[l.weight.rows, l.weight.cols], &l.weight.bits);
-            let bias = |l: &crate::model::weights::Linear| match &l.bias {
-                Some(b) => upload_f32(gpu, dt, b),
-                None => Err(bad("a q/k/v projection without its bias".into())),
-            };
+            let bias = |l: &crate::model::weights::Linear| l.bias.clone().ok_or_else(|| bad("a q/k/v projection without its bias".into()));
+            let (qkv_bits, qkv_bias) = (
+                [&lw.q_proj, &lw.k_proj, &lw.v_proj].iter().flat_map(|l| l.weight.bits.iter().copied()).collect::<Vec<u16>>(),
+                [bias(&lw.q_proj)?, bias(&lw.k_proj)?, bias(&lw.v_proj)?].concat(),
+            );
             let mut gate_up_bits = Vec::with_capacity(2 * inter * h);
             gate_up_bits.extend_from_slice(&lw.gate_proj.weight.bits);
             gate_up_bits.extend_from_slice(&lw.up_proj.weight.bits);
             layers.push(Layer {
                 input_norm: upload_f32(gpu, dt, &lw.input_layernorm)?,
-                q: lin(&lw.q_proj)?,
-                q_bias: bias(&lw.q_proj)?,
-                k: lin(&lw.k_proj)?,
-                k_bias: bias(&lw.k_proj)?,
-                v: lin(&lw.v_proj)?,
-                v_bias: bias(&lw.v_proj)?,
+                qkv: upload(gpu, dt, &[q_out + 2 * kv_out, h], &qkv_bits)?,
+                qkv_bias: upload_f32(gpu, dt, &qkv_bias)?,
                 o: lin(&lw.o_proj)?,
                 post_norm: upload_f32(gpu, dt, &lw.post_attention_layernorm)?,
                 gate_up: upload(gpu, dt, &[2 * inter, h], &gate_up_bits)?,
@@ -331,8 +349,9 @@ impl DeviceModel {
     /// (`model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`, ...; `lm_head.weight`
     /// unless the embeddings are tied). `take(name, dims)` hands over each tensor, which must have
     /// `options.dtype` and exactly `dims` (wrap a cudarc buffer with [`DeviceTensor::from_slice`]).
-    /// The model keeps them, except gate_proj and up_proj, which are copied (on the device) into the
-    /// merged [gate; up] weight and dropped.
+    /// The model keeps them, except the q/k/v projections' weights and biases and gate_proj and
+    /// up_proj, which are copied (on the device) into the merged [q; k; v] and [gate; up] tensors
+    /// and dropped.
     pub fn from_device_tensors(
         gpu: &Gpu,
         config: &Qwen2Config,
@@ -355,23 +374,19 @@ impl DeviceModel {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = |n: &str| format!("model.layers.{i}.{n}");
-            let gate = get(&p("mlp.gate_proj.weight"), &[inter, h])?;
-            let up = get(&p("mlp.up_proj.weight"), &[inter, h])?;
-            let mut gate_up = DeviceTensor::zeros(gpu, dt, &[2 * inter, h])?;
-            {
-                let mut both = gate_up.view_mut();
-                gpu.stream().memcpy_dtod(&gate.view().data, &mut both.rows_mut(0..inter)?.data).cuda("cuMemcpyDtoD(gate)")?;
-                gpu.stream().memcpy_dtod(&up.view().data, &mut both.rows_mut(inter..2 * inter)?.data).cuda("cuMemcpyDtoD(up)")?;
-            }
-            gpu.synchronize()?;
+            let gate_up = concat_rows(gpu, &[get(&p("mlp.gate_proj.weight"), &[inter, h])?, get(&p("mlp.up_proj.weight"), &[inter, h])?])?;
+            let qkv = concat_rows(
+                gpu,
+                &[get(&p("self_attn.q_proj.weight"), &[q_out, h])?, get(&p("self_attn.k_proj.weight"), &[kv_out, h])?, get(&p("self_attn.v_proj.weight"), &[kv_out, h])?],
+            )?;
+            let qkv_bias = concat_rows(
+                gpu,
+                &[get(&p("self_attn.q_proj.bias"), &[q_out])?, get(&p("self_attn.k_proj.bias"), &[kv_out])?, get(&p("self_attn.v_proj.bias"), &[kv_out])?],
+            )?;
             layers.push(Layer {
                 input_norm: get(&p("input_layernorm.weight"), &[h])?,
-                q: get(&p("self_attn.q_proj.weight"), &[q_out, h])?,
-                q_bias: get(&p("self_attn.q_proj.bias"), &[q_out])?,
-                k: get(&p("self_attn.k_proj.weight"), &[kv_out, h])?,
-                k_bias: get(&p("self_attn.k_proj.bias"), &[kv_out])?,
-                v: get(&p("self_attn.v_proj.weight"), &[kv_out, h])?,
-                v_bias: get(&p("self_attn.v_proj.bias"), &[kv_out])?,
+                qkv,
+                qkv_bias,
                 o: get(&p("self_attn.o_proj.weight"), &[h, q_out])?,
                 post_norm: get(&p("post_attention_layernorm.weight"), &[h])?,
                 gate_up,
@@ -419,9 +434,8 @@ impl DeviceModel {
             rows,
             resid: zeros(&[rows, h])?,
             xn: zeros(&[rows, h])?,
+            qkv: zeros(&[rows, (heads + 2 * kv) * d])?,
             q: zeros(&[rows, heads, d])?,
-            k: zeros(&[rows, kv, d])?,
-            v: zeros(&[rows, kv, d])?,
             attn: zeros(&[rows, heads, d])?,
             proj: zeros(&[rows, h])?,
             gate_up: zeros(&[rows, 2 * inter])?,
@@ -449,7 +463,7 @@ impl DeviceModel {
             + layers
                 .iter()
                 .map(|l| {
-                    [&l.input_norm, &l.q, &l.q_bias, &l.k, &l.k_bias, &l.v, &l.v_bias, &l.o, &l.post_norm, &l.gate_up, &l.down]
+                    [&l.input_norm, &l.qkv, &l.qkv_bias, &l.o, &l.post_norm, &l.gate_up, &l.down]
                         .into_iter()
                         .map(bytes)
                         .sum::<usize>()
@@ -458,7 +472,7 @@ impl DeviceModel {
         let kv_cache = layers.iter().map(|l| bytes(&l.k_cache) + bytes(&l.v_cache)).sum();
         let index_bytes = (3 * rows + 3 * options.slots) * 4;
         let argmax_bytes = (options.slots + 1) * (8 + argmax::CHUNKS * 8);
-        let workspace = [&ws.resid, &ws.xn, &ws.q, &ws.k, &ws.v, &ws.attn, &ws.proj, &ws.gate_up, &ws.act, &ws.attn_ws, &ws.logits, &ws.prefill_logits]
+        let workspace = [&ws.resid, &ws.xn, &ws.qkv, &ws.q, &ws.attn, &ws.proj, &ws.gate_up, &ws.act, &ws.attn_ws, &ws.logits, &ws.prefill_logits]
             .into_iter()
             .map(bytes)
             .sum::<usize>()
@@ -635,22 +649,19 @@ impl DeviceModel {
         } else {
             ws.add_norm(gpu, t, &lw.input_norm, eps)?;
         }
-        let xn = ws.xn.view().rows(0..t)?;
-        linear(gpu, &xn, &lw.q.view(), Some(&lw.q_bias.view()), &mut ws.q.view_mut().rows_mut(0..t)?.reshape(&[t, heads * d])?)?;
-        linear(gpu, &xn, &lw.k.view(), Some(&lw.k_bias.view()), &mut ws.k.view_mut().rows_mut(0..t)?.reshape(&[t, kv * d])?)?;
-        linear(gpu, &xn, &lw.v.view(), Some(&lw.v_bias.view()), &mut ws.v.view_mut().rows_mut(0..t)?.reshape(&[t, kv * d])?)?;
+        linear(gpu, &ws.xn.view().rows(0..t)?, &lw.qkv.view(), Some(&lw.qkv_bias.view()), &mut ws.qkv.view_mut().rows_mut(0..t)?)?;
         let (positions, slots) = match attend {
             Attend::Prefill { .. } => (ws.positions.slice(0..t), ws.row_slots.slice(0..t)),
             Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slots.slice(0..t)),
         };
-        rope_kv(
+        rope_qkv(
             gpu,
             &mut self.rope,
-            &mut ws.q.view_mut().rows_mut(0..t)?,
-            &ws.k.view().rows(0..t)?,
-            &ws.v.view().rows(0..t)?,
+            &ws.qkv.view().rows(0..t)?,
+            kv,
             &positions,
             &slots,
+            &mut ws.q.view_mut().rows_mut(0..t)?,
             &mut lw.k_cache.view_mut(),
             &mut lw.v_cache.view_mut(),
         )?;

@@ -6,6 +6,8 @@
 //! rope_kv:  q rotated in place; k rotated and written, with v, to the KV cache at
 //!           k_cache[slots[t], h, positions[t], :], v_cache[slots[t], h, positions[t], :]
 //!           (the layout of crate::spec::kv_cache)
+//! rope_qkv: rope_kv reading q, k, v from the rows of one [T, (heads + 2 kv_heads) d] tensor (the
+//!           merged projection's output), the rotated q written to a contiguous q_out
 //! ```
 //!
 //! Positions (and slots) are device i32 arrays: the decode step keeps no host-side position
@@ -26,7 +28,7 @@ use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::spec::kv_cache;
-use crate::tensor::{View, ViewMut};
+use crate::tensor::{Layout, View, ViewMut};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 pub use crate::spec::rope::{check, check_kv, check_qk, check_theta, inv_freq, RopeDims, KV_OP, OP};
@@ -183,6 +185,61 @@ pub fn rope_kv(
     // kernel writes the cache only at [slot, h, pos, 0..d] with 0 <= slot < slots, h < kv_heads
     // (= the cache's), 0 <= pos < min(max_positions, capacity), checked on the device per token
     // (others are skipped), so every cache write is inside the caches' slots * kv_heads * capacity * d.
+    unsafe { args.launch(launch_config(dims, kv_heads)) }?;
+    Ok(())
+}
+
+/// [`rope_kv`] reading q, k and v from the rows of one tensor, the merged q/k/v projection's output:
+/// `qkv` [T, (heads + 2 kv_heads) * d], each row `[q (heads * d) | k (kv_heads * d) | v (kv_heads * d)]`.
+/// The rotated q goes to `q_out` [T, heads, d] (qkv is not changed); the rotated k and v go to the
+/// cache as in [`rope_kv`], with the same per-token checks on the device.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_qkv(
+    gpu: &Gpu,
+    table: &mut RopeTable,
+    qkv: &View,
+    kv_heads: usize,
+    positions: &CudaView<i32>,
+    slots: &CudaView<i32>,
+    q_out: &mut ViewMut,
+    k_cache: &mut ViewMut,
+    v_cache: &mut ViewMut,
+) -> Result<()> {
+    let q = q_out.layout();
+    let (&[tokens, heads, d], &[rows, width]) = (q.shape.dims(), qkv.layout().shape.dims()) else {
+        return Err(Error::shape(KV_OP, format!("qkv must be [tokens, (heads + 2 kv_heads) head_dim] and q_out [tokens, heads, head_dim], got {} and {q}", qkv.layout())));
+    };
+    if qkv.layout().dtype != q.dtype {
+        return Err(Error::dtype(KV_OP, format!("qkv is {} but q_out is {}", qkv.layout().dtype, q.dtype)));
+    }
+    if rows != tokens || Some(width) != (heads + 2 * kv_heads).checked_mul(d) {
+        return Err(Error::shape(KV_OP, format!("qkv {} must be [{tokens}, ({heads} + 2 x {kv_heads}) x {d}] for q_out {q}", qkv.layout())));
+    }
+    // k and v as the kernel reads them: [T, kv_heads, d] each, inside the qkv rows.
+    let kv = Layout::new(q.dtype, &[tokens, kv_heads, d])?;
+    let dims = check_qk(KV_OP, q, kv, table.head_dim, positions.len())?;
+    check_kv(q, kv, kv, slots.len(), k_cache.layout(), v_cache.layout())?;
+    let cache = kv_cache::check(KV_OP, k_cache.layout(), v_cache.layout())?;
+    if dims.tokens == 0 {
+        return Ok(());
+    }
+    let pos_limit = table.max_positions.min(cache.capacity);
+    let kernel = match q.dtype {
+        DType::F32 => "rope_qkv_f32",
+        DType::F16 => "rope_qkv_f16",
+        DType::BF16 => "rope_qkv_bf16",
+    };
+    let f = gpu.function(MODULE, kernel)?;
+    let (heads_i, kv_i, half_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32);
+    let (limit_i, slots_i, capacity_i) = (pos_limit as i32, cache.slots as i32, cache.capacity as i32);
+    let mut args = gpu.launcher(&f, kernel);
+    args.arg(&qkv.data).arg(&mut q_out.data).arg(positions).arg(slots).arg(&table.inv_freq);
+    args.arg(&mut table.status).arg(&mut k_cache.data).arg(&mut v_cache.data);
+    args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&limit_i).arg(&slots_i).arg(&capacity_i);
+    // SAFETY: qkv holds T rows of (heads + 2 kv_heads) d elements and q_out T * heads * d, of one
+    // dtype (checked above); the kernel reads q, k, v of token t inside row t and writes q_out row
+    // t, and the cache only at [slot, h, pos, 0..d] with slot, pos checked on the device per token
+    // as in rope_kv.
     unsafe { args.launch(launch_config(dims, kv_heads)) }?;
     Ok(())
 }

@@ -27,7 +27,54 @@ pub const TESTS: &[GpuTest] = &[
     ("rope::bad_positions_and_slots_are_skipped_and_reported", bad_positions_and_slots_are_skipped_and_reported),
     ("rope::bad_inputs_are_errors_before_launch", bad_inputs_are_errors_before_launch),
     ("rope::proptest_shapes", proptest_shapes),
+    ("rope::qkv_rows_equal_separate_tensors", qkv_rows_equal_separate_tensors),
 ];
+
+/// rope_qkv, reading q, k and v from the rows of the merged projection's output, gives the rotated
+/// q, k cache and v cache of rope_kv on the same values as separate tensors, bit for bit, at both
+/// models' head configurations and every dtype; qkv itself is left as it was; shapes that do not
+/// add up are refused.
+fn qkv_rows_equal_separate_tensors(gpu: &Gpu) {
+    use qwen_kernels::ops::rope::rope_qkv;
+    let mut r = rng(71);
+    for (heads, kv, d, theta) in [(14usize, 2usize, 64usize, 1.0e6f32), (12, 2, 128, 1.0e4)] {
+        for dtype in DTYPES {
+            let t = 5;
+            let (qw, kw) = (heads * d, kv * d);
+            let qkv = uniform(&mut r, dtype, &[t, qw + 2 * kw], -4.0, 4.0);
+            let part = |lo: usize, w: usize, dims: &[usize]| {
+                let v: Vec<f32> = (0..t).flat_map(|row| qkv.data()[row * (qw + 2 * kw) + lo..][..w].to_vec()).collect();
+                HostTensor::from_f32(dtype, dims, v).unwrap()
+            };
+            let (q, k, v) = (part(0, qw, &[t, heads, d]), part(qw, kw, &[t, kv, d]), part(qw + kw, kw, &[t, kv, d]));
+            let positions = gpu.stream().clone_htod(&[0i32, 7, 300, 31, 2]).unwrap();
+            let slots = gpu.stream().clone_htod(&[1i32, 0, 1, 2, 0]).unwrap();
+            let cache = |_: ()| DeviceTensor::zeros(gpu, dtype, &[3, kv, 512, d]).unwrap();
+            let mut table = RopeTable::new(gpu, theta, d, 4096).unwrap();
+
+            let mut dq = DeviceTensor::from_host(gpu, &q).unwrap();
+            let (dk, dv) = (DeviceTensor::from_host(gpu, &k).unwrap(), DeviceTensor::from_host(gpu, &v).unwrap());
+            let (mut kc, mut vc) = (cache(()), cache(()));
+            rope_kv(gpu, &mut table, &mut dq.view_mut(), &dk.view(), &dv.view(), &positions.slice(..), &slots.slice(..), &mut kc.view_mut(), &mut vc.view_mut()).unwrap();
+
+            let dqkv = DeviceTensor::from_host(gpu, &qkv).unwrap();
+            let mut q_out = DeviceTensor::zeros(gpu, dtype, &[t, heads, d]).unwrap();
+            let (mut kc2, mut vc2) = (cache(()), cache(()));
+            rope_qkv(gpu, &mut table, &dqkv.view(), kv, &positions.slice(..), &slots.slice(..), &mut q_out.view_mut(), &mut kc2.view_mut(), &mut vc2.view_mut()).unwrap();
+            table.check_status(gpu).unwrap();
+
+            let bits = |x: &DeviceTensor| x.to_host(gpu).unwrap().data().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert!(bits(&q_out) == bits(&dq), "{dtype} d{d}: rotated q");
+            assert!(bits(&kc2) == bits(&kc), "{dtype} d{d}: k cache");
+            assert!(bits(&vc2) == bits(&vc), "{dtype} d{d}: v cache");
+            assert_eq!(dqkv.to_host(gpu).unwrap(), qkv, "{dtype} d{d}: qkv changed");
+
+            let wrong = DeviceTensor::zeros(gpu, dtype, &[t, qw + kw]).unwrap();
+            let e = rope_qkv(gpu, &mut table, &wrong.view(), kv, &positions.slice(..), &slots.slice(..), &mut q_out.view_mut(), &mut kc2.view_mut(), &mut vc2.view_mut());
+            assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+        }
+    }
+}
 
 /// Kernel against `reference::rope`, per element with scale |x_i| + |x_partner|
 /// (`compare_scaled`). Both use the same inv_freq table and the same FP32 angle; cos and sin differ
