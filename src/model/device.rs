@@ -269,10 +269,6 @@ fn concat_rows(gpu: &Gpu, parts: &[DeviceTensor]) -> Result<DeviceTensor> {
     Ok(out)
 }
 
-fn upload_f32(gpu: &Gpu, dtype: DType, values: &[f32]) -> Result<DeviceTensor> {
-    DeviceTensor::from_host(gpu, &HostTensor::from_f32(dtype, &[values.len()], values.to_vec())?)
-}
-
 fn i32s(gpu: &Gpu, n: usize) -> Result<CudaSlice<i32>> {
     gpu.stream().alloc_zeros::<i32>(n.max(1)).cuda("cuMemAlloc(model indices)")
 }
@@ -285,43 +281,44 @@ impl DeviceModel {
     /// Upload `weights` (bf16 on the host) in `options.dtype` and allocate the KV cache and the
     /// workspace.
     pub fn new(gpu: &Gpu, weights: &ModelWeights, options: ModelOptions) -> Result<Self> {
-        let c = &weights.config;
-        Self::check_options(c, &options)?;
-        let dt = options.dtype;
-        let (h, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let cache_dims = [options.slots, c.num_key_value_heads, options.capacity, d];
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for lw in &weights.layers {
-            let lin = |l: &crate::model::weights::Linear| upload(gpu, dt, &[l.weight.rows, l.weight.cols], &l.weight.bits);
-            let bias = |l: &crate::model::weights::Linear| l.bias.clone().ok_or_else(|| bad("a q/k/v projection without its bias".into()));
-            let (qkv_bits, qkv_bias) = (
-                [&lw.q_proj, &lw.k_proj, &lw.v_proj].iter().flat_map(|l| l.weight.bits.iter().copied()).collect::<Vec<u16>>(),
-                [bias(&lw.q_proj)?, bias(&lw.k_proj)?, bias(&lw.v_proj)?].concat(),
-            );
-            let mut gate_up_bits = Vec::with_capacity(2 * inter * h);
-            gate_up_bits.extend_from_slice(&lw.gate_proj.weight.bits);
-            gate_up_bits.extend_from_slice(&lw.up_proj.weight.bits);
-            layers.push(Layer {
-                input_norm: upload_f32(gpu, dt, &lw.input_layernorm)?,
-                qkv: upload(gpu, dt, &[q_out + 2 * kv_out, h], &qkv_bits)?,
-                qkv_bias: upload_f32(gpu, dt, &qkv_bias)?,
-                o: lin(&lw.o_proj)?,
-                post_norm: upload_f32(gpu, dt, &lw.post_attention_layernorm)?,
-                gate_up: upload(gpu, dt, &[2 * inter, h], &gate_up_bits)?,
-                down: lin(&lw.down_proj)?,
-                k_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
-                v_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
-            });
-            debug_assert_eq!((lw.q_proj.weight.rows, lw.k_proj.weight.rows), (q_out, kv_out));
+        /// A host tensor of the weights: bf16 bits (matrices) or values (norms, biases).
+        enum Host<'a> {
+            Bits(&'a [u16]),
+            Values(&'a [f32]),
         }
-        let embed = upload(gpu, dt, &[c.vocab_size, h], &weights.embed_tokens.bits)?;
-        let lm_head = match &weights.lm_head {
-            Some(m) => Some(upload(gpu, dt, &[m.rows, m.cols], &m.bits)?),
-            None => None,
-        };
-        let norm = upload_f32(gpu, dt, &weights.norm)?;
-        Self::assemble(gpu, c.clone(), options, embed, lm_head, norm, layers)
+        // Every tensor by its Hugging Face name, handed to from_device_tensors as it asks.
+        let mut host: HashMap<String, Host> = HashMap::new();
+        host.insert("model.embed_tokens.weight".into(), Host::Bits(&weights.embed_tokens.bits));
+        if let Some(m) = &weights.lm_head {
+            host.insert("lm_head.weight".into(), Host::Bits(&m.bits));
+        }
+        host.insert("model.norm.weight".into(), Host::Values(&weights.norm));
+        for (i, l) in weights.layers.iter().enumerate() {
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            host.insert(p("input_layernorm.weight"), Host::Values(&l.input_layernorm));
+            host.insert(p("post_attention_layernorm.weight"), Host::Values(&l.post_attention_layernorm));
+            let linears = [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.o_proj", &l.o_proj),
+                ("mlp.gate_proj", &l.gate_proj),
+                ("mlp.up_proj", &l.up_proj),
+                ("mlp.down_proj", &l.down_proj),
+            ];
+            for (name, lin) in linears {
+                host.insert(p(&format!("{name}.weight")), Host::Bits(&lin.weight.bits));
+                if let Some(b) = &lin.bias {
+                    host.insert(p(&format!("{name}.bias")), Host::Values(b));
+                }
+            }
+        }
+        let dt = options.dtype;
+        Self::from_device_tensors(gpu, &weights.config, options, |name, dims| match host.get(name) {
+            Some(Host::Bits(bits)) => upload(gpu, dt, dims, bits),
+            Some(Host::Values(values)) => DeviceTensor::from_host(gpu, &HostTensor::from_f32(dt, dims, values.to_vec())?),
+            None => Err(bad(format!("the weights have no {name}"))),
+        })
     }
 
     /// Read a Hugging Face checkpoint directory: config.json and the safetensors transformers
@@ -826,10 +823,12 @@ impl DeviceModel {
     }
 
     fn read_tokens(&mut self, gpu: &Gpu, from: Head) -> Result<Vec<u32>> {
-        let (index, _) = match from {
-            Head::Prefill => self.ws.prefill_argmax.raw_to_host(gpu, 1)?,
-            Head::Decode => self.ws.argmax.raw_to_host(gpu, self.batch.len())?,
+        // The indices only (the argmax runs without its max value): one small copy per step.
+        let (out, rows) = match from {
+            Head::Prefill => (&self.ws.prefill_argmax, 1),
+            Head::Decode => (&self.ws.argmax, self.batch.len()),
         };
+        let index = gpu.stream().clone_dtoh(&out.index().slice(0..rows)).cuda("cuMemcpyDtoH(argmax index)")?;
         self.check_status(gpu)?;
         index
             .iter()
