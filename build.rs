@@ -189,9 +189,10 @@ fn write_generated(
         Some(b) => {
             writeln!(
                 s,
-                "pub const SOFTGPU: Option<SoftGpuLibraries> = Some(SoftGpuLibraries {{ libcuda: include_bytes!({:?}), libcublas: include_bytes!({:?}) }});",
+                "pub const SOFTGPU: Option<SoftGpuLibraries> = Some(SoftGpuLibraries {{ libcuda: include_bytes!({:?}), libcublas: include_bytes!({:?}), libcuda_lines: include_str!({:?}) }});",
                 b.libcuda.display().to_string(),
-                b.libcublas.display().to_string()
+                b.libcublas.display().to_string(),
+                format!("{}.lines", b.libcuda.display())
             )
             .unwrap();
             s.push_str("pub const SOFTGPU_MUTANTS: &[(&str, &str)] = &[\n");

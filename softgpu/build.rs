@@ -128,10 +128,89 @@ fn link(build: &cc::Build, objects: &[PathBuf], out: &Path, soname: &str, extra:
     }
 }
 
+/// `<lib>.lines`: for every call of a tools hook (`__tsan_*`) in `lib`, the return address (offset
+/// in the library) and the source line of the access, `cuda/<file>:<line>`, followed by
+/// `(in <kernel file>:<line>)` when the access sits in a helper inlined there: the line the
+/// tools' reports name. From binutils' objdump (the call sites) and addr2line (their lines,
+/// with the inlining chain); both come with the host compiler.
+fn line_table(lib: &Path) {
+    let run = |cmd: &mut Command, what: &str| -> Vec<u8> {
+        let out = cmd.output().unwrap_or_else(|e| panic!("software device: cannot run {what}: {e}"));
+        if !out.status.success() {
+            panic!("software device: {what} failed on {}:\n{}", lib.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        out.stdout
+    };
+    let disasm = run(Command::new("objdump").args(["-d", "--no-show-raw-insn", "-w"]).arg(lib), "objdump");
+    let disasm = String::from_utf8_lossy(&disasm);
+    // An instruction line is "  <hex addr>:\t<mnemonic> ..."; a hook call is followed by the
+    // instruction at its return address.
+    let mut returns = Vec::new();
+    let mut after_hook = false;
+    for line in disasm.lines() {
+        let Some((addr, insn)) = line.trim_start().split_once(":\t") else { continue };
+        let Ok(addr) = u64::from_str_radix(addr.trim(), 16) else { continue };
+        if after_hook {
+            returns.push(addr);
+        }
+        after_hook = insn.starts_with("call") && insn.contains("<__tsan_");
+    }
+    let mut input = String::new();
+    for r in &returns {
+        writeln!(input, "{:#x}", r - 1).unwrap();
+    }
+    let mut child = Command::new("addr2line")
+        .args(["-a", "-i", "-e"])
+        .arg(lib)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("software device: cannot run addr2line: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        stdin.write_all(input.as_bytes()).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "software device: addr2line failed on {}", lib.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // addr2line -a -i: "0x<addr>" then one "file:line" per inlining level, innermost first.
+    let short = |loc: &str| -> String {
+        let loc = loc.split(" (discriminator").next().unwrap_or(loc).trim();
+        let (file, line) = loc.rsplit_once(':').unwrap_or((loc, "?"));
+        let mut parts: Vec<&str> = file.rsplit('/').take(2).collect();
+        parts.reverse();
+        format!("{}:{line}", parts.join("/"))
+    };
+    let mut table = String::new();
+    let mut groups: Vec<(u64, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(hex) = line.strip_prefix("0x") {
+            groups.push((u64::from_str_radix(hex, 16).unwrap_or(0) + 1, Vec::new()));
+        } else if let Some((_, locs)) = groups.last_mut() {
+            locs.push(short(line));
+        }
+    }
+    // The innermost line, and for an access in a header's helper the kernel file's line that the
+    // helper was inlined at (the innermost .cu frame above it).
+    let in_kernel_file = |loc: &str| loc.rsplit_once(':').is_some_and(|(f, _)| f.ends_with(".cu"));
+    for (ret, locs) in groups {
+        let Some(inner) = locs.first() else { continue };
+        match locs.iter().skip(1).find(|l| in_kernel_file(l)) {
+            Some(outer) if !in_kernel_file(inner) => writeln!(table, "{ret:x} {inner} (in {outer})").unwrap(),
+            _ => writeln!(table, "{ret:x} {inner}").unwrap(),
+        }
+    }
+    let mut name = lib.as_os_str().to_owned();
+    name.push(".lines");
+    fs::write(PathBuf::from(name), table).unwrap();
+}
+
 pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins: &[(String, PathBuf)]) -> Built {
     let softgpu_dir = manifest.join("softgpu");
     let cuda_dir = manifest.join("cuda");
-    for f in ["build.rs", "mutants.rs", "cuda_host.h", "kernel_api.h", "register.h", "runtime.h", "runtime.cpp", "driver.cpp", "cublas.cpp"] {
+    for f in ["build.rs", "mutants.rs", "cuda_host.h", "kernel_api.h", "register.h", "runtime.h", "runtime.cpp", "memory.cpp", "tools.cpp", "driver.cpp", "cublas.cpp"] {
         println!("cargo:rerun-if-changed={}", softgpu_dir.join(f).display());
     }
     // nvcc's own headers: <toolkit>/bin/nvcc -> <toolkit>/include (cuda.h, cuda_fp16.h, cccl/).
@@ -151,7 +230,12 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
         .flag("-include")
         .flag(softgpu_dir.join("cuda_host.h").to_str().unwrap())
         .flag("-fvisibility=hidden")
-        .flag("-fvisibility-inlines-hidden");
+        .flag("-fvisibility-inlines-hidden")
+        // Every load, store and atomic calls the tools' hooks (softgpu/tools.cpp); libtsan is never
+        // linked. -g: the line table that names each access site (line_table below).
+        .flag("-fsanitize=thread")
+        .flag("--param=tsan-instrument-func-entry-exit=0")
+        .flag("-g");
     let mut sources = Vec::new();
     for (module, fatbin) in fatbins {
         let image = fs::read(fatbin).unwrap();
@@ -162,10 +246,11 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
     }
     let mut objects = kernel_build.clone().files(&sources).compile_intermediates();
     let mut runtime = base_build(&include);
-    runtime.include(&softgpu_dir).files([softgpu_dir.join("runtime.cpp"), softgpu_dir.join("driver.cpp")]);
+    runtime.include(&softgpu_dir).files(["runtime.cpp", "memory.cpp", "tools.cpp", "driver.cpp"].map(|f| softgpu_dir.join(f)));
     objects.extend(runtime.compile_intermediates());
     let libcuda = dir.join("libcuda.so");
     link(&runtime, &objects, &libcuda, "libcuda.so", &[]);
+    line_table(&libcuda);
 
     let mut blas = base_build(&include);
     blas.include(&softgpu_dir).file(softgpu_dir.join("cublas.cpp"));
@@ -208,6 +293,7 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
                 .unwrap_or_else(|| panic!("software device: no object for mutant {name}"));
             let lib = dir.join("mutants").join(format!("lib{name}.so"));
             link(&mb, std::slice::from_ref(obj), &lib, &format!("lib{name}.so"), &needs_cuda);
+            line_table(&lib);
             built_mutants.push((name.to_string(), lib));
         }
     }

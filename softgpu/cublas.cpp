@@ -689,7 +689,22 @@ QKSOFT_API int cublasGemmEx(cublasHandle_t handle, int transa, int transb, int m
     g.a_bytes = k > 0 ? span(ta ? k : m, ta ? m : k, lda, a_type) : 0;
     g.b_bytes = k > 0 ? span(tb ? n : k, tb ? k : n, ldb, b_type) : 0;
     g.c_bytes = span(m, n, ldc, c_type);
-    auto task = [g]() { run_gemm(g); };
+    auto task = [g]() {
+        // op(A) is m x k, op(B) k x n, C m x n, column-major with their leading dimensions.
+        const size_t ea = element_bytes(g.a_type), eb = element_bytes(g.b_type), ec = element_bytes(g.c_type);
+        const qksoft::tools::GemmOperand a{reinterpret_cast<uint64_t>(g.A), size_t(g.ta ? g.k : g.m), size_t(g.ta ? g.m : g.k),
+                                           size_t(g.lda), ea};
+        const qksoft::tools::GemmOperand b{reinterpret_cast<uint64_t>(g.B), size_t(g.tb ? g.n : g.k), size_t(g.tb ? g.k : g.n),
+                                           size_t(g.ldb), eb};
+        const qksoft::tools::GemmOperand c{reinterpret_cast<uint64_t>(g.C), size_t(g.m), size_t(g.n), size_t(g.ldc), ec};
+        std::string why;
+        if (!qksoft::tools::gemm(g.k > 0 ? a : qksoft::tools::GemmOperand{}, g.k > 0 ? b : qksoft::tools::GemmOperand{}, c,
+                                 g.be != 0.0f, &why)) {
+            qksoft::fail_host_task(why);
+            return;
+        }
+        run_gemm(g);
+    };
     const int e = qksoft::enqueue_host(handle->stream, "cublasGemmEx", task);
     return e == CUDA_SUCCESS ? SUCCESS : EXECUTION_FAILED;
 }

@@ -105,10 +105,12 @@ CUresult run_node(const Node& n) {
             return static_cast<CUresult>(run_kernel(n.function->kernel, n.function->module, n.dims, n.params.data()));
         case Node::Copy:
             memmove(n.dst, n.src, n.bytes);
+            tools::host_copy("cuMemcpy", reinterpret_cast<uint64_t>(n.dst), reinterpret_cast<uint64_t>(n.src), n.bytes);
             return CUDA_SUCCESS;
         case Node::Set: {
             unsigned char* d = static_cast<unsigned char*>(n.dst);
             for (size_t i = 0; i < n.bytes; i += n.element) memcpy(d + i, &n.value, n.element);
+            tools::host_copy("cuMemset", reinterpret_cast<uint64_t>(n.dst), 0, n.bytes);
             return CUDA_SUCCESS;
         }
         case Node::Host:
@@ -199,6 +201,10 @@ QKSOFT_API CUresult cuInit(unsigned int flags) {
     if (const char* spec = getenv("QK_SOFTGPU_SCHEDULE")) {
         std::string why;
         if (!set_schedule(spec, &why)) return note(CUDA_ERROR_NOT_INITIALIZED, "QK_SOFTGPU_SCHEDULE: " + why);
+    }
+    if (const char* spec = getenv("QK_SOFTGPU_TOOLS")) {
+        std::string why;
+        if (!set_tools(spec, &why)) return note(CUDA_ERROR_NOT_INITIALIZED, "QK_SOFTGPU_TOOLS: " + why);
     }
     g_initialised = true;
     return CUDA_SUCCESS;

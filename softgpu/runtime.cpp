@@ -184,6 +184,8 @@ struct Copy {
     void* dst;
     const void* src;
     int bytes;  // 16, or 0: zero-fill
+    const char* file;  // the cp.async's call site
+    int line;
 };
 
 enum class State : uint8_t { Runnable, AtBarrier, AtWarp, Exited };
@@ -315,12 +317,26 @@ std::string lanes_text(uint32_t lanes) {
     abort();  // never resumed
 }
 
+}  // namespace
+
+void fail_running(const std::string& message) { fail_in_fiber(message); }
+std::string running_where(int thread) { return where(g_fibers[thread]); }
+void fail_host_task(const std::string& message) {
+    g_launch->failed = true;
+    g_launch->code = CUDA_ERROR_LAUNCH_FAILED;
+    g_launch->failure = message;
+}
+
+namespace {
+
 void yield_fiber() {
     Fiber& f = me();
     context_switch(f.ctx, g_launch->sched);
 }
 
+// Lands a copy issued by the running thread (the tools see its shared-memory write there).
 void land(const Copy& c) {
+    tools::runtime_access(me().linear, c.dst, 16, true, c.file, c.line);
     if (c.bytes == 16) {
         memcpy(c.dst, c.src, 16);
     } else {
@@ -367,6 +383,7 @@ void check_barrier() {
         if (g_fibers[i].state == State::AtBarrier) g_fibers[i].state = State::Runnable;
     }
     L.at_barrier = 0;
+    tools::barrier_released();
 }
 
 uint32_t warp_lanes(int warp) {
@@ -441,6 +458,7 @@ void execute(WarpOp& op, int warp) {
     Fiber* lanes = &g_fibers[warp * 32];
     switch (op.kind) {
         case OpKind::SyncWarp:
+            tools::warp_synced(warp);
             break;
         case OpKind::Shfl: {
             for (int l = 0; l < 32; ++l) {
@@ -517,6 +535,7 @@ void execute(WarpOp& op, int warp) {
                                          where(lanes[l]).c_str()));
                 }
             }
+            for (int l = 0; l < 32; ++l) tools::runtime_access(warp * 32 + l, op.in[l].addr, 16, false, op.file, op.line);
             auto element = [&](int m, int r, int c) {
                 uint16_t e;
                 memcpy(&e, static_cast<const char*>(op.in[8 * m + r].addr) + 2 * c, 2);
@@ -650,8 +669,11 @@ char* dynamic_arena(size_t bytes) {
     return g_dyn_region + g_dyn_region_bytes - PAGE - round_up(bytes, 16);
 }
 
-void run_block(Launch& L, uint3 block) {
+void run_block(Launch& L, uint3 block, uint64_t linear) {
     L.block = block;
+    g_running.block = block;
+    g_running.block_linear = linear;
+    tools::block_begin();
     if (L.stat_bytes) fill_pattern(L.stat, L.stat_bytes, SHARED_POISON);
     if (L.dims.dynamic_shared) fill_pattern(L.dyn, L.dims.dynamic_shared, SHARED_POISON);
     const unsigned bx = L.dims.bx, by = L.dims.by;
@@ -679,7 +701,10 @@ void run_block(Launch& L, uint3 block) {
     for (;;) {
         const int i = pick();
         if (i < 0) {
-            if (L.exited == L.n) return;
+            if (L.exited == L.n) {
+                tools::block_end();
+                return;
+            }
             L.failed = true;
             L.code = CUDA_ERROR_LAUNCH_FAILED;
             L.failure = deadlock_report();
@@ -687,7 +712,12 @@ void run_block(Launch& L, uint3 block) {
         }
         L.cur = i;
         qksoft_current = &g_fibers[i].view;
+        g_running.thread = i;
+        g_running.warp = i / 32;
+        g_running.lane = i % 32;
+        g_running.active = true;
         context_switch(L.sched, g_fibers[i].ctx);
+        g_running.active = false;
         qksoft_current = nullptr;
         if (L.failed) return;
     }
@@ -695,41 +725,13 @@ void run_block(Launch& L, uint3 block) {
 
 // ---- faults --------------------------------------------------------------------------------------
 
-struct Alloc {
-    uint64_t region;  // mmap base: guard page, pages, guard page
-    size_t region_bytes;
-    uint64_t ptr;
-    size_t bytes;
-    uint64_t id;
-};
-std::mutex g_mem_mutex;
-std::map<uint64_t, Alloc> g_allocs;  // by region
-uint64_t g_next_alloc_id = 1;
-size_t g_in_use = 0;
-
 struct sigaction g_old_segv, g_old_bus;
 std::atomic<bool> g_handlers_installed{false};
 
 std::string describe_address(uint64_t a) {
-    std::unique_lock<std::mutex> lock(g_mem_mutex, std::try_to_lock);
-    if (lock.owns_lock()) {
-        auto it = g_allocs.upper_bound(a);
-        if (it != g_allocs.begin()) {
-            const Alloc& al = std::prev(it)->second;
-            if (a >= al.region && a < al.region + al.region_bytes) {
-                if (a >= al.ptr + al.bytes) {
-                    return format("%llu bytes past the end of device allocation #%llu (%zu bytes at 0x%llx)",
-                                  (unsigned long long)(a - (al.ptr + al.bytes)), (unsigned long long)al.id, al.bytes,
-                                  (unsigned long long)al.ptr);
-                }
-                if (a < al.ptr) {
-                    return format("%llu bytes before the start of device allocation #%llu (%zu bytes at 0x%llx)",
-                                  (unsigned long long)(al.ptr - a), (unsigned long long)al.id, al.bytes,
-                                  (unsigned long long)al.ptr);
-                }
-            }
-        }
-    }
+    std::string text;
+    // Not blocking: a fault inside mem_alloc must still be reported.
+    if (describe_device_address(a, false, &text)) return text;
     if (g_launch && g_launch->dyn && g_dyn_region) {
         const uint64_t end = reinterpret_cast<uint64_t>(g_dyn_region + g_dyn_region_bytes - PAGE);
         if (a >= end && a < end + PAGE) {
@@ -852,63 +854,6 @@ const KernelDesc* find_kernel(const ModuleDesc* module, const char* name, bool* 
     return nullptr;
 }
 
-// ---- memory --------------------------------------------------------------------------------------
-
-uint64_t mem_alloc(size_t bytes) {
-    const size_t span = round_up(std::max<size_t>(bytes, 1), 16);
-    const size_t pages = round_up(span, PAGE);
-    const size_t region_bytes = pages + 2 * PAGE;
-    void* p = mmap(nullptr, region_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) return 0;
-    char* region = static_cast<char*>(p);
-    if (mprotect(region + PAGE, pages, PROT_READ | PROT_WRITE) != 0) {
-        munmap(p, region_bytes);
-        return 0;
-    }
-    fill_pattern(region + PAGE, pages, GLOBAL_POISON);
-    const uint64_t ptr = reinterpret_cast<uint64_t>(region + PAGE + pages - span);
-    std::lock_guard<std::mutex> lock(g_mem_mutex);
-    g_allocs[reinterpret_cast<uint64_t>(region)] = Alloc{reinterpret_cast<uint64_t>(region), region_bytes, ptr, bytes,
-                                                         g_next_alloc_id++};
-    g_in_use += bytes;
-    return ptr;
-}
-
-bool mem_free(uint64_t ptr) {
-    std::lock_guard<std::mutex> lock(g_mem_mutex);
-    for (auto it = g_allocs.begin(); it != g_allocs.end(); ++it) {
-        if (it->second.ptr == ptr) {
-            munmap(reinterpret_cast<void*>(it->second.region), it->second.region_bytes);
-            g_in_use -= it->second.bytes;
-            g_allocs.erase(it);
-            return true;
-        }
-    }
-    return false;
-}
-
-bool mem_check(uint64_t ptr, size_t bytes, std::string* why) {
-    std::lock_guard<std::mutex> lock(g_mem_mutex);
-    auto it = g_allocs.upper_bound(ptr);
-    if (it != g_allocs.begin()) {
-        const Alloc& a = std::prev(it)->second;
-        if (ptr >= a.ptr && ptr <= a.ptr + a.bytes) {
-            if (ptr + bytes <= a.ptr + a.bytes) return true;
-            *why = format("%zu bytes at 0x%llx run %llu bytes past the end of device allocation #%llu (%zu bytes)", bytes,
-                          (unsigned long long)ptr, (unsigned long long)(ptr + bytes - a.ptr - a.bytes),
-                          (unsigned long long)a.id, a.bytes);
-            return false;
-        }
-    }
-    *why = format("0x%llx is not in a live device allocation", (unsigned long long)ptr);
-    return false;
-}
-
-size_t mem_in_use() {
-    std::lock_guard<std::mutex> lock(g_mem_mutex);
-    return g_in_use;
-}
-
 // ---- errors --------------------------------------------------------------------------------------
 
 const std::string& last_error() { return g_last_error; }
@@ -963,15 +908,26 @@ int run_kernel(const KernelDesc* kernel, const ModuleDesc* module, const LaunchD
     }
     g_launch_thread = pthread_self();
     g_launch = &L;
+    g_running = Running{};
+    g_running.kernel = kernel;
+    g_running.dims = dims;
+    g_running.threads = L.n;
+    g_running.stat = L.stat;
+    g_running.stat_bytes = L.stat_bytes;
+    g_running.dyn = L.dyn;
+    g_running.dyn_bytes = dims.dynamic_shared;
+    tools::launch_begin();
     if (sigsetjmp(g_fault_jmp, 1) == 0) {
         for (uint64_t b : order) {
             const uint3 block = make_uint3(b % dims.gx, b / dims.gx % dims.gy, b / (uint64_t(dims.gx) * dims.gy));
-            run_block(L, block);
+            run_block(L, block, b);
             if (L.failed) break;
         }
     } else {
         record_fault(L);
     }
+    g_running.active = false;
+    tools::launch_end();
     qksoft_current = nullptr;
     g_launch = nullptr;
     if (L.failed) {
@@ -1109,7 +1065,8 @@ void ptx_cp_async16(void* dst, const void* src, int src_bytes, const char* file,
         fail_in_fiber(format("cp.async at %s:%d: source %p is not 16-byte aligned (%s)", short_file(file).c_str(), line,
                              src, where(f).c_str()));
     }
-    const Copy c{dst, src, src_bytes};
+    if (src_bytes == 16) tools::runtime_access(f.linear, src, 16, false, file, line);
+    const Copy c{dst, src, src_bytes, file, line};
     const Landing landing = g_schedule.landing;
     if (landing == Landing::AtIssue || (landing == Landing::Random && (g_launch->landing_rng.next() & 1))) {
         land(c);

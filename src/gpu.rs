@@ -218,6 +218,67 @@ impl<'a> KernelLaunch<'a> {
     }
 }
 
+/// What the software device's `counters` tool saw of one launch (or copy, set, cuBLAS call):
+/// counts, not times. Global bytes "as requested" sum every access's size; sectors are 32-byte
+/// units; a request is one warp's execution of one access site (lane i's k-th execution paired
+/// with lane j's k-th); shared-memory wavefronts and bank conflicts follow the 32 banks of 4
+/// bytes, 8-byte accesses in 2 phases of 16 lanes and 16-byte accesses in 4 phases of 8.
+/// Copies, sets and cuBLAS calls are counted from their operands (each byte once).
+/// Layout shared with softgpu/tools.cpp (`Counters`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SoftwareCounters {
+    name: [u8; 64],
+    /// 0 a kernel, 1 a copy or set, 2 a cuBLAS call.
+    pub kind: u32,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub dynamic_shared: u32,
+    pub static_shared: u32,
+    reserved: u32,
+    pub global_read_bytes: u64,
+    pub global_write_bytes: u64,
+    pub global_read_requests: u64,
+    pub global_write_requests: u64,
+    /// Summed over the requests: distinct sectors each one touches.
+    pub global_read_sectors: u64,
+    pub global_write_sectors: u64,
+    /// Distinct over the whole launch.
+    pub distinct_read_sectors: u64,
+    pub distinct_write_sectors: u64,
+    pub distinct_read_bytes: u64,
+    pub distinct_write_bytes: u64,
+    pub shared_read_bytes: u64,
+    pub shared_write_bytes: u64,
+    pub shared_requests: u64,
+    pub shared_wavefronts: u64,
+    pub shared_bank_conflicts: u64,
+}
+
+impl Default for SoftwareCounters {
+    fn default() -> Self {
+        // SAFETY: plain integers; all-zero is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+impl SoftwareCounters {
+    /// The kernel's name, or `cuMemcpy` / `cuMemset` / `cublasGemmEx`.
+    pub fn name(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        std::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+
+    /// Mean distinct sectors per warp read request (4 for 32 lanes reading 4 contiguous bytes each).
+    pub fn sectors_per_read_request(&self) -> f64 {
+        self.global_read_sectors as f64 / self.global_read_requests.max(1) as f64
+    }
+
+    pub fn sectors_per_write_request(&self) -> f64 {
+        self.global_write_sectors as f64 / self.global_write_requests.max(1) as f64
+    }
+}
+
 /// Whether the driver cudarc is bound to is the software device (it exports `qksoft_version`).
 fn bound_to_software() -> bool {
     // SAFETY: culib() returns the library cudarc loaded; looking up a symbol has no side effect.
@@ -247,6 +308,12 @@ fn load_softgpu() -> Result<()> {
             let loaded = [&cuda, &cublas].into_iter().try_for_each(|path| {
                 // SAFETY: our own libraries, built with the crate; their initialisers only register kernels.
                 let lib = unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+                if path == &cuda {
+                    type AddLines = unsafe extern "C" fn(*const std::ffi::c_char, *const std::ffi::c_char, usize);
+                    // SAFETY: the device's export with this signature; it copies the table.
+                    let add = unsafe { lib.get::<AddLines>(b"qksoft_add_line_table") }.map_err(|e| format!("{}: {e}", path.display()))?;
+                    unsafe { add(c"libcuda.so".as_ptr(), libs.libcuda_lines.as_ptr().cast(), libs.libcuda_lines.len()) };
+                }
                 // Kept for the life of the process: cudarc's handles point into it.
                 std::mem::forget(lib);
                 Ok::<(), String>(())
@@ -448,6 +515,55 @@ impl Gpu {
         // SAFETY: writes at most buf.len() bytes, NUL-terminated.
         unsafe { f(buf.as_mut_ptr().cast(), buf.len()) };
         Ok(String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned())
+    }
+
+    /// The software device's checking and counting tools, a comma-separated subset of
+    /// `memcheck,initcheck,racecheck,counters` (or `none`); `memcheck,initcheck` unless
+    /// `QK_SOFTGPU_TOOLS` says otherwise (softgpu/tools.cpp says what each does). A finding of
+    /// memcheck, initcheck or racecheck fails the launch, as a fault does, and is the device's
+    /// last error ([`Gpu::software_last_error`]). An error on hardware or for an unknown tool.
+    pub fn set_software_tools(&self, spec: &str) -> Result<()> {
+        let f = self.softgpu_symbol::<unsafe extern "C" fn(*const std::ffi::c_char, *mut std::ffi::c_char, usize) -> i32>(b"qksoft_set_tools")?;
+        let spec_c = std::ffi::CString::new(spec).map_err(|_| Error::unsupported("software device", "tools contain NUL"))?;
+        let mut why = vec![0u8; 512];
+        // SAFETY: the device reads `spec` and writes at most why.len() bytes, NUL-terminated.
+        if unsafe { f(spec_c.as_ptr(), why.as_mut_ptr().cast(), why.len()) } != 0 {
+            let why = String::from_utf8_lossy(&why[..why.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+            return Err(Error::unsupported("software device", format!("tools {spec:?}: {why}")));
+        }
+        Ok(())
+    }
+
+    /// The software device's tools now on, e.g. `"memcheck,initcheck"`.
+    pub fn software_tools(&self) -> Result<String> {
+        let f = self.softgpu_symbol::<unsafe extern "C" fn(*mut std::ffi::c_char, usize)>(b"qksoft_tools")?;
+        let mut buf = vec![0u8; 256];
+        // SAFETY: writes at most buf.len() bytes, NUL-terminated.
+        unsafe { f(buf.as_mut_ptr().cast(), buf.len()) };
+        Ok(String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned())
+    }
+
+    /// The traffic counters of every launch, copy, set and cuBLAS call run since the last take,
+    /// oldest first, while the `counters` tool is on (software device only).
+    pub fn take_software_counters(&self) -> Result<Vec<SoftwareCounters>> {
+        let size = self.softgpu_symbol::<unsafe extern "C" fn() -> usize>(b"qksoft_counters_size")?;
+        let take = self.softgpu_symbol::<unsafe extern "C" fn(*mut SoftwareCounters, usize) -> usize>(b"qksoft_take_counters")?;
+        // SAFETY: no arguments.
+        let device_size = unsafe { size() };
+        if device_size != std::mem::size_of::<SoftwareCounters>() {
+            return Err(Error::unsupported("software device", format!("counters record of {device_size} bytes, expected {}", std::mem::size_of::<SoftwareCounters>())));
+        }
+        let mut all = Vec::new();
+        loop {
+            let mut chunk = vec![SoftwareCounters::default(); 4096];
+            // SAFETY: the device writes at most chunk.len() records of this layout (size checked above).
+            let n = unsafe { take(chunk.as_mut_ptr(), chunk.len()) };
+            chunk.truncate(n);
+            all.extend(chunk);
+            if n < 4096 {
+                return Ok(all);
+            }
+        }
     }
 
     /// Nanoseconds per fiber switch on the software device: (hand-written switch, ucontext).

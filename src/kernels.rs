@@ -15,6 +15,9 @@
 pub struct SoftGpuLibraries {
     pub libcuda: &'static [u8],
     pub libcublas: &'static [u8],
+    /// libcuda.so's line table: the source line of each access site the tools report
+    /// (softgpu/build.rs, `line_table`), handed to the device when it is loaded.
+    pub libcuda_lines: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

@@ -53,5 +53,5 @@ pub mod text;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use gpu::{DeviceKind, Gpu};
+pub use gpu::{DeviceKind, Gpu, SoftwareCounters};
 pub use tensor::{DeviceTensor, HostTensor, Layout, Shape, View, ViewMut};
