@@ -13,8 +13,14 @@ pub struct Mutant {
     pub replace: &'static str,
     /// GPU tests (tests/gpu, by name filter) that must fail with the mutant in place.
     pub caught_by: &'static [&'static str],
-    /// Text the failing run must print (what caught it).
+    /// Text the failing run must print: the assertion (or the software device's check) that the
+    /// defect must trip, not any failure.
     pub says: &'static str,
+    /// Whether the catch is the software device's own check (a guard page, the barrier or
+    /// collective check), which fails the launch. Otherwise the defect is one of results, and a
+    /// child run in which the software device reports any error (a launch that failed instead of
+    /// computing a wrong answer) does not count as caught.
+    pub device_error: bool,
 }
 
 pub const MUTANTS: &[Mutant] = &[
@@ -24,7 +30,8 @@ pub const MUTANTS: &[Mutant] = &[
         find: "ldmatrix_x4<true>(b, src);",
         replace: "ldmatrix_x4<false>(b, src);",
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
-        says: "FAILED",
+        says: "prefill mismatch: golden",
+        device_error: false,
     },
     Mutant {
         name: "bf16_p_one_term",
@@ -32,7 +39,8 @@ pub const MUTANTS: &[Mutant] = &[
         find: "static constexpr int P_TERMS = 3;",
         replace: "static constexpr int P_TERMS = 1;",
         caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
-        says: "FAILED",
+        says: "prefill mismatch: cancellation",
+        device_error: false,
     },
     Mutant {
         name: "causal_mask_off_by_one",
@@ -40,7 +48,8 @@ pub const MUTANTS: &[Mutant] = &[
         find: "s[nb][e] = in && key <= pos_a ? s[nb][e] * scale : -INFINITY;",
         replace: "s[nb][e] = in && key <= pos_a + 1 ? s[nb][e] * scale : -INFINITY;",
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
-        says: "FAILED",
+        says: "prefill mismatch: golden",
+        device_error: false,
     },
     Mutant {
         name: "no_barrier_after_cp_async_wait",
@@ -48,7 +57,8 @@ pub const MUTANTS: &[Mutant] = &[
         find: "__syncthreads();   // every thread's copies of this tile are visible",
         replace: "// (barrier removed)",
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
-        says: "FAILED",
+        says: "prefill mismatch: golden",
+        device_error: false,
     },
     Mutant {
         name: "no_trailing_barrier",
@@ -56,7 +66,8 @@ pub const MUTANTS: &[Mutant] = &[
         find: "__syncthreads();   // this buffer is restaged by iteration it + 1",
         replace: "// (barrier removed)",
         caught_by: &["schedules::attention_prefill"],
-        says: "differs",
+        says: "the output differs from",
+        device_error: false,
     },
     Mutant {
         name: "rmsnorm_reads_one_past",
@@ -65,6 +76,7 @@ pub const MUTANTS: &[Mutant] = &[
         replace: "for (int i = threadIdx.x; i <= hidden; i += blockDim.x) {\n            y[i] =",
         caught_by: &["rmsnorm::"],
         says: "past the end of device allocation",
+        device_error: true,
     },
     Mutant {
         name: "warp_exits_before_barrier",
@@ -73,6 +85,7 @@ pub const MUTANTS: &[Mutant] = &[
         replace: "    if (blockDim.x > 32 && threadIdx.x / 32 == blockDim.x / 32 - 1) return;\n    const float mean = block_sum(sum_sq) / static_cast<float>(hidden);",
         caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
         says: "is never reached by 32 thread(s)",
+        device_error: true,
     },
     Mutant {
         name: "shuffle_half_the_lanes_skip",
@@ -81,5 +94,6 @@ pub const MUTANTS: &[Mutant] = &[
         replace: "if (threadIdx.x % WARP < 16) o.v = __shfl_xor_sync(0xffffffffu, x.v, offset);",
         caught_by: &["argmax::"],
         says: "divergent warp",
+        device_error: true,
     },
 ];

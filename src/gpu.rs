@@ -619,8 +619,12 @@ impl Gpu {
     fn check_arguments(&self, name: &'static str, func: &CudaFunction, pushed: &[usize]) -> Result<()> {
         let mut cache = self.params.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !cache.contains_key(name) {
-            let sizes = Self::param_sizes(name, func)?;
-            cache.insert(name, sizes);
+            match Self::param_sizes(func) {
+                ParamSizes::Known(sizes) => cache.insert(name, Some(sizes)),
+                ParamSizes::Never => cache.insert(name, None),
+                // Not this time (asked again at the next launch); never a failed launch.
+                ParamSizes::NotNow => return Ok(()),
+            };
         }
         let Some(expected) = cache.get(name).and_then(|s| s.as_deref()) else { return Ok(()) };
         if expected == pushed {
@@ -635,32 +639,32 @@ impl Gpu {
         Err(Error::KernelArguments { kernel: name.to_string(), detail })
     }
 
-    /// Parameter sizes of `func` from the driver; None when it cannot say.
-    fn param_sizes(name: &'static str, func: &CudaFunction) -> Result<Option<Vec<usize>>> {
+    /// Parameter sizes of `func` from the driver. A driver without cuFuncGetParamInfo (older than
+    /// CUDA 12.4), or one that lists no parameters, can never say. Any status other than success
+    /// and the end of the list (CUDA_ERROR_INVALID_VALUE; CUDA_ERROR_NOT_SUPPORTED) means the
+    /// driver cannot say now (e.g. a function that lazy loading has not loaded yet): the check is
+    /// skipped for that launch, and the launch itself goes ahead and reports what it meets.
+    fn param_sizes(func: &CudaFunction) -> ParamSizes {
         // SAFETY: looks the symbol up in the library cudarc loaded; no call is made.
         let present = unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn()>(b"cuFuncGetParamInfo").is_ok() };
-        let sizes = if present {
-            let mut sizes = Vec::new();
-            loop {
-                let (mut offset, mut size) = (0usize, 0usize);
-                // SAFETY: a live function handle; the driver writes two size_t.
-                let rc = unsafe { cudarc::driver::sys::cuFuncGetParamInfo(func.cu_function(), sizes.len(), &mut offset, &mut size) };
-                match rc {
-                    cudarc::driver::sys::CUresult::CUDA_SUCCESS => sizes.push(size),
-                    // Past the last parameter.
-                    cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE => break,
-                    cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_SUPPORTED => break,
-                    other => {
-                        return Err(Error::Cuda { call: format!("cuFuncGetParamInfo({name}, {})", sizes.len()), source: cudarc::driver::DriverError(other) })
-                    }
-                }
+        if !present {
+            return ParamSizes::Never;
+        }
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: a live function handle; the driver writes two size_t.
+            let rc = unsafe { cudarc::driver::sys::cuFuncGetParamInfo(func.cu_function(), sizes.len(), &mut offset, &mut size) };
+            match rc {
+                cudarc::driver::sys::CUresult::CUDA_SUCCESS => sizes.push(size),
+                // Past the last parameter.
+                cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE => break,
+                cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_SUPPORTED => return ParamSizes::Never,
+                _ => return ParamSizes::NotNow,
             }
-            // A kernel of this crate always has parameters: a driver that lists none cannot say.
-            (!sizes.is_empty()).then_some(sizes)
-        } else {
-            None
-        };
-        Ok(sizes)
+        }
+        // A kernel of this crate always has parameters: a driver that lists none cannot say.
+        if sizes.is_empty() { ParamSizes::Never } else { ParamSizes::Known(sizes) }
     }
 
     /// Kernel `name` from the fatbin compiled from `cuda/<module>.cu`, loaded once and cached.
@@ -674,7 +678,28 @@ impl Gpu {
             source: cudarc::driver::DriverError(cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_FOUND),
         })?;
         let f = m.load_function(name).cuda(format!("cuModuleGetFunction({module}, {name})"))?;
+        // With lazy module loading (CUDA_MODULE_LOADING=LAZY, the default since CUDA 12.2) the
+        // function is loaded at its first launch, which may be inside a stream capture (a decode
+        // step's kernels are first fetched there). Load it now, where a failure is this call's.
+        // SAFETY: looks the symbol up in the library cudarc loaded; no call is made.
+        let loadable = unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn()>(b"cuFuncLoad").is_ok() };
+        if loadable {
+            // SAFETY: a live function handle of a module this Gpu holds.
+            let rc = unsafe { cudarc::driver::sys::cuFuncLoad(f.cu_function()) };
+            if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                return Err(Error::Cuda { call: format!("cuFuncLoad({module}, {name})"), source: cudarc::driver::DriverError(rc) });
+            }
+        }
         cache.insert(name, f.clone());
         Ok(f)
     }
+}
+
+/// What the driver says about a kernel's parameters.
+enum ParamSizes {
+    Known(Vec<usize>),
+    /// It never can (no cuFuncGetParamInfo, or it is not supported): nothing is checked.
+    Never,
+    /// It cannot now: ask again at the next launch.
+    NotNow,
 }

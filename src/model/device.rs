@@ -196,8 +196,13 @@ pub struct DeviceModel {
     rope: RopeTable,
     embed_status: EmbedStatus,
     ws: Workspace,
-    /// Valid positions of each slot, as the host knows them.
+    /// Valid positions of each slot: the one source of truth. The device's copies for the decode
+    /// batch (`ws.dec_positions`, `ws.dec_lens`) follow it: a decode step advances both, and
+    /// anything else that changes it (truncate, reset, prefill, forward_layer) sets
+    /// `device_lens_stale`, so the next step uploads them again before it runs.
     lens: Vec<usize>,
+    /// The device's positions and lens of the batch no longer equal `lens`.
+    device_lens_stale: bool,
     /// The decode batch: row b continues slot batch[b].
     batch: Vec<usize>,
     graphs: HashMap<usize, CudaGraph>,
@@ -480,6 +485,7 @@ impl DeviceModel {
         gpu.synchronize()?;
         Ok(DeviceModel {
             lens: vec![0; options.slots],
+            device_lens_stale: false,
             batch: Vec::new(),
             graphs: HashMap::new(),
             memory: MemoryReport { weights, kv_cache, workspace },
@@ -537,7 +543,7 @@ impl DeviceModel {
     /// Forget the sequence in `slot` (its cache rows are overwritten by the next one).
     pub fn reset(&mut self, slot: usize) -> Result<()> {
         self.check_slot(slot)?;
-        self.lens[slot] = 0;
+        self.set_len(slot, 0);
         Ok(())
     }
 
@@ -548,8 +554,15 @@ impl DeviceModel {
         if len > self.lens[slot] {
             return Err(bad(format!("cannot truncate slot {slot} of {} positions to {len}", self.lens[slot])));
         }
-        self.lens[slot] = len;
+        self.set_len(slot, len);
         Ok(())
+    }
+
+    /// Set the host's length of `slot` outside a decode step: the device's copy of the batch's
+    /// positions and lens is uploaded again before the next step.
+    fn set_len(&mut self, slot: usize, len: usize) {
+        self.lens[slot] = len;
+        self.device_lens_stale = true;
     }
 
     /// Layer `layer`'s KV cache: k and v, each [slots, kv_heads, capacity, head_dim] in the
@@ -620,7 +633,7 @@ impl DeviceModel {
             for l in 0..self.layers.len() {
                 self.layer(gpu, l, t, Attend::Prefill { slot, context: p0 + t }, trace.as_deref_mut())?;
             }
-            self.lens[slot] = p0 + t;
+            self.set_len(slot, p0 + t);
             if i + 1 == chunks.len() {
                 self.final_norm(gpu, t)?;
                 if let Some(tr) = trace.as_deref_mut() {
@@ -754,16 +767,25 @@ impl DeviceModel {
         }
         embed::check_tokens(tokens, self.config.vocab_size)?;
         let b = slots.len();
-        let lens: Vec<i32> = slots.iter().map(|&s| self.lens[s] as i32 + 1).collect();
-        let positions = self.positions(slots.iter().map(|&s| self.lens[s] as i32).collect());
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         let stream = gpu.stream();
         stream.memcpy_htod(&ids, &mut self.ws.argmax.index_mut().slice_mut(0..b)).cuda("cuMemcpyHtoD(decode tokens)")?;
-        stream.memcpy_htod(&positions, &mut self.ws.dec_positions.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode positions)")?;
-        stream.memcpy_htod(&lens, &mut self.ws.dec_lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
         stream.memcpy_htod(&slot_ids, &mut self.ws.dec_slots.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slots)")?;
         self.batch = slots.to_vec();
+        self.upload_batch_lens(gpu)
+    }
+
+    /// The batch's positions (the host's lens) and lens (+ 1) to the device, where the decode
+    /// step reads them (and advances them itself).
+    fn upload_batch_lens(&mut self, gpu: &Gpu) -> Result<()> {
+        let b = self.batch.len();
+        let lens: Vec<i32> = self.batch.iter().map(|&s| self.lens[s] as i32 + 1).collect();
+        let positions = self.positions(self.batch.iter().map(|&s| self.lens[s] as i32).collect());
+        let stream = gpu.stream();
+        stream.memcpy_htod(&positions, &mut self.ws.dec_positions.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode positions)")?;
+        stream.memcpy_htod(&lens, &mut self.ws.dec_lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
+        self.device_lens_stale = false;
         Ok(())
     }
 
@@ -779,6 +801,11 @@ impl DeviceModel {
         }
         if let Some(&s) = self.batch.iter().find(|&&s| self.lens[s] >= self.options.capacity) {
             return Err(bad(format!("slot {s} is full: {} positions of {}", self.lens[s], self.options.capacity)));
+        }
+        if self.device_lens_stale {
+            // A length changed on the host since the last step (truncate, reset, prefill): the
+            // device's copies, which the graph reads, follow it before anything runs.
+            self.upload_batch_lens(gpu)?;
         }
         if self.options.graphs {
             if !self.graphs.contains_key(&b) {
@@ -861,7 +888,7 @@ impl DeviceModel {
         if layer >= self.layers.len() {
             return Err(bad(format!("layer {layer} of {}", self.layers.len())));
         }
-        self.lens[slot] = 0;
+        self.set_len(slot, 0);
         let positions = self.positions((0..t as i32).collect());
         let slots = vec![slot as i32; t];
         gpu.stream().memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(positions)")?;
@@ -876,7 +903,7 @@ impl DeviceModel {
         // The layer's output: resid + proj, formed by the kernels (the next norm's add).
         self.final_norm(gpu, t)?;
         let out = self.ws.resid.view().rows(0..t)?.to_host(gpu)?;
-        self.lens[slot] = 0;
+        self.set_len(slot, 0);
         self.check_status(gpu)?;
         let mid = trace.attn_residual.pop().ok_or_else(|| bad("no attention residual recorded".into()))?;
         Ok((mid, out))

@@ -97,7 +97,7 @@ fn check_prefill<E: Copy + Into<f64>>(gpu: &Gpu, q: &HostTensor, k: &HostTensor,
         let ours = run_prefill(gpu, q, k, v, path, &what);
         let scale = tolerance_scale(q, k, v, tensor_core);
         let c = compare_scaled(&ours, expected, table::attention(dtype), Some(&scale));
-        assert!(c.passed(), "prefill {what}: {c}");
+        assert!(c.passed(), "prefill mismatch: {what}: {c}");
     }
 }
 
@@ -238,7 +238,7 @@ fn tensor_core_weights_keep_fp32_accuracy_under_cancellation(gpu: &Gpu) {
             let what = format!("cancellation S {context}");
             let ours = run_prefill(gpu, &q, &k, &v, PrefillPath::TensorCore, &what);
             let c = compare_scaled(&ours, &expected, table::attention(dtype), Some(&tolerance_scale(&q, &k, &v, true)));
-            assert!(c.passed(), "prefill {what} {dtype} TensorCore: {c}");
+            assert!(c.passed(), "prefill mismatch: {what} {dtype} TensorCore: {c}");
         }
     }
 }

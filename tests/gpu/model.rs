@@ -10,7 +10,7 @@
 use crate::common::rng;
 use crate::GpuTest;
 use qwen_kernels::diff::{self, Forward, Truth};
-use qwen_kernels::golden::metrics::{compare_scaled, Comparison};
+use qwen_kernels::golden::metrics::{compare_scaled, Comparison, Tolerance};
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::device::Defect;
 use qwen_kernels::model::weights::{bf16_to_f32, LayerWeights, Linear, Matrix};
@@ -25,6 +25,8 @@ pub const TESTS: &[GpuTest] = &[
     ("model::batch_of_different_lengths_equals_each_alone", batch_of_different_lengths_equals_each_alone),
     ("model::graph_replay_equals_direct_launches", graph_replay_equals_direct_launches),
     ("model::chunked_prefill_equals_one_chunk", chunked_prefill_equals_one_chunk),
+    ("model::rolled_back_run_equals_a_fresh_run_of_the_kept_tokens", rolled_back_run_equals_a_fresh_run_of_the_kept_tokens),
+    ("model::reset_or_prefill_into_a_running_slot_equals_a_fresh_batch", reset_or_prefill_into_a_running_slot_equals_a_fresh_batch),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
     ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
@@ -160,8 +162,18 @@ fn tiny_gen_checkpoint() -> std::path::PathBuf {
 
 /// The tiny checkpoint with its own tokenizer (head_dim 64), read from its safetensors by
 /// Hugging Face names, through every whole-model row on the device in f32: teacher-forced layers
-/// and logits within the error model, 32 greedy tokens equal to the truth's. Its bf16 forward runs
-/// and is reported, not judged (diff::rows says why).
+/// and logits within the error model, 32 greedy tokens equal to the truth's.
+///
+/// Its bf16 forward cannot be judged by the paired excess test the presets' rows use (diff::rows:
+/// on this tiny model PyTorch's own two bf16 forwards, SDPA and eager, differ in rel-L2 by 7% after
+/// layer 0 and 14% after layer 1's attention). What it does prove, and all that is asserted:
+/// - every layer's free-running output and the logits are finite, and their rel-L2 against the
+///   truth is at most twice PyTorch bf16's own (`vs_torch.ratio <= 2`): a factor 2 is seven times
+///   the spread between two correct bf16 forwards (14%), and a defect that changes what is
+///   computed (not only how it is rounded) leaves it;
+/// - the first greedy token is the truth's wherever the truth's smallest top-1 margin exceeds
+///   twice our largest logit error against the truth (then no logit can overtake the truth's
+///   best); below that the token is chance, for PyTorch as for us, and not asserted.
 fn tiny_checkpoint_end_to_end(gpu: &Gpu) {
     let report = diff::analyse_checkpoint_on(&tiny_gen_checkpoint(), "tiny-qwen2-gen", None, Forward::Device { gpu, dtype: DType::F32 }).unwrap();
     let rows = diff::rows(&report);
@@ -170,8 +182,22 @@ fn tiny_checkpoint_end_to_end(gpu: &Gpu) {
         assert!(r.comparison.passed(), "f32 {}: {}", r.op, r.comparison);
     }
     let report = diff::analyse_checkpoint_on(&tiny_gen_checkpoint(), "tiny-qwen2-gen", None, Forward::Device { gpu, dtype: DType::BF16 }).unwrap();
-    assert!(report.layers.iter().all(|l| l.free_out.rel_l2.is_finite() && l.free_out.rel_l2 < 0.05), "{}", diff::free_note(&report));
-    assert!(diff::first_divergence(&report.greedy_ours, &report.greedy_truth) >= 1, "{}", diff::greedy_note(&report));
+    const MAX_RATIO: f64 = 2.0;
+    for (i, l) in report.layers.iter().enumerate() {
+        assert!(l.free_out.nonfinite_mismatches == 0 && l.free_out.rel_l2.is_finite(), "bf16 layer {i}: non-finite output: {}", l.free_out);
+        assert!(l.vs_torch.ratio <= MAX_RATIO, "bf16 layer {i}: error {:.3e} is {:.2} times PyTorch bf16's: {}", l.free_out.rel_l2, l.vs_torch.ratio, diff::free_note(&report));
+    }
+    assert!(report.free_logits.nonfinite_mismatches == 0, "bf16 logits: non-finite: {}", report.free_logits);
+    assert!(report.logits_vs_torch.ratio <= MAX_RATIO, "bf16 logits: {}", diff::free_note(&report));
+    let logit_error = report.free_logits.max_abs_err;
+    let agree = diff::first_divergence(&report.greedy_ours, &report.greedy_truth);
+    assert!(
+        report.min_margin <= 2.0 * logit_error || agree >= 1,
+        "bf16: the truth's margins ({:.3e}) exceed twice our logit error ({logit_error:.3e}), yet the first token differs: {}",
+        report.min_margin,
+        diff::greedy_note(&report)
+    );
+    println!("  bf16: logit error {logit_error:.3e}, truth's smallest margin {:.3e}; {}", report.min_margin, diff::greedy_note(&report));
 }
 
 /// `generate` stops at an EOS id, which it returns; without one it runs to the limit. The tiny
@@ -278,7 +304,14 @@ fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
 
 /// 160 greedy steps of the random model: every token equals the CPU reference's. The reference's
 /// top-1 margin is checked too, so that a near tie (where either could be right) cannot be what
-/// this test rests on.
+/// this test rests on: at every step the reference's best logit over the real vocabulary must beat
+/// the second best by at least MIN_MARGIN = 1e-3 (golden/gen.py's rule for the goldens' prompts).
+/// Why 1e-3 suffices: gen.py's reason (an f32 model's logit error is ~1e-5) is checked here for
+/// the part that can be computed: the lm_head's own f32 dot product over K = 128 errs by at most
+/// K u32 sum_i |x_i w_i| (worst case, any summation order), computed at each step for the two
+/// best rows; the margin must exceed twice that (both logits off in opposite directions) with
+/// MIN_MARGIN on top for the upstream f32 error. The margins are recomputed in f64 from the
+/// reference's final-norm output at each step (`Greedy::normed`).
 fn long_greedy_follows_the_cpu_reference(gpu: &Gpu) {
     let w = random_model(7);
     let p = prompt(8, 12, 500);
@@ -288,6 +321,28 @@ fn long_greedy_follows_the_cpu_reference(gpu: &Gpu) {
     let ours = m.greedy(gpu, 0, &p, steps).unwrap();
     let first = ours.iter().zip(&reference.tokens).position(|(a, b)| a != b);
     assert_eq!(first, None, "device and CPU reference part at step {first:?}");
+    const MIN_MARGIN: f64 = 1e-3;
+    let head = w.lm_head.as_ref().unwrap();
+    let real = w.config.real_vocab_size;
+    let h = w.config.hidden_size;
+    assert_eq!(reference.normed.len(), steps);
+    for (step, normed) in reference.normed.iter().enumerate() {
+        // (logit, sum |x w|, row)
+        let mut logits: Vec<(f64, f64, u32)> = (0..real)
+            .map(|row| {
+                let products = normed.iter().zip(&head.bits[row * h..(row + 1) * h]).map(|(&x, &b)| x as f64 * bf16_to_f32(b) as f64);
+                products.fold((0.0, 0.0, row as u32), |(s, a, r), p| (s + p, a + p.abs(), r))
+            })
+            .collect();
+        logits.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let margin = logits[0].0 - logits[1].0;
+        let head_error = h as f64 * (-24f64).exp2() * logits[0].1.max(logits[1].1);
+        assert_eq!(logits[0].2, reference.tokens[step], "step {step}: the f64 logits' best is not the reference's token");
+        assert!(
+            margin >= MIN_MARGIN + 2.0 * head_error,
+            "step {step}: the reference's top-1 margin {margin:.3e} is below {MIN_MARGIN:e} + 2 x {head_error:.2e} (the head's f32 error bound): a near tie, not evidence"
+        );
+    }
     assert!(ours.iter().collect::<std::collections::HashSet<_>>().len() > 4, "a degenerate run (one token repeated) proves little: {ours:?}");
 }
 
@@ -298,14 +353,47 @@ fn logit_bits(m: &DeviceModel, gpu: &Gpu, rows: usize) -> Vec<Vec<u32>> {
     (0..rows).map(|r| all[r * vocab..(r + 1) * vocab].iter().map(|x| x.to_bits()).collect()).collect()
 }
 
+/// The CPU reference's logits for the decode steps of one sequence: `prompt` prefilled, then each
+/// token of `fed` processed in turn; per step the f32 logits and their modelled f32 error scale
+/// (one standard deviation per element, `Act::bounds_f32`).
+fn reference_steps(w: &ModelWeights, prompt: &[u32], fed: &[u32]) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut cache = KvCache::new(w, prompt.len() + fed.len(), true).unwrap();
+    model_ref::forward(w, prompt, &mut cache).unwrap();
+    fed.iter()
+        .map(|&t| {
+            let trace = model_ref::forward(w, &[t], &mut cache).unwrap();
+            let (_, logits) = model_ref::head(w, trace.hidden.last().unwrap()).unwrap();
+            let sigma = logits.bounds_f32();
+            (logits.v, sigma)
+        })
+        .collect()
+}
+
+/// Two f32 forwards of the same tokens that differ only in summation order (cuBLAS picks other
+/// kernels and split-K for other row counts, which no contract pins): each lies within
+/// `diff::BOUND` of the exact value under the reference's f32 error model (6 modelled standard
+/// deviations of f32 rounding, carried through every layer, plus one f32 rounding), whatever the
+/// order, so the two lie within twice that of each other.
+const TWO_F32_ORDERS: Tolerance = Tolerance { atol: 2.0 * qwen_kernels::diff::BOUND.atol, rtol: 2.0 * qwen_kernels::diff::BOUND.rtol };
+
 /// Three sequences of lengths 5, 17 and 2 in slots 2, 0, 1, decoded together for 6 steps, give
-/// each row the tokens and logits (bit for bit) of the sequence decoded alone: each kernel's result
-/// for a row depends on that row alone.
+/// each row the tokens of the sequence decoded alone, and its logits:
+/// - in f32, within `TWO_F32_ORDERS` of the alone run's, scaled by the reference's error model for
+///   that row and step: on a GPU cuBLAS may sum a batch of 3 in another order than a batch of 1,
+///   and the crate does not own that order (the attention, norms, RoPE, SwiGLU and argmax do: a
+///   row's result there depends on the row alone);
+/// - on the software device, bit for bit in f32 and bf16: its cuBLAS sums every output in k
+///   order whatever the row count (softgpu/README.md), so the whole step is batch-invariant
+///   there. This is a property of the software device, not a contract a GPU must meet.
+/// In bf16 on a GPU the logits are not compared (there is no error model for 16-bit storage: one
+/// f32 sum rounding the other way at a bf16 boundary moves a value by a bf16 step); the tokens are.
 fn batch_of_different_lengths_equals_each_alone(gpu: &Gpu) {
     let w = random_model(11);
+    let software = gpu.info().kind == qwen_kernels::DeviceKind::Software;
     let prompts = [prompt(1, 5, 500), prompt(2, 17, 500), prompt(3, 2, 500)];
     let slots = [2usize, 0, 1];
     let steps = 6;
+    let values = |bits: &[u32]| bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<f32>>();
     for dtype in [DType::F32, DType::BF16] {
         let mut batch = DeviceModel::new(gpu, &w, ModelOptions::new(dtype, 3, 64)).unwrap();
         let firsts: Vec<u32> = prompts.iter().zip(slots).map(|(p, s)| batch.prefill(gpu, s, p).unwrap()).collect();
@@ -326,10 +414,19 @@ fn batch_of_different_lengths_equals_each_alone(gpu: &Gpu) {
             let first = alone.prefill(gpu, 0, p).unwrap();
             assert_eq!(first, firsts[row], "{dtype} row {row}: the prefill's token");
             alone.begin_decode(gpu, &[0], &[first]).unwrap();
+            let fed: Vec<u32> = std::iter::once(first).chain(together[row][..steps - 1].iter().copied()).collect();
+            let model = (dtype == DType::F32).then(|| reference_steps(&w, p, &fed));
             for step in 0..steps {
                 alone.decode_step(gpu).unwrap();
                 assert_eq!(alone.next_tokens(gpu).unwrap()[0], together[row][step], "{dtype} row {row} step {step}: token");
-                assert!(logit_bits(&alone, gpu, 1)[0] == logits[row][step], "{dtype} row {row} step {step}: logits differ in the batch");
+                let alone_logits = logit_bits(&alone, gpu, 1).remove(0);
+                if let Some(model) = &model {
+                    let c = compare_scaled(&values(&logits[row][step]), &values(&alone_logits), TWO_F32_ORDERS, Some(&model[step].1));
+                    assert!(c.passed(), "f32 row {row} step {step}: batch logits against alone, within two f32 orders' error: {c}");
+                }
+                if software {
+                    assert!(alone_logits == logits[row][step], "{dtype} row {row} step {step}: logits differ in the batch (software device: bit for bit by construction)");
+                }
             }
             assert_eq!(alone.seq_len(0), batch.seq_len(slots[row]));
         }
@@ -383,6 +480,118 @@ fn chunked_prefill_equals_one_chunk(gpu: &Gpu) {
     let reference = model_ref::greedy(&w, &p, 10).unwrap().tokens;
     assert_eq!(greedy(64), reference, "one chunk");
     assert_eq!(greedy(4), reference, "chunks of 4");
+}
+
+/// `steps` decode steps: the tokens and the batch's logits (bits) of each.
+fn decode_steps(m: &mut DeviceModel, gpu: &Gpu, rows: usize, steps: usize) -> Vec<(Vec<u32>, Vec<Vec<u32>>)> {
+    (0..steps)
+        .map(|_| {
+            m.decode_step(gpu).unwrap();
+            (m.next_tokens(gpu).unwrap(), logit_bits(m, gpu, rows))
+        })
+        .collect()
+}
+
+/// An engine rolling a sequence back (rejected speculative tokens): `truncate` keeps the first
+/// positions of a slot, and the next step processes its token at the first position dropped.
+/// Both ways of going on must equal a run that never held the dropped tokens, token for token and
+/// bit for bit (the same launches at the same batch size, so this holds on a GPU too):
+/// - `begin_decode` with the token to process next (the kept run's own next token);
+/// - straight on with `decode_step`: the row is fed its last argmax, at the truncated length.
+///
+/// Positions and lengths live on the device as well (the graph reads them there); the host's
+/// `truncate` must reach them before the next step, graphs or not.
+fn rolled_back_run_equals_a_fresh_run_of_the_kept_tokens(gpu: &Gpu) {
+    let w = random_model(29);
+    let p = prompt(30, 7, 500);
+    let (kept, ran) = (3, 6);
+    for graphs in [true, false] {
+        let options = ModelOptions { graphs, ..ModelOptions::new(DType::F32, 1, 48) };
+        let new = || DeviceModel::new(gpu, &w, options).unwrap();
+        // Speculative: 6 steps, then roll back to the prompt and the first `kept` tokens processed.
+        let mut spec = new();
+        let first = spec.prefill(gpu, 0, &p).unwrap();
+        spec.begin_decode(gpu, &[0], &[first]).unwrap();
+        let ahead = decode_steps(&mut spec, gpu, 1, ran);
+        let last = ahead[ran - 1].0[0];
+        spec.truncate(0, p.len() + kept).unwrap();
+        let straight_on = decode_steps(&mut spec, gpu, 1, 4);
+        assert_eq!(spec.seq_len(0), p.len() + kept + 4);
+        spec.truncate(0, p.len() + kept).unwrap();
+        let next = ahead[kept - 1].0[0];
+        spec.begin_decode(gpu, &[0], &[next]).unwrap();
+        let restarted = decode_steps(&mut spec, gpu, 1, 4);
+
+        // Fresh: only the kept tokens ever processed.
+        let mut fresh = new();
+        assert_eq!(fresh.prefill(gpu, 0, &p).unwrap(), first);
+        fresh.begin_decode(gpu, &[0], &[first]).unwrap();
+        let before = decode_steps(&mut fresh, gpu, 1, kept);
+        assert!(before == ahead[..kept], "graphs {graphs}: the common steps differ");
+        fresh.begin_decode(gpu, &[0], &[last]).unwrap();
+        let expected_straight_on = decode_steps(&mut fresh, gpu, 1, 4);
+        assert_eq!(straight_on.len(), expected_straight_on.len());
+        for (step, (got, want)) in straight_on.iter().zip(&expected_straight_on).enumerate() {
+            assert!(got == want, "graphs {graphs}: truncate then decode_step, step {step}: tokens {:?} against a fresh run's {:?} (or logits differ)", got.0, want.0);
+        }
+        let mut fresh = new();
+        fresh.prefill(gpu, 0, &p).unwrap();
+        fresh.begin_decode(gpu, &[0], &[first]).unwrap();
+        decode_steps(&mut fresh, gpu, 1, kept);
+        fresh.begin_decode(gpu, &[0], &[next]).unwrap();
+        let expected_restarted = decode_steps(&mut fresh, gpu, 1, 4);
+        for (step, (got, want)) in restarted.iter().zip(&expected_restarted).enumerate() {
+            assert!(got == want, "graphs {graphs}: truncate then begin_decode, step {step}: tokens {:?} against a fresh run's {:?} (or logits differ)", got.0, want.0);
+        }
+        // The restarted run is the speculative run's own continuation: what it decoded after
+        // the kept tokens comes again.
+        let again: Vec<u32> = restarted.iter().map(|s| s.0[0]).collect();
+        let speculated: Vec<u32> = ahead[kept..].iter().map(|s| s.0[0]).collect();
+        assert_eq!(again[..ran - kept], speculated[..], "graphs {graphs}: the rolled-back run's tokens");
+    }
+}
+
+/// A batch of two that keeps decoding while one slot is reset and given a new prompt, or has
+/// tokens appended by a prefill, equals a batch that was set up afresh (`begin_decode`) after the
+/// same change: the host's lengths reach the device before the next step, graphs or not. Each
+/// row is fed its last argmax (as `decode_step` does) in both.
+fn reset_or_prefill_into_a_running_slot_equals_a_fresh_batch(gpu: &Gpu) {
+    let w = random_model(31);
+    let (p0, p1, p2, more) = (prompt(32, 9, 500), prompt(33, 4, 500), prompt(34, 6, 500), prompt(35, 3, 500));
+    for graphs in [true, false] {
+        let options = ModelOptions { graphs, ..ModelOptions::new(DType::BF16, 2, 48) };
+        let start = || {
+            let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+            let firsts = [m.prefill(gpu, 0, &p0).unwrap(), m.prefill(gpu, 1, &p1).unwrap()];
+            m.begin_decode(gpu, &[0, 1], &firsts).unwrap();
+            let steps = decode_steps(&mut m, gpu, 2, 3);
+            (m, steps.last().unwrap().0.clone())
+        };
+        type Change = fn(&mut DeviceModel, &Gpu, &[u32], &[u32]);
+        let changes: [(&str, Change); 2] = [
+            ("reset slot 1 and prefill a new prompt", |m, gpu, p2, _| {
+                m.reset(1).unwrap();
+                m.prefill(gpu, 1, p2).unwrap();
+            }),
+            ("prefill more tokens into slot 0", |m, gpu, _, more| {
+                m.prefill(gpu, 0, more).unwrap();
+            }),
+        ];
+        for (what, change) in changes {
+            let (mut running, _) = start();
+            change(&mut running, gpu, &p2, &more);
+            let lens = (running.seq_len(0), running.seq_len(1));
+            let got = decode_steps(&mut running, gpu, 2, 3);
+            let (mut fresh, last) = start();
+            change(&mut fresh, gpu, &p2, &more);
+            fresh.begin_decode(gpu, &[0, 1], &last).unwrap();
+            let want = decode_steps(&mut fresh, gpu, 2, 3);
+            for (step, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(g == e, "graphs {graphs}, {what}: step {step}: tokens {:?} against a fresh batch's {:?} (or logits differ)", g.0, e.0);
+            }
+            assert_eq!((running.seq_len(0), running.seq_len(1)), (lens.0 + 3, lens.1 + 3), "{what}");
+        }
+    }
 }
 
 /// Layer 0 of qwen2.5-0.5b (f32) on the device, teacher-forced on the golden's truth, against the

@@ -46,6 +46,9 @@ fn required_gpu_with_a_filter_that_selects_nothing_fails(_gpu: &Gpu) {
     assert!(text.lines().last().is_some_and(|l| l.ends_with(": 0 passed, 1 failed, 0 skipped")), "{text}");
 }
 
+/// How the software device prints an error that failed a launch (softgpu/runtime.cpp, driver.cpp).
+const SOFTWARE_DEVICE_ERROR: &str = "qwen-kernels software device: ";
+
 /// Set in the child runs, which must not start children of their own.
 pub const CHILD: &str = "QK_GPU_NEGATIVE_CHILD";
 
@@ -75,13 +78,18 @@ fn source_mutants_are_caught(_gpu: &Gpu) {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let closing = text.lines().rev().find(|l| l.starts_with("software-gpu: ")).unwrap_or("(no closing line)");
         let failed = closing.split(", ").nth(1).and_then(|f| f.split(' ').next()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
-        let caught = !out.status.success() && failed > 0 && text.contains(m.says);
-        let evidence = text.lines().find(|l| l.contains(m.says)).unwrap_or("").trim();
+        // A defect of results must be caught by the assertion it trips, in a run where every
+        // launch ran: a software device error there (a launch that failed, not a wrong answer)
+        // shows that the mutant broke something other than what it plants.
+        let device_error = text.lines().find(|l| l.contains(SOFTWARE_DEVICE_ERROR));
+        let unexpected_device_error = !m.device_error && device_error.is_some();
+        let caught = !out.status.success() && failed > 0 && text.contains(m.says) && !unexpected_device_error;
+        let evidence = if unexpected_device_error { device_error.unwrap_or("") } else { text.lines().find(|l| l.contains(m.says)).unwrap_or("") }.trim();
         // The child's summary is reworded so that no line here reads like this runner's own.
         println!(
             "  mutant {:<32} {} by {:?} (child run: {}); {:.150}",
             m.name,
-            if caught { "caught" } else { "NOT CAUGHT" },
+            if caught { "caught" } else if unexpected_device_error { "NOT CAUGHT (a software device error, not the assertion)" } else { "NOT CAUGHT" },
             m.caught_by,
             closing.replace(", ", " / "),
             evidence
