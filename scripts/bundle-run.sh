@@ -19,7 +19,8 @@
 #   --golden DIR         the golden data (default: $QK_GOLDEN_DIR, the bundle's golden/, else
 #                        golden/data under the current directory or the folder above the bundle)
 # Environment: PYTHON (default python3) is the Python whose site-packages hold the CUDA 13 wheels
-# (cuBLAS, compute-sanitizer) and torch for the peers; COMPUTE_SANITIZER names the binary outright.
+# (cuBLAS, compute-sanitizer) and torch for the peers; COMPUTE_SANITIZER names the binary outright
+# (no other is looked for then).
 # The binaries need the glibc recorded in GLIBC_REQUIRED (checked first).
 # Exit status: non-zero if any step failed (3: glibc too old; with --lease: 1 when a step failed or
 # no GPU was found, 4 when none failed but a time box cut a step). The last lines summarise each
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
         --results) results=${2:-}; shift ;;
         --min-box) min_box=${2:-}; shift ;;
         --golden) golden=${2:-}; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "run: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -111,12 +112,21 @@ wheel_dirs() {  # wheel_dirs SUBDIR: site-packages/nvidia/*/SUBDIR that exist
     done
 }
 
-# compute-sanitizer: $COMPUTE_SANITIZER, the bundle's tools/ (bundle.sh --sanitizer), PATH, CUDA
-# toolkits, then the wheels (pip install "cuda-toolkit[sanitizer]==13.0.2").
-sanitizer_places="\$COMPUTE_SANITIZER, $here/tools, PATH, /usr/local/cuda*/bin, $python's site-packages/nvidia/*/bin"
+# compute-sanitizer: $COMPUTE_SANITIZER when set (and then only it: a named binary that is not
+# there is reported, not replaced by another), else the bundle's tools/ (bundle.sh --sanitizer),
+# PATH, CUDA toolkits, then the wheels (pip install "cuda-toolkit[sanitizer]==13.0.2").
+if [ -n "${COMPUTE_SANITIZER:-}" ]; then
+    sanitizer_places="\$COMPUTE_SANITIZER=$COMPUTE_SANITIZER is not an executable"
+else
+    sanitizer_places="$here/tools, PATH, /usr/local/cuda*/bin, $python's site-packages/nvidia/*/bin"
+fi
 find_sanitizer() {
     local c d
-    for c in "${COMPUTE_SANITIZER:-}" "$here"/tools/nvidia/*/bin/compute-sanitizer "$(command -v compute-sanitizer 2>/dev/null)" \
+    if [ -n "${COMPUTE_SANITIZER:-}" ]; then
+        [ -x "$COMPUTE_SANITIZER" ] && echo "$COMPUTE_SANITIZER"
+        return
+    fi
+    for c in "$here"/tools/nvidia/*/bin/compute-sanitizer "$(command -v compute-sanitizer 2>/dev/null)" \
              /usr/local/cuda*/bin/compute-sanitizer $(for d in $(wheel_dirs bin); do echo "$d/compute-sanitizer"; done); do
         if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return; fi
     done
@@ -503,7 +513,7 @@ if [ -n "$sanitizers" ]; then
     if [ -n "$cs" ]; then
         echo "run: compute-sanitizer $cs"
     else
-        echo "run: compute-sanitizer not found (\$COMPUTE_SANITIZER, $here/tools, PATH, /usr/local/cuda*/bin, $python's site-packages/nvidia/*/bin); the sanitizer steps are skipped. Install it with: $python -m pip install 'cuda-toolkit[sanitizer]==13.0.2', or bundle it: scripts/bundle.sh --sanitizer"
+        echo "run: compute-sanitizer not found ($sanitizer_places); the sanitizer steps are skipped. Install it with: $python -m pip install 'cuda-toolkit[sanitizer]==13.0.2', or bundle it: scripts/bundle.sh --sanitizer"
     fi
     for tool in $sanitizers; do
         if [ -z "$cs" ]; then
