@@ -232,6 +232,8 @@ lease_probe() {
     probe_ok=1 probe_problems=""
     if ! unpack_bins; then probe_ok=0 probe_problems+="the binaries could not be unpacked; "; fi
     echo "commit: $QK_COMMIT"
+    echo "glibc: ${have:-unknown} here, the binaries need >= ${required:-unknown}"
+    echo "python: $python ($(command -v "$python" >/dev/null 2>&1 && "$python" --version 2>&1 || echo 'not found'))"
     if [ "$device" = emulated ]; then
         echo "device mode: EMULATED: the software device (the kernels compiled for the host, run on the CPU) stands in"
         echo "  for the GPU; QK_REQUIRE_GPU is not set. A rehearsal of the run, not a hardware result."
