@@ -142,7 +142,11 @@ if [ -n "$cublas" ]; then
     export LD_LIBRARY_PATH="$cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     echo "run: cuBLAS from $cublas"
 else
-    echo "run: cuBLAS NOT found (LD_LIBRARY_PATH, $python's site-packages/nvidia/*/lib, /usr/local/cuda): the linear-layer tests and check rows fail; pip install nvidia-cublas (CUDA 13) into \$PYTHON's environment or add its lib directory to LD_LIBRARY_PATH"
+    if [ -n "$lease" ] && [ "$device" = emulated ]; then
+        echo "run: cuBLAS NOT found (LD_LIBRARY_PATH, $python's site-packages/nvidia/*/lib, /usr/local/cuda): the software device brings its own"
+    else
+        echo "run: cuBLAS NOT found (LD_LIBRARY_PATH, $python's site-packages/nvidia/*/lib, /usr/local/cuda): the linear-layer tests and check rows fail; pip install nvidia-cublas (CUDA 13) into \$PYTHON's environment or add its lib directory to LD_LIBRARY_PATH"
+    fi
 fi
 
 # ---- --lease SECONDS: everything that matters within the time left --------------------------------
@@ -353,7 +357,7 @@ lease_command() {  # lease_command ID: sets cmd (array) and skip (the reason not
 }
 
 lease_run() {
-    local budget=$lease reserve box grace limit i id name log t0 rc secs status reason closing left rest
+    local budget=$lease reserve box boxed grace limit i id name log t0 rc secs status reason closing left rest
     deadline_ms=$((start_ms + budget * 1000))
     # The last seconds are kept for results.json and for the results to travel back.
     reserve=$((budget / 20)); [ "$reserve" -gt 10 ] && reserve=10
@@ -381,13 +385,25 @@ lease_run() {
     record probe "qwen-kernels info; nvidia-smi" "$status" "$reason" "" "$(secs_since "$t0")" "device: $probe_gpu" 00-probe.log
     write_results false
 
+    # Steps that cannot run here (a missing command, no torch, the software device) are known
+    # before the plan: they get no share, so their time goes to the others.
+    declare -A known_skip=()
+    rest=0
+    for id in "${lease_ids[@]}"; do
+        if [ "$probe_ok" = 1 ]; then lease_command "$id"; else skip="the probe found no usable device: ${probe_problems%; }"; fi
+        known_skip[$id]=$skip
+        [ -n "$skip" ] || rest=$((rest + lease_share[$id]))
+    done
     # The plan: each step's box if every step before it used its whole box.
-    rest=0; for id in "${lease_ids[@]}"; do rest=$((rest + lease_share[$id])); done
     left=$(($(left_s) - reserve))
     echo; echo "=== plan: $left s for the steps (${reserve} s kept at the end); a step that ends early passes its time on"
     local sim=$left sim_rest=$rest n=0
     for id in "${lease_ids[@]}"; do
         n=$((n + 1))
+        if [ -n "${known_skip[$id]}" ]; then
+            printf '  %2d. %-18s skipped: %s\n' "$n" "$id" "${known_skip[$id]}"
+            continue
+        fi
         box=$((sim * lease_share[$id] / sim_rest))
         printf '  %2d. %-18s box %4d s  (minimum %d s)\n' "$n" "$id" "$box" "${min_box:-${lease_min[$id]}}"
         sim=$((sim - box)) sim_rest=$((sim_rest - lease_share[$id]))
@@ -399,14 +415,18 @@ lease_run() {
         name=$id
         log=$(printf '%02d-%s.log' "$i" "$id")
         left=$(($(left_s) - reserve))
-        box=$((left > 0 ? left * lease_share[$id] / rest : 0))
-        rest=$((rest - lease_share[$id]))
         lease_command "$id"
+        skip=${known_skip[$id]}
+        if [ -n "$skip" ]; then
+            box=0
+        else
+            box=$((left > 0 ? left * lease_share[$id] / rest : 0))
+            rest=$((rest - lease_share[$id]))
+        fi
         echo
-        echo "=== [$i/${#lease_ids[@]}] $name: $((left + reserve)) s left, box $box s: ${cmd[*]}"
-        if [ "$probe_ok" != 1 ]; then
-            skip="the probe found no usable device: ${probe_problems%; }"
-        elif [ -z "$skip" ] && [ "$box" -lt "${min_box:-${lease_min[$id]}}" ]; then
+        if [ -n "$skip" ]; then boxed="no box"; else boxed="box $box s"; fi
+        echo "=== [$i/${#lease_ids[@]}] $name: $((left + reserve)) s left, $boxed: ${cmd[*]}"
+        if [ -z "$skip" ] && [ "$box" -lt "${min_box:-${lease_min[$id]}}" ]; then
             skip="its box ($box s) is shorter than its minimum (${min_box:-${lease_min[$id]}} s)"
         fi
         if [ -n "$skip" ]; then

@@ -245,10 +245,14 @@ fn a_lease_prints_its_plan_and_a_step_past_its_box_is_cut_while_the_later_ones_r
     assert_eq!(code, 4, "a cut step and no failure exit 4:\n{out}");
     assert!(out.contains("EMULATED: the software device") && out.contains("QK_REQUIRE_GPU is not set"), "{out}");
     assert!(out.contains("=== plan: "), "{out}");
+    // Steps that cannot run here are known before the plan and get no share of the time.
+    let known_skips = ["profile-0.5b-b1", "profile-1.5b-b1", "profile-1.5b-b32", "peer-model", "peer-ops", "peer-attention", "peer-rmsnorm", "sanitizer"];
     for (i, id) in LEASE_STEPS.iter().enumerate() {
-        let planned = format!("{:>4}. {id:<18} box ", i + 1);
+        let planned = format!("{:>4}. {id:<18} {}", i + 1, if known_skips.contains(id) { "skipped: " } else { "box " });
         assert!(out.contains(&planned), "no plan line {planned:?}:\n{out}");
-        assert!(out.contains(&format!("=== [{}/14] {id}: ", i + 1)) && out.contains(" s left, box "), "{out}");
+        let started = format!("=== [{}/14] {id}: ", i + 1);
+        let line = out.lines().find(|l| l.starts_with(&started)).unwrap_or_else(|| panic!("no line {started:?}:\n{out}"));
+        assert!(line.contains(if known_skips.contains(id) { " s left, no box: " } else { " s left, box " }), "{line}");
     }
     assert!(out.contains("QK_REQUIRE_GPU=unset QK_DEVICE=emulated args="), "{out}");
 
