@@ -203,6 +203,7 @@ closing_line() {  # the closing line of a log: a summary line where there is one
     local line
     line=$(grep -v '^#' "$1" | grep -E 'test result:|passed, [0-9]+ failed|[0-9]+ passed|summary|skipped' | tail -n 1)
     [ -n "$line" ] || line=$(grep -v '^#' "$1" | grep -v '^[[:space:]]*$' | tail -n 1)
+    line=${line#"${line%%[![:space:]]*}"}
     printf '%s' "${line:0:300}"
 }
 
