@@ -42,6 +42,7 @@ struct Function {
     const KernelDesc* kernel;
     const ModuleDesc* module;
     int max_dynamic_shared = DEFAULT_DYNAMIC_SHARED;
+    bool loaded = false;  // by cuFuncLoad or a launch (only QK_SOFTGPU_LAZY_FUNCTIONS=1 tells)
 };
 
 struct Module {
@@ -80,6 +81,9 @@ namespace {
 int g_context_tag;  // the one context's handle points here
 CUcontext g_current = nullptr;  // one context; no thread_local in this library (runtime.cpp)
 bool g_initialised = false;
+// QK_SOFTGPU_LAZY_FUNCTIONS=1: functions behave as under CUDA's lazy loading, where a function not
+// yet loaded (no cuFuncLoad, no launch) answers cuFuncGetParamInfo with CUDA_ERROR_NOT_FOUND.
+bool g_lazy_functions = false;
 std::mutex g_init_mutex;
 const auto g_epoch = std::chrono::steady_clock::now();
 
@@ -202,6 +206,7 @@ QKSOFT_API CUresult cuInit(unsigned int flags) {
         std::string why;
         if (!set_schedule(spec, &why)) return note(CUDA_ERROR_NOT_INITIALIZED, "QK_SOFTGPU_SCHEDULE: " + why);
     }
+    g_lazy_functions = getenv("QK_SOFTGPU_LAZY_FUNCTIONS") && strcmp(getenv("QK_SOFTGPU_LAZY_FUNCTIONS"), "1") == 0;
     if (const char* spec = getenv("QK_SOFTGPU_TOOLS")) {
         std::string why;
         if (!set_tools(spec, &why)) return note(CUDA_ERROR_NOT_INITIALIZED, "QK_SOFTGPU_TOOLS: " + why);
@@ -663,9 +668,26 @@ QKSOFT_API CUresult cuFuncGetAttribute(int* value, CUfunction_attribute attr, CU
 QKSOFT_API CUresult cuFuncGetParamInfo(CUfunction function, size_t index, size_t* offset, size_t* size) {
     Function* f = reinterpret_cast<Function*>(function);
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
+    if (g_lazy_functions && !f->loaded) return CUDA_ERROR_NOT_FOUND;
     if (index >= static_cast<size_t>(f->kernel->n_params)) return CUDA_ERROR_INVALID_VALUE;
     if (offset) *offset = f->kernel->offsets[index];
     if (size) *size = f->kernel->sizes[index];
+    return CUDA_SUCCESS;
+}
+
+// Every function is loaded with its module; these only validate the handle (and mark it loaded
+// for QK_SOFTGPU_LAZY_FUNCTIONS).
+QKSOFT_API CUresult cuFuncLoad(CUfunction function) {
+    Function* f = reinterpret_cast<Function*>(function);
+    if (!f) return CUDA_ERROR_INVALID_HANDLE;
+    f->loaded = true;
+    return CUDA_SUCCESS;
+}
+
+QKSOFT_API CUresult cuFuncIsLoaded(CUfunctionLoadingState* state, CUfunction function) {
+    Function* f = reinterpret_cast<Function*>(function);
+    if (!f || !state) return CUDA_ERROR_INVALID_HANDLE;
+    *state = !g_lazy_functions || f->loaded ? CU_FUNCTION_LOADING_STATE_LOADED : CU_FUNCTION_LOADING_STATE_UNLOADED;
     return CUDA_SUCCESS;
 }
 
@@ -673,6 +695,7 @@ QKSOFT_API CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy
                                    unsigned bz, unsigned shared, CUstream s, void** params, void** extra) {
     Function* f = reinterpret_cast<Function*>(function);
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
+    f->loaded = true;
     if (CUresult e = sticky()) return e;
     const char* name = f->kernel->name;
     const uint64_t threads = uint64_t(bx) * by * bz;
