@@ -13,6 +13,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "ptx.cuh"
+
 namespace qk {
 
 // ---- dtype traits -------------------------------------------------------------------------------
@@ -42,12 +44,12 @@ template <typename T> struct alignas(16) Vec16 {
 
 template <typename T> __device__ __forceinline__ Vec16<T> load16(const T* p) {
     Vec16<T> out;
-    *reinterpret_cast<int4*>(&out) = *reinterpret_cast<const int4*>(p);
+    *reinterpret_cast<int4*>(&out) = ld16(reinterpret_cast<const int4*>(p));
     return out;
 }
 
 template <typename T> __device__ __forceinline__ void store16(T* p, const Vec16<T>& v) {
-    *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
+    st16(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&v));
 }
 
 // ---- reductions ---------------------------------------------------------------------------------

@@ -27,6 +27,20 @@ namespace qk {
 
 #if defined(QK_SOFTGPU)
 
+// 16-byte vector load and store (ld / st .v4.b32: one access, which must be 16-byte aligned). The
+// host compiler would split the 16 bytes into smaller accesses; the device runtime makes it the one
+// access a GPU makes, for the tools (softgpu/tools.cpp) to check and count as such.
+template <typename V> __device__ __forceinline__ V ld16(const V* p) {
+    static_assert(sizeof(V) == 16, "a 16-byte vector");
+    V v;
+    ::qksoft::ptx_ld16(&v, p);
+    return v;
+}
+template <typename V> __device__ __forceinline__ void st16(V* p, const V& v) {
+    static_assert(sizeof(V) == 16, "a 16-byte vector");
+    ::qksoft::ptx_st16(p, &v);
+}
+
 // 16-byte global -> shared copy that bypasses registers; `valid == false` copies nothing and
 // zero-fills the 16 bytes (src-size 0). `src` must still be a mapped address.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
@@ -55,6 +69,9 @@ template <typename T> __device__ __forceinline__ T* dynamic_shared() {
 }
 
 #else
+
+template <typename V> __device__ __forceinline__ V ld16(const V* p) { return *p; }
+template <typename V> __device__ __forceinline__ void st16(V* p, const V& v) { *p = v; }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));

@@ -128,7 +128,7 @@ fn link(build: &cc::Build, objects: &[PathBuf], out: &Path, soname: &str, extra:
     }
 }
 
-/// `<lib>.lines`: for every call of a tools hook (`__tsan_*`) in `lib`, the return address (offset
+/// `<lib>.lines`: for every call of a tools hook (`__tsan_*`, `ptx_ld16`, `ptx_st16`) in `lib`, the return address (offset
 /// in the library) and the source line of the access, `cuda/<file>:<line>`, followed by
 /// `(in <kernel file>:<line>)` when the access sits in a helper inlined there: the line the
 /// tools' reports name. From binutils' objdump (the call sites) and addr2line (their lines,
@@ -153,7 +153,8 @@ fn line_table(lib: &Path) {
         if after_hook {
             returns.push(addr);
         }
-        after_hook = insn.starts_with("call") && insn.contains("<__tsan_");
+        // The tools' hooks, and the runtime's 16-byte vector load and store (cuda/ptx.cuh).
+        after_hook = insn.starts_with("call") && (insn.contains("<__tsan_") || insn.contains("ptx_ld16") || insn.contains("ptx_st16"));
     }
     let mut input = String::new();
     for r in &returns {
@@ -292,7 +293,8 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
                 .find(|o| o.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.ends_with(&format!("-{stem}.o")) || f == format!("{stem}.o")))
                 .unwrap_or_else(|| panic!("software device: no object for mutant {name}"));
             let lib = dir.join("mutants").join(format!("lib{name}.so"));
-            link(&mb, std::slice::from_ref(obj), &lib, &format!("lib{name}.so"), &needs_cuda);
+            // Linked as libcuda.so is, without the instrumentation flags (they would pull in libtsan).
+            link(&runtime, std::slice::from_ref(obj), &lib, &format!("lib{name}.so"), &needs_cuda);
             line_table(&lib);
             built_mutants.push((name.to_string(), lib));
         }

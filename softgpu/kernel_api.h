@@ -30,6 +30,9 @@ void ptx_mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], uint3
                       const char* file, int line);
 void ptx_ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row, const char* file, int line);
 void* dynamic_shared();
+// One 16-byte vector load / store (ld/st .v4): checked and counted as one aligned access.
+void ptx_ld16(void* out, const void* src);
+void ptx_st16(void* dst, const void* in);
 
 template <typename T> inline T shfl_typed(Shfl kind, unsigned mask, T value, int operand, int width,
                                           const char* file, int line) {

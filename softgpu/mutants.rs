@@ -21,6 +21,9 @@ pub struct Mutant {
     /// child run in which the software device reports any error (a launch that failed instead of
     /// computing a wrong answer) does not count as caught.
     pub device_error: bool,
+    /// For a defect a tool reports (memcheck, initcheck, racecheck): a text of the mutated
+    /// cuda/<module>.cu whose line the report must name, as `cuda/<module>.cu:<line>`.
+    pub at: Option<&'static str>,
 }
 
 pub const MUTANTS: &[Mutant] = &[
@@ -32,6 +35,7 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
         says: "prefill mismatch: golden",
         device_error: false,
+        at: None,
     },
     Mutant {
         name: "bf16_p_one_term",
@@ -41,6 +45,7 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
         says: "prefill mismatch: cancellation",
         device_error: false,
+        at: None,
     },
     Mutant {
         name: "causal_mask_off_by_one",
@@ -50,6 +55,7 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
         says: "prefill mismatch: golden",
         device_error: false,
+        at: None,
     },
     Mutant {
         name: "no_barrier_after_cp_async_wait",
@@ -59,6 +65,7 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
         says: "prefill mismatch: golden",
         device_error: false,
+        at: None,
     },
     Mutant {
         name: "no_trailing_barrier",
@@ -68,15 +75,19 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["schedules::attention_prefill"],
         says: "the output differs from",
         device_error: false,
+        at: None,
     },
     Mutant {
         name: "rmsnorm_reads_one_past",
         module: "rmsnorm",
         find: "for (int i = threadIdx.x; i < hidden; i += blockDim.x) {\n            y[i] =",
         replace: "for (int i = threadIdx.x; i <= hidden; i += blockDim.x) {\n            y[i] =",
-        caught_by: &["rmsnorm::"],
-        says: "past the end of device allocation",
+        caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
+        // Hidden size 1 first: the 4-byte weight's allocation ends 12 bytes before its guard page,
+        // so only memcheck can see the read of weight[1].
+        says: "bytes past the end of device allocation",
         device_error: true,
+        at: Some("y[i] = from_float<T>(to_float(weight[i]) * round_to<T>(to_float(src[i]) * inv));"),
     },
     Mutant {
         name: "warp_exits_before_barrier",
@@ -86,6 +97,7 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
         says: "is never reached by 32 thread(s)",
         device_error: true,
+        at: None,
     },
     Mutant {
         name: "shuffle_half_the_lanes_skip",
@@ -95,5 +107,68 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["argmax::"],
         says: "divergent warp",
         device_error: true,
+        at: None,
+    },
+    // The software device's tools (softgpu/tools.cpp): each planted defect must be reported by
+    // its tool, naming the source line of the access.
+    Mutant {
+        name: "softmax_without_syncwarp",
+        module: "attention",
+        find: "            __syncwarp();\n            if (lane == 0) {",
+        replace: "            if (lane == 0) {",
+        caught_by: &["attention::decode_every_step_of_a_300_token_golden_in_one_launch", "attention::decode_many_sequences_of_different_lengths"],
+        says: "racecheck: shared-memory write-after-read hazard",
+        device_error: true,
+        at: Some("s_max[j] = m_new;"),
+    },
+    Mutant {
+        name: "rmsnorm_blocks_write_one_row",
+        module: "rmsnorm",
+        find: "    y += row_offset;\n",
+        replace: "    (void)y;\n",
+        caught_by: &["rmsnorm::rows_are_batch_invariant"],
+        says: "racecheck: two blocks of one launch write",
+        device_error: true,
+        at: Some("y[i] = from_float<T>(to_float(weight[i]) * round_to<T>(to_float(src[i]) * inv));"),
+    },
+    Mutant {
+        name: "split_leaves_a_partial_unwritten",
+        module: "attention",
+        find: "        if (d == 0) {\n            ws_ml[part_index * 2] = s_max[j];",
+        replace: "        if (d == 0 && split != 1) {\n            ws_ml[part_index * 2] = s_max[j];",
+        caught_by: &["attention::decode_every_step_of_a_300_token_golden_in_one_launch", "attention::decode_many_sequences_of_different_lengths"],
+        says: "initcheck: 4-byte read",
+        device_error: true,
+        at: Some("for (int i = 0; i < n_splits; ++i) m = fmaxf(m, ws_ml[i * 2]);"),
+    },
+    Mutant {
+        name: "rmsnorm_reads_one_before",
+        module: "rmsnorm",
+        find: "            T r = x[i];",
+        replace: "            T r = x[static_cast<long long>(i) - 1];",
+        caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
+        says: "bytes before the start of device allocation",
+        device_error: true,
+        at: Some("T r = x[static_cast<long long>(i) - 1];"),
+    },
+    Mutant {
+        name: "rmsnorm_vector_load_misaligned",
+        module: "rmsnorm",
+        find: "            const Vec16<T> w = load16(weight + static_cast<size_t>(i) * N);",
+        replace: "            const Vec16<T> w = load16(weight + static_cast<size_t>(i) * N + N / 2);",
+        caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
+        says: "memcheck: misaligned 16-byte read",
+        device_error: true,
+        at: Some("const Vec16<T> w = load16(weight + static_cast<size_t>(i) * N + N / 2);"),
+    },
+    Mutant {
+        name: "rmsnorm_weight_read_strided",
+        module: "rmsnorm",
+        find: "            const Vec16<T> w = load16(weight + static_cast<size_t>(i) * N);",
+        replace: "            const Vec16<T> w = load16(weight + static_cast<size_t>(i) * 2 % n_vec * N);",
+        caught_by: &["tools::counters_of_rmsnorm"],
+        says: "sectors per read request",
+        device_error: false,
+        at: None,
     },
 ];

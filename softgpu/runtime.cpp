@@ -1113,6 +1113,16 @@ void ptx_ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row, const char* 
     memcpy(r, me().out, sizeof r);
 }
 
+void ptx_ld16(void* out, const void* src) {
+    tools::vector_access(src, false, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+    memcpy(out, src, 16);
+}
+
+void ptx_st16(void* dst, const void* in) {
+    tools::vector_access(dst, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+    memcpy(dst, in, 16);
+}
+
 void* dynamic_shared() {
     Launch& L = *g_launch;
     // With no dynamic shared memory this is the guard page: any access faults.

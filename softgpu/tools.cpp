@@ -342,26 +342,30 @@ void push_record(const Counters& c) {
 
 // ---- the access path ---------------------------------------------------------------------------
 
+// Which byte of [p, p + n) first has its bit clear in `map` (n when none).
+size_t first_clear(const uint8_t* map, uint64_t p, unsigned n) {
+    if (n <= 16 && shadow_all_set(map, p, n)) return n;
+    return shadow_first_clear(map, p, n);
+}
+
 inline void global_access(uint64_t p, unsigned n, bool write, bool atomic, bool aligned, uintptr_t site, int thread) {
     const unsigned tools = g_tools;
-    if ((tools & TOOL_MEMCHECK) && !(n <= 16 ? shadow_all_set(g_addressable, p, n) : shadow_first_clear(g_addressable, p, n) == n)) {
-        const size_t bad = n <= 16 ? [&] {
-            for (unsigned i = 0; i < n; ++i)
-                if (!shadow_all_set(g_addressable, p + i, 1)) return i;
-            return 0u;
-        }()
-                                   : shadow_first_clear(g_addressable, p, n);
-        report("memcheck", format("invalid %u-byte %s%s at 0x%llx: byte %zu is %s", n, atomic ? "atomic " : "", kind_text(write),
-                                  (unsigned long long)p, bad, alloc_text(p + bad).c_str()),
-               site, thread);
+    if (tools & TOOL_MEMCHECK) {
+        const bool inside = n <= 16 ? shadow_all_set(g_addressable, p, n) : first_clear(g_addressable, p, n) == n;
+        if (!inside) {
+            const size_t bad = first_clear(g_addressable, p, n);
+            report("memcheck", format("invalid %u-byte %s%s at 0x%llx: byte %zu is %s", n, atomic ? "atomic " : "", kind_text(write),
+                                      (unsigned long long)p, bad, alloc_text(p + bad).c_str()),
+                   site, thread);
+        }
+        if ((aligned || atomic) && n > 1 && (p % n) != 0) {
+            report("memcheck", format("misaligned %u-byte %s%s at 0x%llx (a multiple of %u is required; %s)", n,
+                                      atomic ? "atomic " : "", kind_text(write), (unsigned long long)p, n, alloc_text(p).c_str()),
+                   site, thread);
+        }
     }
-    if ((tools & TOOL_MEMCHECK) && (aligned || atomic) && n > 1 && (p % n) != 0) {
-        report("memcheck", format("misaligned %u-byte %s%s at 0x%llx (a multiple of %u is required; %s)", n, atomic ? "atomic " : "",
-                                  kind_text(write), (unsigned long long)p, n, alloc_text(p).c_str()),
-               site, thread);
-    }
-    if ((!write || atomic) && (tools & TOOL_INITCHECK)) {
-        const size_t bad = shadow_first_clear(g_written, p, n);
+    if ((!write || atomic) && (tools & TOOL_INITCHECK) && !(n <= 16 && shadow_all_set(g_written, p, n))) {
+        const size_t bad = first_clear(g_written, p, n);
         if (bad != n) {
             report("initcheck", format("%u-byte %s%s at 0x%llx of memory nothing has written since it was allocated: byte %zu is %s", n,
                                        atomic ? "atomic " : "", kind_text(false), (unsigned long long)p, bad,
@@ -493,6 +497,8 @@ void barrier_released() {
 }
 
 void warp_synced(int warp) { ++g_wepoch[warp]; }
+
+void vector_access(const void* a, bool write, uintptr_t site) { access(a, 16, write, false, true, site); }
 
 void runtime_access(int thread, const void* a, unsigned n, bool write, const char* file, int line) {
     if (!g_running.active || !(g_tools & (TOOL_MEMCHECK | TOOL_INITCHECK | TOOL_RACECHECK | TOOL_COUNTERS))) return;

@@ -33,6 +33,7 @@ mod schedules;
 mod support;
 mod swiglu;
 mod tensor;
+mod tools;
 
 use qwen_kernels::{DeviceKind, Gpu};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -51,7 +52,16 @@ const SOFTWARE_ONLY: &[&str] = &[
     "schedules::add_rmsnorm",
     "schedules::argmax",
     "negative::source_mutants_are_caught",
+    "tools::memcheck_and_initcheck_are_on",
+    "tools::counters_of_rmsnorm",
+    "tools::counters_of_copies_sets_and_gemms",
 ];
+
+/// On the software device every test runs under memcheck and initcheck (its default tools), and
+/// the tests of every kernel also under racecheck: these prefixes. The whole-model tests
+/// (model::, golden::) run the same kernels at sizes where racecheck's shadow of every shared
+/// byte would cost minutes; negative:: starts its own runs.
+const RACECHECK: &[&str] = &["tensor::", "rmsnorm::", "swiglu::", "argmax::", "rope::", "linear::", "attention::", "graph::", "schedules::", "bad_inputs::"];
 
 /// The shared GPU, or why there is none.
 fn gpu() -> &'static Result<Gpu, String> {
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
         negative::TESTS,
         bad_inputs::TESTS,
         model::TESTS,
+        tools::TESTS,
     ]
     .concat();
     let count = tests.len();
@@ -125,8 +136,19 @@ fn main() -> ExitCode {
                 println!("test {name} ... skipped: a software-device test (schedules, source mutants; on hardware compute-sanitizer racecheck covers races)");
             }
             Ok(g) => {
+                let tools = (g.info().kind == DeviceKind::Software).then(|| {
+                    let default = g.software_tools().expect("the software device's tools");
+                    let race = RACECHECK.iter().any(|p| name.starts_with(p)) && !default.contains("racecheck");
+                    if race {
+                        g.set_software_tools(&format!("{default},racecheck")).expect("racecheck");
+                    }
+                    default
+                });
                 let start = std::time::Instant::now();
                 let outcome = catch_unwind(AssertUnwindSafe(|| test(g)));
+                if let Some(default) = tools {
+                    g.set_software_tools(&default).expect("the software device's tools");
+                }
                 let secs = start.elapsed().as_secs_f64();
                 if outcome.is_ok() {
                     passed += 1;

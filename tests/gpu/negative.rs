@@ -83,13 +83,30 @@ fn source_mutants_are_caught(_gpu: &Gpu) {
         // shows that the mutant broke something other than what it plants.
         let device_error = text.lines().find(|l| l.contains(SOFTWARE_DEVICE_ERROR));
         let unexpected_device_error = !m.device_error && device_error.is_some();
-        let caught = !out.status.success() && failed > 0 && text.contains(m.says) && !unexpected_device_error;
+        // A tool's report must name the line of the access: cuda/<module>.cu:<line of `at`>.
+        let line = m.at.map(|at| {
+            let source = std::fs::read_to_string(format!("{}/cuda/{}.cu", env!("CARGO_MANIFEST_DIR"), m.module))
+                .map(|s| s.replacen(m.find, m.replace, 1))
+                .unwrap_or_default();
+            let n = source.find(at).map(|i| source[..i].matches('\n').count() + 1);
+            format!("cuda/{}.cu:{}", m.module, n.unwrap_or_else(|| panic!("mutant {}: `at` text is not in the mutated source", m.name)))
+        });
+        let names_line = line.as_ref().is_none_or(|l| text.lines().any(|t| t.contains(m.says) && t.contains(&format!("{l} ")) || t.contains(m.says) && t.contains(&format!("{l})"))));
+        let caught = !out.status.success() && failed > 0 && text.contains(m.says) && !unexpected_device_error && names_line;
         let evidence = if unexpected_device_error { device_error.unwrap_or("") } else { text.lines().find(|l| l.contains(m.says)).unwrap_or("") }.trim();
         // The child's summary is reworded so that no line here reads like this runner's own.
         println!(
             "  mutant {:<32} {} by {:?} (child run: {}); {:.150}",
             m.name,
-            if caught { "caught" } else if unexpected_device_error { "NOT CAUGHT (a software device error, not the assertion)" } else { "NOT CAUGHT" },
+            if caught {
+                "caught"
+            } else if unexpected_device_error {
+                "NOT CAUGHT (a software device error, not the assertion)"
+            } else if !names_line {
+                "NOT CAUGHT (the report does not name the line)"
+            } else {
+                "NOT CAUGHT"
+            },
             m.caught_by,
             closing.replace(", ", " / "),
             evidence

@@ -1,0 +1,95 @@
+//! The software device's tools (softgpu/tools.cpp) on the crate's own kernels.
+//!
+//! - memcheck and initcheck are on for every GPU test on the software device; racecheck is on for
+//!   every kernel's tests (main.rs, `RACECHECK`); what each one catches is shown by the planted
+//!   defects of softgpu/mutants.rs (tests/gpu/negative.rs runs them).
+//! - The traffic counters are checked here against counts derived by hand for RMSNorm: bytes as
+//!   requested, distinct bytes and sectors, sectors per warp request, shared-memory bank conflicts.
+
+use crate::GpuTest;
+use qwen_kernels::ops::rmsnorm::{rmsnorm_with_path, Path};
+use qwen_kernels::{DType, DeviceTensor, Gpu, HostTensor, SoftwareCounters};
+
+pub const TESTS: &[GpuTest] = &[
+    ("tools::memcheck_and_initcheck_are_on", memcheck_and_initcheck_are_on),
+    ("tools::counters_of_rmsnorm", counters_of_rmsnorm),
+    ("tools::counters_of_copies_sets_and_gemms", counters_of_copies_sets_and_gemms),
+];
+
+/// Every GPU test on the software device runs under memcheck and initcheck.
+fn memcheck_and_initcheck_are_on(gpu: &Gpu) {
+    let tools = gpu.software_tools().unwrap();
+    assert!(tools.contains("memcheck") && tools.contains("initcheck"), "tools on: {tools}");
+}
+
+/// Runs `f` with the counters on and returns what they saw.
+fn counted(gpu: &Gpu, f: impl FnOnce()) -> Vec<SoftwareCounters> {
+    let before = gpu.software_tools().unwrap();
+    gpu.synchronize().unwrap();
+    gpu.take_software_counters().unwrap();
+    gpu.set_software_tools(&format!("{before},counters")).unwrap();
+    f();
+    gpu.synchronize().unwrap();
+    gpu.set_software_tools(&before).unwrap();
+    gpu.take_software_counters().unwrap()
+}
+
+/// RMSNorm, f32, the 16-byte vector path, 4 rows of 1024: one block of 256 threads a row, each
+/// thread one vector in each pass. Derived by hand:
+/// - reads as requested: x twice (the sum of squares, then the output pass) and w once, per row:
+///   3 * 4096 B * 4 rows = 49152 B; written: y, 16384 B.
+/// - distinct: x 16384 B + w 4096 B read (640 sectors), y 16384 B written (512 sectors).
+/// - requests: per row 8 warps x (x, x, w) reads and 8 writes; every one is 32 lanes x 16
+///   contiguous bytes = 512 B = 16 sectors (fully coalesced).
+/// - shared memory (block_sum): lane 0 of each warp writes its partial, 8 lanes of warp 0 read
+///   them, every thread reads the total (a broadcast): no bank conflict.
+fn counters_of_rmsnorm(gpu: &Gpu) {
+    let (rows, hidden) = (4usize, 1024usize);
+    let x = HostTensor::from_f32(DType::F32, &[rows, hidden], (0..rows * hidden).map(|i| (i % 97) as f32 / 50.0).collect()).unwrap();
+    let w = HostTensor::from_f32(DType::F32, &[hidden], (0..hidden).map(|i| (i % 13) as f32 / 7.0).collect()).unwrap();
+    let dx = DeviceTensor::from_host(gpu, &x).unwrap();
+    let dw = DeviceTensor::from_host(gpu, &w).unwrap();
+    let mut y = DeviceTensor::zeros(gpu, DType::F32, &[rows, hidden]).unwrap();
+    let records = counted(gpu, || rmsnorm_with_path(gpu, &dx.view(), &dw.view(), 1e-6, &mut y.view_mut(), Path::Vector16).unwrap());
+    assert_eq!(records.len(), 1, "one launch: {records:?}");
+    let c = &records[0];
+    assert_eq!(c.name(), "rmsnorm_f32_vec");
+    assert_eq!((c.grid, c.block), ([4, 1, 1], [256, 1, 1]));
+    assert_eq!((c.global_read_bytes, c.global_write_bytes), (49152, 16384), "bytes as requested: {c:?}");
+    assert_eq!((c.distinct_read_bytes, c.distinct_write_bytes), (20480, 16384), "distinct bytes: {c:?}");
+    assert_eq!((c.distinct_read_sectors, c.distinct_write_sectors), (640, 512), "distinct sectors: {c:?}");
+    assert_eq!((c.global_read_requests, c.global_write_requests), (96, 32), "warp requests: {c:?}");
+    assert!(
+        c.sectors_per_read_request() == 16.0 && c.sectors_per_write_request() == 16.0,
+        "sectors per read request {} and per write request {}, expected 16 (32 lanes x 16 contiguous bytes): {c:?}",
+        c.sectors_per_read_request(),
+        c.sectors_per_write_request()
+    );
+    assert_eq!(c.shared_bank_conflicts, 0, "{c:?}");
+    assert!(c.shared_requests > 0 && c.shared_wavefronts == c.shared_requests, "one wavefront per shared request: {c:?}");
+}
+
+/// A copy, a set and a GEMM are counted from their operands: each byte once.
+fn counters_of_copies_sets_and_gemms(gpu: &Gpu) {
+    let host = HostTensor::from_f32(DType::BF16, &[3, 40], vec![0.5; 120]).unwrap();
+    let records = counted(gpu, || {
+        let t = DeviceTensor::from_host(gpu, &host).unwrap();
+        let _ = DeviceTensor::zeros(gpu, DType::F32, &[5, 7]).unwrap();
+        let _ = t.to_host(gpu).unwrap();
+    });
+    let names: Vec<&str> = records.iter().map(|c| c.name()).collect();
+    let upload = records.iter().find(|c| c.name() == "cuMemcpy" && c.global_write_bytes > 0).unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!((upload.global_write_bytes, upload.global_read_bytes), (240, 0), "upload of 3 x 40 bf16: {upload:?}");
+    assert!(records.iter().any(|c| c.name() == "cuMemset" && c.global_write_bytes == 140 && c.global_read_bytes == 0), "zeros of 5 x 7 f32: {names:?} {records:?}");
+    let download = records.iter().find(|c| c.name() == "cuMemcpy" && c.global_read_bytes > 0).unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(download.global_read_bytes, 240, "{download:?}");
+
+    // y [3, 16] = x [3, 40] W^T, W [16, 40], bf16 in, f32 out.
+    let w = DeviceTensor::from_host(gpu, &HostTensor::from_f32(DType::BF16, &[16, 40], vec![0.25; 640]).unwrap()).unwrap();
+    let x = DeviceTensor::from_host(gpu, &host).unwrap();
+    let mut y = DeviceTensor::zeros(gpu, DType::F32, &[3, 16]).unwrap();
+    let records = counted(gpu, || qwen_kernels::ops::gemm::linear(gpu, &x.view(), &w.view(), None, &mut y.view_mut()).unwrap());
+    let g: Vec<&SoftwareCounters> = records.iter().filter(|c| c.name() == "cublasGemmEx").collect();
+    assert_eq!(g.len(), 1, "{records:?}");
+    assert_eq!((g[0].global_read_bytes, g[0].global_write_bytes), (3 * 40 * 2 + 16 * 40 * 2, 3 * 16 * 4), "{:?}", g[0]);
+}
