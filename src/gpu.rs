@@ -69,6 +69,8 @@ pub struct Gpu {
     /// Parameter sizes of each kernel, from cuFuncGetParamInfo (None: the driver cannot say).
     params: Mutex<HashMap<&'static str, Option<Vec<usize>>>>,
     blas: std::result::Result<Blas, String>,
+    /// While node timing is on: an event recorded after each launch (kernel or cuBLAS call).
+    node_marks: Mutex<Option<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
     // Declared last: dropped after everything allocated from it.
     _ctx: Arc<CudaContext>,
 }
@@ -214,7 +216,7 @@ impl<'a> KernelLaunch<'a> {
         self.gpu.check_arguments(self.name, self.func, &self.sizes)?;
         // SAFETY: the caller's contract (above).
         unsafe { self.args.launch(cfg) }.map_err(|source| Error::Cuda { call: format!("cuLaunchKernel({})", self.name), source })?;
-        Ok(())
+        self.gpu.mark_node(self.name)
     }
 }
 
@@ -449,6 +451,7 @@ impl Gpu {
             modules,
             functions: Mutex::new(HashMap::new()),
             params: Mutex::new(HashMap::new()),
+            node_marks: Mutex::new(None),
             blas,
             _ctx: ctx,
         })
@@ -472,6 +475,7 @@ impl Gpu {
             modules: self.modules.clone(),
             functions: Mutex::new(HashMap::new()),
             params: Mutex::new(HashMap::new()),
+            node_marks: Mutex::new(None),
             blas,
             _ctx: self._ctx.clone(),
         })
@@ -564,6 +568,40 @@ impl Gpu {
                 return Ok(all);
             }
         }
+    }
+
+    /// Start timing every launch (kernel or cuBLAS call) on this `Gpu`'s stream: an event is
+    /// recorded after each one until [`Gpu::end_node_timing`]. For profiling direct launches (not
+    /// inside a stream capture: events are not graph nodes here).
+    pub fn begin_node_timing(&self) -> Result<()> {
+        let start = self._ctx.new_event(None).cuda("cuEventCreate")?;
+        start.record(&self.stream).cuda("cuEventRecord")?;
+        *self.node_marks.lock().unwrap_or_else(|e| e.into_inner()) = Some(vec![("start", start)]);
+        Ok(())
+    }
+
+    /// Records the event after a launch named `name`, while node timing is on.
+    pub(crate) fn mark_node(&self, name: &'static str) -> Result<()> {
+        let mut marks = self.node_marks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(marks) = marks.as_mut() {
+            let e = self._ctx.new_event(None).cuda("cuEventCreate")?;
+            e.record(&self.stream).cuda("cuEventRecord")?;
+            marks.push((name, e));
+        }
+        Ok(())
+    }
+
+    /// Stop timing; each launch since [`Gpu::begin_node_timing`] with the milliseconds from the
+    /// previous mark to its own (so a copy or set queued between two launches counts in the second).
+    pub fn end_node_timing(&self) -> Result<Vec<(&'static str, f64)>> {
+        let marks = self.node_marks.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        if let Some((_, last)) = marks.last() {
+            last.synchronize().cuda("cuEventSynchronize")?;
+        }
+        marks
+            .windows(2)
+            .map(|w| Ok((w[1].0, w[0].1.elapsed_ms(&w[1].1).cuda("cuEventElapsedTime")? as f64)))
+            .collect()
     }
 
     /// Nanoseconds per fiber switch on the software device: (hand-written switch, ucontext).

@@ -44,6 +44,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod profile;
 pub mod reference;
 pub mod spec;
 pub mod synth;

@@ -94,6 +94,30 @@ enum Command {
         #[arg(long)]
         show_ids: bool,
     },
+    /// Profile one decode step of a preset model, node by node (bf16, zero weights).
+    ///
+    /// On the software device: each node's traffic counted (bytes as requested, bytes a DRAM
+    /// moves, the ideal of each byte once, their ratio, sectors per warp request, bank
+    /// conflicts) and a modelled H200 time; these are counts and a model, not times. On a GPU:
+    /// each node's measured time, and the whole step's from its graph. The last line is the
+    /// summary: `step: N nodes, R bytes read, W bytes written, ideal I bytes, ratio X, modelled T us (H200)`.
+    Profile {
+        /// The preset model.
+        #[arg(long, value_name = "M", value_parser = clap::builder::PossibleValuesParser::new(preset_names()))]
+        model: String,
+        /// Sequences decoded together.
+        #[arg(long, default_value_t = 1, value_name = "B")]
+        batch: usize,
+        /// Positions already in each sequence's cache.
+        #[arg(long, default_value_t = 512, value_name = "C")]
+        context: usize,
+        /// Only the nodes whose kernel name contains NAME (e.g. add_rmsnorm, attn_split, cublasGemmEx).
+        #[arg(long, value_name = "NAME")]
+        op: Option<String>,
+        /// The CUDA device ordinal.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        device: usize,
+    },
     /// Print the build targets, each kernel's registers and spills, and the device.
     Info {
         /// The CUDA device ordinal.
@@ -375,6 +399,19 @@ fn human_bytes(n: usize) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
 }
 
+fn run_profile(model: &str, batch: usize, context: usize, op: Option<&str>, device: usize) -> Result<ExitCode, Error> {
+    let cfg = Qwen2Config::preset(model)
+        .ok_or_else(|| Error::InvalidArgument { op: "--model", detail: format!("{model} is not one of {:?}", preset_names()) })?;
+    let gpu = Gpu::any(device)?;
+    let profile = qwen_kernels::profile::decode_step(&gpu, &cfg, batch, context)?;
+    let profile = match op {
+        Some(op) => profile.only(op),
+        None => profile,
+    };
+    print!("{}", profile.report());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_info(device: usize) -> ExitCode {
     match kernels::TARGETS {
         Some(t) => match kernels::COMPUTE_CAP {
@@ -426,6 +463,7 @@ fn main() -> ExitCode {
                 show_ids: *show_ids,
             }),
         ),
+        Command::Profile { model, batch, context, op, device } => ("profile", run_profile(model, *batch, *context, op.as_deref(), *device)),
         Command::Info { device } => return run_info(*device),
     };
     result.unwrap_or_else(|e| {

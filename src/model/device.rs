@@ -558,6 +558,18 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// Declare that the first `len` positions of `slot`'s KV cache ([`DeviceModel::kv_cache`])
+    /// hold keys and values the caller wrote there: an engine importing a sequence's cache, or a
+    /// profile that needs a context without its prefill. The next token goes to position `len`.
+    pub fn set_cached_len(&mut self, slot: usize, len: usize) -> Result<()> {
+        self.check_slot(slot)?;
+        if len > self.options.capacity {
+            return Err(bad(format!("{len} cached positions in slot {slot} of {} positions", self.options.capacity)));
+        }
+        self.set_len(slot, len);
+        Ok(())
+    }
+
     /// Set the host's length of `slot` outside a decode step: the device's copy of the batch's
     /// positions and lens is uploaded again before the next step.
     fn set_len(&mut self, slot: usize, len: usize) {

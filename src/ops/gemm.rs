@@ -157,5 +157,5 @@ pub fn linear_with_precision(gpu: &Gpu, x: &View, weight: &View, bias: Option<&V
         )
     }
     .map_err(|source| Error::Cublas { call: format!("cublasGemmEx(T, N, m={m}, n={n}, k={k})"), source })?;
-    Ok(())
+    gpu.mark_node("cublasGemmEx")
 }
