@@ -43,6 +43,15 @@ pub const MUTANTS: &[Mutant] = &[
         device_error: false,
     },
     Mutant {
+        name: "bf16_p_two_terms",
+        module: "attention",
+        find: "static constexpr int P_TERMS = 3;",
+        replace: "static constexpr int P_TERMS = 2;",
+        caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
+        says: "prefill mismatch: equal weights in two tiles",
+        device_error: false,
+    },
+    Mutant {
         name: "causal_mask_off_by_one",
         module: "attention",
         find: "s[nb][e] = in && key <= pos_a ? s[nb][e] * scale : -INFINITY;",
