@@ -268,14 +268,15 @@ fn tensor_core_weights_keep_fp32_accuracy_under_cancellation(gpu: &Gpu) {
 ///   - 4: tile 1 accumulates A's three terms in two mma additions; on a GPU the mma's FP32
 ///     accumulation truncates (up to 1 ulp = 2 u32 each, not the 1 u32 of round to nearest);
 ///   - 1: acc * alpha (a rounded FP32 multiply);
-///   - 0.1: in tile 2, acc - B's first term is exact (Sterbenz: both within a factor 2 of p); the
-///     two truncated additions after it are of terms below 2^-7 p (2 * 2 * 2^-7 = 0.03);
+///   - 2.1: in tile 2, acc - B's first term (exact in round to nearest: both within a factor 2 of
+///     p; not assumed of the mma's aligned and truncated sum: up to 1 ulp = 2 u32), then two
+///     truncated additions of terms below 2^-7 p (2 * 2 * 2^-7 = 0.03);
 ///   - the row sum l errs by (S + 8) u32 relative and the output's rounding to bf16 by 2^-8 of
-///     itself: factors (1 + 2^-13) and (1 + 2^-8) on the 19.1 above.
-/// So |o| <= 20 u32 p / l. Two bf16 terms would leave up to 2^-16 of each weight instead of 2^-24
+///     itself: factors (1 + 2^-13) and (1 + 2^-8) on the 21.1 above.
+/// So |o| <= 22 u32 p / l. Two bf16 terms would leave up to 2^-16 of each weight instead of 2^-24
 /// (256 u32 p each, A's and B's residuals unrelated), far outside it.
 fn equal_weights_in_two_tiles(gpu: &Gpu) {
-    const BOUND_IN_U32_P_OVER_L: f64 = 20.0;
+    const BOUND_IN_U32_P_OVER_L: f64 = 22.0;
     let dtype = DType::BF16;
     let (tokens, heads, dim) = (72usize, 8usize, 64usize);
     let (a, b, c, m0) = (0usize, 64usize, 1usize, 65usize);
@@ -315,7 +316,7 @@ fn equal_weights_in_two_tiles(gpu: &Gpu) {
     // Every element against the general tolerance.
     let c_all = compare_scaled(&ours, &expected, table::attention(dtype), Some(&tolerance_scale(&q, &k, &v, true)));
     assert!(c_all.passed(), "prefill mismatch: equal weights in two tiles (general tolerance): {c_all}");
-    // Rows past B and the first later key: exact output 0, bound 20 u32 p / l.
+    // Rows that see a key above c in the second tile: exact output 0, bound 22 u32 p / l.
     let rows = m0..tokens;
     let mut scale = Vec::new();
     let (mut ours_rows, mut expected_rows) = (Vec::new(), Vec::new());
@@ -334,7 +335,7 @@ fn equal_weights_in_two_tiles(gpu: &Gpu) {
         }
     }
     let c = compare_scaled(&ours_rows, &expected_rows, table::attention(dtype), Some(&scale));
-    println!("equal weights in two tiles: largest |o| is {:.3} of the bound 20 u32 p / l", c.max_tolerance_used);
+    println!("equal weights in two tiles: largest |o| is {:.3} of the bound {BOUND_IN_U32_P_OVER_L} u32 p / l", c.max_tolerance_used);
     assert!(c.passed(), "prefill mismatch: equal weights in two tiles: rows {rows:?}: {c}");
 }
 
