@@ -273,6 +273,7 @@ fn tensor_core_weights_keep_fp32_accuracy_under_cancellation(gpu: &Gpu) {
 ///     truncated additions of terms below 2^-7 p (2 * 2 * 2^-7 = 0.03);
 ///   - the row sum l errs by (S + 8) u32 relative and the output's rounding to bf16 by 2^-8 of
 ///     itself: factors (1 + 2^-13) and (1 + 2^-8) on the 21.1 above.
+///
 /// So |o| <= 22 u32 p / l. Two bf16 terms would leave up to 2^-16 of each weight instead of 2^-24
 /// (256 u32 p each, A's and B's residuals unrelated), far outside it.
 fn equal_weights_in_two_tiles(gpu: &Gpu) {
@@ -321,10 +322,11 @@ fn equal_weights_in_two_tiles(gpu: &Gpu) {
     let mut scale = Vec::new();
     let (mut ours_rows, mut expected_rows) = (Vec::new(), Vec::new());
     for t in rows.clone() {
-        for h in 0..heads {
-            let m = (0..=t).map(|s| logit8[s][h]).fold(f32::NEG_INFINITY, f32::max) as f64 / 8.0;
-            let l: f64 = (0..=t).map(|s| (logit8[s][h] as f64 / 8.0 - m).exp()).sum();
-            let p = (logit8[a][h] as f64 / 8.0 - m).exp();
+        let seen = &logit8[..=t];
+        for (h, &x8) in logit8[a].iter().enumerate() {
+            let m = seen.iter().map(|row| row[h]).fold(f32::NEG_INFINITY, f32::max) as f64 / 8.0;
+            let l: f64 = seen.iter().map(|row| (row[h] as f64 / 8.0 - m).exp()).sum();
+            let p = (x8 as f64 / 8.0 - m).exp();
             for d in 0..dim {
                 let i = (t * heads + h) * dim + d;
                 assert_eq!(expected[i], 0.0, "the reference's output at row {t}, head {h}");
