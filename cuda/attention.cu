@@ -316,8 +316,9 @@ template <> struct Mma<__half> {
     __device__ __forceinline__ static float2 unpack(uint32_t x) {
         return __half22float2(*reinterpret_cast<__half2*>(&x));
     }
-    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        mma_m16n8k16_f16(c, a, b0, b1);
+    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
+                                               QK_CALL_SITE) {
+        mma_m16n8k16_f16(c, a, b0, b1 QK_AT_CALL_SITE);
     }
 };
 
@@ -330,8 +331,9 @@ template <> struct Mma<__nv_bfloat16> {
     __device__ __forceinline__ static float2 unpack(uint32_t x) {
         return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
     }
-    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        mma_m16n8k16_bf16(c, a, b0, b1);
+    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
+                                               QK_CALL_SITE) {
+        mma_m16n8k16_bf16(c, a, b0, b1 QK_AT_CALL_SITE);
     }
 };
 

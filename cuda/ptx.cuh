@@ -23,6 +23,21 @@
 
 #include <stdint.h>
 
+// QK_CALL_SITE, as the last parameter of a function that issues one of these instructions (the
+// functions below, and any wrapper of them in a kernel file), makes the software device report the
+// instruction at the line of the kernel that called it, not at a line of this file: there it adds
+// `file` and `line` parameters whose defaults the host compiler evaluates at the call site
+// (__builtin_FILE, __builtin_LINE), and QK_AT_CALL_SITE passes them on. The software device matches
+// a warp's lanes at a collective by that call site, so half a warp at one mma call and half at
+// another is a divergent warp. On a GPU both are empty: the code nvcc compiles is unchanged.
+#if defined(QK_SOFTGPU)
+#define QK_CALL_SITE , const char* file = __builtin_FILE(), int line = __builtin_LINE()
+#define QK_AT_CALL_SITE , file, line
+#else
+#define QK_CALL_SITE
+#define QK_AT_CALL_SITE
+#endif
+
 namespace qk {
 
 #if defined(QK_SOFTGPU)
@@ -43,25 +58,28 @@ template <typename V> __device__ __forceinline__ void st16(V* p, const V& v) {
 
 // 16-byte global -> shared copy that bypasses registers; `valid == false` copies nothing and
 // zero-fills the 16 bytes (src-size 0). `src` must still be a mapped address.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    ::qksoft::ptx_cp_async16(dst, src, valid ? 16 : 0, __FILE__, __LINE__);
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid QK_CALL_SITE) {
+    ::qksoft::ptx_cp_async16(dst, src, valid ? 16 : 0, file, line);
 }
 // Close the group of copies issued since the last commit.
 __device__ __forceinline__ void cp_async_commit() { ::qksoft::ptx_cp_async_commit(); }
 // Wait until at most PENDING of this thread's committed groups are still in flight.
-template <int PENDING> __device__ __forceinline__ void cp_async_wait() {
-    ::qksoft::ptx_cp_async_wait(PENDING, __FILE__, __LINE__);
+template <int PENDING> __device__ __forceinline__ void cp_async_wait(const char* file = __builtin_FILE(),
+                                                                    int line = __builtin_LINE()) {
+    ::qksoft::ptx_cp_async_wait(PENDING, file, line);
 }
 // D = A B + C, m16n8k16, 16-bit inputs, FP32 accumulation (c is C on entry, D on return).
-__device__ __forceinline__ void mma_m16n8k16_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::F16, c, a, b0, b1, __FILE__, __LINE__);
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
+                                                 QK_CALL_SITE) {
+    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::F16, c, a, b0, b1, file, line);
 }
-__device__ __forceinline__ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::BF16, c, a, b0, b1, __FILE__, __LINE__);
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
+                                                  QK_CALL_SITE) {
+    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::BF16, c, a, b0, b1, file, line);
 }
 // Four 8 x 8 matrices of 16-bit elements from shared memory (see the header).
-template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
-    ::qksoft::ptx_ldmatrix_x4(TRANS, r, row, __FILE__, __LINE__);
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row QK_CALL_SITE) {
+    ::qksoft::ptx_ldmatrix_x4(TRANS, r, row, file, line);
 }
 // The launch's dynamic shared memory (`sharedMemBytes` of the launch), 16-byte aligned.
 template <typename T> __device__ __forceinline__ T* dynamic_shared() {

@@ -48,6 +48,15 @@ pub const MUTANTS: &[Mutant] = &[
         at: None,
     },
     Mutant {
+        name: "bf16_p_two_terms",
+        module: "attention",
+        find: "static constexpr int P_TERMS = 3;",
+        replace: "static constexpr int P_TERMS = 2;",
+        caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
+        says: "prefill mismatch: equal weights in two tiles",
+        device_error: false,
+    },
+    Mutant {
         name: "causal_mask_off_by_one",
         module: "attention",
         find: "s[nb][e] = in && key <= pos_a ? s[nb][e] * scale : -INFINITY;",
@@ -170,5 +179,14 @@ pub const MUTANTS: &[Mutant] = &[
         says: "sectors per read request",
         device_error: false,
         at: None,
+    },
+    Mutant {
+        name: "mma_half_warp_at_another_line",
+        module: "attention",
+        find: "Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);",
+        replace: "if (lane < 16) Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);\n                else Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);",
+        caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
+        says: "divergent warp: lane 16 reaches mma.sync.m16n8k16.bf16 at mutants/mma_half_warp_at_another_line.attention.cu:",
+        device_error: true,
     },
 ];

@@ -214,6 +214,12 @@ fn goldens_decode_from_the_cache(gpu: &Gpu) {
 /// large sums, so the error a single 16-bit rounding of p would leave (u_T p per key, 2^-9 in
 /// bf16) is hundreds of times the FP32 tolerance, while the split terms stay within it. Keys
 /// differ only slightly (|logit| < 0.3), so no weight is a round 16-bit number.
+///
+/// That comparison cannot see the difference between 2 and 3 bf16 terms (2^-16 p against 2^-24 p
+/// per key): outputs of size 0.1 are rounded to bf16 (2^-9 relative), which hides anything below
+/// about 2^-12 absolute. So a second part ([`equal_weights_in_two_tiles`]) makes the exact output
+/// 0, where the bf16 rounding of the kernel's FP32 result hides nothing, and derives the kernel's
+/// own bound for it.
 fn tensor_core_weights_keep_fp32_accuracy_under_cancellation(gpu: &Gpu) {
     let mut r = rng(57);
     let (heads, kv_heads, dim) = (2, 1, 64);
@@ -241,6 +247,98 @@ fn tensor_core_weights_keep_fp32_accuracy_under_cancellation(gpu: &Gpu) {
             assert!(c.passed(), "prefill mismatch: {what} {dtype} TensorCore: {c}");
         }
     }
+    equal_weights_in_two_tiles(gpu);
+}
+
+/// bf16, D 64, one kv head, 8 query heads, 72 tokens of a 72-token context. Query head h is the
+/// unit vector e_h, so its logit for key s is k_sh / 8, exact (bf16 k times 1.0, one nonzero
+/// product in the mma, times 2^-3). For each head: key A (position 0) and key B (position 64, the
+/// second 64-key tile) have the same logit x; key C (position 1) has the first tile's largest
+/// logit c > x; keys 65..71 have increasing logits m_65 < .. < m_71, all above c; the other keys
+/// have logit -8. v is +1 in every column for A, -1 for B and 0 for every other key. For rows
+/// t >= 65 (the largest visible logit is m = m_t), the exact output is (e^(x-m) - e^(x-m)) / l = 0
+/// in every column (the reference computes exactly 0), but the kernel reaches it by two different
+/// roads: A's weight e^(x-c) is split into bf16 terms in the first tile and then rescaled by
+/// alpha = e^(c-m); B's weight e^(x-m) is split in the second. With p = e^(x-m) and u32 = 2^-24
+/// (every other key multiplies v = 0: exact zeros in the mma, nothing added), |o| is at most, in
+/// units of u32 p / l:
+///   - 12: three expf that do not cancel (A's in tile 1, alpha, B's in tile 2); CUDA's expf errs
+///     by up to 2 ulp = 4 u32 of its result;
+///   - 2: the three-term split leaves at most 2^-24 of each weight (1 each for A and B);
+///   - 4: tile 1 accumulates A's three terms in two mma additions; on a GPU the mma's FP32
+///     accumulation truncates (up to 1 ulp = 2 u32 each, not the 1 u32 of round to nearest);
+///   - 1: acc * alpha (a rounded FP32 multiply);
+///   - 2.1: in tile 2, acc - B's first term (exact in round to nearest: both within a factor 2 of
+///     p; not assumed of the mma's aligned and truncated sum: up to 1 ulp = 2 u32), then two
+///     truncated additions of terms below 2^-7 p (2 * 2 * 2^-7 = 0.03);
+///   - the row sum l errs by (S + 8) u32 relative and the output's rounding to bf16 by 2^-8 of
+///     itself: factors (1 + 2^-13) and (1 + 2^-8) on the 21.1 above.
+///
+/// So |o| <= 22 u32 p / l. Two bf16 terms would leave up to 2^-16 of each weight instead of 2^-24
+/// (256 u32 p each, A's and B's residuals unrelated), far outside it.
+fn equal_weights_in_two_tiles(gpu: &Gpu) {
+    const BOUND_IN_U32_P_OVER_L: f64 = 22.0;
+    let dtype = DType::BF16;
+    let (tokens, heads, dim) = (72usize, 8usize, 64usize);
+    let (a, b, c, m0) = (0usize, 64usize, 1usize, 65usize);
+    let mut r = rng(58);
+    // Logits times 8 (the k values): x in [-12, -4], c in x + [0.5, 4], then steps of [0.25, 2];
+    // bf16 has a spacing of at most 2^-4 below 16, so the order survives the rounding (asserted).
+    let mut logit8 = vec![vec![-64.0f32; heads]; tokens];
+    for h in 0..heads {
+        let x = dtype.round(r.gen_range(-12.0f32..-4.0));
+        logit8[a][h] = x;
+        logit8[b][h] = x;
+        let mut up = dtype.round(x + r.gen_range(0.5f32..4.0));
+        logit8[c][h] = up;
+        for row in logit8.iter_mut().skip(m0) {
+            let next = dtype.round(up + r.gen_range(0.25f32..2.0));
+            assert!(next > up && up > x);
+            row[h] = next;
+            up = next;
+        }
+    }
+    let mut q = vec![0.0f32; tokens * heads * dim];
+    let mut k = vec![0.0f32; tokens * dim];
+    let mut v = vec![0.0f32; tokens * dim];
+    for t in 0..tokens {
+        for h in 0..heads {
+            q[(t * heads + h) * dim + h] = 1.0;
+            k[t * dim + h] = logit8[t][h];
+        }
+    }
+    v[a * dim..(a + 1) * dim].fill(1.0);
+    v[b * dim..(b + 1) * dim].fill(-1.0);
+    let q = HostTensor::from_f32(dtype, &[tokens, heads, dim], q).unwrap();
+    let k = HostTensor::from_f32(dtype, &[tokens, 1, dim], k).unwrap();
+    let v = HostTensor::from_f32(dtype, &[tokens, 1, dim], v).unwrap();
+    let expected = reference(&q, &k, &v).unwrap();
+    let ours = run_prefill(gpu, &q, &k, &v, PrefillPath::TensorCore, "equal weights in two tiles");
+    // Every element against the general tolerance.
+    let c_all = compare_scaled(&ours, &expected, table::attention(dtype), Some(&tolerance_scale(&q, &k, &v, true)));
+    assert!(c_all.passed(), "prefill mismatch: equal weights in two tiles (general tolerance): {c_all}");
+    // Rows that see a key above c in the second tile: exact output 0, bound 22 u32 p / l.
+    let rows = m0..tokens;
+    let mut scale = Vec::new();
+    let (mut ours_rows, mut expected_rows) = (Vec::new(), Vec::new());
+    for t in rows.clone() {
+        let seen = &logit8[..=t];
+        for (h, &x8) in logit8[a].iter().enumerate() {
+            let m = seen.iter().map(|row| row[h]).fold(f32::NEG_INFINITY, f32::max) as f64 / 8.0;
+            let l: f64 = seen.iter().map(|row| (row[h] as f64 / 8.0 - m).exp()).sum();
+            let p = (x8 as f64 / 8.0 - m).exp();
+            for d in 0..dim {
+                let i = (t * heads + h) * dim + d;
+                assert_eq!(expected[i], 0.0, "the reference's output at row {t}, head {h}");
+                scale.push((BOUND_IN_U32_P_OVER_L * p / l) as f32);
+                ours_rows.push(ours[i]);
+                expected_rows.push(expected[i]);
+            }
+        }
+    }
+    let c = compare_scaled(&ours_rows, &expected_rows, table::attention(dtype), Some(&scale));
+    println!("equal weights in two tiles: largest |o| is {:.3} of the bound {BOUND_IN_U32_P_OVER_L} u32 p / l", c.max_tolerance_used);
+    assert!(c.passed(), "prefill mismatch: equal weights in two tiles: rows {rows:?}: {c}");
 }
 
 fn stress_layer_f16_is_finite_where_eager_overflows(gpu: &Gpu) {

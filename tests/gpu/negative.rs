@@ -2,9 +2,10 @@
 //!
 //! - `source_mutants_are_caught` (software device only): for each source mutant of
 //!   softgpu/mutants.rs (one kernel file with one defect: a wrong ldmatrix .trans, bf16 P in one
-//!   term, a causal mask off by one, no barrier after the cp.async wait, no trailing barrier in the
-//!   double-buffered loop, a read one past a buffer, a warp that exits before a barrier the
-//!   others wait at, a shuffle half the lanes skip), this binary
+//!   term or in two, a causal mask off by one, no barrier after the cp.async wait, no trailing
+//!   barrier in the double-buffered loop, a read one past a buffer, a warp that exits before a
+//!   barrier the others wait at, a shuffle half the lanes skip, half a warp at an mma on another
+//!   line), this binary
 //!   runs the GPU tests named in the mutant's `caught_by` again, in a child process with the mutant
 //!   in place of the real module (QK_SOFTGPU_MUTANT), and requires them to fail, printing `says`.
 //! - A launch above 48 KiB of dynamic shared memory without cuFuncSetAttribute fails, as on a GPU.
