@@ -55,6 +55,7 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
         says: "prefill mismatch: equal weights in two tiles",
         device_error: false,
+        at: None,
     },
     Mutant {
         name: "causal_mask_off_by_one",
@@ -72,9 +73,11 @@ pub const MUTANTS: &[Mutant] = &[
         find: "__syncthreads();   // every thread's copies of this tile are visible",
         replace: "// (barrier removed)",
         caught_by: &["attention::goldens_prefill_every_case_and_dtype"],
-        says: "prefill mismatch: golden",
-        device_error: false,
-        at: None,
+        // racecheck sees it before any result is wrong: a thread's ldmatrix reads what another
+        // thread's cp.async wrote, with no barrier between.
+        says: "racecheck: shared-memory read-after-write hazard",
+        device_error: true,
+        at: Some("cp_async16(sk + r * LD + c, k_head + off, in);"),
     },
     Mutant {
         name: "no_trailing_barrier",
@@ -82,9 +85,11 @@ pub const MUTANTS: &[Mutant] = &[
         find: "__syncthreads();   // this buffer is restaged by iteration it + 1",
         replace: "// (barrier removed)",
         caught_by: &["schedules::attention_prefill"],
-        says: "the output differs from",
-        device_error: false,
-        at: None,
+        // The next tile's copies overwrite what slower threads still read (found without the
+        // schedule that makes the result differ).
+        says: "racecheck: shared-memory write-after-read hazard",
+        device_error: true,
+        at: Some("cp_async16(sk + r * LD + c, k_head + off, in);"),
     },
     Mutant {
         name: "rmsnorm_reads_one_past",
@@ -138,14 +143,14 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["rmsnorm::rows_are_batch_invariant"],
         says: "racecheck: two blocks of one launch write",
         device_error: true,
-        at: Some("y[i] = from_float<T>(to_float(weight[i]) * round_to<T>(to_float(src[i]) * inv));"),
+        at: Some("store16(y + static_cast<size_t>(i) * N, out);"),
     },
     Mutant {
         name: "split_leaves_a_partial_unwritten",
         module: "attention",
         find: "        if (d == 0) {\n            ws_ml[part_index * 2] = s_max[j];",
         replace: "        if (d == 0 && split != 1) {\n            ws_ml[part_index * 2] = s_max[j];",
-        caught_by: &["attention::decode_every_step_of_a_300_token_golden_in_one_launch", "attention::decode_many_sequences_of_different_lengths"],
+        caught_by: &["tools::decode_reads_only_the_workspace_it_writes"],
         says: "initcheck: 4-byte read",
         device_error: true,
         at: Some("for (int i = 0; i < n_splits; ++i) m = fmaxf(m, ws_ml[i * 2]);"),
@@ -188,5 +193,6 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
         says: "divergent warp: lane 16 reaches mma.sync.m16n8k16.bf16 at mutants/mma_half_warp_at_another_line.attention.cu:",
         device_error: true,
+        at: None,
     },
 ];

@@ -173,11 +173,21 @@ struct ShAccess {
     uint32_t interval = 0;  // 0: none
     uint32_t wepoch = 0;
     int32_t thread = -1;
-    uint32_t many = 0;  // several threads read in this interval
     uintptr_t site = 0;
 };
+// The reads of one byte in the current barrier interval: the first and the latest, the warps
+// that read, and, for reads of one warp, the readers at its latest __syncwarp epoch.
+struct ShReads {
+    uint32_t interval = 0;
+    uint32_t warps = 0;       // bit w: a thread of warp w read (a block has at most 32 warps)
+    uint32_t top_wepoch = 0;  // the latest warp epoch a read was made at (one warp only)
+    int32_t top_thread = -1;
+    bool top_many = false;    // several threads read at that epoch
+    ShAccess first, last;
+};
 struct ShCell {
-    ShAccess w, r;
+    ShAccess w;
+    ShReads r;
 };
 std::vector<ShCell> g_shadow_shared;  // static shared bytes, then dynamic shared bytes
 uint32_t g_interval = 0;
@@ -197,6 +207,24 @@ inline bool concurrent(const ShAccess& a, int thread) {
     return a.wepoch == g_wepoch[thread / 32];
 }
 
+// A read of this interval that a write by `thread` now is not ordered after, or null.
+const ShAccess* concurrent_read(const ShReads& r, int thread) {
+    if (r.interval != g_interval) return nullptr;
+    const int warp = thread / 32;
+    const ShAccess* other = r.last.thread != thread ? &r.last : &r.first;
+    if (r.warps & ~(1u << warp)) {
+        // A thread of another warp read: only a barrier orders it, and there was none. Name it.
+        if (r.last.thread / 32 != warp) return &r.last;
+        if (r.first.thread / 32 != warp) return &r.first;
+        return other;
+    }
+    // Every read was by this warp: ordered unless made at its current __syncwarp epoch by
+    // another thread.
+    if (r.top_wepoch != g_wepoch[warp]) return nullptr;
+    if (!r.top_many && r.top_thread == thread) return nullptr;
+    return other->thread != thread ? other : &r.last;
+}
+
 const char* kind_text(bool write) { return write ? "write" : "read"; }
 
 void race_shared(ShCell& c, int thread, bool write, uintptr_t site, const char* where, size_t offset) {
@@ -207,17 +235,27 @@ void race_shared(ShCell& c, int thread, bool write, uintptr_t site, const char* 
                             kind_text(write), site_text(site).c_str(), running_where(thread).c_str()));
     };
     const uint32_t we = g_wepoch[thread / 32];
+    const ShAccess now{g_interval, we, thread, site};
     if (write) {
         if (concurrent(c.w, thread)) hazard("write-after-write", c.w, true);
-        if (concurrent(c.r, thread) || (c.r.many && c.r.interval == g_interval)) hazard("write-after-read", c.r, false);
-        c.w = ShAccess{g_interval, we, thread, 0, site};
-    } else {
-        if (concurrent(c.w, thread)) hazard("read-after-write", c.w, true);
-        if (concurrent(c.r, thread)) {
-            c.r.many = 1;
-        } else if (!(c.r.interval == g_interval && c.r.thread == thread)) {
-            c.r = ShAccess{g_interval, we, thread, 0, site};
-        }
+        if (const ShAccess* r = concurrent_read(c.r, thread)) hazard("write-after-read", *r, false);
+        c.w = now;
+        return;
+    }
+    if (concurrent(c.w, thread)) hazard("read-after-write", c.w, true);
+    ShReads& r = c.r;
+    if (r.interval != g_interval) {
+        r = ShReads{g_interval, 1u << (thread / 32), we, thread, false, now, now};
+        return;
+    }
+    r.warps |= 1u << (thread / 32);
+    r.last = now;
+    if (we != r.top_wepoch || r.warps != (1u << (thread / 32))) {
+        // A later epoch of the one warp (epochs of different warps are not compared: two warps
+        // reading already makes any write a hazard).
+        if (we > r.top_wepoch) r.top_wepoch = we, r.top_thread = thread, r.top_many = false;
+    } else if (thread != r.top_thread) {
+        r.top_many = true;
     }
 }
 

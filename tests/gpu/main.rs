@@ -52,9 +52,11 @@ const SOFTWARE_ONLY: &[&str] = &[
     "schedules::add_rmsnorm",
     "schedules::argmax",
     "negative::source_mutants_are_caught",
+    "negative::lazily_loaded_functions_launch_and_capture",
     "tools::memcheck_and_initcheck_are_on",
     "tools::counters_of_rmsnorm",
     "tools::counters_of_copies_sets_and_gemms",
+    "tools::decode_reads_only_the_workspace_it_writes",
 ];
 
 /// On the software device every test runs under memcheck and initcheck (its default tools), and

@@ -6,7 +6,9 @@
 //! - The traffic counters are checked here against counts derived by hand for RMSNorm: bytes as
 //!   requested, distinct bytes and sectors, sectors per warp request, shared-memory bank conflicts.
 
+use crate::common::{rng, uniform};
 use crate::GpuTest;
+use qwen_kernels::ops::attention::{decode_with_chunk, decode_workspace_len};
 use qwen_kernels::ops::rmsnorm::{rmsnorm_with_path, Path};
 use qwen_kernels::{DType, DeviceTensor, Gpu, HostTensor, SoftwareCounters};
 
@@ -14,6 +16,7 @@ pub const TESTS: &[GpuTest] = &[
     ("tools::memcheck_and_initcheck_are_on", memcheck_and_initcheck_are_on),
     ("tools::counters_of_rmsnorm", counters_of_rmsnorm),
     ("tools::counters_of_copies_sets_and_gemms", counters_of_copies_sets_and_gemms),
+    ("tools::decode_reads_only_the_workspace_it_writes", decode_reads_only_the_workspace_it_writes),
 ];
 
 /// Every GPU test on the software device runs under memcheck and initcheck.
@@ -55,16 +58,16 @@ fn counters_of_rmsnorm(gpu: &Gpu) {
     let c = &records[0];
     assert_eq!(c.name(), "rmsnorm_f32_vec");
     assert_eq!((c.grid, c.block), ([4, 1, 1], [256, 1, 1]));
-    assert_eq!((c.global_read_bytes, c.global_write_bytes), (49152, 16384), "bytes as requested: {c:?}");
-    assert_eq!((c.distinct_read_bytes, c.distinct_write_bytes), (20480, 16384), "distinct bytes: {c:?}");
-    assert_eq!((c.distinct_read_sectors, c.distinct_write_sectors), (640, 512), "distinct sectors: {c:?}");
-    assert_eq!((c.global_read_requests, c.global_write_requests), (96, 32), "warp requests: {c:?}");
     assert!(
         c.sectors_per_read_request() == 16.0 && c.sectors_per_write_request() == 16.0,
         "sectors per read request {} and per write request {}, expected 16 (32 lanes x 16 contiguous bytes): {c:?}",
         c.sectors_per_read_request(),
         c.sectors_per_write_request()
     );
+    assert_eq!((c.global_read_bytes, c.global_write_bytes), (49152, 16384), "bytes as requested: {c:?}");
+    assert_eq!((c.distinct_read_bytes, c.distinct_write_bytes), (20480, 16384), "distinct bytes: {c:?}");
+    assert_eq!((c.distinct_read_sectors, c.distinct_write_sectors), (640, 512), "distinct sectors: {c:?}");
+    assert_eq!((c.global_read_requests, c.global_write_requests), (96, 32), "warp requests: {c:?}");
     assert_eq!(c.shared_bank_conflicts, 0, "{c:?}");
     assert!(c.shared_requests > 0 && c.shared_wavefronts == c.shared_requests, "one wavefront per shared request: {c:?}");
 }
@@ -92,4 +95,35 @@ fn counters_of_copies_sets_and_gemms(gpu: &Gpu) {
     let g: Vec<&SoftwareCounters> = records.iter().filter(|c| c.name() == "cublasGemmEx").collect();
     assert_eq!(g.len(), 1, "{records:?}");
     assert_eq!((g[0].global_read_bytes, g[0].global_write_bytes), (3 * 40 * 2 + 16 * 40 * 2, 3 * 16 * 4), "{:?}", g[0]);
+}
+
+/// Split-KV decode attention reads back from its FP32 workspace only what the same launch pair
+/// wrote: with a workspace nothing has written (fresh device memory, not even poison; the op
+/// clears the status word itself), initcheck would stop the combine at the first partial it reads
+/// unwritten. The output equals the one over a NaN-poisoned workspace, bit for bit. Sequences of
+/// 1 to 300 keys in chunks of 64: up to 5 splits a row.
+fn decode_reads_only_the_workspace_it_writes(gpu: &Gpu) {
+    let mut r = rng(41);
+    let (heads, kv_heads, dim, chunk) = (14usize, 2usize, 64usize, 64usize);
+    let lens = [1usize, 63, 64, 65, 130, 300];
+    let (batch, capacity) = (lens.len(), 300);
+    let q = DeviceTensor::from_host(gpu, &uniform(&mut r, DType::F32, &[batch, heads, dim], -2.0, 2.0)).unwrap();
+    let cache = [batch, kv_heads, capacity, dim];
+    let k = DeviceTensor::from_host(gpu, &uniform(&mut r, DType::F32, &cache, -2.0, 2.0)).unwrap();
+    let v = DeviceTensor::from_host(gpu, &uniform(&mut r, DType::F32, &cache, -3.0, 3.0)).unwrap();
+    let slots = gpu.stream().clone_htod(&(0..batch as i32).collect::<Vec<i32>>()).unwrap();
+    let lens_d = gpu.stream().clone_htod(&lens.iter().map(|&l| l as i32).collect::<Vec<i32>>()).unwrap();
+    let ws_len = decode_workspace_len(batch, heads, dim, capacity, chunk);
+    let run = |mut ws: DeviceTensor| {
+        let mut out = DeviceTensor::zeros(gpu, DType::F32, &[batch, heads, dim]).unwrap();
+        decode_with_chunk(gpu, &q.view(), &k.view(), &v.view(), &slots.slice(..), &lens_d.slice(..), &mut ws.view_mut(), &mut out.view_mut(), chunk)
+            .unwrap();
+        out.to_host(gpu).unwrap().into_data()
+    };
+    // SAFETY: device memory the kernels may read only after writing it (what this test checks).
+    let fresh = unsafe { gpu.stream().alloc::<u8>(ws_len * 4) }.unwrap();
+    let unwritten = run(DeviceTensor::from_slice(fresh, DType::F32, &[ws_len]).unwrap());
+    let poisoned = run(DeviceTensor::from_host(gpu, &HostTensor::full(DType::F32, &[ws_len], f32::NAN).unwrap()).unwrap());
+    assert!(unwritten.iter().all(|x| x.is_finite()), "decode over an unwritten workspace");
+    assert_eq!(unwritten.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), poisoned.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
 }
