@@ -60,10 +60,25 @@ const SOFTWARE_ONLY: &[&str] = &[
 ];
 
 /// On the software device every test runs under memcheck and initcheck (its default tools), and
-/// the tests of every kernel also under racecheck: these prefixes. The whole-model tests
-/// (model::, golden::) run the same kernels at sizes where racecheck's shadow of every shared
-/// byte would cost minutes; negative:: starts its own runs.
-const RACECHECK: &[&str] = &["tensor::", "rmsnorm::", "swiglu::", "argmax::", "rope::", "linear::", "attention::", "graph::", "schedules::", "bad_inputs::"];
+/// the tests of every kernel also under racecheck: these prefixes. The whole-model tests run the
+/// same kernels at the models' sizes; two small ones are raced for the kernels only the model
+/// launches (cuda/model.cu's embedding and position update) and the step as a whole;
+/// negative:: starts its own runs.
+const RACECHECK: &[&str] = &[
+    "tensor::",
+    "rmsnorm::",
+    "swiglu::",
+    "argmax::",
+    "rope::",
+    "linear::",
+    "attention::",
+    "graph::",
+    "schedules::",
+    "bad_inputs::",
+    "tools::",
+    "model::engine_tensors_on_its_own_stream",
+    "model::graph_replay_equals_direct_launches",
+];
 
 /// The shared GPU, or why there is none.
 fn gpu() -> &'static Result<Gpu, String> {
