@@ -242,19 +242,19 @@ fn profile_prints_every_node_of_a_decode_step_and_the_summary() {
     assert_eq!(code, 0, "{err}\n{out}");
     assert!(out.contains("counts (softgpu counters tool), times are a model, not measurements"), "{out}");
     let summary = out.lines().last().unwrap_or_default();
-    let fields: Vec<&str> = summary.split([' ', ',']).filter(|w| !w.is_empty()).collect();
     // step: N nodes, R bytes read, W bytes written, ideal I bytes, ratio X, modelled T us (H200)
     assert!(summary.starts_with("step: ") && summary.ends_with(" us (H200)"), "{summary}");
-    let number = |after: &str| -> f64 {
-        let i = fields.iter().position(|w| *w == after).unwrap_or_else(|| panic!("no {after:?} in {summary}"));
-        fields[i - 1].parse().unwrap_or_else(|_| panic!("{summary}"))
+    // The number just before `what` in the summary.
+    let number = |what: &str| -> f64 {
+        let before = summary.split(what).next().filter(|b| b.len() < summary.len()).unwrap_or_else(|| panic!("no {what:?} in {summary}"));
+        before.trim_end().rsplit([' ', ',']).next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{what:?} in {summary}"))
     };
-    let nodes = number("nodes") as usize;
+    let nodes = number(" nodes") as usize;
     let rows: Vec<&str> = out.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<usize>().is_ok())).collect();
     assert_eq!(rows.len(), nodes, "{out}");
     assert_eq!(nodes, 24 * 12 + 6, "{out}");
     let moved: u64 = rows.iter().map(|r| r.split_whitespace().nth(7).unwrap().parse::<u64>().unwrap()).sum();
-    let (read, written) = (number("read"), number("written"));
+    let (read, written) = (number(" bytes read"), number(" bytes written"));
     assert_eq!(read as u64 + written as u64, moved, "{summary}");
     let (_, ratio) = summary.split_once("ratio ").unwrap();
     let ratio: f64 = ratio.split(',').next().unwrap().parse().unwrap();
