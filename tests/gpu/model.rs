@@ -385,6 +385,7 @@ const TWO_F32_ORDERS: Tolerance = Tolerance { atol: 2.0 * qwen_kernels::diff::BO
 /// - on the software device, bit for bit in f32 and bf16: its cuBLAS sums every output in k
 ///   order whatever the row count (softgpu/README.md), so the whole step is batch-invariant
 ///   there. This is a property of the software device, not a contract a GPU must meet.
+///
 /// In bf16 on a GPU the logits are not compared (there is no error model for 16-bit storage: one
 /// f32 sum rounding the other way at a bf16 boundary moves a value by a bf16 step); the tokens are.
 fn batch_of_different_lengths_equals_each_alone(gpu: &Gpu) {
