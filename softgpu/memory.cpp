@@ -42,14 +42,6 @@ constexpr size_t PAGE = 4096;
 
 size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 
-std::string format(const char* fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
 
 struct Alloc {
     uint64_t region;  // arena address: guard page, pages, guard page
@@ -92,12 +84,6 @@ bool reserve_arena() {
     return false;
 }
 
-void fill_pattern(void* p, size_t bytes, uint32_t pattern) {
-    unsigned char* b = static_cast<unsigned char*>(p);
-    size_t i = 0;
-    for (; i + 4 <= bytes; i += 4) memcpy(b + i, &pattern, 4);
-    for (; i < bytes; ++i) b[i] = reinterpret_cast<unsigned char*>(&pattern)[i % 4];
-}
 
 // An arena offset for `bytes` of region: fresh address space first, then a freed range.
 bool place(size_t bytes, size_t* offset) {

@@ -54,13 +54,6 @@ const qksoft::ThreadView* qksoft_current = nullptr;
 
 namespace qksoft {
 
-namespace {
-
-constexpr size_t PAGE = 4096;
-constexpr size_t STACK_BYTES = 256 * 1024;
-
-size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
-
 void fill_pattern(void* p, size_t bytes, uint32_t pattern) {
     unsigned char* b = static_cast<unsigned char*>(p);
     size_t i = 0;
@@ -76,6 +69,15 @@ std::string format(const char* fmt, ...) {
     va_end(ap);
     return buf;
 }
+
+namespace {
+
+constexpr size_t PAGE = 4096;
+constexpr size_t STACK_BYTES = 256 * 1024;
+
+size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
+
+
 
 // ---- context switch ------------------------------------------------------------------------------
 //

@@ -42,6 +42,10 @@ void register_module(const ModuleDesc* module);
 const ModuleDesc* find_module(uint64_t hash, uint64_t size);
 const KernelDesc* find_kernel(const ModuleDesc* module, const char* name, bool* in_fatbin);
 
+// printf into a std::string (reports); a fill of `bytes` with a repeated 32-bit pattern (poison).
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void fill_pattern(void* p, size_t bytes, uint32_t pattern);
+
 // ---- device memory (memory.cpp) ---------------------------------------------------------------------
 
 // Every allocation sits between two PROT_NONE guard pages, its end (rounded up to 16 bytes) against

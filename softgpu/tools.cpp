@@ -57,14 +57,6 @@ Running g_running;
 
 namespace {
 
-std::string format(const char* fmt, ...) {
-    char buf[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
 
 // ---- access sites ------------------------------------------------------------------------------
 //

@@ -501,15 +501,7 @@ impl Gpu {
     /// `"threads=random:7,blocks=reverse,cp.async=issue"` (softgpu/runtime.cpp). An error on
     /// hardware, or for a string the device does not accept.
     pub fn set_software_schedule(&self, spec: &str) -> Result<()> {
-        let f = self.softgpu_symbol::<unsafe extern "C" fn(*const std::ffi::c_char, *mut std::ffi::c_char, usize) -> i32>(b"qksoft_set_schedule")?;
-        let spec_c = std::ffi::CString::new(spec).map_err(|_| Error::unsupported("software device", "schedule contains NUL"))?;
-        let mut why = vec![0u8; 512];
-        // SAFETY: the device copies `spec` and writes at most why.len() bytes, NUL-terminated.
-        if unsafe { f(spec_c.as_ptr(), why.as_mut_ptr().cast(), why.len()) } != 0 {
-            let why = String::from_utf8_lossy(&why[..why.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
-            return Err(Error::unsupported("software device", format!("schedule {spec:?}: {why}")));
-        }
-        Ok(())
+        self.software_setting(b"qksoft_set_schedule", "schedule", spec)
     }
 
     /// The software device's last error report (what a failed launch printed), or an error on hardware.
@@ -527,15 +519,7 @@ impl Gpu {
     /// memcheck, initcheck or racecheck fails the launch, as a fault does, and is the device's
     /// last error ([`Gpu::software_last_error`]). An error on hardware or for an unknown tool.
     pub fn set_software_tools(&self, spec: &str) -> Result<()> {
-        let f = self.softgpu_symbol::<unsafe extern "C" fn(*const std::ffi::c_char, *mut std::ffi::c_char, usize) -> i32>(b"qksoft_set_tools")?;
-        let spec_c = std::ffi::CString::new(spec).map_err(|_| Error::unsupported("software device", "tools contain NUL"))?;
-        let mut why = vec![0u8; 512];
-        // SAFETY: the device reads `spec` and writes at most why.len() bytes, NUL-terminated.
-        if unsafe { f(spec_c.as_ptr(), why.as_mut_ptr().cast(), why.len()) } != 0 {
-            let why = String::from_utf8_lossy(&why[..why.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
-            return Err(Error::unsupported("software device", format!("tools {spec:?}: {why}")));
-        }
-        Ok(())
+        self.software_setting(b"qksoft_set_tools", "tools", spec)
     }
 
     /// The software device's tools now on, e.g. `"memcheck,initcheck"`.
@@ -611,6 +595,20 @@ impl Gpu {
         // SAFETY: writes two doubles.
         unsafe { f(&mut custom, &mut uc) };
         Ok((custom, uc))
+    }
+
+    /// Hands `spec` to the software device's setter `export` (schedule, tools); its refusal,
+    /// with the device's reason, is an error naming `what`.
+    fn software_setting(&self, export: &[u8], what: &str, spec: &str) -> Result<()> {
+        let f = self.softgpu_symbol::<unsafe extern "C" fn(*const std::ffi::c_char, *mut std::ffi::c_char, usize) -> i32>(export)?;
+        let spec_c = std::ffi::CString::new(spec).map_err(|_| Error::unsupported("software device", format!("{what} contain NUL")))?;
+        let mut why = vec![0u8; 512];
+        // SAFETY: the device reads `spec` and writes at most why.len() bytes, NUL-terminated.
+        if unsafe { f(spec_c.as_ptr(), why.as_mut_ptr().cast(), why.len()) } != 0 {
+            let why = String::from_utf8_lossy(&why[..why.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+            return Err(Error::unsupported("software device", format!("{what} {spec:?}: {why}")));
+        }
+        Ok(())
     }
 
     fn softgpu_symbol<F: Copy>(&self, name: &[u8]) -> Result<F> {

@@ -22,7 +22,7 @@
 //! published Hopper measurements put at 1.3-2 us even inside a graph (their middle is used). It
 //! ignores what the L2 cache keeps between nodes and every overlap of one node with the next.
 
-use crate::error::{Error, Result};
+use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceKind, Gpu, SoftwareCounters};
 use crate::model::{DeviceModel, ModelOptions, Qwen2Config};
 use crate::{DType, DeviceTensor};
@@ -229,14 +229,14 @@ pub fn decode_step(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize) -
             // The whole step from its graph, then node by node from direct launches.
             const REPLAYS: usize = 20;
             let ctx = gpu.context();
-            let (start, end) = (ctx.new_event(None).map_err(cuda("cuEventCreate"))?, ctx.new_event(None).map_err(cuda("cuEventCreate"))?);
-            start.record(gpu.stream()).map_err(cuda("cuEventRecord"))?;
+            let (start, end) = (ctx.new_event(None).cuda("cuEventCreate")?, ctx.new_event(None).cuda("cuEventCreate")?);
+            start.record(gpu.stream()).cuda("cuEventRecord")?;
             for _ in 0..REPLAYS {
                 m.decode_step(gpu)?;
             }
-            end.record(gpu.stream()).map_err(cuda("cuEventRecord"))?;
-            end.synchronize().map_err(cuda("cuEventSynchronize"))?;
-            profile.measured_step_us = Some(start.elapsed_ms(&end).map_err(cuda("cuEventElapsedTime"))? as f64 * 1e3 / REPLAYS as f64);
+            end.record(gpu.stream()).cuda("cuEventRecord")?;
+            end.synchronize().cuda("cuEventSynchronize")?;
+            profile.measured_step_us = Some(start.elapsed_ms(&end).cuda("cuEventElapsedTime")? as f64 * 1e3 / REPLAYS as f64);
             m.set_graphs(false);
             m.decode_step(gpu)?;
             gpu.synchronize()?;
@@ -268,8 +268,4 @@ pub fn decode_step(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize) -
         n.registers = regs(&n.name);
     }
     Ok(profile)
-}
-
-fn cuda(call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    move |source| Error::Cuda { call: call.to_string(), source }
 }
