@@ -14,10 +14,19 @@
 // expf (not __expf), IEEE division. Query t of T new tokens sits at position S - T + t.
 //
 // Layouts (row-major, T = storage dtype, element offsets 64-bit):
-//     q, o         [rows, heads, D]                       rows = new tokens (prefill) or sequences (decode)
-//     k, v         row s of kv head g at k + slot * slot_stride + g * head_stride + s * row_stride
-//                  contiguous prefill k [S, kv_heads, D]:  slot_stride 0, head_stride D, row_stride kv_heads D
-//                  KV cache [slots, kv_heads, capacity, D] (spec/kv_cache.rs): kv_heads capacity D, capacity D, D
+//     q, o         [rows, heads, D]           rows = new tokens (prefill) or sequences (decode)
+//     k, v         key s of kv head g at k + key_row(s) + g * head_stride, where
+//                  contiguous prefill k [S, kv_heads, D] (no block table): key_row(s) = s * kv_heads D
+//                  paged cache (spec/kv_cache.rs, HND or NHD): with the row's block table `table`,
+//                  key_row(s) = table[s / page_size] * page_stride + (s % page_size) * row_stride
+//     metadata     block_tables [batch, max_pages], seq_lens [batch], cu_seqlens [batch + 1], i32 on
+//                  the device (vLLM's flash-attention convention)
+//
+// The metadata lives on the device and is checked there, never trusted: a row whose length is
+// outside [1, max_pages * page_size] (or, ragged, whose cu_seqlens are not an increasing range
+// inside the rows, or whose new tokens outnumber its length) reads nothing; a key whose page is
+// outside [0, num_pages) is not read. Such rows get NaN in every output element and set a bit in
+// the status word (1 = a page, 2 = a length, 4 = cu_seqlens). Never an access outside the cache.
 //
 // Two kernel families:
 //
@@ -31,13 +40,16 @@
 //    attn_combine_* merges them: M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i - M).
 //    The split structure is a function of the row's own length and `chunk` only (never of the batch),
 //    and every sum runs in a fixed order: a row's result does not depend on the launch it is in.
-//    Decode reads per-row slot and len from device arrays (the new token's key is at len - 1).
-//    They are not validated on the host; a row with slot outside [0, slots) or len outside
-//    [1, capacity] reads nothing, gets NaN in every output element, and sets a bit in the
-//    workspace's status word (ws[0]: 1 = a slot, 2 = a len; the host clears it before each decode
-//    and reads it with attention::decode_status). Never an access outside the cache.
-//    Prefill mode (slots = lens = nullptr): row t has slot 0 and len = S - T + t + 1; used for f32
-//    storage prefill and as the SIMT prefill path.
+//    Decode: row b reads seq_lens[b] (the new token's key is at len - 1) and its block table
+//    row; the status word is ws[0] (the host clears it before each decode and reads it with
+//    attention::decode_status). Per 64-key tile, 64 threads translate the tile's keys through the
+//    block table into shared memory first (one division and one table read per key), so the q.k
+//    and p.v loops read rows by offset whatever the page size: the sums, and so the results, are
+//    bit-identical for every page size and layout.
+//    Ragged prefill (cu_seqlens given; the SIMT path for f32): row t is a new token of the
+//    sequence b with cu_seqlens[b] <= t < cu_seqlens[b + 1], at position seq_lens[b] -
+//    (cu_seqlens[b + 1] - t); rows at or past cu_seqlens[batch] are padding, left as they are.
+//    Contiguous prefill (no table, no cu_seqlens): row t has len = S - T + t + 1.
 //
 // 2. attn_prefill_mma_* (f16/bf16, D 64/128, any group): FlashAttention-2 style. grid = (ceil(T/64),
 //    heads), 4 warps; warp w owns query rows 16w..16w+15 of the block's 64; Q fragments stay in
@@ -71,27 +83,80 @@ constexpr int SPLIT_THREADS = 128;
 constexpr int SPLIT_TILE = 64;       // keys per tile (logits held in shared memory)
 constexpr int MAX_HEADS_PER_BLOCK = 8;
 
-// Validity and length of a row; `lens == nullptr`: prefill mode.
-__device__ __forceinline__ bool row_len(const int* slots, const int* lens, int row, int n_slots,
-                                        int capacity, int context, int tokens, int& slot, int& len) {
-    if (lens == nullptr) {
-        slot = 0;
-        len = context - tokens + row + 1;
-        return true;
+constexpr unsigned STATUS_BAD_PAGE = 1u;
+constexpr unsigned STATUS_BAD_LEN = 2u;
+constexpr unsigned STATUS_BAD_CU = 4u;
+
+// Where a row's keys are: its block table (nullptr: contiguous keys) and the cache's geometry.
+struct KeyRows {
+    const int* table;
+    int num_pages;
+    int page_size;
+    long long page_stride;
+    long long row_stride;
+};
+
+// Element offset of key s's row (kv head 0); sets `bad` instead of reading a page outside the cache.
+__device__ __forceinline__ long long key_row(const KeyRows& kr, int s, bool& bad) {
+    if (kr.table == nullptr) return static_cast<long long>(s) * kr.row_stride;
+    const int page = kr.table[s / kr.page_size];
+    if (page < 0 || page >= kr.num_pages) {
+        bad = true;
+        return 0;
     }
-    slot = slots[row];
-    len = lens[row];
-    return slot >= 0 && slot < n_slots && len >= 1 && len <= capacity;
+    return static_cast<long long>(page) * kr.page_stride + static_cast<long long>(s % kr.page_size) * kr.row_stride;
+}
+
+// The sequence b of ragged row t: the last b in [0, batch) with cu_seqlens[b] <= t (binary search;
+// the caller checks the range it finds, so unsorted cu_seqlens cannot send it astray).
+__device__ __forceinline__ int ragged_sequence(const int* cu_seqlens, int batch, int t) {
+    int lo = 0, hi = batch - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (cu_seqlens[mid] <= t) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// The row's metadata for the SIMT kernels. Returns 0 for a valid row (len, kr.table set), -1 for a
+// ragged padding row (nothing to compute), else the status bits of what was wrong.
+__device__ __forceinline__ int row_meta(const int* block_tables, const int* seq_lens, const int* cu_seqlens,
+                                        int batch, int max_pages, int page_size, int context, int tokens,
+                                        int row, const int*& table, int& len) {
+    table = nullptr;
+    len = 0;
+    if (block_tables == nullptr) {   // contiguous prefill
+        len = context - tokens + row + 1;
+        return 0;
+    }
+    const long long max_len = static_cast<long long>(max_pages) * page_size;
+    if (cu_seqlens == nullptr) {     // decode: row b is sequence b
+        table = block_tables + static_cast<long long>(row) * max_pages;
+        len = seq_lens[row];
+        return len >= 1 && len <= max_len ? 0 : static_cast<int>(STATUS_BAD_LEN);
+    }
+    if (row >= cu_seqlens[batch]) return -1;   // padding past the last sequence
+    const int b = ragged_sequence(cu_seqlens, batch, row);
+    const int q0 = cu_seqlens[b], q1 = cu_seqlens[b + 1];
+    if (!(0 <= q0 && q0 <= row && row < q1)) return static_cast<int>(STATUS_BAD_CU);
+    const int seq_len = seq_lens[b];
+    if (seq_len < q1 - q0 || seq_len > max_len) return static_cast<int>(STATUS_BAD_LEN);
+    table = block_tables + static_cast<long long>(b) * max_pages;
+    len = seq_len - (q1 - row) + 1;
+    return 0;
 }
 
 template <typename T, int D>
 __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __restrict__ k,
                                            const T* __restrict__ v, T* __restrict__ o,
-                                           float* __restrict__ ws, const int* __restrict__ slots,
-                                           const int* __restrict__ lens, int heads, int group,
-                                           int n_slots, int capacity, int context, int tokens,
-                                           long long slot_stride, long long head_stride,
-                                           long long row_stride, int chunk, int max_splits, float scale) {
+                                           float* __restrict__ ws, unsigned* __restrict__ status,
+                                           const int* __restrict__ block_tables,
+                                           const int* __restrict__ seq_lens,
+                                           const int* __restrict__ cu_seqlens, int batch, int heads,
+                                           int group, int num_pages, int page_size, int max_pages,
+                                           int context, int tokens, long long page_stride,
+                                           long long head_stride, long long row_stride, int chunk,
+                                           int max_splits, float scale) {
     constexpr int VEC = Vec16<T>::N;               // elements per 16-byte load
     constexpr int LANES_PER_KEY = D / VEC;          // 8..32 lanes cover one K row
     constexpr int KEYS_PER_PASS = SPLIT_THREADS / LANES_PER_KEY;
@@ -105,6 +170,8 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     __shared__ float s_sum[MAX_HEADS_PER_BLOCK];
     __shared__ float s_alpha[MAX_HEADS_PER_BLOCK];
     __shared__ float s_red[MAX_HEADS_PER_BLOCK][D];
+    __shared__ long long s_row[SPLIT_TILE];   // element offset of each key row of the tile
+    __shared__ unsigned s_bad;                      // a key of this split had a page outside the cache
 
     const int row = blockIdx.x;
     const int head_blocks = (group + MAX_HEADS_PER_BLOCK - 1) / MAX_HEADS_PER_BLOCK;
@@ -114,27 +181,29 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     const int split = blockIdx.z;
     const int tid = threadIdx.x;
 
-    int slot, len;
-    const bool valid = row_len(slots, lens, row, n_slots, capacity, context, tokens, slot, len);
+    // Decode passes no status pointer: its word is the workspace's element 0.
+    if (status == nullptr) status = reinterpret_cast<unsigned*>(ws);
+    const int* table;
+    int len;
+    const int meta = row_meta(block_tables, seq_lens, cu_seqlens, batch, max_pages, page_size, context,
+                              tokens, row, table, len);
+    const bool valid = meta == 0;
     const int n_splits = valid ? (len + chunk - 1) / chunk : 1;
     if (split >= n_splits) return;
 
     // q, o: [rows, heads, D]; this block's heads are kv_head * group + g0 + j, j < n_heads.
     const size_t head0 = static_cast<size_t>(row) * heads + static_cast<size_t>(kv_head) * group + g0;
     if (!valid) {
+        if (meta < 0) return;   // ragged padding: left as it is
         for (int i = tid; i < n_heads * D; i += SPLIT_THREADS) o[head0 * D + i] = from_float<T>(__int_as_float(0x7fc00000));
-        // Decode only (prefill rows are always valid): flag what was wrong in the status word.
-        if (tid == 0) {
-            const unsigned bad = (slot < 0 || slot >= n_slots ? 1u : 0u) | (len < 1 || len > capacity ? 2u : 0u);
-            atomicOr(reinterpret_cast<unsigned*>(ws), bad);
-        }
+        if (tid == 0) atomicOr(status, static_cast<unsigned>(meta));
         return;
     }
+    const KeyRows kr{table, num_pages, page_size, page_stride, row_stride};
     const int key_begin = split * chunk;
     const int key_end = min(len, key_begin + chunk);
-    const size_t kv_base = static_cast<size_t>(slot) * slot_stride + static_cast<size_t>(kv_head) * head_stride;
-    const T* k_head = k + kv_base;
-    const T* v_head = v + kv_base;
+    const T* k_head = k + static_cast<size_t>(kv_head) * head_stride;
+    const T* v_head = v + static_cast<size_t>(kv_head) * head_stride;
 
     // q . k: lane `part` of a key group holds elements part*VEC .. part*VEC+VEC-1 of each q head.
     const int part = tid % LANES_PER_KEY;
@@ -155,6 +224,8 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
         s_max[tid] = -INFINITY;
         s_sum[tid] = 0.0f;
     }
+    if (tid == 0) s_bad = 0;
+    __syncthreads();   // s_bad is raised by any thread below
     // p.v: thread owns output element d of every head, keys kp, kp + KEY_PARTS, ... of each tile.
     const int d = tid % D;
     const int kp = tid / D;
@@ -166,13 +237,22 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     const int lane = tid % WARP;
     for (int tile = key_begin; tile < key_end; tile += SPLIT_TILE) {
         const int tile_n = min(SPLIT_TILE, key_end - tile);
+        // The tile's key rows through the block table (the previous tile's reads of s_row ended
+        // at its trailing barrier).
+        if (tid < tile_n) {
+            bool bad = false;
+            s_row[tid] = key_row(kr, tile + tid, bad);
+            if (bad) atomicOr(&s_bad, 1u);
+        }
+        __syncthreads();
+        if (s_bad != 0) break;   // uniform: read after the barrier by every thread
         // Logits of the tile (keys past tile_n: -inf). Every lane runs every pass (shuffles).
 #pragma unroll 1
         for (int kl = key_slot; kl < SPLIT_TILE; kl += KEYS_PER_PASS) {
             float dot[MAX_HEADS_PER_BLOCK];
             Vec16<T> kx;
             if (kl < tile_n) {
-                kx = load16(k_head + static_cast<size_t>(tile + kl) * row_stride + part * VEC);
+                kx = load16(k_head + s_row[kl] + part * VEC);
             } else {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) kx.v[e] = from_float<T>(0.0f);
@@ -221,7 +301,7 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
 #pragma unroll
         for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] *= j < n_heads ? s_alpha[j] : 0.0f;
         for (int kl = kp; kl < tile_n; kl += KEY_PARTS) {
-            const float x = to_float(v_head[static_cast<size_t>(tile + kl) * row_stride + d]);
+            const float x = to_float(v_head[s_row[kl] + d]);
 #pragma unroll
             for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
                 if (j < n_heads) acc[j] = fmaf(s_p[j][kl], x, acc[j]);
@@ -240,10 +320,15 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
 #pragma unroll
         for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] += s_red[j][d];
     }
+    // A key with a page outside the cache: nothing past it was read; the split's result (and so
+    // the row's, through the combine) is NaN.
+    const bool bad = s_bad != 0;
+    if (bad && tid == 0) atomicOr(status, STATUS_BAD_PAGE);
+    const float nan = __int_as_float(0x7fc00000);
     if (n_splits == 1) {
 #pragma unroll
         for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
-            if (j < n_heads) o[(head0 + j) * D + d] = from_float<T>(acc[j] / s_sum[j]);
+            if (j < n_heads) o[(head0 + j) * D + d] = from_float<T>(bad ? nan : acc[j] / s_sum[j]);
         }
         return;
     }
@@ -256,23 +341,23 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
         if (j >= n_heads) break;
         const size_t part_index = (head0 + j) * max_splits + split;
-        ws_acc[part_index * D + d] = acc[j];
+        ws_acc[part_index * D + d] = bad ? nan : acc[j];
         if (d == 0) {
-            ws_ml[part_index * 2] = s_max[j];
-            ws_ml[part_index * 2 + 1] = s_sum[j];
+            ws_ml[part_index * 2] = bad ? nan : s_max[j];
+            ws_ml[part_index * 2 + 1] = bad ? nan : s_sum[j];
         }
     }
 }
 
-// grid = (rows, heads), block = D threads. Merges the splits of rows that have more than one.
+// grid = (rows, heads), block = D threads. Merges the splits of decode rows that have more than
+// one (the split kernel wrote NaN to the output of an invalid row, which has one split).
 template <typename T, int D>
 __device__ __forceinline__ void attn_combine(const float* __restrict__ ws, T* __restrict__ o,
-                                             const int* __restrict__ slots, const int* __restrict__ lens,
-                                             int heads, int n_slots, int capacity, int context,
-                                             int tokens, int chunk, int max_splits) {
+                                             const int* __restrict__ seq_lens, int heads, int max_len,
+                                             int chunk, int max_splits) {
     const int row = blockIdx.x;
-    int slot, len;
-    if (!row_len(slots, lens, row, n_slots, capacity, context, tokens, slot, len)) return;
+    const int len = seq_lens[row];
+    if (len < 1 || len > max_len) return;
     const int n_splits = (len + chunk - 1) / chunk;
     if (n_splits == 1) return;
     const size_t rows = gridDim.x;
@@ -346,9 +431,14 @@ template <> struct Mma<__nv_bfloat16> {
 // are exactly the A fragment of P for the 16 keys they cover, so P never leaves registers.
 template <typename T, int D>
 __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const T* __restrict__ k,
-                                                 const T* __restrict__ v, T* __restrict__ o, int tokens,
-                                                 int context, int heads, int group, long long head_stride,
-                                                 long long row_stride, float scale) {
+                                                 const T* __restrict__ v, T* __restrict__ o,
+                                                 unsigned* __restrict__ status,
+                                                 const int* __restrict__ block_tables,
+                                                 const int* __restrict__ seq_lens,
+                                                 const int* __restrict__ cu_seqlens, int rows,
+                                                 int num_pages, int page_size, int max_pages, int tokens,
+                                                 int context, int heads, int group, long long page_stride,
+                                                 long long head_stride, long long row_stride, float scale) {
     constexpr int KS = D / 16;          // k-steps of Q K^T
     constexpr int NB = BLOCK_N / 8;     // 8-key blocks of S per tile
     constexpr int ND = D / 8;           // 8-column blocks of O
@@ -357,9 +447,44 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
     // smem: [STAGES][K, V][BLOCK_N][LD]
     T* const smem = dynamic_shared<T>();
 
+    __shared__ unsigned s_bad;   // a key of this block had a page outside the cache
+
     // Longest (last) query tiles first: causal work grows with the tile index.
     const int m0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_M;
     const int head = blockIdx.y;
+    // Ragged (cu_seqlens given): block z takes sequence z, its new tokens cu_seqlens[z] ..
+    // cu_seqlens[z + 1] - 1 of q and o, at the end of its seq_lens[z] keys; else one sequence of
+    // `tokens` new tokens after context - tokens cached ones, keys contiguous.
+    const int* table = nullptr;
+    if (cu_seqlens != nullptr) {
+        const int b = blockIdx.z;
+        const int c0 = cu_seqlens[b], c1 = cu_seqlens[b + 1];
+        const bool range_ok = 0 <= c0 && c0 <= c1 && c1 <= rows;
+        const int len = seq_lens[b];
+        unsigned bad = 0;
+        if (!range_ok || c1 - c0 > static_cast<int>(gridDim.x) * BLOCK_M) {
+            bad = STATUS_BAD_CU;
+        } else if (len < c1 - c0 || static_cast<long long>(len) > static_cast<long long>(max_pages) * page_size) {
+            bad = STATUS_BAD_LEN;
+        }
+        if (bad != 0) {
+            if (threadIdx.x == 0) atomicOr(status, bad);
+            if (range_ok) {   // this block's rows of this head: NaN
+                for (int i = threadIdx.x; i < BLOCK_M * D; i += MMA_THREADS) {
+                    const int r = m0 + i / D;
+                    if (r < c1 - c0) o[(static_cast<size_t>(c0 + r) * heads + head) * D + i % D] = from_float<T>(__int_as_float(0x7fc00000));
+                }
+            }
+            return;
+        }
+        tokens = c1 - c0;
+        context = len;
+        table = block_tables + static_cast<long long>(b) * max_pages;
+        q += static_cast<size_t>(c0) * heads * D;
+        o += static_cast<size_t>(c0) * heads * D;
+    }
+    if (m0 >= tokens) return;
+    const KeyRows kr{table, num_pages, page_size, page_stride, row_stride};
     const int kv_head = head / group;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane / 4, t = lane % 4;
@@ -396,21 +521,25 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
     const T* k_head = k + static_cast<size_t>(kv_head) * head_stride;
     const T* v_head = v + static_cast<size_t>(kv_head) * head_stride;
 
-    // Stage K and V rows n0 .. n0 + 63 of the context into buffer `buf` (zeros past the context),
-    // as one cp.async group.
+    // Stage K and V rows n0 .. n0 + 63 of the context into buffer `buf` (zeros past the context
+    // and for keys whose page is outside the cache, which raise s_bad), as one cp.async group.
     auto stage = [&](int buf, int n0) {
         T* sk = smem + static_cast<size_t>(buf) * 2 * BLOCK_N * LD;
         T* sv = sk + BLOCK_N * LD;
         for (int i = threadIdx.x; i < BLOCK_N * (D / VEC); i += MMA_THREADS) {
             const int r = i / (D / VEC), c = (i % (D / VEC)) * VEC;
+            bool bad = false;
             const bool in = n0 + r < context;
-            const size_t off = static_cast<size_t>(in ? n0 + r : 0) * row_stride + c;
-            cp_async16(sk + r * LD + c, k_head + off, in);
-            cp_async16(sv + r * LD + c, v_head + off, in);
+            const long long off = (in ? key_row(kr, n0 + r, bad) : 0) + c;
+            if (bad) atomicOr(&s_bad, 1u);
+            cp_async16(sk + r * LD + c, k_head + off, in && !bad);
+            cp_async16(sv + r * LD + c, v_head + off, in && !bad);
         }
         cp_async_commit();
     };
 
+    if (threadIdx.x == 0) s_bad = 0;
+    __syncthreads();   // s_bad is raised by any thread's staging
     stage(0, 0);
     for (int n0 = 0, it = 0; n0 < key_end; n0 += BLOCK_N, ++it) {
         const int buf = it % STAGES;
@@ -532,6 +661,12 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
         sum_a += __shfl_xor_sync(0xffffffffu, sum_a, off);
         sum_b += __shfl_xor_sync(0xffffffffu, sum_b, off);
     }
+    // A page outside the cache (s_bad is final: every staging precedes the loop's last barrier):
+    // the block's rows are NaN.
+    if (s_bad != 0) {
+        if (threadIdx.x == 0) atomicOr(status, STATUS_BAD_PAGE);
+        sum_a = sum_b = __int_as_float(0x7fc00000);
+    }
     T* oa = o + (static_cast<size_t>(row_a) * heads + head) * D;
     T* ob = o + (static_cast<size_t>(row_b) * heads + head) * D;
 #pragma unroll
@@ -552,28 +687,31 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
 #define QK_ATTN_SPLIT_ENTRY(NAME, T, D)                                                              \
     extern "C" __global__ void __launch_bounds__(qk::SPLIT_THREADS, 1) attn_split_##NAME(                \
         const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, \
-        float* __restrict__ ws, const int* __restrict__ slots, const int* __restrict__ lens,          \
-        int heads, int group, int n_slots, int capacity, int context, int tokens,                     \
-        long long slot_stride, long long head_stride, long long row_stride, int chunk,                \
+        float* __restrict__ ws, unsigned* __restrict__ status, const int* __restrict__ block_tables,   \
+        const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens, int batch, int heads,   \
+        int group, int num_pages, int page_size, int max_pages, int context, int tokens,              \
+        long long page_stride, long long head_stride, long long row_stride, int chunk,                \
         int max_splits, float scale) {                                                                \
-        qk::attn_split<T, D>(q, k, v, o, ws, slots, lens, heads, group, n_slots, capacity, context,   \
-                             tokens, slot_stride, head_stride, row_stride, chunk, max_splits, scale); \
+        qk::attn_split<T, D>(q, k, v, o, ws, status, block_tables, seq_lens, cu_seqlens, batch,       \
+                             heads, group, num_pages, page_size, max_pages, context, tokens,          \
+                             page_stride, head_stride, row_stride, chunk, max_splits, scale);         \
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(D) attn_combine_##NAME(                              \
-        const float* __restrict__ ws, T* __restrict__ o, const int* __restrict__ slots,               \
-        const int* __restrict__ lens, int heads, int n_slots, int capacity, int context, int tokens,  \
-        int chunk, int max_splits) {                                                                  \
-        qk::attn_combine<T, D>(ws, o, slots, lens, heads, n_slots, capacity, context, tokens, chunk,  \
-                               max_splits);                                                           \
+        const float* __restrict__ ws, T* __restrict__ o, const int* __restrict__ seq_lens, int heads, \
+        int max_len, int chunk, int max_splits) {                                                     \
+        qk::attn_combine<T, D>(ws, o, seq_lens, heads, max_len, chunk, max_splits);                   \
     }
 
 #define QK_ATTN_MMA_ENTRY(NAME, T, D)                                                                \
     extern "C" __global__ void __launch_bounds__(qk::MMA_THREADS, 1) attn_prefill_mma_##NAME(            \
         const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, \
-        int tokens, int context, int heads, int group, long long head_stride, long long row_stride,   \
-        float scale) {                                                                                \
-        qk::attn_prefill_mma<T, D>(q, k, v, o, tokens, context, heads, group, head_stride,            \
-                                   row_stride, scale);                                                \
+        unsigned* __restrict__ status, const int* __restrict__ block_tables,                          \
+        const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens, int rows, int num_pages, \
+        int page_size, int max_pages, int tokens, int context, int heads, int group,                  \
+        long long page_stride, long long head_stride, long long row_stride, float scale) {            \
+        qk::attn_prefill_mma<T, D>(q, k, v, o, status, block_tables, seq_lens, cu_seqlens, rows,      \
+                                   num_pages, page_size, max_pages, tokens, context, heads, group,    \
+                                   page_stride, head_stride, row_stride, scale);                      \
     }
 
 QK_ATTN_SPLIT_ENTRY(f32_d64, float, 64)

@@ -8,9 +8,12 @@
 //    grid = (rows, 1, 1), any block size (the host uses 128); offsets are 64-bit.
 //
 // 2. decode_advance: after a decode step, each row's position and length move on by one:
-//    positions[b] += 1, lens[b] += 1 for b < batch. Kept on the device so that a captured decode
-//    step replays without the host (the next replay reads the new values). grid = (1, 1, 1),
-//    block = batch rounded up to 32 threads, looping for larger batches.
+//    positions[b] += 1, lens[b] += 1 for b < batch, and the row's cache slot for the new position
+//    is looked up in its block table (spec/kv_cache.rs): slot_mapping[b] = page * page_size +
+//    position % page_size. Kept on the device so that a captured decode step replays without the
+//    host (the next replay reads the new values). A position past the table or a page not given
+//    (negative) yields INT_MAX, which the next cache write refuses and flags: never a silent skip.
+//    grid = (1, 1, 1), block = batch rounded up to 32 threads, looping for larger batches.
 #include "common.cuh"
 
 namespace qk {
@@ -46,9 +49,15 @@ QK_EMBED_ENTRY(f32, float)
 QK_EMBED_ENTRY(f16, __half)
 QK_EMBED_ENTRY(bf16, __nv_bfloat16)
 
-extern "C" __global__ void decode_advance(int* __restrict__ positions, int* __restrict__ lens, int batch) {
+extern "C" __global__ void decode_advance(int* __restrict__ positions, int* __restrict__ lens,
+                                          int* __restrict__ slot_mapping, const int* __restrict__ block_tables,
+                                          int max_pages, int page_size, int batch) {
     for (int b = threadIdx.x; b < batch; b += blockDim.x) {
-        positions[b] += 1;
+        const int p = positions[b] + 1;
+        positions[b] = p;
         lens[b] += 1;
+        const int i = p >= 0 ? p / page_size : max_pages;
+        const int page = i < max_pages ? block_tables[static_cast<long long>(b) * max_pages + i] : -1;
+        slot_mapping[b] = page >= 0 ? page * page_size + p % page_size : 0x7fffffff;
     }
 }

@@ -20,15 +20,19 @@
 // are: no FMA contraction, which would change f32 results. inv_freq is not computed here: the host
 // passes the table `spec::rope::inv_freq` computes (src/spec/rope.rs says why).
 //
-// Shapes (row-major): q [T, heads, d], k and v [T, kv_heads, d], positions and slots i32 [T],
-// inv_freq f32 [d/2], caches [slots, kv_heads, capacity, d] (the layout of spec/kv_cache.rs):
-//     k_cache[slot[t], h, pos[t], :] = rotated k[t, h, :],  v_cache[slot[t], h, pos[t], :] = v[t, h, :].
+// Shapes (row-major): q [T, heads, d], k and v [T, kv_heads, d], positions and slot_mapping i32 [T],
+// inv_freq f32 [d/2], caches paged (spec/kv_cache.rs: HND or NHD, given here by their strides):
+//     slot = slot_mapping[t], page = slot / page_size, offset = slot % page_size
+//     k_cache[page, h, offset, :] = rotated k[t, h, :],  v_cache[page, h, offset, :] = v[t, h, :]   (HND)
+// (NHD swaps h and offset). A negative slot skips the token's cache write (padding, as vLLM's
+// slot mapping has it); its q is still rotated.
 //
 // Positions and slots live on the device, so the host cannot check them without a sync. The kernel
-// checks each token's: a position outside 0..pos_limit or a slot outside 0..n_slots makes the token's
-// block set a bit in *status (QK_ROPE_BAD_POSITION = 1, QK_ROPE_BAD_SLOT = 2) and return without
-// writing anything for that token (q, k and the cache stay as they were). Nothing is ever written out
-// of bounds; the caller reads the status when it next synchronises.
+// checks each token's: a position outside 0..pos_limit or a slot at or past n_slots (= num_pages *
+// page_size) makes the token's block set a bit in *status (QK_ROPE_BAD_POSITION = 1,
+// QK_ROPE_BAD_SLOT = 2) and return without writing anything for that token (q, k and the cache
+// stay as they were). Nothing is ever written out of bounds; the caller reads the status when it
+// next synchronises.
 //
 // Thread mapping: one block per token (grid = T). threadIdx.x = pair i (blockDim.x = d/2 rounded up to
 // 32), threadIdx.y strides over the heads (q heads first, then kv heads). Each thread computes its
@@ -93,24 +97,35 @@ __device__ __forceinline__ void rope_in_place(T* __restrict__ q, T* __restrict__
 
 // One token's RoPE with the cache write. q is read from q_src and written, rotated, to q_dst (the
 // same rows for rope_kv, in place; a separate contiguous q for rope_qkv); k and v are read at
-// kv_stride elements per token. Row strides are in elements.
+// kv_stride elements per token. Row strides are in elements; the cache strides are those of
+// spec/kv_cache.rs (between pages, between kv heads, between positions of a page).
 template <typename T>
 __device__ __forceinline__ void rope_kv_write(const T* q_src, long long q_src_stride, T* q_dst,
                                               long long q_dst_stride, const T* __restrict__ k,
                                               const T* __restrict__ v, long long kv_stride,
-                                              const int* __restrict__ positions, const int* __restrict__ slots,
+                                              const int* __restrict__ positions,
+                                              const int* __restrict__ slot_mapping,
                                               const float* __restrict__ inv_freq, unsigned* __restrict__ status,
                                               T* __restrict__ k_cache, T* __restrict__ v_cache, int heads,
-                                              int kv_heads, int half, int pos_limit, int n_slots, int capacity) {
+                                              int kv_heads, int half, int pos_limit, int n_slots, int page_size,
+                                              long long page_stride, long long head_stride, long long row_stride) {
     const int pos = checked_index(positions, pos_limit, ROPE_BAD_POSITION, status);
-    const int slot = checked_index(slots, n_slots, ROPE_BAD_SLOT, status);
+    const int slot = slot_mapping[blockIdx.x];
+    if (slot >= n_slots) {
+        if (threadIdx.x == 0 && threadIdx.y == 0) atomicOr(status, ROPE_BAD_SLOT);
+        return;
+    }
     const int i = threadIdx.x;
-    if (pos < 0 || slot < 0 || i >= half) return;
+    if (pos < 0 || i >= half) return;
     float c, s;
     rope_cos_sin<T>(pos, inv_freq[i], c, s);
     const int d = 2 * half;
     const long long t = blockIdx.x;
-    for (int h = threadIdx.y; h < heads + kv_heads; h += blockDim.y) {
+    // slot < 0: padding, no cache write.
+    const int kv_end = slot < 0 ? heads : heads + kv_heads;
+    const long long page_base = slot < 0 ? 0 : static_cast<long long>(slot / page_size) * page_stride +
+                                                   static_cast<long long>(slot % page_size) * row_stride;
+    for (int h = threadIdx.y; h < kv_end; h += blockDim.y) {
         if (h < heads) {
             const T* x = q_src + t * q_src_stride + static_cast<long long>(h) * d;
             T* y = q_dst + t * q_dst_stride + static_cast<long long>(h) * d;
@@ -121,8 +136,7 @@ __device__ __forceinline__ void rope_kv_write(const T* q_src, long long q_src_st
         } else {
             const int kh = h - heads;
             const long long src = t * kv_stride + static_cast<long long>(kh) * d;
-            // caches: [n_slots, kv_heads, capacity, d]
-            const long long dst = ((static_cast<long long>(slot) * kv_heads + kh) * capacity + pos) * d;
+            const long long dst = page_base + static_cast<long long>(kh) * head_stride;
             T o1, o2;
             rope_pair(k[src + i], k[src + i + half], c, s, o1, o2);
             k_cache[dst + i] = o1;
@@ -148,24 +162,27 @@ __device__ __forceinline__ void rope_kv_write(const T* q_src, long long q_src_st
     }                                                                                              \
     extern "C" __global__ void rope_kv_##NAME(                                                     \
         T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,                       \
-        const int* __restrict__ positions, const int* __restrict__ slots,                          \
+        const int* __restrict__ positions, const int* __restrict__ slot_mapping,                   \
         const float* __restrict__ inv_freq, unsigned* __restrict__ status, T* __restrict__ k_cache, \
         T* __restrict__ v_cache, int heads, int kv_heads, int half, int pos_limit, int n_slots,    \
-        int capacity) {                                                                            \
+        int page_size, long long page_stride, long long head_stride, long long row_stride) {       \
         const long long q_stride = static_cast<long long>(heads) * 2 * half;                       \
         qk::rope_kv_write<T>(q, q_stride, q, q_stride, k, v, static_cast<long long>(kv_heads) * 2 * half, \
-                             positions, slots, inv_freq, status, k_cache, v_cache, heads, kv_heads, \
-                             half, pos_limit, n_slots, capacity);                                  \
+                             positions, slot_mapping, inv_freq, status, k_cache, v_cache, heads,   \
+                             kv_heads, half, pos_limit, n_slots, page_size, page_stride, head_stride, \
+                             row_stride);                                                          \
     }                                                                                              \
     extern "C" __global__ void rope_qkv_##NAME(                                                    \
         const T* __restrict__ qkv, T* __restrict__ q_out, const int* __restrict__ positions,       \
-        const int* __restrict__ slots, const float* __restrict__ inv_freq,                         \
+        const int* __restrict__ slot_mapping, const float* __restrict__ inv_freq,                  \
         unsigned* __restrict__ status, T* __restrict__ k_cache, T* __restrict__ v_cache, int heads, \
-        int kv_heads, int half, int pos_limit, int n_slots, int capacity) {                        \
+        int kv_heads, int half, int pos_limit, int n_slots, int page_size, long long page_stride,  \
+        long long head_stride, long long row_stride) {                                             \
         const long long d = 2 * half, row = (heads + 2LL * kv_heads) * d;                          \
         qk::rope_kv_write<T>(qkv, row, q_out, heads * d, qkv + heads * d, qkv + (heads + kv_heads) * d, \
-                             row, positions, slots, inv_freq, status, k_cache, v_cache, heads,     \
-                             kv_heads, half, pos_limit, n_slots, capacity);                        \
+                             row, positions, slot_mapping, inv_freq, status, k_cache, v_cache, heads, \
+                             kv_heads, half, pos_limit, n_slots, page_size, page_stride, head_stride, \
+                             row_stride);                                                          \
     }
 
 QK_ROPE_ENTRY(f32, float)

@@ -3,22 +3,23 @@
 //! CUDA graph and replayed.
 //!
 //! ```text
-//! prefill (one sequence, a chunk of T tokens at positions p0..p0+T, slot s):
+//! prefill (one sequence, a chunk of T tokens at positions p0..p0+T, sequence s):
 //!   resid = embed[tokens]                                      ops::embed
 //!   per layer:  xn = rmsnorm(resid)            (layer 0)       ops::rmsnorm
 //!               xn = add_rmsnorm(down, resid)  (layers 1..)    resid += down, then the norm
 //!               qkv = xn [Wq; Wk; Wv]^T + [bq; bk; bv]         one GEMM (merged q/k/v)
-//!               rope_qkv: q rotated -> q; k rotated, v -> cache[s, :, p0..p0+T]
-//!               attn = attention over cache[s, :, 0..p0+T]     ops::attention::prefill_cached
+//!               rope_qkv: q rotated -> q; k rotated, v -> the cache at s's slots of p0..p0+T
+//!               attn = attention over s's pages, 0..p0+T       ops::attention::prefill_paged
 //!               o = attn Wo^T;  xn = add_rmsnorm(o, resid)     resid after attention
 //!               gu = xn [Wgate; Wup]^T                         one GEMM (merged gate/up)
 //!               act = silu(gu[:, :I]) * gu[:, I:];  down = act Wdown^T
 //!   xn = add_rmsnorm(down, resid, final norm); logits = xn[T-1] lm_head^T (f32); argmax
 //!
-//! decode step (B rows, row b continuing the sequence in slot slots[b]):
-//!   the same with T = B, tokens = the previous step's argmax (on the device), rope_kv at the
-//!   rows' device positions, attention::decode over each row's slot and len, logits [B, vocab]
-//!   f32, the bounded argmax into the tokens of the next step, then positions and lens + 1.
+//! decode step (B rows, row b continuing sequence batch[b]):
+//!   the same with T = B, tokens = the previous step's argmax (on the device), rope_qkv at the
+//!   rows' device positions and slots, attention::decode through each row's block table and
+//!   length, logits [B, vocab] f32, the bounded argmax into the tokens of the next step, then
+//!   positions and lengths + 1 and the next step's slots (decode_advance).
 //! ```
 //!
 //! Merged: q, k and v are one GEMM over the concatenated [(heads + 2 kv_heads) D, H] weight and
@@ -32,6 +33,11 @@
 //!
 //! Dtypes: weights and activations share one storage dtype (f32, f16 or bf16; checkpoints hold
 //! bf16, which f32 holds exactly and f16 rounds), logits are f32, every op computes in FP32.
+//!
+//! The KV cache is paged ([`crate::spec::kv_cache`], `model/cache.rs`): `options.num_pages`
+//! pages of `options.page_size` positions per layer, handed to sequences as they grow. The
+//! default, one page of `capacity` positions per sequence, is the classic slot cache; any page size
+//! runs the same kernels and gives the same tokens, bit for bit.
 //!
 //! Memory: the weights, the KV cache and a fixed workspace are allocated at construction
 //! ([`DeviceModel::memory`] reports the bytes of each); nothing is allocated per token. A decode
@@ -66,8 +72,8 @@
 //! assert_eq!((model.seq_len(0), model.seq_len(1)), (8, 6));
 //! let logits = model.logits(); // f32 [slots, vocab] on the device: row b is sequence b's
 //! assert_eq!(logits.layout().shape.dims(), &[4, 448]);
-//! let (k, _v) = model.kv_cache(0)?; // layer 0: [slots, kv_heads, capacity, head_dim]
-//! assert_eq!(k.layout().shape.dims(), &[4, 2, 64, 64]);
+//! let cache = model.kv_cache(0)?; // layer 0: 4 pages of 64 positions, [pages, kv_heads, 64, head_dim]
+//! assert_eq!(cache.k.layout().shape.dims(), &[4, 2, 64, 64]);
 //! # Ok::<(), qwen_kernels::Error>(())
 //! ```
 //!
@@ -81,13 +87,14 @@ use crate::gpu::Gpu;
 use crate::model::weights::{bf16_to_f32, Checkpoint, ModelWeights};
 use crate::model::Qwen2Config;
 use crate::ops::argmax::{self, ArgmaxOutput, NAN_ROW};
-use crate::ops::attention::{self, PrefillPath};
+use crate::model::cache::PagedCache;
+use crate::ops::attention::{self, AttentionStatus, PrefillPath};
 use crate::ops::embed::{self, EmbedStatus};
+use crate::ops::kv_cache::{KvCacheDims, KvCacheView, KvLayout, PagedBatch};
 use crate::ops::gemm::linear;
 use crate::ops::rmsnorm::{add_rmsnorm, rmsnorm};
 use crate::ops::rope::{rope_qkv, RopeTable};
 use crate::ops::swiglu::swiglu_fused;
-use crate::spec::kv_cache::KvCacheDims;
 use crate::tensor::{DeviceTensor, HostTensor, View};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
@@ -111,13 +118,37 @@ pub struct ModelOptions {
     pub decode_chunk: usize,
     /// Capture each decode step into a CUDA graph (once per batch size) and replay it.
     pub graphs: bool,
+    /// Positions per page of the KV cache ([`crate::spec::kv_cache`]).
+    pub page_size: usize,
+    /// Pages of the KV cache (per layer); sequences take them as they grow.
+    pub num_pages: usize,
+    /// Order of a page's dimensions.
+    pub kv_layout: KvLayout,
 }
 
 impl ModelOptions {
     /// `slots` sequences of up to `capacity` positions in `dtype`; chunks of 512 prompt tokens,
-    /// the default decode split, graphs on.
+    /// the default decode split, graphs on; a KV cache of one page of `capacity` positions per
+    /// sequence (HND).
     pub fn new(dtype: DType, slots: usize, capacity: usize) -> Self {
-        ModelOptions { dtype, slots, capacity, prefill_chunk: 512, decode_chunk: attention::DEFAULT_DECODE_CHUNK, graphs: true }
+        ModelOptions {
+            dtype,
+            slots,
+            capacity,
+            prefill_chunk: 512,
+            decode_chunk: attention::DEFAULT_DECODE_CHUNK,
+            graphs: true,
+            page_size: capacity.max(1),
+            num_pages: slots,
+            kv_layout: KvLayout::Hnd,
+        }
+    }
+
+    /// A cache of pages of `page_size` positions in `layout`, enough for every sequence at its
+    /// capacity.
+    pub fn with_pages(self, page_size: usize, layout: KvLayout) -> Self {
+        let page_size = page_size.max(1);
+        ModelOptions { page_size, num_pages: self.slots * self.capacity.div_ceil(page_size), kv_layout: layout, ..self }
     }
 }
 
@@ -140,8 +171,6 @@ struct Layer {
     /// [gate; up]: [2 * intermediate, hidden].
     gate_up: DeviceTensor,
     down: DeviceTensor,
-    k_cache: DeviceTensor,
-    v_cache: DeviceTensor,
 }
 
 /// Activations for up to `rows` tokens at once (a prefill chunk or a decode batch).
@@ -165,14 +194,20 @@ struct Workspace {
     /// so a prefill between decode steps leaves the batch's next tokens alone).
     prefill_logits: DeviceTensor,
     prefill_argmax: ArgmaxOutput,
-    /// Prefill: token ids, positions, slot of each row of a chunk.
+    /// Prefill: token ids, positions and cache slots of the rows of a chunk; the sequence's block
+    /// table row [max_pages], its length [1] and cu_seqlens [0, T].
     tokens: CudaSlice<i32>,
     positions: CudaSlice<i32>,
-    row_slots: CudaSlice<i32>,
-    /// Decode: each row's position, length (position + 1) and slot; the tokens are `argmax`'s index.
+    slot_mapping: CudaSlice<i32>,
+    pre_table: CudaSlice<i32>,
+    pre_len: CudaSlice<i32>,
+    pre_cu: CudaSlice<i32>,
+    /// Decode: each row's position, length (position + 1), cache slot and block table row [slots,
+    /// max_pages]; the tokens are `argmax`'s index.
     dec_positions: CudaSlice<i32>,
     dec_lens: CudaSlice<i32>,
-    dec_slots: CudaSlice<i32>,
+    dec_slot_mapping: CudaSlice<i32>,
+    dec_tables: CudaSlice<i32>,
     argmax: ArgmaxOutput,
 }
 
@@ -193,15 +228,19 @@ pub struct DeviceModel {
     lm_head: Option<DeviceTensor>,
     norm: DeviceTensor,
     layers: Vec<Layer>,
+    cache: PagedCache,
     rope: RopeTable,
     embed_status: EmbedStatus,
+    attn_status: AttentionStatus,
     ws: Workspace,
-    /// Valid positions of each slot: the one source of truth. The device's copies for the decode
-    /// batch (`ws.dec_positions`, `ws.dec_lens`) follow it: a decode step advances both, and
-    /// anything else that changes it (truncate, reset, prefill, forward_layer) sets
-    /// `device_lens_stale`, so the next step uploads them again before it runs.
+    /// Valid positions of each slot: the one source of truth, with the cache's block tables. The
+    /// device's copies for the decode batch (`ws.dec_positions`, `ws.dec_lens`,
+    /// `ws.dec_slot_mapping`, `ws.dec_tables`) follow them: a decode step advances the first three
+    /// itself, and anything else that changes a length or a table (truncate, reset, prefill,
+    /// forward_layer, a page taken) sets `device_lens_stale`, so the next step uploads them again
+    /// before it runs.
     lens: Vec<usize>,
-    /// The device's positions and lens of the batch no longer equal `lens`.
+    /// The device's metadata of the batch no longer equals the host's.
     device_lens_stale: bool,
     /// The decode batch: row b continues slot batch[b].
     batch: Vec<usize>,
@@ -372,7 +411,6 @@ impl DeviceModel {
             }
             Ok(t)
         };
-        let cache_dims = [options.slots, c.num_key_value_heads, options.capacity, d];
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = |n: &str| format!("model.layers.{i}.{n}");
@@ -393,8 +431,6 @@ impl DeviceModel {
                 post_norm: get(&p("post_attention_layernorm.weight"), &[h])?,
                 gate_up,
                 down: get(&p("mlp.down_proj.weight"), &[h, inter])?,
-                k_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
-                v_cache: DeviceTensor::zeros(gpu, dt, &cache_dims)?,
             });
         }
         let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
@@ -404,8 +440,11 @@ impl DeviceModel {
     }
 
     fn check_options(c: &Qwen2Config, o: &ModelOptions) -> Result<()> {
-        if o.slots == 0 || o.capacity == 0 || o.prefill_chunk == 0 {
-            return Err(bad(format!("slots {}, capacity {} and prefill_chunk {} must be positive", o.slots, o.capacity, o.prefill_chunk)));
+        if o.slots == 0 || o.capacity == 0 || o.prefill_chunk == 0 || o.page_size == 0 || o.num_pages == 0 {
+            return Err(bad(format!(
+                "slots {}, capacity {}, prefill_chunk {}, page_size {} and num_pages {} must be positive",
+                o.slots, o.capacity, o.prefill_chunk, o.page_size, o.num_pages
+            )));
         }
         if o.capacity > c.max_position_embeddings {
             return Err(bad(format!("capacity {} past the model's max_position_embeddings {}", o.capacity, c.max_position_embeddings)));
@@ -413,6 +452,9 @@ impl DeviceModel {
         attention::check_head_dim(OP, c.head_dim)?;
         to_i32("capacity", o.capacity)?;
         to_i32("slots", o.slots)?;
+        // Slots of the cache (page * page_size + offset) are i32, and so is a table's reach.
+        to_i32("num_pages x page_size", o.num_pages.saturating_mul(o.page_size))?;
+        to_i32("capacity rounded up to pages", o.capacity.div_ceil(o.page_size) * o.page_size)?;
         Ok(())
     }
 
@@ -432,6 +474,9 @@ impl DeviceModel {
         let (h, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (heads, kv) = (c.num_attention_heads, c.num_key_value_heads);
         let zeros = |dims: &[usize]| DeviceTensor::zeros(gpu, dt, dims);
+        let cache = PagedCache::new(gpu, dt, options.kv_layout, layers.len(), options.num_pages, options.page_size, kv, d, options.slots, options.capacity)?;
+        let max_pages = cache.max_pages;
+        let max_len = max_pages * options.page_size;
         let ws = Workspace {
             rows,
             resid: zeros(&[rows, h])?,
@@ -442,20 +487,20 @@ impl DeviceModel {
             proj: zeros(&[rows, h])?,
             gate_up: zeros(&[rows, 2 * inter])?,
             act: zeros(&[rows, inter])?,
-            attn_ws: DeviceTensor::zeros(
-                gpu,
-                DType::F32,
-                &[attention::decode_workspace_len(options.slots, heads, d, options.capacity, options.decode_chunk)],
-            )?,
+            attn_ws: DeviceTensor::zeros(gpu, DType::F32, &[attention::decode_workspace_len(options.slots, heads, d, max_len, options.decode_chunk)])?,
             logits: DeviceTensor::zeros(gpu, DType::F32, &[options.slots, c.vocab_size])?,
             prefill_logits: DeviceTensor::zeros(gpu, DType::F32, &[1, c.vocab_size])?,
             prefill_argmax: ArgmaxOutput::new(gpu, 1)?,
             tokens: i32s(gpu, rows)?,
             positions: i32s(gpu, rows)?,
-            row_slots: i32s(gpu, rows)?,
+            slot_mapping: i32s(gpu, rows)?,
+            pre_table: i32s(gpu, max_pages)?,
+            pre_len: i32s(gpu, 1)?,
+            pre_cu: i32s(gpu, 2)?,
             dec_positions: i32s(gpu, options.slots)?,
             dec_lens: i32s(gpu, options.slots)?,
-            dec_slots: i32s(gpu, options.slots)?,
+            dec_slot_mapping: i32s(gpu, options.slots)?,
+            dec_tables: i32s(gpu, options.slots * max_pages)?,
             argmax: ArgmaxOutput::new(gpu, options.slots)?,
         };
         let bytes = |t: &DeviceTensor| t.layout().bytes();
@@ -471,8 +516,8 @@ impl DeviceModel {
                         .sum::<usize>()
                 })
                 .sum::<usize>();
-        let kv_cache = layers.iter().map(|l| bytes(&l.k_cache) + bytes(&l.v_cache)).sum();
-        let index_bytes = (3 * rows + 3 * options.slots) * 4;
+        let kv_cache = cache.layers.iter().map(|c| c.bytes()).sum();
+        let index_bytes = (3 * rows + max_pages + 3 + 3 * options.slots + options.slots * max_pages) * 4;
         let argmax_bytes = (options.slots + 1) * (8 + argmax::CHUNKS * 8);
         let workspace = [&ws.resid, &ws.xn, &ws.qkv, &ws.q, &ws.attn, &ws.proj, &ws.gate_up, &ws.act, &ws.attn_ws, &ws.logits, &ws.prefill_logits]
             .into_iter()
@@ -482,6 +527,7 @@ impl DeviceModel {
             + argmax_bytes;
         let rope = RopeTable::new(gpu, c.rope_theta, d, c.max_position_embeddings)?;
         let embed_status = EmbedStatus::new(gpu)?;
+        let attn_status = AttentionStatus::new(gpu)?;
         gpu.synchronize()?;
         Ok(DeviceModel {
             lens: vec![0; options.slots],
@@ -496,8 +542,10 @@ impl DeviceModel {
             lm_head,
             norm,
             layers,
+            cache,
             rope,
             embed_status,
+            attn_status,
             ws,
         })
     }
@@ -540,10 +588,11 @@ impl DeviceModel {
         self.lens.get(slot).copied().unwrap_or(0)
     }
 
-    /// Forget the sequence in `slot` (its cache rows are overwritten by the next one).
+    /// Forget the sequence in `slot` (its pages go back to the cache's pool).
     pub fn reset(&mut self, slot: usize) -> Result<()> {
         self.check_slot(slot)?;
         self.set_len(slot, 0);
+        self.cache.truncate(slot, 0);
         Ok(())
     }
 
@@ -555,19 +604,44 @@ impl DeviceModel {
             return Err(bad(format!("cannot truncate slot {slot} of {} positions to {len}", self.lens[slot])));
         }
         self.set_len(slot, len);
+        self.cache.truncate(slot, len);
         Ok(())
     }
 
-    /// Declare that the first `len` positions of `slot`'s KV cache ([`DeviceModel::kv_cache`])
-    /// hold keys and values the caller wrote there: an engine importing a sequence's cache, or a
-    /// profile that needs a context without its prefill. The next token goes to position `len`.
+    /// Declare that the first `len` positions of `slot`'s sequence hold keys and values the caller
+    /// writes into the KV cache ([`DeviceModel::kv_cache`]) at the pages [`DeviceModel::block_table`]
+    /// lists (taken here as needed): an engine importing a sequence's cache, or a profile that
+    /// needs a context without its prefill. The next token goes to position `len`.
     pub fn set_cached_len(&mut self, slot: usize, len: usize) -> Result<()> {
         self.check_slot(slot)?;
         if len > self.options.capacity {
             return Err(bad(format!("{len} cached positions in slot {slot} of {} positions", self.options.capacity)));
         }
+        self.cache.truncate(slot, len);
+        self.cache.grow(slot, len)?;
         self.set_len(slot, len);
         Ok(())
+    }
+
+    /// `dst` continues the sequence in `src` from its current length, sharing its pages (a
+    /// common prompt's, for several continuations): nothing is copied until one of them writes
+    /// into a shared page, which is then copied for it (copy-on-write). `dst` is reset first.
+    pub fn fork(&mut self, src: usize, dst: usize) -> Result<()> {
+        self.check_slot(src)?;
+        self.check_slot(dst)?;
+        if src == dst {
+            return Err(bad(format!("cannot fork slot {src} into itself")));
+        }
+        let len = self.lens[src];
+        self.cache.share(src, dst, len);
+        self.set_len(dst, len);
+        Ok(())
+    }
+
+    /// The pages of `slot`'s sequence, in position order: position p is at offset p % page_size
+    /// of page `block_table(slot)[p / page_size]` of every layer's cache.
+    pub fn block_table(&self, slot: usize) -> &[i32] {
+        self.cache.pages(slot.min(self.options.slots - 1))
     }
 
     /// Set the host's length of `slot` outside a decode step: the device's copy of the batch's
@@ -577,17 +651,27 @@ impl DeviceModel {
         self.device_lens_stale = true;
     }
 
-    /// Layer `layer`'s KV cache: k and v, each [slots, kv_heads, capacity, head_dim] in the
-    /// model's dtype (the layout of [`crate::spec::kv_cache`]); positions 0..seq_len(slot) of a slot
-    /// are valid.
-    pub fn kv_cache(&self, layer: usize) -> Result<(View<'_>, View<'_>)> {
-        let l = self.layers.get(layer).ok_or_else(|| bad(format!("layer {layer} of {}", self.layers.len())))?;
-        Ok((l.k_cache.view(), l.v_cache.view()))
+    /// Layer `layer`'s paged KV cache in the model's dtype and layout ([`crate::spec::kv_cache`]);
+    /// positions 0..seq_len(slot) of a sequence are valid, at its [`DeviceModel::block_table`].
+    pub fn kv_cache(&self, layer: usize) -> Result<KvCacheView<'_>> {
+        let c = self.cache.layers.get(layer).ok_or_else(|| bad(format!("layer {layer} of {}", self.layers.len())))?;
+        Ok(c.view())
     }
 
     /// The cache's dimensions (shared by every layer).
     pub fn kv_cache_dims(&self) -> KvCacheDims {
-        KvCacheDims { slots: self.options.slots, kv_heads: self.config.num_key_value_heads, capacity: self.options.capacity, head_dim: self.config.head_dim }
+        KvCacheDims {
+            num_pages: self.options.num_pages,
+            page_size: self.options.page_size,
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+            layout: self.options.kv_layout,
+        }
+    }
+
+    /// Pages of the cache not held by any sequence.
+    pub fn free_pages(&self) -> usize {
+        self.cache.free_pages()
     }
 
     fn check_slot(&self, slot: usize) -> Result<()> {
@@ -632,18 +716,14 @@ impl DeviceModel {
             let p0 = self.lens[slot];
             let t = chunk.len();
             let ids: Vec<i32> = chunk.iter().map(|&x| x as i32).collect();
-            let positions = self.positions((p0..p0 + t).map(|p| p as i32).collect());
-            let slots = vec![slot as i32; t];
-            let stream = gpu.stream();
-            stream.memcpy_htod(&ids, &mut self.ws.tokens.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill tokens)")?;
-            stream.memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill positions)")?;
-            stream.memcpy_htod(&slots, &mut self.ws.row_slots.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill slots)")?;
+            gpu.stream().memcpy_htod(&ids, &mut self.ws.tokens.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill tokens)")?;
+            self.upload_prefill_meta(gpu, slot, p0, t)?;
             embed::embed(gpu, &self.embed.view(), &self.ws.tokens.slice(0..t), &mut self.ws.resid.view_mut().rows_mut(0..t)?, &mut self.embed_status)?;
             if let Some(tr) = trace.as_deref_mut() {
                 tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
             }
             for l in 0..self.layers.len() {
-                self.layer(gpu, l, t, Attend::Prefill { slot, context: p0 + t }, trace.as_deref_mut())?;
+                self.layer(gpu, l, t, Attend::Prefill, trace.as_deref_mut())?;
             }
             self.set_len(slot, p0 + t);
             if i + 1 == chunks.len() {
@@ -657,6 +737,24 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// Pages for positions p0..p0+t of `slot` (copying a shared page written into), and the
+    /// prefill's device metadata: positions, slots, the block table row, the length p0 + t and
+    /// cu_seqlens [0, t].
+    fn upload_prefill_meta(&mut self, gpu: &Gpu, slot: usize, p0: usize, t: usize) -> Result<()> {
+        self.cache.ensure(gpu, slot, p0, p0 + t)?;
+        let positions = self.positions((p0..p0 + t).map(|p| p as i32).collect());
+        // The slots follow the positions as uploaded (the planted stuck position writes there too).
+        let slots: Vec<i32> = positions.iter().map(|&p| self.cache.slot(slot, p as usize)).collect();
+        let table = self.cache.table_row(slot);
+        let stream = gpu.stream();
+        stream.memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill positions)")?;
+        stream.memcpy_htod(&slots, &mut self.ws.slot_mapping.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill slot mapping)")?;
+        stream.memcpy_htod(&table, &mut self.ws.pre_table).cuda("cuMemcpyHtoD(prefill block table)")?;
+        stream.memcpy_htod(&[to_i32("length", p0 + t)?], &mut self.ws.pre_len).cuda("cuMemcpyHtoD(prefill length)")?;
+        stream.memcpy_htod(&[0, t as i32], &mut self.ws.pre_cu).cuda("cuMemcpyHtoD(prefill cu_seqlens)")?;
+        Ok(())
+    }
+
     /// One decoder layer over the first `t` rows of the workspace: expects the residual stream in
     /// `resid` (layer 0) or the previous layer's down projection pending in `proj`, and leaves its
     /// own down projection pending in `proj`.
@@ -666,6 +764,8 @@ impl DeviceModel {
         let (heads, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let ws = &mut self.ws;
         let lw = &mut self.layers[l];
+        let cache = &mut self.cache.layers[l];
+        let max_pages = self.cache.max_pages;
         if l == 0 {
             rmsnorm(gpu, &ws.resid.view().rows(0..t)?, &lw.input_norm.view(), eps, &mut ws.xn.view_mut().rows_mut(0..t)?)?;
         } else {
@@ -673,42 +773,23 @@ impl DeviceModel {
         }
         linear(gpu, &ws.xn.view().rows(0..t)?, &lw.qkv.view(), Some(&lw.qkv_bias.view()), &mut ws.qkv.view_mut().rows_mut(0..t)?)?;
         let (positions, slots) = match attend {
-            Attend::Prefill { .. } => (ws.positions.slice(0..t), ws.row_slots.slice(0..t)),
-            Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slots.slice(0..t)),
+            Attend::Prefill => (ws.positions.slice(0..t), ws.slot_mapping.slice(0..t)),
+            Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slot_mapping.slice(0..t)),
         };
-        rope_qkv(
-            gpu,
-            &mut self.rope,
-            &ws.qkv.view().rows(0..t)?,
-            kv,
-            &positions,
-            &slots,
-            &mut ws.q.view_mut().rows_mut(0..t)?,
-            &mut lw.k_cache.view_mut(),
-            &mut lw.v_cache.view_mut(),
-        )?;
+        rope_qkv(gpu, &mut self.rope, &ws.qkv.view().rows(0..t)?, kv, &positions, &slots, &mut ws.q.view_mut().rows_mut(0..t)?, &mut cache.view_mut())?;
         match attend {
-            Attend::Prefill { slot, context } => attention::prefill_cached(
-                gpu,
-                &ws.q.view().rows(0..t)?,
-                &lw.k_cache.view(),
-                &lw.v_cache.view(),
-                slot,
-                context,
-                &mut ws.attn.view_mut().rows_mut(0..t)?,
-                PrefillPath::Auto,
-            )?,
-            Attend::Decode => attention::decode_with_chunk(
-                gpu,
-                &ws.q.view().rows(0..t)?,
-                &lw.k_cache.view(),
-                &lw.v_cache.view(),
-                &ws.dec_slots.slice(0..t),
-                &ws.dec_lens.slice(0..t),
-                &mut ws.attn_ws.view_mut(),
-                &mut ws.attn.view_mut().rows_mut(0..t)?,
-                self.options.decode_chunk,
-            )?,
+            Attend::Prefill => {
+                let (table, len, cu) = (ws.pre_table.slice(0..max_pages), ws.pre_len.slice(0..1), ws.pre_cu.slice(0..2));
+                let batch = PagedBatch { block_tables: &table, max_pages, seq_lens: &len };
+                let q = ws.q.view().rows(0..t)?;
+                attention::prefill_paged(gpu, &q, &cache.view(), &batch, &cu, t, &mut self.attn_status, &mut ws.attn.view_mut().rows_mut(0..t)?, PrefillPath::Auto)?
+            }
+            Attend::Decode => {
+                let (table, lens) = (ws.dec_tables.slice(0..t * max_pages), ws.dec_lens.slice(0..t));
+                let batch = PagedBatch { block_tables: &table, max_pages, seq_lens: &lens };
+                let q = ws.q.view().rows(0..t)?;
+                attention::decode_with_chunk(gpu, &q, &cache.view(), &batch, &mut ws.attn_ws.view_mut(), &mut ws.attn.view_mut().rows_mut(0..t)?, self.options.decode_chunk)?
+            }
         }
         linear(gpu, &ws.attn.view().rows(0..t)?.reshape(&[t, heads * d])?, &lw.o.view(), None, &mut ws.proj.view_mut().rows_mut(0..t)?)?;
         ws.add_norm(gpu, t, &lw.post_norm, eps)?;
@@ -780,23 +861,26 @@ impl DeviceModel {
         embed::check_tokens(tokens, self.config.vocab_size)?;
         let b = slots.len();
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
-        let stream = gpu.stream();
-        stream.memcpy_htod(&ids, &mut self.ws.argmax.index_mut().slice_mut(0..b)).cuda("cuMemcpyHtoD(decode tokens)")?;
-        stream.memcpy_htod(&slot_ids, &mut self.ws.dec_slots.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slots)")?;
+        gpu.stream().memcpy_htod(&ids, &mut self.ws.argmax.index_mut().slice_mut(0..b)).cuda("cuMemcpyHtoD(decode tokens)")?;
         self.batch = slots.to_vec();
-        self.upload_batch_lens(gpu)
+        self.device_lens_stale = true;
+        Ok(())
     }
 
-    /// The batch's positions (the host's lens) and lens (+ 1) to the device, where the decode
-    /// step reads them (and advances them itself).
-    fn upload_batch_lens(&mut self, gpu: &Gpu) -> Result<()> {
+    /// The batch's device metadata from the host's: positions (the lens), lens + 1, the slots of
+    /// those positions and the block table rows in batch order. The decode step reads them and
+    /// advances the first three itself.
+    fn upload_batch_meta(&mut self, gpu: &Gpu) -> Result<()> {
         let b = self.batch.len();
         let lens: Vec<i32> = self.batch.iter().map(|&s| self.lens[s] as i32 + 1).collect();
         let positions = self.positions(self.batch.iter().map(|&s| self.lens[s] as i32).collect());
+        let slots: Vec<i32> = self.batch.iter().zip(&positions).map(|(&s, &p)| self.cache.slot(s, p as usize)).collect();
+        let tables: Vec<i32> = self.batch.iter().flat_map(|&s| self.cache.table_row(s)).collect();
         let stream = gpu.stream();
         stream.memcpy_htod(&positions, &mut self.ws.dec_positions.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode positions)")?;
         stream.memcpy_htod(&lens, &mut self.ws.dec_lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
+        stream.memcpy_htod(&slots, &mut self.ws.dec_slot_mapping.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slot mapping)")?;
+        stream.memcpy_htod(&tables, &mut self.ws.dec_tables.slice_mut(0..tables.len())).cuda("cuMemcpyHtoD(decode block tables)")?;
         self.device_lens_stale = false;
         Ok(())
     }
@@ -814,10 +898,20 @@ impl DeviceModel {
         if let Some(&s) = self.batch.iter().find(|&&s| self.lens[s] >= self.options.capacity) {
             return Err(bad(format!("slot {s} is full: {} positions of {}", self.lens[s], self.options.capacity)));
         }
+        // Pages for this step's position and the next one (the step computes the next step's slot
+        // on the device, from the table it has); a shared page about to be written is copied.
+        for &s in &self.batch {
+            let p = self.lens[s];
+            let end = (p + 2).min(self.options.capacity);
+            if self.cache.ensure(gpu, s, p, end)? {
+                self.device_lens_stale = true;
+            }
+        }
         if self.device_lens_stale {
-            // A length changed on the host since the last step (truncate, reset, prefill): the
-            // device's copies, which the graph reads, follow it before anything runs.
-            self.upload_batch_lens(gpu)?;
+            // A length or a table changed on the host since the last step (truncate, reset,
+            // prefill, a new page): the device's copies, which the graph reads, follow before
+            // anything runs.
+            self.upload_batch_meta(gpu)?;
         }
         if self.options.graphs {
             if !self.graphs.contains_key(&b) {
@@ -851,7 +945,9 @@ impl DeviceModel {
         if self.defect == Some(Defect::PositionStuckAtZero) {
             return Ok(());
         }
-        embed::advance(gpu, &mut self.ws.dec_positions, &mut self.ws.dec_lens, b)
+        let max_pages = self.cache.max_pages;
+        let tables = self.ws.dec_tables.slice(0..b * max_pages);
+        embed::advance(gpu, &mut self.ws.dec_positions, &mut self.ws.dec_lens, &mut self.ws.dec_slot_mapping, &tables, max_pages, self.options.page_size, b)
     }
 
     /// The tokens the last prefill (1) or decode step (the batch) chose, after checking every
@@ -880,6 +976,7 @@ impl DeviceModel {
     pub fn check_status(&mut self, gpu: &Gpu) -> Result<()> {
         self.embed_status.check(gpu)?;
         self.rope.check_status(gpu)?;
+        self.attn_status.check(gpu)?;
         if !self.batch.is_empty() {
             attention::decode_status(gpu, &self.ws.attn_ws.view())?;
         }
@@ -900,22 +997,19 @@ impl DeviceModel {
         if layer >= self.layers.len() {
             return Err(bad(format!("layer {layer} of {}", self.layers.len())));
         }
-        self.set_len(slot, 0);
-        let positions = self.positions((0..t as i32).collect());
-        let slots = vec![slot as i32; t];
-        gpu.stream().memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(positions)")?;
-        gpu.stream().memcpy_htod(&slots, &mut self.ws.row_slots.slice_mut(0..t)).cuda("cuMemcpyHtoD(slots)")?;
+        self.reset(slot)?;
+        self.upload_prefill_meta(gpu, slot, 0, t)?;
         self.ws.resid.view_mut().rows_mut(0..t)?.upload(gpu, x)?;
         // A layer other than 0 expects its input as resid + proj: zero proj, so resid is the input.
         if layer > 0 {
             gpu.stream().memset_zeros(&mut self.ws.proj.view_mut().rows_mut(0..t)?.data).cuda("cuMemsetD8(proj)")?;
         }
         let mut trace = DeviceTrace::default();
-        self.layer(gpu, layer, t, Attend::Prefill { slot, context: t }, Some(&mut trace))?;
+        self.layer(gpu, layer, t, Attend::Prefill, Some(&mut trace))?;
         // The layer's output: resid + proj, formed by the kernels (the next norm's add).
         self.final_norm(gpu, t)?;
         let out = self.ws.resid.view().rows(0..t)?.to_host(gpu)?;
-        self.set_len(slot, 0);
+        self.reset(slot)?;
         self.check_status(gpu)?;
         let mid = trace.attn_residual.pop().ok_or_else(|| bad("no attention residual recorded".into()))?;
         Ok((mid, out))
@@ -1029,8 +1123,8 @@ enum Head {
 /// Where a layer's attention reads its keys.
 #[derive(Clone, Copy)]
 enum Attend {
-    /// A prefill chunk of one sequence: `slot`'s positions 0..context.
-    Prefill { slot: usize, context: usize },
-    /// The decode batch: each row's slot and len on the device.
+    /// A prefill chunk of one sequence: the prefill metadata (`upload_prefill_meta`).
+    Prefill,
+    /// The decode batch: each row's block table and length on the device.
     Decode,
 }

@@ -1,5 +1,6 @@
 //! Qwen2 models: config presets and whole-model weights (synthetic profile or checkpoint).
 
+pub(crate) mod cache;
 pub mod config;
 pub mod device;
 pub mod weights;

@@ -3,18 +3,21 @@
 //! position. kv_head = q_head / (heads / kv_heads).
 //!
 //! ```text
-//! prefill:  o [T, heads, D]  = attention(q [T, heads, D], k, v [S, kv_heads, D])     T <= S (chunked when T < S)
-//! decode:   o [B, heads, D]  = attention(q [B, heads, D], k_cache, v_cache [slots, kv_heads, capacity, D],
-//!                                        slot [B], len [B])                           device i32 arrays
+//! prefill:        o [T, heads, D] = attention(q [T, heads, D], k, v [S, kv_heads, D])       T <= S (chunked when T < S)
+//! prefill_paged:  o [R, heads, D] = attention(q [R, heads, D], paged cache, block_tables [B, max_pages],
+//!                                             seq_lens [B], cu_seqlens_q [B + 1])   a ragged batch, one launch
+//! decode:         o [B, heads, D] = attention(q [B, heads, D], paged cache, block_tables, seq_lens)
 //! ```
-//! q.k, logits, running max, exponentials, sums and the p.v accumulation are FP32; the output is
-//! rounded once to the storage dtype. head_dim 64 and 128 (others: `Error::UnsupportedSize`); any
-//! group size. Prefill is one sequence per call (a batch of prompts is a batch of calls).
+//! The paged cache, its two layouts and the metadata are specified in [`crate::spec::kv_cache`];
+//! the metadata are device i32 arrays (an engine's own buffers). q.k, logits, running max,
+//! exponentials, sums and the p.v accumulation are FP32; the output is rounded once to the storage
+//! dtype. head_dim 64 and 128 (others: `Error::UnsupportedSize`); any group size.
 //!
 //! Kernels (details in the kernel file's header):
 //! - prefill f16/bf16: tensor cores (`mma.sync` m16n8k16, FP32 accumulation), 64 query rows x 64
-//!   keys per step, K/V tiles double-buffered with cp.async, fragments by ldmatrix, online softmax; the softmax weights enter the P.V mma split into 2 (f16) or 3
-//!   (bf16) 16-bit terms so they keep FP32 accuracy ([`mma_extra_error`]).
+//!   keys per step, K/V tiles double-buffered with cp.async, fragments by ldmatrix, online softmax;
+//!   the softmax weights enter the P.V mma split into 2 (f16) or 3 (bf16) 16-bit terms so they keep
+//!   FP32 accuracy ([`mma_extra_error`]). Ragged: one block per (64 new tokens, head, sequence).
 //! - prefill f32 (and `PrefillPath::Simt` for any dtype): the SIMT kernel below, one block per query
 //!   token and kv head, no workspace.
 //! - decode: SIMT flash-decoding. Each block reads the K/V rows of one (sequence, kv head, split of
@@ -23,23 +26,25 @@
 //!   and nothing synchronises: a decode step can be captured in a CUDA graph.
 //!
 //! Batch invariance: a row's result depends on its own length (and, in decode, the chunk), never on
-//! the rows around it. The SIMT prefill's row t and a one-split decode of the same token (chunk >=
-//! len) are bit-identical; the tensor-core prefill and a multi-split decode of the same token agree
-//! within the tolerance, not bitwise (different summation orders).
+//! the rows around it, the page size or the layout. The SIMT prefill's row t and a one-split decode
+//! of the same token (chunk >= len) are bit-identical; the tensor-core prefill and a multi-split
+//! decode of the same token agree within the tolerance, not bitwise (different summation orders).
 //!
-//! Device-side slots and lens cannot be checked on the host. The kernels read them and treat a row
-//! with slot outside [0, slots) or len outside [1, capacity] as invalid: nothing is read for it,
-//! every element of its output is NaN, and a flag is raised in the workspace's status word, which
-//! [`decode_status`] reads (synchronising) as a typed error: never an out-of-bounds access, never
-//! a silent row.
+//! Device-side metadata cannot be checked on the host without a synchronisation. The kernels read
+//! it and treat a row whose length is outside [1, max_pages * page_size], whose pages are outside
+//! the cache or (ragged) whose cu_seqlens are not a range inside the rows as invalid: nothing out of
+//! bounds is read, every element of its output is NaN, and a flag is raised in a status word
+//! (decode: the workspace's, read by [`decode_status`]; prefill: an [`AttentionStatus`]): never an
+//! out-of-bounds access, never a silent row.
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::spec::kv_cache::{self, KvCacheDims};
+use crate::gpu::KernelLaunch;
+use crate::ops::kv_cache::{KvCacheDims, KvCacheView, PagedBatch};
 use crate::tensor::{HostTensor, Layout, View, ViewMut};
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaView, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 pub use crate::spec::attention::{check, error_scale, softmax_scale, AttentionDims, DECODE_OP, OP};
 const MODULE: &str = "attention";
@@ -191,43 +196,209 @@ pub fn prefill(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut ViewMut) -> Re
 pub fn prefill_with_path(gpu: &Gpu, q: &View, k: &View, v: &View, out: &mut ViewMut, path: PrefillPath) -> Result<()> {
     let offsets = [q.byte_offset(), k.byte_offset(), v.byte_offset(), out.byte_offset()];
     let (dims, launch) = plan_prefill(q.layout(), k.layout(), v.layout(), out.layout(), offsets, path)?;
-    // Contiguous k, v [S, kv_heads, D]: kv head g's row s at g * D + s * kv_heads * D.
-    let strides = KeyStrides { head: dims.head_dim as i64, row: (dims.kv_heads * dims.head_dim) as i64 };
-    launch_prefill(gpu, q, &k.data, &v.data, out, dims, launch, strides)
+    if dims.tokens == 0 {
+        return Ok(());
+    }
+    // Contiguous k, v [S, kv_heads, D]: kv head g's key s at g * D + s * kv_heads * D, no table.
+    let meta = Meta {
+        block_tables: None,
+        seq_lens: None,
+        cu_seqlens: None,
+        batch: 1,
+        rows: dims.tokens as i32,
+        num_pages: 1,
+        page_size: dims.context as i32,
+        max_pages: 1,
+        tokens: dims.tokens as i32,
+        context: dims.context as i32,
+        page_stride: 0,
+        head_stride: dims.head_dim as i64,
+        row_stride: (dims.kv_heads * dims.head_dim) as i64,
+    };
+    // Nothing flags a contiguous prefill (no metadata to be wrong): the status pointer is null.
+    launch_prefill(gpu, q, &k.data, &v.data, out, dims, launch, &meta, None)
 }
 
-/// Causal attention of `q` [T, heads, D], the newest T tokens of the sequence in cache slot
-/// `slot`, over that slot's first `context` positions of `k_cache`, `v_cache` [slots, kv_heads,
-/// capacity, D] ([`crate::spec::kv_cache`]), into `out` [T, heads, D]: query t sits at position
-/// context - T + t. The same kernels as [`prefill`] (tensor cores for f16/bf16), reading the cache
-/// in place through its strides: a chunked prefill needs no contiguous copy of the keys. The keys
-/// and values of the T new tokens must already be in the cache (`rope::rope_kv` writes them).
+/// The device status word of the paged prefill: the kernels raise [`STATUS_BAD_PAGE`],
+/// [`STATUS_BAD_LEN`] and [`STATUS_BAD_CU`] in it for rows whose metadata was wrong (their output is
+/// NaN). [`AttentionStatus::check`] reads and clears it.
+pub struct AttentionStatus {
+    word: CudaSlice<u32>,
+}
+
+impl AttentionStatus {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(AttentionStatus { word: gpu.stream().alloc_zeros::<u32>(1).cuda("cuMemAlloc(attention status)")? })
+    }
+
+    /// `Ok` if no paged prefill since the last check met bad metadata (synchronises), else an
+    /// error naming what was wrong; the word is cleared either way.
+    pub fn check(&mut self, gpu: &Gpu) -> Result<()> {
+        let bits = gpu.stream().clone_dtoh(&self.word).cuda("cuMemcpyDtoH(attention status)")?[0];
+        gpu.synchronize()?;
+        if bits == 0 {
+            return Ok(());
+        }
+        gpu.stream().memset_zeros(&mut self.word).cuda("cuMemsetD8(attention status)")?;
+        Err(status_error(OP, bits))
+    }
+}
+
+fn status_error(op: &'static str, bits: u32) -> Error {
+    let mut what = Vec::new();
+    if bits & STATUS_BAD_PAGE != 0 {
+        what.push("a page outside the cache");
+    }
+    if bits & STATUS_BAD_LEN != 0 {
+        what.push("a length outside 1..=max_pages * page_size (or shorter than its new tokens)");
+    }
+    if bits & STATUS_BAD_CU != 0 {
+        what.push("cu_seqlens that are not an increasing range inside the rows");
+    }
+    Error::invalid(op, format!("rows with {} were skipped, their output is NaN (status {bits:#x})", what.join(" and ")))
+}
+
+/// Validate a ragged paged prefill and choose its kernel: q and out [rows, heads, D], the cache,
+/// the batch's arrays (`cu_seqlens_len` = batch + 1) and `max_q_len` (the most new tokens of one
+/// sequence: the grid covers that many). Pure, for tests without a GPU.
 #[allow(clippy::too_many_arguments)]
-pub fn prefill_cached(gpu: &Gpu, q: &View, k_cache: &View, v_cache: &View, slot: usize, context: usize, out: &mut ViewMut, path: PrefillPath) -> Result<()> {
-    let cache = kv_cache::check(OP, k_cache.layout(), v_cache.layout())?;
-    if slot >= cache.slots {
-        return Err(Error::invalid(OP, format!("slot {slot} outside the cache's {} slots", cache.slots)));
+pub fn plan_prefill_paged(
+    q: Layout,
+    cache: &KvCacheDims,
+    cache_dtype: DType,
+    out: Layout,
+    batch: usize,
+    block_tables_len: usize,
+    max_pages: usize,
+    cu_seqlens_len: usize,
+    max_q_len: usize,
+    byte_offsets: [usize; 4],
+    path: PrefillPath,
+) -> Result<(AttentionDims, PrefillLaunch)> {
+    let [rows, heads, head_dim] = *q.shape.dims() else {
+        return Err(Error::shape(OP, format!("q must be [rows, heads, head_dim], got {q}")));
+    };
+    if cache_dtype != q.dtype {
+        return Err(Error::dtype(OP, format!("cache is {cache_dtype} but q is {}", q.dtype)));
     }
-    if context > cache.capacity {
-        return Err(Error::invalid(OP, format!("context {context} past the cache's capacity {}", cache.capacity)));
+    if cache.head_dim != head_dim || heads == 0 || heads % cache.kv_heads != 0 {
+        return Err(Error::shape(OP, format!("q {q} against a cache of {} kv heads of {}", cache.kv_heads, cache.head_dim)));
     }
-    // The slot's first `context` positions, validated as the contiguous k, v [S, kv_heads, D] they
-    // stand for (same element count and dtype; only the strides differ).
-    let kv = Layout::new(k_cache.layout().dtype, &[context, cache.kv_heads, cache.head_dim])?;
-    let offsets = [q.byte_offset(), k_cache.byte_offset(), v_cache.byte_offset(), out.byte_offset()];
-    let (dims, launch) = plan_prefill(q.layout(), kv, kv, out.layout(), offsets, path)?;
-    let slot_bytes = cache.kv_heads * cache.capacity * cache.head_dim * kv.dtype.size();
-    let (k, v) = (k_cache.data.slice(slot * slot_bytes..), v_cache.data.slice(slot * slot_bytes..));
-    // [slots, kv_heads, capacity, D]: kv head g's position s of this slot at g * capacity * D + s * D.
-    let strides = KeyStrides { head: (cache.capacity * cache.head_dim) as i64, row: cache.head_dim as i64 };
-    launch_prefill(gpu, q, &k, &v, out, dims, launch, strides)
+    if cu_seqlens_len != batch + 1 {
+        return Err(Error::shape(OP, format!("cu_seqlens of {cu_seqlens_len} entries for {batch} sequences (needs batch + 1)")));
+    }
+    if max_pages == 0 || Some(block_tables_len) != batch.checked_mul(max_pages) {
+        return Err(Error::shape(OP, format!("block table of {block_tables_len} entries for {batch} sequences of {max_pages} pages")));
+    }
+    let max_len = max_pages.checked_mul(cache.page_size).filter(|&n| n <= i32::MAX as usize);
+    let Some(max_len) = max_len else {
+        return Err(Error::unsupported(OP, format!("{max_pages} pages of {} positions past i32", cache.page_size)));
+    };
+    if max_q_len > max_len || max_q_len > rows.max(1) {
+        return Err(Error::invalid(OP, format!("max_q_len {max_q_len} past the table's {max_len} positions or the {rows} rows")));
+    }
+    if batch > GRID_YZ_MAX {
+        return Err(Error::unsupported(OP, format!("{batch} sequences > {GRID_YZ_MAX} (grid.z)")));
+    }
+    // The launch of a contiguous prefill of max_q_len tokens over max_len keys, with the ragged grid.
+    let kv = Layout::new(q.dtype, &[max_len, cache.kv_heads, head_dim])?;
+    let q_max = Layout::new(q.dtype, &[max_q_len, heads, head_dim])?;
+    let (_, mut launch) = plan_prefill(q_max, kv, kv, q_max, byte_offsets, path)?;
+    check_out(OP, q, out)?;
+    to_i32(OP, "rows", rows)?;
+    if launch.kernel.starts_with("attn_prefill_mma") {
+        launch.grid = (max_q_len.div_ceil(MMA_BLOCK_M).max(1) as u32, heads as u32, batch.max(1) as u32);
+    } else {
+        launch.grid.0 = rows as u32;
+    }
+    let dims = AttentionDims { tokens: rows, context: max_len, heads, kv_heads: cache.kv_heads, head_dim };
+    Ok((dims, launch))
 }
 
-/// Element strides of the keys and values a prefill reads: between kv heads, between positions.
-#[derive(Clone, Copy)]
-struct KeyStrides {
-    head: i64,
-    row: i64,
+/// Causal attention of a ragged batch of new tokens over a paged cache: sequence b's new tokens
+/// are rows `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]` of `q` and `out` [rows, heads, D], at the end
+/// of its `seq_lens[b]` positions, which its block table row maps to pages of `cache` (the new
+/// tokens' keys and values already written, by [`crate::ops::rope::rope_kv`]). Causal within each
+/// sequence, one launch for the batch; a chunked prefill is a sequence whose new tokens follow
+/// cached ones. Each sequence's result equals running it alone, bit for bit (a block never mixes
+/// sequences). Rows at or past `cu_seqlens_q[batch]` are left as they are. `max_q_len` bounds every
+/// sequence's new tokens (the grid covers it; a longer one is flagged).
+///
+/// The device arrays are checked by the kernels: a sequence with bad metadata reads nothing out of
+/// bounds, its rows are NaN, and `status` says why ([`AttentionStatus::check`]).
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_paged(
+    gpu: &Gpu,
+    q: &View,
+    cache: &KvCacheView,
+    batch: &PagedBatch,
+    cu_seqlens_q: &CudaView<i32>,
+    max_q_len: usize,
+    status: &mut AttentionStatus,
+    out: &mut ViewMut,
+    path: PrefillPath,
+) -> Result<()> {
+    let c = cache.dims(OP)?;
+    batch.check(OP, &c)?;
+    let offsets = [q.byte_offset(), cache.k.byte_offset(), cache.v.byte_offset(), out.byte_offset()];
+    let (dims, launch) = plan_prefill_paged(
+        q.layout(),
+        &c,
+        cache.k.layout().dtype,
+        out.layout(),
+        batch.batch(),
+        batch.block_tables.len(),
+        batch.max_pages,
+        cu_seqlens_q.len(),
+        max_q_len,
+        offsets,
+        path,
+    )?;
+    if dims.tokens == 0 || batch.batch() == 0 || max_q_len == 0 {
+        return Ok(());
+    }
+    let meta = Meta {
+        block_tables: Some(batch.block_tables),
+        seq_lens: Some(batch.seq_lens),
+        cu_seqlens: Some(cu_seqlens_q),
+        batch: batch.batch() as i32,
+        rows: dims.tokens as i32,
+        num_pages: c.num_pages as i32,
+        page_size: c.page_size as i32,
+        max_pages: batch.max_pages as i32,
+        tokens: 0,
+        context: 0,
+        page_stride: c.page_stride() as i64,
+        head_stride: c.head_stride() as i64,
+        row_stride: c.row_stride() as i64,
+    };
+    launch_prefill(gpu, q, &cache.k.data, &cache.v.data, out, dims, launch, &meta, Some(&mut status.word))
+}
+
+/// What the kernels read of a launch's keys: the device metadata (None: contiguous keys, one
+/// sequence of `tokens` new tokens after `context - tokens` cached ones) and the cache geometry.
+struct Meta<'a> {
+    block_tables: Option<&'a CudaView<'a, i32>>,
+    seq_lens: Option<&'a CudaView<'a, i32>>,
+    cu_seqlens: Option<&'a CudaView<'a, i32>>,
+    batch: i32,
+    rows: i32,
+    num_pages: i32,
+    page_size: i32,
+    max_pages: i32,
+    tokens: i32,
+    context: i32,
+    page_stride: i64,
+    head_stride: i64,
+    row_stride: i64,
+}
+
+/// A device pointer argument, or null.
+fn arg_or_null<'a>(args: &mut KernelLaunch<'a>, a: Option<&'a CudaView<'a, i32>>, null: &'a u64) {
+    match a {
+        Some(a) => args.arg(a),
+        None => args.arg(null),
+    };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,11 +410,9 @@ fn launch_prefill(
     out: &mut ViewMut,
     dims: AttentionDims,
     launch: PrefillLaunch,
-    strides: KeyStrides,
+    meta: &Meta,
+    status: Option<&mut CudaSlice<u32>>,
 ) -> Result<()> {
-    if dims.tokens == 0 {
-        return Ok(());
-    }
     let f = gpu.function(MODULE, launch.kernel)?;
     let config = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.threads, 1, 1), shared_mem_bytes: launch.shared_bytes };
     if launch.shared_bytes > 0 {
@@ -251,38 +420,53 @@ fn launch_prefill(
         f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, launch.shared_bytes as i32)
             .cuda(format!("cuFuncSetAttribute({}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {})", launch.kernel, launch.shared_bytes))?;
     }
-    let (tokens, context, heads) = (dims.tokens as i32, dims.context as i32, dims.heads as i32);
+    let heads = dims.heads as i32;
     let group = dims.group() as i32;
-    let (head_stride, row_stride) = (strides.head, strides.row);
     let scale = softmax_scale(dims.head_dim);
+    let null = 0u64;
     let mut args = gpu.launcher(&f, launch.kernel);
+    args.arg(&q.data).arg(k).arg(v).arg(&mut out.data);
+    let chunk = meta.max_pages.saturating_mul(meta.page_size);
+    let one = 1i32;
     if launch.kernel.starts_with("attn_prefill_mma") {
-        args.arg(&q.data).arg(k).arg(v).arg(&mut out.data);
-        args.arg(&tokens).arg(&context).arg(&heads).arg(&group).arg(&head_stride).arg(&row_stride).arg(&scale);
-        // SAFETY: q and out hold T * heads * D elements of the kernel's dtype, 16-byte aligned
-        // (checked by plan_prefill); k and v hold kv head g's position s < S at g * head_stride +
-        // s * row_stride (contiguous [S, kv_heads, D], or a cache slot's [kv_heads, capacity, D]
-        // with S <= capacity, checked by the callers), 16-byte aligned; the dynamic shared memory
-        // is the kernel's mma_smem_bytes(D), allowed by the attribute just set. Block (i, h) reads
-        // q rows and writes out rows of its 64 tokens (< T only) for head h, and reads k, v rows
-        // < S of kv head h / group.
-        unsafe { args.launch(config) }?;
+        match status {
+            Some(s) => args.arg(s),
+            None => args.arg(&null),
+        };
+        arg_or_null(&mut args, meta.block_tables, &null);
+        arg_or_null(&mut args, meta.seq_lens, &null);
+        arg_or_null(&mut args, meta.cu_seqlens, &null);
+        args.arg(&meta.rows).arg(&meta.num_pages).arg(&meta.page_size).arg(&meta.max_pages).arg(&meta.tokens).arg(&meta.context);
+        args.arg(&heads).arg(&group).arg(&meta.page_stride).arg(&meta.head_stride).arg(&meta.row_stride).arg(&scale);
     } else {
-        // Prefill mode of the split kernel: no slots/lens (row t has len S - T + t + 1), one split
-        // covering the whole context, so the workspace is never touched (null).
-        let null: u64 = 0;
-        let n_slots = 1i32;
-        let chunk = context;
-        let max_splits = 1i32;
-        let slot_stride = 0i64;
-        args.arg(&q.data).arg(k).arg(v).arg(&mut out.data).arg(&null).arg(&null).arg(&null);
-        args.arg(&heads).arg(&group).arg(&n_slots).arg(&context).arg(&context).arg(&tokens);
-        args.arg(&slot_stride).arg(&head_stride).arg(&row_stride).arg(&chunk).arg(&max_splits).arg(&scale);
-        // SAFETY: as above; block (t, y, 0) reads keys 0 .. S - T + t of one kv head, writes the
-        // out rows of token t for at most 8 heads of that kv head's group. One split: the kernel
-        // writes out directly and never dereferences the null workspace.
-        unsafe { args.launch(config) }?;
+        // The split kernel with one split covering the longest row (chunk = max_pages *
+        // page_size >= every valid len), so it writes out directly and never touches the
+        // workspace (null).
+        args.arg(&null);
+        match status {
+            Some(s) => args.arg(s),
+            None => args.arg(&null),
+        };
+        arg_or_null(&mut args, meta.block_tables, &null);
+        arg_or_null(&mut args, meta.seq_lens, &null);
+        arg_or_null(&mut args, meta.cu_seqlens, &null);
+        args.arg(&meta.batch).arg(&heads).arg(&group).arg(&meta.num_pages).arg(&meta.page_size).arg(&meta.max_pages);
+        args.arg(&meta.context).arg(&meta.tokens).arg(&meta.page_stride).arg(&meta.head_stride).arg(&meta.row_stride);
+        args.arg(&chunk).arg(&one).arg(&scale);
     }
+    // SAFETY: q and out hold rows * heads * D elements of the kernel's dtype, 16-byte aligned
+    // (checked by the plans), and each block reads q rows and writes out rows of its own tokens
+    // (< T contiguous; ragged: inside cu_seqlens[b]..cu_seqlens[b + 1] <= rows, checked on the
+    // device). Keys: contiguous, kv head g's key s < S at g * D + s * kv_heads * D inside k and v
+    // [S, kv_heads, D]; paged, a key is read only through a block-table entry in 0..num_pages (else
+    // flagged, not read), at page * page_stride + head * head_stride + offset * row_stride with
+    // offset < page_size: inside the cache's num_pages * page_stride elements. Table entries are
+    // read below b * max_pages + ceil(len / page_size) with len <= max_pages * page_size, and
+    // seq_lens / cu_seqlens at b < batch and b + 1 <= batch (their lengths, checked). The tensor-core
+    // kernel's dynamic shared memory is its mma_smem_bytes(D), allowed by the attribute set above;
+    // the split kernel runs one split (chunk >= every valid len), writing out directly and never
+    // dereferencing the null workspace. The status word is written only when given (paged).
+    unsafe { args.launch(config) }?;
     Ok(())
 }
 
@@ -293,6 +477,8 @@ pub struct DecodeDims {
     pub batch: usize,
     pub heads: usize,
     pub cache: KvCacheDims,
+    /// Block table columns: a sequence spans at most max_pages * page_size positions.
+    pub max_pages: usize,
     /// Keys per split.
     pub chunk: usize,
 }
@@ -301,9 +487,13 @@ impl DecodeDims {
     pub fn group(&self) -> usize {
         self.heads / self.cache.kv_heads
     }
-    /// Splits the longest possible sequence (len = capacity) has: the grid's z extent.
+    /// The longest sequence the block table can describe.
+    pub fn max_len(&self) -> usize {
+        self.max_pages * self.cache.page_size
+    }
+    /// Splits the longest possible sequence has: the grid's z extent.
     pub fn max_splits(&self) -> usize {
-        decode_splits(self.cache.capacity, self.chunk)
+        decode_splits(self.max_len(), self.chunk)
     }
 }
 
@@ -312,23 +502,27 @@ pub fn decode_splits(len: usize, chunk: usize) -> usize {
     len.div_ceil(chunk.max(1))
 }
 
-/// FP32 elements of the decode workspace for `batch` sequences: the status word (element 0, see
-/// [`decode_status`]), then per (sequence, head, split) the unnormalised accumulator (head_dim) and
-/// the running max and sum (2). Depends only on shapes, so one buffer allocated up front serves
-/// every step.
-pub fn decode_workspace_len(batch: usize, heads: usize, head_dim: usize, capacity: usize, chunk: usize) -> usize {
-    1 + batch * heads * decode_splits(capacity, chunk) * (head_dim + 2)
+/// FP32 elements of the decode workspace for `batch` sequences of at most `max_len` positions
+/// (`max_pages * page_size`): the status word (element 0, see [`decode_status`]), then per
+/// (sequence, head, split) the unnormalised accumulator (head_dim) and the running max and sum
+/// (2). Depends only on shapes, so one buffer allocated up front serves every step.
+pub fn decode_workspace_len(batch: usize, heads: usize, head_dim: usize, max_len: usize, chunk: usize) -> usize {
+    1 + batch * heads * decode_splits(max_len, chunk) * (head_dim + 2)
 }
 
-/// Status bit: some row's slot was outside the cache (its output is NaN).
-pub const STATUS_BAD_SLOT: u32 = 1;
-/// Status bit: some row's len was outside 1..=capacity (its output is NaN).
+/// Status bit: some key's page was outside the cache (its row's output is NaN).
+pub const STATUS_BAD_PAGE: u32 = 1;
+/// Status bit: some row's length was outside 1..=max_pages * page_size, or (ragged) shorter than
+/// its new tokens (its output is NaN).
 pub const STATUS_BAD_LEN: u32 = 2;
+/// Status bit (ragged prefill): some sequence's cu_seqlens were not an increasing range inside
+/// the rows, or it had more new tokens than max_q_len (its rows are NaN where they exist).
+pub const STATUS_BAD_CU: u32 = 4;
 
 /// Read (synchronising) the status word of the last decode into `workspace`: `Ok` if every row had
-/// a slot inside the cache and a len in 1..=capacity, else an error naming what was wrong; those
-/// rows' outputs are NaN. The next decode clears the word, so read it after each step whose rows
-/// were not known to be valid.
+/// a length in 1..=max_pages * page_size and pages inside the cache, else an error naming what was
+/// wrong; those rows' outputs are NaN. The next decode clears the word, so read it after each step
+/// whose rows were not known to be valid.
 pub fn decode_status(gpu: &Gpu, workspace: &View) -> Result<()> {
     if workspace.layout().dtype != DType::F32 || workspace.layout().numel() == 0 {
         return Err(Error::dtype(DECODE_OP, format!("workspace must be a non-empty f32 tensor, got {}", workspace.layout())));
@@ -339,14 +533,7 @@ pub fn decode_status(gpu: &Gpu, workspace: &View) -> Result<()> {
     if bits == 0 {
         return Ok(());
     }
-    let mut what = Vec::new();
-    if bits & STATUS_BAD_SLOT != 0 {
-        what.push("a slot outside 0..slots of the cache");
-    }
-    if bits & STATUS_BAD_LEN != 0 {
-        what.push("a len outside 1..=capacity");
-    }
-    Err(Error::invalid(DECODE_OP, format!("rows with {} were skipped, their output is NaN (status {bits:#x})", what.join(" and "))))
+    Err(status_error(DECODE_OP, bits))
 }
 
 fn check_chunk(chunk: usize) -> Result<()> {
@@ -356,17 +543,19 @@ fn check_chunk(chunk: usize) -> Result<()> {
     Ok(())
 }
 
-/// Validate a decode: q [B, heads, D], the cache pair, out like q, `slots_len` and `lens_len`
-/// (the device arrays' lengths) equal to B, the workspace (f32, at least `decode_workspace_len`),
-/// the chunk, and 16-byte alignment (`byte_offsets`: q, k_cache, v_cache, out).
+/// Validate a decode: q [B, heads, D], the cache, out like q, `block_tables_len` (= B *
+/// `max_pages`) and `seq_lens_len` (= B) the device arrays' lengths, the workspace (f32, at least
+/// `decode_workspace_len`), the chunk, and 16-byte alignment (`byte_offsets`: q, k_cache, v_cache,
+/// out).
 #[allow(clippy::too_many_arguments)]
 pub fn check_decode(
     q: Layout,
-    k_cache: Layout,
-    v_cache: Layout,
+    cache: &KvCacheDims,
+    cache_dtype: DType,
     out: Layout,
-    slots_len: usize,
-    lens_len: usize,
+    block_tables_len: usize,
+    max_pages: usize,
+    seq_lens_len: usize,
     workspace: Layout,
     chunk: usize,
     byte_offsets: [usize; 4],
@@ -374,37 +563,40 @@ pub fn check_decode(
     let [batch, heads, head_dim] = *q.shape.dims() else {
         return Err(Error::shape(DECODE_OP, format!("q must be [batch, heads, head_dim], got {q}")));
     };
-    let cache = kv_cache::check(DECODE_OP, k_cache, v_cache)?;
-    if k_cache.dtype != q.dtype {
-        return Err(Error::dtype(DECODE_OP, format!("cache is {} but q is {}", k_cache.dtype, q.dtype)));
+    if cache_dtype != q.dtype {
+        return Err(Error::dtype(DECODE_OP, format!("cache is {cache_dtype} but q is {}", q.dtype)));
     }
     if cache.head_dim != head_dim {
-        return Err(Error::shape(DECODE_OP, format!("q {q} and cache {k_cache} differ in head_dim")));
+        return Err(Error::shape(DECODE_OP, format!("q {q} and a cache of head_dim {} differ", cache.head_dim)));
     }
     if heads == 0 || heads % cache.kv_heads != 0 {
         return Err(Error::shape(DECODE_OP, format!("{heads} query heads are not a multiple of {} kv heads", cache.kv_heads)));
     }
     check_out(DECODE_OP, q, out)?;
     check_head_dim(DECODE_OP, head_dim)?;
-    if slots_len != batch || lens_len != batch {
-        return Err(Error::shape(DECODE_OP, format!("{slots_len} slots and {lens_len} lens for a batch of {batch}")));
+    if seq_lens_len != batch || max_pages == 0 || Some(block_tables_len) != batch.checked_mul(max_pages) {
+        return Err(Error::shape(
+            DECODE_OP,
+            format!("{block_tables_len} block-table entries ({max_pages} pages a sequence) and {seq_lens_len} seq_lens for a batch of {batch}"),
+        ));
     }
     check_chunk(chunk)?;
     if workspace.dtype != DType::F32 {
         return Err(Error::dtype(DECODE_OP, format!("workspace must be f32, got {}", workspace.dtype)));
     }
-    let need = decode_workspace_len(batch, heads, head_dim, cache.capacity, chunk);
+    let Some(max_len) = max_pages.checked_mul(cache.page_size).filter(|&n| n <= i32::MAX as usize) else {
+        return Err(Error::unsupported(DECODE_OP, format!("{max_pages} pages of {} positions past i32", cache.page_size)));
+    };
+    let need = decode_workspace_len(batch, heads, head_dim, max_len, chunk);
     if workspace.numel() < need {
         return Err(Error::shape(
             DECODE_OP,
-            format!("workspace of {} f32 < {need} needed (decode_workspace_len({batch}, {heads}, {head_dim}, {}, {chunk}))", workspace.numel(), cache.capacity),
+            format!("workspace of {} f32 < {need} needed (decode_workspace_len({batch}, {heads}, {head_dim}, {max_len}, {chunk}))", workspace.numel()),
         ));
     }
     check_aligned(DECODE_OP, &[("q", byte_offsets[0]), ("k_cache", byte_offsets[1]), ("v_cache", byte_offsets[2]), ("out", byte_offsets[3])])?;
     to_i32(DECODE_OP, "batch", batch)?;
-    to_i32(DECODE_OP, "slots", cache.slots)?;
-    to_i32(DECODE_OP, "capacity", cache.capacity)?;
-    let dims = DecodeDims { batch, heads, cache, chunk };
+    let dims = DecodeDims { batch, heads, cache: *cache, max_pages, chunk };
     let grid_y = cache.kv_heads * dims.group().div_ceil(HEADS_PER_BLOCK);
     if grid_y > GRID_YZ_MAX || dims.max_splits() > GRID_YZ_MAX || heads > GRID_YZ_MAX {
         return Err(Error::unsupported(
@@ -415,49 +607,32 @@ pub fn check_decode(
     Ok(dims)
 }
 
-/// One new token per sequence against the KV cache, with `DEFAULT_DECODE_CHUNK`.
+/// One new token per sequence against the paged cache, with `DEFAULT_DECODE_CHUNK`.
 ///
-/// `q`, `out`: [B, heads, D]; `k_cache`, `v_cache`: [slots, kv_heads, capacity, D] (crate::spec::kv_cache);
-/// `slots`, `lens`: B device i32 each (sequence b is in slot `slots[b]` with `lens[b]` valid
-/// positions, the new token's key at `lens[b] - 1`); `workspace`: f32, at least
-/// `decode_workspace_len(B, heads, D, capacity, DEFAULT_DECODE_CHUNK)` elements. A row whose slot
-/// or len is outside the cache is skipped (its output NaN) and flagged: [`decode_status`] says so.
-#[allow(clippy::too_many_arguments)]
-pub fn decode(
-    gpu: &Gpu,
-    q: &View,
-    k_cache: &View,
-    v_cache: &View,
-    slots: &CudaView<'_, i32>,
-    lens: &CudaView<'_, i32>,
-    workspace: &mut ViewMut,
-    out: &mut ViewMut,
-) -> Result<()> {
-    decode_with_chunk(gpu, q, k_cache, v_cache, slots, lens, workspace, out, DEFAULT_DECODE_CHUNK)
+/// `q`, `out`: [B, heads, D]; `cache`: paged, either layout ([`crate::spec::kv_cache`]); `batch`:
+/// the block tables [B, max_pages] and seq_lens [B] on the device (sequence b has `seq_lens[b]`
+/// valid positions, the new token's key at `seq_lens[b] - 1`); `workspace`: f32, at least
+/// `decode_workspace_len(B, heads, D, max_pages * page_size, DEFAULT_DECODE_CHUNK)` elements. A
+/// row whose length or pages are outside the cache is skipped (its output NaN) and flagged:
+/// [`decode_status`] says so. The grid is fixed by the shapes (max_pages, not the lengths), so
+/// one captured graph serves every step.
+pub fn decode(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut) -> Result<()> {
+    decode_with_chunk(gpu, q, cache, batch, workspace, out, DEFAULT_DECODE_CHUNK)
 }
 
 /// As [`decode`], with `chunk` keys per split (a multiple of 64). A sequence's result depends on its
-/// own length and the chunk, never on the batch around it.
-#[allow(clippy::too_many_arguments)]
-pub fn decode_with_chunk(
-    gpu: &Gpu,
-    q: &View,
-    k_cache: &View,
-    v_cache: &View,
-    slots: &CudaView<'_, i32>,
-    lens: &CudaView<'_, i32>,
-    workspace: &mut ViewMut,
-    out: &mut ViewMut,
-    chunk: usize,
-) -> Result<()> {
-    let offsets = [q.byte_offset(), k_cache.byte_offset(), v_cache.byte_offset(), out.byte_offset()];
+/// own length and the chunk, never on the batch around it, nor on the page size or layout.
+pub fn decode_with_chunk(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize) -> Result<()> {
+    let c = cache.dims(DECODE_OP)?;
+    let offsets = [q.byte_offset(), cache.k.byte_offset(), cache.v.byte_offset(), out.byte_offset()];
     let dims = check_decode(
         q.layout(),
-        k_cache.layout(),
-        v_cache.layout(),
+        &c,
+        cache.k.layout().dtype,
         out.layout(),
-        slots.len(),
-        lens.len(),
+        batch.block_tables.len(),
+        batch.max_pages,
+        batch.seq_lens.len(),
         workspace.layout(),
         chunk,
         offsets,
@@ -466,44 +641,46 @@ pub fn decode_with_chunk(
         return Ok(());
     }
     let dtype = q.layout().dtype;
-    let c = dims.cache;
     let d128 = c.head_dim == 128;
     let group = dims.group();
     let grid_y = (c.kv_heads * group.div_ceil(HEADS_PER_BLOCK)) as u32;
     let max_splits = dims.max_splits() as i32;
-    let (heads, group_i, n_slots, capacity) = (dims.heads as i32, group as i32, c.slots as i32, c.capacity as i32);
-    let (context, tokens) = (0i32, 0i32); // prefill-mode arguments, unused with lens
-    let slot_stride = (c.kv_heads * c.capacity * c.head_dim) as i64;
-    let head_stride = (c.capacity * c.head_dim) as i64;
-    let row_stride = c.head_dim as i64;
+    let max_len = dims.max_len() as i32;
+    let (batch_i, heads, group_i) = (dims.batch as i32, dims.heads as i32, group as i32);
+    let (num_pages, page_size, max_pages) = (c.num_pages as i32, c.page_size as i32, dims.max_pages as i32);
+    let (context, tokens) = (0i32, 0i32); // contiguous-prefill arguments, unused with a table
+    let (page_stride, head_stride, row_stride) = (c.page_stride() as i64, c.head_stride() as i64, c.row_stride() as i64);
     let chunk_i = chunk as i32;
     let scale = softmax_scale(c.head_dim);
+    let null = 0u64;
 
     // The status word (workspace element 0) reports this launch only: cleared on the stream first.
+    // The kernel finds it there (a null status pointer).
     gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")?;
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
     let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
-    args.arg(&q.data).arg(&k_cache.data).arg(&v_cache.data).arg(&mut out.data).arg(&mut workspace.data);
-    args.arg(slots).arg(lens).arg(&heads).arg(&group_i).arg(&n_slots).arg(&capacity).arg(&context).arg(&tokens);
-    args.arg(&slot_stride).arg(&head_stride).arg(&row_stride).arg(&chunk_i).arg(&max_splits).arg(&scale);
+    args.arg(&q.data).arg(&cache.k.data).arg(&cache.v.data).arg(&mut out.data).arg(&mut workspace.data).arg(&null);
+    args.arg(batch.block_tables).arg(batch.seq_lens).arg(&null).arg(&batch_i).arg(&heads).arg(&group_i);
+    args.arg(&num_pages).arg(&page_size).arg(&max_pages).arg(&context).arg(&tokens);
+    args.arg(&page_stride).arg(&head_stride).arg(&row_stride).arg(&chunk_i).arg(&max_splits).arg(&scale);
     let config = LaunchConfig { grid_dim: (dims.batch as u32, grid_y, max_splits as u32), block_dim: (SPLIT_THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: q and out hold B * heads * D elements and each cache slots * kv_heads * capacity * D,
-    // of the kernel's dtype, 16-byte aligned; slots and lens hold B i32 (all checked above). The
-    // kernel reads a row's slot and len once and touches the cache only for 0 <= slot < slots and
-    // 1 <= len <= capacity, keys < len; splits >= ceil(len / chunk) <= max_splits exit; an invalid
-    // row touches only its output and the status word. The workspace holds
-    // decode_workspace_len(..) f32 = 1 + B * heads * max_splits * (D + 2), the largest index
-    // written plus one.
+    // SAFETY: q and out hold B * heads * D elements and each cache num_pages * page_stride, of
+    // the kernel's dtype, 16-byte aligned; the block tables hold B * max_pages and seq_lens B i32
+    // (all checked above). The kernel reads a row's len once and touches nothing for a len outside
+    // 1..=max_pages * page_size; keys < len are read through table entries < ceil(len /
+    // page_size) <= max_pages, each checked in 0..num_pages before its row (offset < page_size) is
+    // read. Splits >= ceil(len / chunk) <= max_splits exit; an invalid row touches only its output
+    // and the status word. The workspace holds decode_workspace_len(..) f32 = 1 + B * heads *
+    // max_splits * (D + 2), the largest index written plus one.
     unsafe { args.launch(config) }?;
 
     if max_splits > 1 {
         let combine = gpu.function(MODULE, combine_kernel(dtype, d128))?;
         let mut args = gpu.launcher(&combine, combine_kernel(dtype, d128));
-        args.arg(&mut workspace.data).arg(&mut out.data).arg(slots).arg(lens).arg(&heads).arg(&n_slots).arg(&capacity);
-        args.arg(&context).arg(&tokens).arg(&chunk_i).arg(&max_splits);
+        args.arg(&mut workspace.data).arg(&mut out.data).arg(batch.seq_lens).arg(&heads).arg(&max_len).arg(&chunk_i).arg(&max_splits);
         let config = LaunchConfig { grid_dim: (dims.batch as u32, dims.heads as u32, 1), block_dim: (c.head_dim as u32, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: reads the workspace entries the split kernel wrote for valid rows with more than
-        // one split (same slot/len rule, same index formula), writes those rows of out.
+        // SAFETY: reads the workspace entries the split kernel wrote for rows with a valid len and
+        // more than one split (same len rule, same index formula), writes those rows of out.
         unsafe { args.launch(config) }?;
     }
     Ok(())

@@ -75,22 +75,41 @@ pub fn embed(gpu: &Gpu, table: &View, tokens: &CudaView<i32>, out: &mut ViewMut,
     Ok(())
 }
 
-/// `positions[b] += 1` and `lens[b] += 1` for b < batch, on the stream (a decode step's last
+/// `positions[b] += 1`, `lens[b] += 1` and `slot_mapping[b]` = the cache slot of the new position
+/// through row b of `block_tables` [batch, max_pages] (INT_MAX, refused by the next cache write,
+/// where the table has no page for it), for b < batch, on the stream (a decode step's last
 /// launch, so that a replayed graph reads the moved-on values).
-pub fn advance(gpu: &Gpu, positions: &mut CudaSlice<i32>, lens: &mut CudaSlice<i32>, batch: usize) -> Result<()> {
-    if batch > positions.len() || batch > lens.len() {
-        return Err(Error::shape("decode_advance", format!("batch {batch} past {} positions / {} lens", positions.len(), lens.len())));
+#[allow(clippy::too_many_arguments)]
+pub fn advance(
+    gpu: &Gpu,
+    positions: &mut CudaSlice<i32>,
+    lens: &mut CudaSlice<i32>,
+    slot_mapping: &mut CudaSlice<i32>,
+    block_tables: &CudaView<i32>,
+    max_pages: usize,
+    page_size: usize,
+    batch: usize,
+) -> Result<()> {
+    if batch > positions.len() || batch > lens.len() || batch > slot_mapping.len() || Some(block_tables.len()) != batch.checked_mul(max_pages) {
+        return Err(Error::shape(
+            "decode_advance",
+            format!("batch {batch} past {} positions / {} lens / {} slots, or {} block-table entries for {max_pages} pages a row", positions.len(), lens.len(), slot_mapping.len(), block_tables.len()),
+        ));
+    }
+    if page_size == 0 || max_pages.checked_mul(page_size).is_none_or(|n| n > i32::MAX as usize) {
+        return Err(Error::invalid("decode_advance", format!("{max_pages} pages of {page_size} positions")));
     }
     if batch == 0 {
         return Ok(());
     }
     let f = gpu.function(MODULE, "decode_advance")?;
-    let batch_i = batch as i32;
+    let (batch_i, max_pages_i, page_size_i) = (batch as i32, max_pages as i32, page_size as i32);
     let mut args = gpu.launcher(&f, "decode_advance");
-    args.arg(positions).arg(lens).arg(&batch_i);
+    args.arg(positions).arg(lens).arg(slot_mapping).arg(block_tables).arg(&max_pages_i).arg(&page_size_i).arg(&batch_i);
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (super::row_block_threads(batch), 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: both arrays hold at least `batch` i32 (checked above); thread b touches index b (and
-    // b + blockDim.x, ... below batch).
+    // SAFETY: the three arrays hold at least `batch` i32 and the tables batch * max_pages (checked
+    // above); thread b touches index b (and b + blockDim.x, ... below batch), and reads table
+    // entry b * max_pages + i only for 0 <= i < max_pages.
     unsafe { args.launch(cfg) }?;
     Ok(())
 }

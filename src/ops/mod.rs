@@ -9,8 +9,7 @@ pub mod argmax;
 pub mod attention;
 pub mod embed;
 pub mod gemm;
-/// The KV cache layout (its specification, [`crate::spec::kv_cache`]).
-pub use crate::spec::kv_cache;
+pub mod kv_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

@@ -3,18 +3,18 @@
 //!
 //! ```text
 //! rope:     q, k rotated in place at positions[t]
-//! rope_kv:  q rotated in place; k rotated and written, with v, to the KV cache at
-//!           k_cache[slots[t], h, positions[t], :], v_cache[slots[t], h, positions[t], :]
-//!           (the layout of crate::spec::kv_cache)
+//! rope_kv:  q rotated in place; k rotated and written, with v, to the paged KV cache at slot
+//!           slot_mapping[t] (page slot / page_size, offset slot % page_size; a negative slot
+//!           skips the write), either layout (crate::spec::kv_cache)
 //! rope_qkv: rope_kv reading q, k, v from the rows of one [T, (heads + 2 kv_heads) d] tensor (the
 //!           merged projection's output), the rotated q written to a contiguous q_out
 //! ```
 //!
-//! Positions (and slots) are device i32 arrays: the decode step keeps no host-side position
-//! counter, and nothing here synchronises. The host validates everything it can see (ranks, heads,
-//! head_dim, dtypes, lengths); the values of positions and slots are checked by the kernel, per
-//! token: a token whose position is outside `0..max_positions` (and, for the cache write, outside
-//! the cache's capacity) or whose slot is outside the cache is left untouched (q, k and the cache
+//! Positions (and the slot mapping) are device i32 arrays: the decode step keeps no host-side
+//! position counter, and nothing here synchronises. The host validates everything it can see
+//! (ranks, heads, head_dim, dtypes, lengths); the values of positions and slots are checked by the
+//! kernel, per token: a token whose position is outside `0..max_positions` or whose slot is at or
+//! past the cache's `num_pages * page_size` is left untouched (q, k and the cache
 //! keep their values), and a flag is raised in the table's device status word. The caller reads it
 //! with [`RopeTable::check_status`] when it next synchronises (an engine: after the step). Nothing is
 //! ever written out of bounds. No host-positions variant is offered: uploading would allocate or
@@ -27,7 +27,7 @@
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::spec::kv_cache;
+use crate::ops::kv_cache::{KvCacheDims, KvCacheViewMut};
 use crate::tensor::{Layout, View, ViewMut};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
@@ -36,7 +36,7 @@ const MODULE: &str = "rope";
 
 /// Status bit: some token's position was outside the limit (that token was skipped).
 pub const STATUS_BAD_POSITION: u32 = 1;
-/// Status bit: some token's slot was outside the cache (that token was skipped).
+/// Status bit: some token's slot was at or past the cache's slots (that token was skipped).
 pub const STATUS_BAD_SLOT: u32 = 2;
 
 /// Validate a table's parameters: theta finite and > 1, head_dim even in 2..=2048 (one thread per
@@ -99,10 +99,10 @@ impl RopeTable {
         gpu.stream().memset_zeros(&mut self.status).cuda("cuMemsetD8(rope status)")?;
         let mut what = Vec::new();
         if bits & STATUS_BAD_POSITION != 0 {
-            what.push(format!("a position outside 0..{} (or the cache's capacity)", self.max_positions));
+            what.push(format!("a position outside 0..{}", self.max_positions));
         }
         if bits & STATUS_BAD_SLOT != 0 {
-            what.push("a slot outside the cache".to_string());
+            what.push("a slot past the cache's num_pages * page_size".to_string());
         }
         Err(Error::invalid(OP, format!("tokens with {} were skipped (status {bits:#x})", what.join(" and "))))
     }
@@ -149,10 +149,11 @@ pub fn rope(gpu: &Gpu, table: &mut RopeTable, q: &mut ViewMut, k: &mut ViewMut, 
     Ok(())
 }
 
-/// Rotate q [T, heads, d] in place; rotate k [T, kv_heads, d] into `k_cache` and copy v
-/// \[T, kv_heads, d\] into `v_cache` at (slots\[t\], positions\[t\]) (device i32 \[T\] each). The caches are
-/// [slots, kv_heads, capacity, d] (crate::spec::kv_cache). Positions must be below both the table's
-/// max_positions and the cache's capacity; tokens that are not are skipped and flagged.
+/// Rotate q [T, heads, d] in place; rotate k [T, kv_heads, d] into the cache's k and copy v
+/// \[T, kv_heads, d\] into its v, at slot `slot_mapping[t]` (device i32 \[T\]; page * page_size +
+/// offset, negative = skip the token's write) and position `positions[t]` (device i32 \[T\]).
+/// Positions at or past the table's max_positions and slots past the cache are skipped and
+/// flagged ([`RopeTable::check_status`]).
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv(
     gpu: &Gpu,
@@ -161,32 +162,60 @@ pub fn rope_kv(
     k: &View,
     v: &View,
     positions: &CudaView<i32>,
-    slots: &CudaView<i32>,
-    k_cache: &mut ViewMut,
-    v_cache: &mut ViewMut,
+    slot_mapping: &CudaView<i32>,
+    cache: &mut KvCacheViewMut,
 ) -> Result<()> {
     let dims = check_qk(KV_OP, q.layout(), k.layout(), table.head_dim, positions.len())?;
     let kv_heads = k.layout().shape.dims()[1];
-    check_kv(q.layout(), k.layout(), v.layout(), slots.len(), k_cache.layout(), v_cache.layout())?;
-    let cache = kv_cache::check(KV_OP, k_cache.layout(), v_cache.layout())?;
+    let c = check_kv(q.layout(), k.layout(), v.layout(), slot_mapping.len(), cache.k.layout(), cache.v.layout(), cache.layout)?;
     if dims.tokens == 0 {
         return Ok(());
     }
-    let pos_limit = table.max_positions.min(cache.capacity);
     let kernel = kernel_name(true, q.layout().dtype);
     let f = gpu.function(MODULE, kernel)?;
     let (heads_i, kv_i, half_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32);
-    let (limit_i, slots_i, capacity_i) = (pos_limit as i32, cache.slots as i32, cache.capacity as i32);
+    let geometry = CacheArgs::new(table, &c);
     let mut args = gpu.launcher(&f, kernel);
-    args.arg(&mut q.data).arg(&k.data).arg(&v.data).arg(positions).arg(slots).arg(&table.inv_freq);
-    args.arg(&mut table.status).arg(&mut k_cache.data).arg(&mut v_cache.data);
-    args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&limit_i).arg(&slots_i).arg(&capacity_i);
-    // SAFETY: q, k, v, positions, slots and inv_freq hold what check_qk / check_kv verified. The
-    // kernel writes the cache only at [slot, h, pos, 0..d] with 0 <= slot < slots, h < kv_heads
-    // (= the cache's), 0 <= pos < min(max_positions, capacity), checked on the device per token
-    // (others are skipped), so every cache write is inside the caches' slots * kv_heads * capacity * d.
+    args.arg(&mut q.data).arg(&k.data).arg(&v.data).arg(positions).arg(slot_mapping).arg(&table.inv_freq);
+    args.arg(&mut table.status).arg(&mut cache.k.data).arg(&mut cache.v.data);
+    args.arg(&heads_i).arg(&kv_i).arg(&half_i);
+    geometry.push(&mut args);
+    // SAFETY: q, k, v, positions, slot_mapping and inv_freq hold what check_qk / check_kv verified.
+    // The kernel writes the cache only at slot s with 0 <= s < num_pages * page_size (checked on
+    // the device per token; negative: no write, larger: skipped and flagged), head h < kv_heads
+    // (= the cache's), elements 0..d of that row: inside the caches' num_pages * page_stride.
     unsafe { args.launch(launch_config(dims, kv_heads)) }?;
     Ok(())
+}
+
+/// The cache-write kernels' trailing arguments: the position limit, the cache's slots, page size
+/// and element strides (spec/kv_cache.rs).
+struct CacheArgs {
+    pos_limit: i32,
+    n_slots: i32,
+    page_size: i32,
+    page_stride: i64,
+    head_stride: i64,
+    row_stride: i64,
+}
+
+impl CacheArgs {
+    fn new(table: &RopeTable, c: &KvCacheDims) -> Self {
+        // check_kv bounded the slots by i32, hence the page size too; max_positions <= 2^24.
+        CacheArgs {
+            pos_limit: table.max_positions as i32,
+            n_slots: c.slots() as i32,
+            page_size: c.page_size as i32,
+            page_stride: c.page_stride() as i64,
+            head_stride: c.head_stride() as i64,
+            row_stride: c.row_stride() as i64,
+        }
+    }
+
+    fn push<'a>(&'a self, args: &mut crate::gpu::KernelLaunch<'a>) {
+        args.arg(&self.pos_limit).arg(&self.n_slots).arg(&self.page_size);
+        args.arg(&self.page_stride).arg(&self.head_stride).arg(&self.row_stride);
+    }
 }
 
 /// [`rope_kv`] reading q, k and v from the rows of one tensor, the merged q/k/v projection's output:
@@ -200,10 +229,9 @@ pub fn rope_qkv(
     qkv: &View,
     kv_heads: usize,
     positions: &CudaView<i32>,
-    slots: &CudaView<i32>,
+    slot_mapping: &CudaView<i32>,
     q_out: &mut ViewMut,
-    k_cache: &mut ViewMut,
-    v_cache: &mut ViewMut,
+    cache: &mut KvCacheViewMut,
 ) -> Result<()> {
     let q = q_out.layout();
     let (&[tokens, heads, d], &[rows, width]) = (q.shape.dims(), qkv.layout().shape.dims()) else {
@@ -218,12 +246,10 @@ pub fn rope_qkv(
     // k and v as the kernel reads them: [T, kv_heads, d] each, inside the qkv rows.
     let kv = Layout::new(q.dtype, &[tokens, kv_heads, d])?;
     let dims = check_qk(KV_OP, q, kv, table.head_dim, positions.len())?;
-    check_kv(q, kv, kv, slots.len(), k_cache.layout(), v_cache.layout())?;
-    let cache = kv_cache::check(KV_OP, k_cache.layout(), v_cache.layout())?;
+    let c = check_kv(q, kv, kv, slot_mapping.len(), cache.k.layout(), cache.v.layout(), cache.layout)?;
     if dims.tokens == 0 {
         return Ok(());
     }
-    let pos_limit = table.max_positions.min(cache.capacity);
     let kernel = match q.dtype {
         DType::F32 => "rope_qkv_f32",
         DType::F16 => "rope_qkv_f16",
@@ -231,15 +257,15 @@ pub fn rope_qkv(
     };
     let f = gpu.function(MODULE, kernel)?;
     let (heads_i, kv_i, half_i) = (dims.heads as i32, kv_heads as i32, (dims.head_dim / 2) as i32);
-    let (limit_i, slots_i, capacity_i) = (pos_limit as i32, cache.slots as i32, cache.capacity as i32);
+    let geometry = CacheArgs::new(table, &c);
     let mut args = gpu.launcher(&f, kernel);
-    args.arg(&qkv.data).arg(&mut q_out.data).arg(positions).arg(slots).arg(&table.inv_freq);
-    args.arg(&mut table.status).arg(&mut k_cache.data).arg(&mut v_cache.data);
-    args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&limit_i).arg(&slots_i).arg(&capacity_i);
+    args.arg(&qkv.data).arg(&mut q_out.data).arg(positions).arg(slot_mapping).arg(&table.inv_freq);
+    args.arg(&mut table.status).arg(&mut cache.k.data).arg(&mut cache.v.data);
+    args.arg(&heads_i).arg(&kv_i).arg(&half_i);
+    geometry.push(&mut args);
     // SAFETY: qkv holds T rows of (heads + 2 kv_heads) d elements and q_out T * heads * d, of one
     // dtype (checked above); the kernel reads q, k, v of token t inside row t and writes q_out row
-    // t, and the cache only at [slot, h, pos, 0..d] with slot, pos checked on the device per token
-    // as in rope_kv.
+    // t, and the cache only at slots checked on the device per token as in rope_kv.
     unsafe { args.launch(launch_config(dims, kv_heads)) }?;
     Ok(())
 }

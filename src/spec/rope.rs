@@ -15,7 +15,7 @@
 //! exactly on every angle.
 
 use crate::error::{Error, Result};
-use crate::spec::kv_cache;
+use crate::spec::kv_cache::{self, KvCacheDims, KvLayout};
 use crate::tensor::Layout;
 
 pub const OP: &str = "rope";
@@ -91,9 +91,9 @@ pub fn check_qk(op: &'static str, q: Layout, k: Layout, head_dim: usize, positio
     Ok(RopeDims { tokens, heads, head_dim })
 }
 
-/// Validate v against k, the slots' length and the caches against q/k (dtype, kv_heads, head_dim,
-/// i32 limits). The caches' own shape is [`kv_cache::check`]'s.
-pub fn check_kv(q: Layout, k: Layout, v: Layout, slots: usize, k_cache: Layout, v_cache: Layout) -> Result<()> {
+/// Validate v against k, the slot mapping's length and the caches against q/k (dtype, kv_heads,
+/// head_dim); returns the cache's dimensions. The caches' own shape is [`kv_cache::check`]'s.
+pub fn check_kv(q: Layout, k: Layout, v: Layout, slot_mapping: usize, k_cache: Layout, v_cache: Layout, layout: KvLayout) -> Result<KvCacheDims> {
     if v.dtype != k.dtype {
         return Err(Error::dtype(KV_OP, format!("v is {} but k is {}", v.dtype, k.dtype)));
     }
@@ -103,18 +103,15 @@ pub fn check_kv(q: Layout, k: Layout, v: Layout, slots: usize, k_cache: Layout, 
     let [tokens, kv_heads, d] = *k.shape.dims() else {
         return Err(Error::shape(KV_OP, format!("k must be [tokens, kv_heads, head_dim], got {k}")));
     };
-    if slots != tokens {
-        return Err(Error::shape(KV_OP, format!("{slots} slots for {tokens} tokens")));
+    if slot_mapping != tokens {
+        return Err(Error::shape(KV_OP, format!("a slot mapping of {slot_mapping} for {tokens} tokens")));
     }
-    let cache = kv_cache::check(KV_OP, k_cache, v_cache)?;
+    let cache = kv_cache::check(KV_OP, k_cache, v_cache, layout)?;
     if k_cache.dtype != q.dtype {
         return Err(Error::dtype(KV_OP, format!("the cache is {} but q is {}", k_cache.dtype, q.dtype)));
     }
     if cache.kv_heads != kv_heads || cache.head_dim != d {
-        return Err(Error::shape(KV_OP, format!("cache {k_cache} must have k's kv_heads {kv_heads} and head_dim {d}")));
+        return Err(Error::shape(KV_OP, format!("{} cache {k_cache} must have k's kv_heads {kv_heads} and head_dim {d}", layout.name())));
     }
-    if cache.slots > i32::MAX as usize || cache.capacity > i32::MAX as usize {
-        return Err(Error::unsupported(KV_OP, format!("cache {k_cache}: slots and capacity must fit i32")));
-    }
-    Ok(())
+    Ok(cache)
 }
