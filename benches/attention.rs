@@ -12,10 +12,17 @@
 //! Decode (B sequences, one new token each, every sequence `len` positions long), counted as bytes
 //! of K and V read from the cache:
 //!     B * 2 * kv_heads * len * D * 2 bytes
-//! (q, out and the workspace are < 1% of that at len >= 1k). The cache has B x windows slots and
-//! call i reads window i % windows (slots via device arrays), windows chosen so the footprint passes
-//! 256 MiB: bytes come from DRAM, as in a model. GB/s is 1e9 bytes/s, beside the device's copy
+//! (q, out and the workspace are < 1% of that at len >= 1k). The cache has B x windows sequences
+//! and call i reads window i % windows (through its block tables), windows chosen so the footprint
+//! passes 256 MiB: bytes come from DRAM, as in a model. `decode/...` is a cache of one page of
+//! `len` positions per sequence (the slot cache); `decode-pN/...` the same sequences in pages of N
+//! positions (1, 16, 64, 256), handed out in a shuffled order as an engine's allocator would after
+//! a while, to price the block-table indirection. GB/s is 1e9 bytes/s, beside the device's copy
 //! bandwidth (cuMemcpyDtoD, read + write) measured in the same run.
+//!
+//! Ragged prefill (`ragged/.../sN/T...`): N sequences of T new tokens each over a paged cache
+//! (pages of 16, NHD) in one launch, FLOPs counted as N prefills of T; compare with `prefill/.../T`
+//! (one sequence per launch) times N.
 //!
 //! `cargo bench --bench attention`, then a summary table; without a GPU it prints why and exits
 //! successfully. The PyTorch peer (scaled_dot_product_attention, flash and cuDNN backends) is
@@ -25,7 +32,8 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
-use qwen_kernels::ops::attention::{decode, decode_workspace_len, prefill_with_path, PrefillPath, DEFAULT_DECODE_CHUNK};
+use qwen_kernels::ops::attention::{decode, decode_workspace_len, prefill_paged, prefill_with_path, AttentionStatus, PrefillPath, DEFAULT_DECODE_CHUNK};
+use qwen_kernels::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
 use qwen_kernels::{DType, DeviceTensor, Gpu};
 use std::time::Duration;
 
@@ -35,7 +43,9 @@ const MODELS: [(&str, usize, usize, usize); 2] = [("qwen2.5-0.5b", 14, 2, 64), (
 #[derive(Clone, Copy)]
 enum Kind {
     Prefill { tokens: usize, path: PrefillPath },
-    Decode { batch: usize, len: usize },
+    /// `page`: None for one page of `len` positions per sequence.
+    Decode { batch: usize, len: usize, page: Option<usize> },
+    Ragged { seqs: usize, tokens: usize },
 }
 
 #[derive(Clone, Copy)]
@@ -59,7 +69,9 @@ impl Case {
                 };
                 format!("prefill{path}/{}/{}/b1/T{tokens}", self.model, self.dtype)
             }
-            Kind::Decode { batch, len } => format!("decode/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
+            Kind::Decode { batch, len, page: None } => format!("decode/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
+            Kind::Decode { batch, len, page: Some(p) } => format!("decode-p{p}/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
+            Kind::Ragged { seqs, tokens } => format!("ragged/{}/{}/s{seqs}/T{tokens}", self.model, self.dtype),
         }
     }
 
@@ -67,7 +79,8 @@ impl Case {
     fn work(&self) -> u64 {
         match self.kind {
             Kind::Prefill { tokens, .. } => (4 * tokens * tokens * self.dim * self.heads / 2) as u64,
-            Kind::Decode { batch, len } => (batch * 2 * self.kv_heads * len * self.dim * self.dtype.size()) as u64,
+            Kind::Decode { batch, len, .. } => (batch * 2 * self.kv_heads * len * self.dim * self.dtype.size()) as u64,
+            Kind::Ragged { seqs, tokens } => (seqs * 4 * tokens * tokens * self.dim * self.heads / 2) as u64,
         }
     }
 }
@@ -83,9 +96,15 @@ fn cases() -> Vec<Case> {
         v.push(case(DType::BF16, Kind::Prefill { tokens: 4096, path: PrefillPath::Simt }));
         for batch in [1, 8, 64] {
             for len in [1024, 4096, 16384, 32768] {
-                v.push(case(DType::BF16, Kind::Decode { batch, len }));
+                v.push(case(DType::BF16, Kind::Decode { batch, len, page: None }));
             }
         }
+        for batch in [1, 8] {
+            for page in [1, 16, 64, 256] {
+                v.push(case(DType::BF16, Kind::Decode { batch, len: 4096, page: Some(page) }));
+            }
+        }
+        v.push(case(DType::BF16, Kind::Ragged { seqs: 4, tokens: 1024 }));
     }
     v
 }
@@ -98,9 +117,35 @@ enum Buffers {
         v: DeviceTensor,
         o: DeviceTensor,
         ws: DeviceTensor,
-        slots: Vec<CudaSlice<i32>>,
+        /// Per window: block tables [batch, max_pages].
+        tables: Vec<CudaSlice<i32>>,
+        max_pages: usize,
         lens: CudaSlice<i32>,
     },
+    Ragged {
+        q: DeviceTensor,
+        k: DeviceTensor,
+        v: DeviceTensor,
+        o: DeviceTensor,
+        table: CudaSlice<i32>,
+        max_pages: usize,
+        lens: CudaSlice<i32>,
+        cu: CudaSlice<i32>,
+        max_q: usize,
+        status: AttentionStatus,
+    },
+}
+
+/// A fixed permutation of 0..n (a linear congruential walk), as a long-running allocator's free
+/// list would hand pages out.
+fn shuffled(n: usize) -> Vec<i32> {
+    let mut v: Vec<i32> = (0..n as i32).collect();
+    let mut x = 0x2545_f491_u64;
+    for i in (1..n).rev() {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        v.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    v
 }
 
 impl Buffers {
@@ -116,20 +161,41 @@ impl Buffers {
                 o: t(&[tokens, case.heads, case.dim]),
                 path,
             },
-            Kind::Decode { batch, len } => {
+            Kind::Decode { batch, len, page } => {
                 let windows = ROTATE_BYTES.div_ceil(case.work() as usize).max(2);
-                let slots = batch * windows;
-                let ws_len = decode_workspace_len(batch, case.heads, case.dim, len, DEFAULT_DECODE_CHUNK);
+                let page = page.unwrap_or(len);
+                let max_pages = len.div_ceil(page);
+                let pages = batch * windows * max_pages;
+                // One page per sequence: pages in order (the slot cache); smaller pages: shuffled.
+                let order: Vec<i32> = if max_pages == 1 { (0..pages as i32).collect() } else { shuffled(pages) };
+                let ws_len = decode_workspace_len(batch, case.heads, case.dim, max_pages * page, DEFAULT_DECODE_CHUNK);
                 Buffers::Decode {
                     q: t(&[batch, case.heads, case.dim]),
-                    k: t(&[slots, case.kv_heads, len, case.dim]),
-                    v: t(&[slots, case.kv_heads, len, case.dim]),
+                    k: t(&[pages, case.kv_heads, page, case.dim]),
+                    v: t(&[pages, case.kv_heads, page, case.dim]),
                     o: t(&[batch, case.heads, case.dim]),
                     ws: DeviceTensor::zeros(gpu, DType::F32, &[ws_len]).expect("alloc"),
-                    slots: (0..windows)
-                        .map(|w| gpu.stream().clone_htod(&(0..batch).map(|b| (w * batch + b) as i32).collect::<Vec<_>>()).unwrap())
-                        .collect(),
+                    tables: order.chunks(batch * max_pages).map(|w| gpu.stream().clone_htod(w).unwrap()).collect(),
+                    max_pages,
                     lens: gpu.stream().clone_htod(&vec![len as i32; batch]).unwrap(),
+                }
+            }
+            Kind::Ragged { seqs, tokens } => {
+                const PAGE: usize = 16;
+                let max_pages = tokens.div_ceil(PAGE);
+                let pages = seqs * max_pages;
+                let cu: Vec<i32> = (0..=seqs).map(|b| (b * tokens) as i32).collect();
+                Buffers::Ragged {
+                    q: t(&[seqs * tokens, case.heads, case.dim]),
+                    k: t(&[pages, PAGE, case.kv_heads, case.dim]),
+                    v: t(&[pages, PAGE, case.kv_heads, case.dim]),
+                    o: t(&[seqs * tokens, case.heads, case.dim]),
+                    table: gpu.stream().clone_htod(&shuffled(pages)).unwrap(),
+                    max_pages,
+                    lens: gpu.stream().clone_htod(&vec![tokens as i32; seqs]).unwrap(),
+                    cu: gpu.stream().clone_htod(&cu).unwrap(),
+                    max_q: tokens,
+                    status: AttentionStatus::new(gpu).unwrap(),
                 }
             }
         }
@@ -140,9 +206,17 @@ impl Buffers {
             Buffers::Prefill { q, k, v, o, path } => {
                 prefill_with_path(gpu, &q.view(), &k.view(), &v.view(), &mut o.view_mut(), *path).unwrap();
             }
-            Buffers::Decode { q, k, v, o, ws, slots, lens } => {
-                let s = &slots[i % slots.len()];
-                decode(gpu, &q.view(), &k.view(), &v.view(), &s.slice(..), &lens.slice(..), &mut ws.view_mut(), &mut o.view_mut()).unwrap();
+            Buffers::Decode { q, k, v, o, ws, tables, max_pages, lens } => {
+                let (table, lens) = (tables[i % tables.len()].slice(..), lens.slice(..));
+                let batch = PagedBatch { block_tables: &table, max_pages: *max_pages, seq_lens: &lens };
+                let cache = KvCacheView { k: k.view(), v: v.view(), layout: KvLayout::Hnd };
+                decode(gpu, &q.view(), &cache, &batch, &mut ws.view_mut(), &mut o.view_mut()).unwrap();
+            }
+            Buffers::Ragged { q, k, v, o, table, max_pages, lens, cu, max_q, status } => {
+                let (table, lens, cu) = (table.slice(..), lens.slice(..), cu.slice(..));
+                let batch = PagedBatch { block_tables: &table, max_pages: *max_pages, seq_lens: &lens };
+                let cache = KvCacheView { k: k.view(), v: v.view(), layout: KvLayout::Nhd };
+                prefill_paged(gpu, &q.view(), &cache, &batch, &cu, *max_q, status, &mut o.view_mut(), PrefillPath::Auto).unwrap();
             }
         }
     }
@@ -163,12 +237,12 @@ fn bench(c: &mut Criterion) {
         buffers.time(&gpu, 3); // warm-up
         // Calls per timed batch: about 20 ms of work at 100 TFLOP/s or 2 TB/s.
         let per_call_guess = match case.kind {
-            Kind::Prefill { .. } => case.work() as f64 / 100e12,
+            Kind::Prefill { .. } | Kind::Ragged { .. } => case.work() as f64 / 100e12,
             Kind::Decode { .. } => case.work() as f64 / 2e12 + 5e-6,
         };
         let batch = ((0.02 / per_call_guess) as u64).clamp(1, 500);
         match case.kind {
-            Kind::Prefill { .. } => group.throughput(Throughput::Elements(case.work())),
+            Kind::Prefill { .. } | Kind::Ragged { .. } => group.throughput(Throughput::Elements(case.work())),
             Kind::Decode { .. } => group.throughput(Throughput::BytesDecimal(case.work())),
         };
         group.bench_function(case.name(), |b| b.iter_custom(|iters| buffers.time(&gpu, iters)));
@@ -190,7 +264,7 @@ fn bench(c: &mut Criterion) {
     for (case, seconds) in summary {
         let work = case.work();
         match case.kind {
-            Kind::Prefill { .. } => {
+            Kind::Prefill { .. } | Kind::Ragged { .. } => {
                 let tflops = work as f64 / seconds / 1e12;
                 println!("{:<48} {:>13} FL {:>11.1} {tflops:>9.1} {:>9} {:>8}", case.name(), work, seconds * 1e6, "-", "-");
             }

@@ -22,6 +22,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use qwen_kernels::ops::argmax::{argmax, ArgmaxOutput};
 use qwen_kernels::ops::gemm::linear;
+use qwen_kernels::ops::kv_cache::{KvCacheViewMut, KvLayout};
 use qwen_kernels::ops::rope::{rope, rope_kv, RopeTable};
 use qwen_kernels::ops::swiglu::swiglu_fused;
 use qwen_kernels::{DType, DeviceTensor, Gpu};
@@ -143,7 +144,8 @@ impl Buffers {
         let none = || DeviceTensor::zeros(gpu, DType::F32, &[1]).expect("alloc");
         let mut ints = vec![0i32; 2 * r];
         for (j, p) in ints.iter_mut().enumerate() {
-            *p = (j % r) as i32; // positions 0..r, slot = token
+            // positions 0..r, then the slot mapping: token j to page j, offset j
+            *p = if j < r { j as i32 } else { ((j - r) * r + (j - r)) as i32 };
         }
         let ints = gpu.stream().clone_htod(&ints).expect("upload");
         let (mut table, mut out) = (None, None);
@@ -158,7 +160,7 @@ impl Buffers {
                 let q = t(dt, &[windows * r, m.heads, m.head_dim]);
                 let k = t(dt, &[windows * r, m.kv_heads, m.head_dim]);
                 if kv {
-                    // One cache window per token window: [r slots, kv_heads, capacity r, d].
+                    // One cache window per token window: r pages of r positions, HND [r, kv_heads, r, d].
                     let cache = [windows * r, m.kv_heads, r, m.head_dim];
                     [q, k, t(dt, &[windows * r, m.kv_heads, m.head_dim]), t(dt, &cache), t(dt, &cache)]
                 } else {
@@ -195,8 +197,8 @@ impl Buffers {
                 if kv {
                     let (k, v) = (self.b.view(), self.c.view());
                     let (mut kc, mut vc) = (self.d.view_mut(), self.e.view_mut());
-                    let (mut kc, mut vc) = (kc.rows_mut(rows.clone()).unwrap(), vc.rows_mut(rows.clone()).unwrap());
-                    rope_kv(gpu, table, &mut q, &k.rows(rows.clone()).unwrap(), &v.rows(rows).unwrap(), &pos, &slots, &mut kc, &mut vc).unwrap();
+                    let mut cache = KvCacheViewMut { k: kc.rows_mut(rows.clone()).unwrap(), v: vc.rows_mut(rows.clone()).unwrap(), layout: KvLayout::Hnd };
+                    rope_kv(gpu, table, &mut q, &k.rows(rows.clone()).unwrap(), &v.rows(rows).unwrap(), &pos, &slots, &mut cache).unwrap();
                 } else {
                     let mut k = self.b.view_mut();
                     rope(gpu, table, &mut q, &mut k.rows_mut(rows).unwrap(), &pos).unwrap();

@@ -3,8 +3,10 @@
 //! tensor-core error term.
 
 use qwen_kernels::ops::attention::{
-    check_decode, decode_splits, decode_workspace_len, mma_extra_error, plan_prefill, PrefillPath, DEFAULT_DECODE_CHUNK,
+    check_decode, decode_splits, decode_workspace_len, mma_extra_error, plan_prefill, plan_prefill_paged, DecodeDims, PrefillPath, DECODE_OP,
+    DEFAULT_DECODE_CHUNK, MMA_BLOCK_M,
 };
+use qwen_kernels::ops::kv_cache::{self, KvLayout};
 use qwen_kernels::{DType, Error, Layout};
 
 fn l(dtype: DType, dims: &[usize]) -> Layout {
@@ -83,9 +85,17 @@ fn prefill_rejects_each_bad_input() {
     }
 }
 
+/// A decode over HND caches `kc`, `vc` of one page per sequence (max_pages 1): `rows` block-table
+/// rows and `lens` seq_lens.
 #[allow(clippy::too_many_arguments)]
-fn decode(q: Layout, kc: Layout, vc: Layout, out: Layout, slots: usize, lens: usize, ws: Layout, chunk: usize) -> qwen_kernels::Result<()> {
-    check_decode(q, kc, vc, out, slots, lens, ws, chunk, ALIGNED).map(|_| ())
+fn decode_at(q: Layout, kc: Layout, vc: Layout, out: Layout, rows: usize, lens: usize, ws: Layout, chunk: usize, offsets: [usize; 4]) -> qwen_kernels::Result<DecodeDims> {
+    let cache = kv_cache::check(DECODE_OP, kc, vc, KvLayout::Hnd)?;
+    check_decode(q, &cache, kc.dtype, out, rows, 1, lens, ws, chunk, offsets)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode(q: Layout, kc: Layout, vc: Layout, out: Layout, rows: usize, lens: usize, ws: Layout, chunk: usize) -> qwen_kernels::Result<()> {
+    decode_at(q, kc, vc, out, rows, lens, ws, chunk, ALIGNED).map(|_| ())
 }
 
 #[test]
@@ -98,8 +108,8 @@ fn decode_workspace_is_sized_by_shapes_only() {
     let bf = DType::BF16;
     let (q, cache) = (l(bf, &[3, 12, 128]), l(bf, &[5, 2, 4096, 128]));
     let need = decode_workspace_len(3, 12, 128, 4096, DEFAULT_DECODE_CHUNK);
-    let dims = check_decode(q, cache, cache, q, 3, 3, l(DType::F32, &[need]), DEFAULT_DECODE_CHUNK, ALIGNED).unwrap();
-    assert_eq!((dims.batch, dims.group(), dims.max_splits(), dims.cache.capacity), (3, 6, 16, 4096));
+    let dims = decode_at(q, cache, cache, q, 3, 3, l(DType::F32, &[need]), DEFAULT_DECODE_CHUNK, ALIGNED).unwrap();
+    assert_eq!((dims.batch, dims.group(), dims.max_splits(), dims.max_len()), (3, 6, 16, 4096));
 }
 
 #[test]
@@ -130,10 +140,10 @@ fn decode_rejects_each_bad_input() {
     assert!(matches!(decode(q, cache, cache, q, 3, 3, l(bf, &[ws.numel()]), chunk), Err(Error::DType { .. })));
     // out shape
     assert!(matches!(decode(q, cache, cache, l(bf, &[2, 14, 64]), 3, 3, ws, chunk), Err(Error::Shape { .. })));
-    // slots / lens length mismatch
+    // block table / seq_lens length mismatch
     for (s, n) in [(2, 3), (3, 4), (0, 0)] {
         let e = decode(q, cache, cache, q, s, n, ws, chunk).unwrap_err();
-        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("slots"), "{e}");
+        assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("seq_lens"), "{e}");
     }
     // workspace too small (by one element)
     let e = decode(q, cache, cache, q, 3, 3, l(DType::F32, &[ws.numel() - 1]), chunk).unwrap_err();
@@ -146,7 +156,7 @@ fn decode_rejects_each_bad_input() {
     for i in 0..4 {
         let mut offsets = ALIGNED;
         offsets[i] += 2;
-        let e = check_decode(q, cache, cache, q, 3, 3, ws, chunk, offsets).unwrap_err();
+        let e = decode_at(q, cache, cache, q, 3, 3, ws, chunk, offsets).unwrap_err();
         assert!(matches!(e, Error::Alignment { .. }), "{e}");
     }
     // splits past CUDA's grid limit: capacity 65536 * 64 + 1 with 64-key chunks
@@ -154,6 +164,31 @@ fn decode_rejects_each_bad_input() {
     let q1 = l(bf, &[1, 1, 64]);
     let e = decode(q1, huge, huge, q1, 1, 1, l(DType::F32, &[decode_workspace_len(1, 1, 64, 65535 * 64 + 1, 64)]), 64).unwrap_err();
     assert!(matches!(e, Error::UnsupportedSize { .. }), "{e}");
+}
+
+#[test]
+fn ragged_prefill_plan_and_its_refusals() {
+    let bf = DType::BF16;
+    // 3 sequences, 100 new tokens in all, at most 70 of one; 40 pages of 16 (NHD), 8 pages a row.
+    let cache = kv_cache::check("t", l(bf, &[40, 16, 2, 64]), l(bf, &[40, 16, 2, 64]), KvLayout::Nhd).unwrap();
+    let q = l(bf, &[100, 14, 64]);
+    let plan = |q: Layout, out: Layout, batch, table, max_pages, cu, max_q, path| plan_prefill_paged(q, &cache, bf, out, batch, table, max_pages, cu, max_q, ALIGNED, path);
+    let (dims, launch) = plan(q, q, 3, 24, 8, 4, 70, PrefillPath::Auto).unwrap();
+    assert_eq!((dims.tokens, dims.context, dims.group()), (100, 128, 7));
+    assert_eq!((launch.kernel, launch.grid), ("attn_prefill_mma_bf16_d64", (70usize.div_ceil(MMA_BLOCK_M) as u32, 14, 3)));
+    let (_, simt) = plan(q, q, 3, 24, 8, 4, 70, PrefillPath::Simt).unwrap();
+    assert_eq!((simt.kernel, simt.grid.0), ("attn_split_bf16_d64", 100));
+    let shape = |r: qwen_kernels::Result<_>| assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    shape(plan(q, q, 3, 24, 8, 3, 70, PrefillPath::Auto)); // cu_seqlens not batch + 1
+    shape(plan(q, q, 3, 23, 8, 4, 70, PrefillPath::Auto)); // block table not batch x max_pages
+    shape(plan(q, q, 3, 0, 0, 4, 70, PrefillPath::Auto)); // no pages
+    shape(plan(q, l(bf, &[99, 14, 64]), 3, 24, 8, 4, 70, PrefillPath::Auto)); // out rows
+    shape(plan(l(bf, &[100, 13, 64]), l(bf, &[100, 13, 64]), 3, 24, 8, 4, 70, PrefillPath::Auto)); // heads vs kv heads
+    assert!(matches!(plan(q, q, 3, 24, 8, 4, 101, PrefillPath::Auto), Err(Error::InvalidArgument { .. }))); // max_q_len > rows
+    assert!(matches!(plan(q, q, 3, 24, 8, 4, 129, PrefillPath::Auto), Err(Error::InvalidArgument { .. }))); // > 8 pages of 16
+    let f16 = l(DType::F16, &[100, 14, 64]);
+    assert!(matches!(plan(f16, f16, 3, 24, 8, 4, 70, PrefillPath::Auto), Err(Error::DType { .. }))); // cache is bf16
+    assert!(matches!(plan(q, q, 70000, 70000 * 8, 8, 70001, 70, PrefillPath::Auto), Err(Error::UnsupportedSize { .. }))); // grid.z
 }
 
 #[test]

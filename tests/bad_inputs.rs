@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Rows of the library table below (checked, so the README's count stays true).
-const CPU_ROWS: usize = 90;
+const CPU_ROWS: usize = 93;
 /// Rows of the CLI table below.
 const CLI_ROWS: usize = 9;
 
@@ -72,6 +72,11 @@ fn run_table(rows: &[Row]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// An HND cache of one page per sequence: [pages, kv_heads, page_size, head_dim].
+fn hnd(dims: &[usize]) -> kv_cache::KvCacheDims {
+    kv_cache::KvCacheDims { num_pages: dims[0], kv_heads: dims[1], page_size: dims[2], head_dim: dims[3], layout: kv_cache::KvLayout::Hnd }
 }
 
 fn l(dtype: DType, dims: &[usize]) -> Layout {
@@ -239,9 +244,12 @@ fn every_bad_input_is_a_typed_error_naming_the_op_and_values() {
         row!("head_dim 4096", "rope::check_table", rope::check_table(1e6, 4096, 4096), UnsupportedSize, ["rope", "head_dim 4096", "2..=2048"]),
         row!("14 q heads over 3 kv heads", "rope::check_qk", rope::check_qk(rope::OP, l(BF16, &[5, 14, 64]), l(BF16, &[5, 3, 64]), 64, 5), Shape, ["rope", "heads 14", "kv_heads 3"]),
         row!("2^31 tokens", "rope::check_qk", rope::check_qk(rope::KV_OP, l(BF16, &[BIG, 1, 64]), l(BF16, &[BIG, 1, 64]), 64, BIG), UnsupportedSize, ["rope_kv", "tokens 2147483648"]),
-        row!("f32 cache for bf16 q", "rope::check_kv", rope::check_kv(l(BF16, &[3, 14, 128]), l(BF16, &[3, 2, 128]), l(BF16, &[3, 2, 128]), 3, l(F32, &[4, 2, 4096, 128]), l(F32, &[4, 2, 4096, 128])), DType, ["rope_kv", "f32", "bf16"]),
-        row!("cache with 2^31 slots", "rope::check_kv", rope::check_kv(l(BF16, &[3, 14, 64]), l(BF16, &[3, 2, 64]), l(BF16, &[3, 2, 64]), 3, l(BF16, &[BIG, 2, 1, 64]), l(BF16, &[BIG, 2, 1, 64])), UnsupportedSize, ["rope_kv", "2147483648", "i32"]),
-        row!("empty cache [0, 2, 4096, 64]", "kv_cache::check", kv_cache::check(attention::DECODE_OP, l(BF16, &[0, 2, 4096, 64]), l(BF16, &[0, 2, 4096, 64])), Shape, ["attention_decode", "empty cache", "[0, 2, 4096, 64]"]),
+        row!("f32 cache for bf16 q", "rope::check_kv", rope::check_kv(l(BF16, &[3, 14, 128]), l(BF16, &[3, 2, 128]), l(BF16, &[3, 2, 128]), 3, l(F32, &[4, 2, 4096, 128]), l(F32, &[4, 2, 4096, 128]), kv_cache::KvLayout::Hnd), DType, ["rope_kv", "f32", "bf16"]),
+        row!("cache with 2^31 slots", "rope::check_kv", rope::check_kv(l(BF16, &[3, 14, 64]), l(BF16, &[3, 2, 64]), l(BF16, &[3, 2, 64]), 3, l(BF16, &[BIG, 2, 1, 64]), l(BF16, &[BIG, 2, 1, 64]), kv_cache::KvLayout::Hnd), UnsupportedSize, ["rope_kv", "2147483648", "i32"]),
+        row!("empty cache [0, 2, 4096, 64]", "kv_cache::check", kv_cache::check(attention::DECODE_OP, l(BF16, &[0, 2, 4096, 64]), l(BF16, &[0, 2, 4096, 64]), kv_cache::KvLayout::Hnd), Shape, ["attention_decode", "empty cache", "[0, 2, 4096, 64]"]),
+        row!("NHD cache read as HND with 16 kv heads", "rope::check_kv", rope::check_kv(l(BF16, &[3, 14, 64]), l(BF16, &[3, 2, 64]), l(BF16, &[3, 2, 64]), 3, l(BF16, &[8, 16, 2, 64]), l(BF16, &[8, 16, 2, 64]), kv_cache::KvLayout::Hnd), Shape, ["rope_kv", "HND", "kv_heads 2"]),
+        row!("a block table past the cache", "kv_cache::check_block_tables", kv_cache::check_block_tables("attention", &hnd(&[4, 2, 16, 64]), &[0, 4], 2, &[20]), InvalidArgument, ["attention", "page 1 is 4", "4 pages"]),
+        row!("decreasing CSR indptr", "kv_cache::block_tables_from_csr", kv_cache::block_tables_from_csr(&[0, 2, 1], &[0, 1], &[5, 5], 16, 4), InvalidArgument, ["kv_cache", "indptr[1..=2] = 2..1"]),
         // ---- attention --------------------------------------------------------------------------
         row!("5 new tokens over a context of 4", "reference::attention::attention", reference::attention::attention(&host(F32, &[5, 1, 2], vec![0.0; 10]), &host(F32, &[4, 1, 2], vec![0.0; 8]), &host(F32, &[4, 1, 2], vec![0.0; 8])), Shape, ["attention", "5 new tokens", "context of only 4"]),
         row!("14 q heads over 3 kv heads", "attention::check", attention::check(l(BF16, &[2, 14, 64]), l(BF16, &[2, 3, 64]), l(BF16, &[2, 3, 64])), Shape, ["attention", "14 query heads", "3 kv heads"]),
@@ -250,11 +258,11 @@ fn every_bad_input_is_a_typed_error_naming_the_op_and_values() {
         row!("f32 storage on tensor cores", "attention::plan_prefill", attention::plan_prefill(l(F32, &[2, 14, 64]), l(F32, &[2, 2, 64]), l(F32, &[2, 2, 64]), l(F32, &[2, 14, 64]), [0; 4], attention::PrefillPath::TensorCore), DType, ["attention", "tensor-core", "f32"]),
         row!("context 2^31", "attention::plan_prefill", attention::plan_prefill(l(BF16, &[1, 14, 64]), l(BF16, &[BIG, 2, 64]), l(BF16, &[BIG, 2, 64]), l(BF16, &[1, 14, 64]), [0; 4], attention::PrefillPath::Auto), UnsupportedSize, ["attention", "context 2147483648"]),
         row!("65536 heads on tensor cores (grid.y)", "attention::plan_prefill", attention::plan_prefill(l(BF16, &[1, 65536, 64]), l(BF16, &[1, 1, 64]), l(BF16, &[1, 1, 64]), l(BF16, &[1, 65536, 64]), [0; 4], attention::PrefillPath::TensorCore), UnsupportedSize, ["attention", "heads 65536", "65535"]),
-        row!("decode workspace one f32 short", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[3, 14, 64]), 3, 3, l(F32, &[attention::decode_workspace_len(3, 14, 64, 512, 256) - 1]), 256, [0; 4]), Shape, ["attention_decode", "workspace of 5544", "5545 needed"]),
-        row!("f16 decode workspace", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[3, 14, 64]), 3, 3, l(F16, &[1 << 20]), 256, [0; 4]), DType, ["attention_decode", "workspace must be f32", "f16"]),
-        row!("decode chunk 100", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[3, 14, 64]), 3, 3, l(F32, &[1 << 20]), 100, [0; 4]), InvalidArgument, ["attention_decode", "chunk 100", "64"]),
-        row!("2 slots, 3 lens for a batch of 3", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[4, 2, 512, 64]), l(BF16, &[3, 14, 64]), 2, 3, l(F32, &[1 << 20]), 256, [0; 4]), Shape, ["attention_decode", "2 slots and 3 lens", "batch of 3"]),
-        row!("cache capacity 2^22 in chunks of 64 (grid.z)", "attention::check_decode", attention::check_decode(l(BF16, &[1, 14, 64]), l(BF16, &[1, 2, 1 << 22, 64]), l(BF16, &[1, 2, 1 << 22, 64]), l(BF16, &[1, 14, 64]), 1, 1, l(F32, &[1 << 30]), 64, [0; 4]), UnsupportedSize, ["attention_decode", "splits 65536", "65535"]),
+        row!("decode workspace one f32 short", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), &hnd(&[4, 2, 512, 64]), BF16, l(BF16, &[3, 14, 64]), 3, 1, 3, l(F32, &[attention::decode_workspace_len(3, 14, 64, 512, 256) - 1]), 256, [0; 4]), Shape, ["attention_decode", "workspace of 5544", "5545 needed"]),
+        row!("f16 decode workspace", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), &hnd(&[4, 2, 512, 64]), BF16, l(BF16, &[3, 14, 64]), 3, 1, 3, l(F16, &[1 << 20]), 256, [0; 4]), DType, ["attention_decode", "workspace must be f32", "f16"]),
+        row!("decode chunk 100", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), &hnd(&[4, 2, 512, 64]), BF16, l(BF16, &[3, 14, 64]), 3, 1, 3, l(F32, &[1 << 20]), 100, [0; 4]), InvalidArgument, ["attention_decode", "chunk 100", "64"]),
+        row!("2 table rows, 3 lens for a batch of 3", "attention::check_decode", attention::check_decode(l(BF16, &[3, 14, 64]), &hnd(&[4, 2, 512, 64]), BF16, l(BF16, &[3, 14, 64]), 2, 1, 3, l(F32, &[1 << 20]), 256, [0; 4]), Shape, ["attention_decode", "2 block-table entries", "3 seq_lens for a batch of 3"]),
+        row!("cache capacity 2^22 in chunks of 64 (grid.z)", "attention::check_decode", attention::check_decode(l(BF16, &[1, 14, 64]), &hnd(&[1, 2, 1 << 22, 64]), BF16, l(BF16, &[1, 14, 64]), 1, 1, 1, l(F32, &[1 << 30]), 64, [0; 4]), UnsupportedSize, ["attention_decode", "splits 65536", "65535"]),
         // ---- configs (item 9's refusals) ----------------------------------------------------------
         config_row("a sliding window that slides", serde_json::json!({"use_sliding_window": true, "max_window_layers": 0}), &["use_sliding_window", "max_window_layers = 0"]),
         config_row("yarn RoPE scaling", serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}), &["rope_scaling.rope_type", "yarn"]),

@@ -138,24 +138,60 @@ fn rope_launch_covers_every_pair_and_head() {
 
 #[test]
 fn rope_kv_cache_must_fit_k_and_v() {
+    use qwen_kernels::ops::kv_cache::KvLayout::{Hnd, Nhd};
     let q = l(DType::BF16, &[3, 12, 128]);
     let k = l(DType::BF16, &[3, 2, 128]);
     let cache = l(DType::BF16, &[4, 2, 4096, 128]);
-    rope::check_kv(q, k, k, 3, cache, cache).unwrap();
-    let shape = |r: qwen_kernels::Result<()>| assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
-    let dtype = |r: qwen_kernels::Result<()>| assert!(matches!(r, Err(Error::DType { .. })), "{r:?}");
-    shape(rope::check_kv(q, k, l(DType::BF16, &[3, 1, 128]), 3, cache, cache)); // v heads
-    dtype(rope::check_kv(q, k, l(DType::F16, &[3, 2, 128]), 3, cache, cache)); // v dtype
-    shape(rope::check_kv(q, k, k, 2, cache, cache)); // slots length
-    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[4, 1, 4096, 128]), l(DType::BF16, &[4, 1, 4096, 128]))); // cache kv_heads
-    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[4, 2, 4096, 64]), l(DType::BF16, &[4, 2, 4096, 64]))); // cache head_dim
-    shape(rope::check_kv(q, k, k, 3, cache, l(DType::BF16, &[4, 2, 4095, 128]))); // caches differ
-    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[2, 4096, 128]), l(DType::BF16, &[2, 4096, 128]))); // rank
-    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[0, 2, 4096, 128]), l(DType::BF16, &[0, 2, 4096, 128]))); // empty
+    let dims = rope::check_kv(q, k, k, 3, cache, cache, Hnd).unwrap();
+    assert_eq!((dims.num_pages, dims.kv_heads, dims.page_size, dims.head_dim), (4, 2, 4096, 128));
+    // The same pages in NHD: [num_pages, page_size, kv_heads, head_dim].
+    let nhd = l(DType::BF16, &[4, 16, 2, 128]);
+    let dims = rope::check_kv(q, k, k, 3, nhd, nhd, Nhd).unwrap();
+    assert_eq!((dims.num_pages, dims.kv_heads, dims.page_size, dims.row_stride(), dims.head_stride()), (4, 2, 16, 256, 128));
+    let shape = |r: qwen_kernels::Result<_>| assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    let dtype = |r: qwen_kernels::Result<_>| assert!(matches!(r, Err(Error::DType { .. })), "{r:?}");
+    shape(rope::check_kv(q, k, k, 3, nhd, nhd, Hnd)); // NHD pages read as HND: 16 kv heads
+    shape(rope::check_kv(q, k, l(DType::BF16, &[3, 1, 128]), 3, cache, cache, Hnd)); // v heads
+    dtype(rope::check_kv(q, k, l(DType::F16, &[3, 2, 128]), 3, cache, cache, Hnd)); // v dtype
+    shape(rope::check_kv(q, k, k, 2, cache, cache, Hnd)); // slot mapping length
+    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[4, 1, 4096, 128]), l(DType::BF16, &[4, 1, 4096, 128]), Hnd)); // cache kv_heads
+    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[4, 2, 4096, 64]), l(DType::BF16, &[4, 2, 4096, 64]), Hnd)); // cache head_dim
+    shape(rope::check_kv(q, k, k, 3, cache, l(DType::BF16, &[4, 2, 4095, 128]), Hnd)); // caches differ
+    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[2, 4096, 128]), l(DType::BF16, &[2, 4096, 128]), Hnd)); // rank
+    shape(rope::check_kv(q, k, k, 3, l(DType::BF16, &[0, 2, 4096, 128]), l(DType::BF16, &[0, 2, 4096, 128]), Hnd)); // empty
     let f32_cache = l(DType::F32, &[4, 2, 4096, 128]);
-    dtype(rope::check_kv(q, k, k, 3, f32_cache, f32_cache)); // cache dtype != q's
-    dtype(rope::check_kv(q, k, k, 3, cache, f32_cache)); // k and v caches differ
-    shape(rope::check_kv(q, l(DType::BF16, &[3, 256]), l(DType::BF16, &[3, 256]), 3, cache, cache)); // k rank
+    dtype(rope::check_kv(q, k, k, 3, f32_cache, f32_cache, Hnd)); // cache dtype != q's
+    dtype(rope::check_kv(q, k, k, 3, cache, f32_cache, Hnd)); // k and v caches differ
+    shape(rope::check_kv(q, l(DType::BF16, &[3, 256]), l(DType::BF16, &[3, 256]), 3, cache, cache, Hnd)); // k rank
+}
+
+#[test]
+fn kv_cache_offsets_and_block_tables() {
+    use qwen_kernels::ops::kv_cache::{block_tables_from_csr, check, check_block_tables, KvLayout};
+    let hnd = check("t", l(DType::BF16, &[5, 2, 16, 64]), l(DType::BF16, &[5, 2, 16, 64]), KvLayout::Hnd).unwrap();
+    let nhd = check("t", l(DType::BF16, &[5, 16, 2, 64]), l(DType::BF16, &[5, 16, 2, 64]), KvLayout::Nhd).unwrap();
+    // Element offsets by the row-major index of each shape.
+    assert_eq!(hnd.offset(3, 1, 7), ((3 * 2 + 1) * 16 + 7) * 64);
+    assert_eq!(nhd.offset(3, 1, 7), ((3 * 16 + 7) * 2 + 1) * 64);
+    assert_eq!(hnd.slot_offset(3 * 16 + 7, 1), hnd.offset(3, 1, 7));
+    assert_eq!((hnd.slots(), hnd.shape(), nhd.shape()), (80, [5, 2, 16, 64], [5, 16, 2, 64]));
+    // 2^31 slots do not fit a slot mapping's i32.
+    let big = l(DType::BF16, &[1 << 27, 1, 16, 64]);
+    assert!(matches!(check("t", big, big, KvLayout::Hnd), Err(Error::UnsupportedSize { .. })));
+    // FlashInfer's CSR: sequence 0 has pages [4, 1] (last one 3 positions full), 1 has none, 2 has [0].
+    let (tables, lens) = block_tables_from_csr(&[0, 2, 2, 3], &[4, 1, 0], &[3, 0, 16], 16, 3).unwrap();
+    assert_eq!(tables, vec![4, 1, -1, -1, -1, -1, 0, -1, -1]);
+    assert_eq!(lens, vec![19, 0, 16]);
+    check_block_tables("t", &hnd, &tables, 3, &lens).unwrap();
+    let invalid = |r: qwen_kernels::Result<_>| assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    invalid(check_block_tables("t", &hnd, &tables, 3, &[33, 0, 16])); // page 2 of sequence 0 is -1
+    invalid(check_block_tables("t", &hnd, &[5, 1, -1, -1, -1, -1, 0, -1, -1], 3, &lens)); // page 5 of 5
+    invalid(check_block_tables("t", &hnd, &tables, 3, &[49, 0, 16])); // past 3 pages of 16
+    invalid(check_block_tables("t", &hnd, &tables, 3, &[-1, 0, 16]));
+    invalid(block_tables_from_csr(&[0, 2, 1, 3], &[4, 1, 0], &[3, 0, 16], 16, 3).map(|_| ())); // decreasing indptr
+    invalid(block_tables_from_csr(&[0, 2, 2, 3], &[4, 1, 0], &[17, 0, 16], 16, 3).map(|_| ())); // last page past 16
+    invalid(block_tables_from_csr(&[0, 2, 2, 3], &[4, 1, 0], &[3, 0, 16], 16, 1).map(|_| ())); // 2 pages > max_pages 1
+    assert!(matches!(block_tables_from_csr(&[0, 2], &[4, 1, 0], &[3, 0, 16], 16, 3), Err(Error::Shape { .. })));
 }
 
 // ---- linear -------------------------------------------------------------------------------------

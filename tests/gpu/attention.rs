@@ -20,6 +20,7 @@ use qwen_kernels::ops::attention::{
     decode, decode_with_chunk, decode_workspace_len, prefill, prefill_error_scale, prefill_with_path, PrefillPath,
     DEFAULT_DECODE_CHUNK,
 };
+use qwen_kernels::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
 use qwen_kernels::reference::attention::{attention_unrounded as reference, error_scale};
 use qwen_kernels::{DType, DeviceTensor, Error, Gpu, HostTensor};
 
@@ -123,7 +124,14 @@ fn device_i32(gpu: &Gpu, values: &[i32]) -> CudaSlice<i32> {
     gpu.stream().clone_htod(values).unwrap()
 }
 
-/// Decode of q [B, heads, D] against a cache with per-row slots and lens; guarded output.
+/// The HND cache `k`, `v` [slots, kv_heads, capacity, D]: one page of `capacity` positions per
+/// sequence (the slot cache).
+pub(crate) fn slot_cache<'a>(k: &'a DeviceTensor, v: &'a DeviceTensor) -> KvCacheView<'a> {
+    KvCacheView { k: k.view(), v: v.view(), layout: KvLayout::Hnd }
+}
+
+/// Decode of q [B, heads, D] against a slot cache [slots, kv_heads, capacity, D] (one page per
+/// sequence: row b's block table is the single page `slots[b]`) and lens; guarded output.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_decode(gpu: &Gpu, q: &HostTensor, kc: &HostTensor, vc: &HostTensor, slots: &[i32], lens: &[i32], chunk: usize, what: &str) -> Vec<f32> {
     let (batch, heads, dim) = (q.dims()[0], q.dims()[1], q.dims()[2]);
@@ -139,10 +147,13 @@ pub(crate) fn run_decode(gpu: &Gpu, q: &HostTensor, kc: &HostTensor, vc: &HostTe
         let mut full = out.view_mut();
         let mut inner = full.rows_mut(1..batch + 1).unwrap();
         let mut ws = ws.view_mut();
+        let (tables, lens) = (ds.slice(..), dl.slice(..));
+        let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+        let cache = slot_cache(&dk, &dv);
         if chunk == DEFAULT_DECODE_CHUNK {
-            decode(gpu, &dq.view(), &dk.view(), &dv.view(), &ds.slice(..), &dl.slice(..), &mut ws, &mut inner).unwrap();
+            decode(gpu, &dq.view(), &cache, &paged, &mut ws, &mut inner).unwrap();
         } else {
-            decode_with_chunk(gpu, &dq.view(), &dk.view(), &dv.view(), &ds.slice(..), &dl.slice(..), &mut ws, &mut inner, chunk).unwrap();
+            decode_with_chunk(gpu, &dq.view(), &cache, &paged, &mut ws, &mut inner, chunk).unwrap();
         }
     }
     unguard(gpu, &out, what)
@@ -614,7 +625,9 @@ fn decode_and_prefill_replay_from_a_cuda_graph(gpu: &Gpu) {
     let mut out = DeviceTensor::zeros(gpu, dtype, &[batch, heads, dim]).unwrap();
     let mut out_p = DeviceTensor::zeros(gpu, dtype, &[100, heads, dim]).unwrap();
     let step = |ws: &mut DeviceTensor, out: &mut DeviceTensor, out_p: &mut DeviceTensor, lens: &CudaSlice<i32>| {
-        decode(gpu, &q.view(), &kc.view(), &vc.view(), &slots.slice(..), &lens.slice(..), &mut ws.view_mut(), &mut out.view_mut()).unwrap();
+        let (tables, lens) = (slots.slice(..), lens.slice(..));
+        let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+        decode(gpu, &q.view(), &slot_cache(&kc, &vc), &paged, &mut ws.view_mut(), &mut out.view_mut()).unwrap();
         prefill(gpu, &qp.view(), &kp.view(), &vp.view(), &mut out_p.view_mut()).unwrap();
     };
     step(&mut ws, &mut out, &mut out_p, &lens); // loads the kernels
@@ -684,17 +697,20 @@ fn bad_inputs_are_errors_before_launch(gpu: &Gpu) {
     let one = device_i32(gpu, &[0]);
     let need = decode_workspace_len(2, 14, 64, 100, DEFAULT_DECODE_CHUNK);
     let mut ws = z(DType::F32, &[need]);
-    let e = decode(gpu, &q1.view(), &kc.view(), &vc.view(), &one.slice(..), &two.slice(..), &mut ws.view_mut(), &mut o1.view_mut()).unwrap_err();
+    let (one, two) = (one.slice(..), two.slice(..));
+    let batch = |tables, lens| PagedBatch { block_tables: tables, max_pages: 1, seq_lens: lens };
+    let e = decode(gpu, &q1.view(), &slot_cache(&kc, &vc), &batch(&one, &two), &mut ws.view_mut(), &mut o1.view_mut()).unwrap_err();
     assert!(matches!(e, Error::Shape { op: "attention_decode", .. }), "{e}");
     let mut small = z(DType::F32, &[need - 1]);
-    let e = decode(gpu, &q1.view(), &kc.view(), &vc.view(), &two.slice(..), &two.slice(..), &mut small.view_mut(), &mut o1.view_mut()).unwrap_err();
+    let e = decode(gpu, &q1.view(), &slot_cache(&kc, &vc), &batch(&two, &two), &mut small.view_mut(), &mut o1.view_mut()).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("workspace"), "{e}");
-    let e = decode(gpu, &q1.view(), &z(bf, &[3, 2, 100, 128]).view(), &z(bf, &[3, 2, 100, 128]).view(), &two.slice(..), &two.slice(..), &mut ws.view_mut(), &mut o1.view_mut()).unwrap_err();
+    let (k128, v128) = (z(bf, &[3, 2, 100, 128]), z(bf, &[3, 2, 100, 128]));
+    let e = decode(gpu, &q1.view(), &slot_cache(&k128, &v128), &batch(&two, &two), &mut ws.view_mut(), &mut o1.view_mut()).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
-    let e = decode_with_chunk(gpu, &q1.view(), &kc.view(), &vc.view(), &two.slice(..), &two.slice(..), &mut ws.view_mut(), &mut o1.view_mut(), 100).unwrap_err();
+    let e = decode_with_chunk(gpu, &q1.view(), &slot_cache(&kc, &vc), &batch(&two, &two), &mut ws.view_mut(), &mut o1.view_mut(), 100).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     // and the good call works
-    decode(gpu, &q1.view(), &kc.view(), &vc.view(), &two.slice(..), &two.slice(..), &mut ws.view_mut(), &mut o1.view_mut()).unwrap();
+    decode(gpu, &q1.view(), &slot_cache(&kc, &vc), &batch(&two, &two), &mut ws.view_mut(), &mut o1.view_mut()).unwrap();
 }
 
 const DIMS: [usize; 2] = [64, 128];

@@ -19,6 +19,7 @@ use crate::GpuTest;
 use qwen_kernels::ops::argmax::{argmax, argmax_with_path, ArgmaxOutput};
 use qwen_kernels::ops::attention::{self, decode, decode_status, decode_with_chunk, decode_workspace_len, prefill};
 use qwen_kernels::ops::gemm::{linear, linear_with_precision, Precision};
+use qwen_kernels::ops::kv_cache::{KvCacheView, KvCacheViewMut, KvLayout, PagedBatch};
 use qwen_kernels::ops::rmsnorm::{rmsnorm_with_path, Path};
 use qwen_kernels::ops::rope::{rope, rope_kv, RopeTable};
 use qwen_kernels::ops::swiglu::{swiglu, swiglu_fused_with_path};
@@ -59,8 +60,8 @@ fn zeros(gpu: &Gpu, dtype: DType, dims: &[usize]) -> DeviceTensor {
     DeviceTensor::zeros(gpu, dtype, dims).unwrap()
 }
 
-/// RoPE + cache write of 2 tokens, the second at (`position`, `slot`), into guarded caches of
-/// 3 slots x 40 positions with a table of 64 positions: returns the status check, after asserting
+/// RoPE + cache write of 2 tokens, the second at (`position`, `slot`), into guarded HND caches of
+/// 3 pages of 40 positions with a table of 64 positions: returns the status check, after asserting
 /// that the skipped token changed neither q nor the caches and nothing outside them was written.
 fn rope_kv_bad(gpu: &Gpu, position: i32, slot: i32) -> Result<()> {
     let (heads, kv_heads, d) = (4, 2, 64);
@@ -72,15 +73,20 @@ fn rope_kv_bad(gpu: &Gpu, position: i32, slot: i32) -> Result<()> {
     let (mut kc, mut vc, mut dq) = (Guarded::from_host(gpu, &full), Guarded::from_host(gpu, &full), Guarded::from_host(gpu, &q));
     let (dk, dv) = (DeviceTensor::from_host(gpu, &k)?, DeviceTensor::from_host(gpu, &k)?);
     let pos = gpu.stream().clone_htod(&[3, position]).unwrap();
-    let slots = gpu.stream().clone_htod(&[1, slot]).unwrap();
+    let slots = gpu.stream().clone_htod(&[40 + 3, slot]).unwrap();
     dq.with_mut(|vq| {
-        kc.with_mut(|k_cache| vc.with_mut(|v_cache| rope_kv(gpu, &mut table, vq, &dk.view(), &dv.view(), &pos.slice(..), &slots.slice(..), k_cache, v_cache)))
+        kc.with_mut(|k_cache| {
+            vc.with_mut(|v_cache| {
+                let mut cache = KvCacheViewMut { k: k_cache.rows_mut(0..3).unwrap(), v: v_cache.rows_mut(0..3).unwrap(), layout: KvLayout::Hnd };
+                rope_kv(gpu, &mut table, vq, &dk.view(), &dv.view(), &pos.slice(..), &slots.slice(..), &mut cache)
+            })
+        })
     })?;
     let status = table.check_status(gpu);
     let (gq, gk, gv) = (dq.inner(gpu, "q"), kc.inner(gpu, "k_cache"), vc.inner(gpu, "v_cache"));
     let token = heads * d;
     assert_eq!(&gq[token..], &q.data()[token..], "the skipped token's q was changed");
-    // Only token 0's rows (slot 1, position 3) were written.
+    // Only token 0's rows (page 1, offset 3) were written.
     let written = |i: usize| {
         let (s, rest) = (i / (kv_heads * 40 * d), i % (kv_heads * 40 * d));
         s == 1 && (rest % (40 * d)) / d == 3
@@ -91,11 +97,11 @@ fn rope_kv_bad(gpu: &Gpu, position: i32, slot: i32) -> Result<()> {
     status
 }
 
-/// Decode of 2 sequences in 2 slots of capacity 100: row 0 valid (len 70), row 1 at (`slot`,
-/// `len`). Row 1 must come back all NaN and row 0 finite, nothing outside the output written
-/// (guard bands; the cache is read only inside its allocation or the launch fails); returns the
-/// status check.
-fn decode_bad(gpu: &Gpu, slot: i32, len: i32) -> Result<()> {
+/// Decode of 2 sequences in a cache of 2 pages of 100 positions, one page a sequence: row 0 valid
+/// (page 0, len 70), row 1 at (`page`, `len`). Row 1 must come back all NaN and row 0 finite,
+/// nothing outside the output written (guard bands; the cache is read only inside its allocation
+/// or the launch fails); returns the status check.
+fn decode_bad(gpu: &Gpu, page: i32, len: i32) -> Result<()> {
     let (heads, kv_heads, dim) = (4, 2, 64);
     let mut r = rng(92);
     let k = uniform(&mut r, DType::F16, &[70, kv_heads, dim], -2.0, 2.0);
@@ -103,17 +109,20 @@ fn decode_bad(gpu: &Gpu, slot: i32, len: i32) -> Result<()> {
     let (kc, vc) = cache_with(&k, &v, 2, 0, 100, 1.0);
     let q = uniform(&mut r, DType::F16, &[2, heads, dim], -2.0, 2.0);
     let (dq, dk, dv) = (DeviceTensor::from_host(gpu, &q)?, DeviceTensor::from_host(gpu, &kc)?, DeviceTensor::from_host(gpu, &vc)?);
-    let (slots, lens) = (gpu.stream().clone_htod(&[0, slot]).unwrap(), gpu.stream().clone_htod(&[70, len]).unwrap());
+    let (tables, lens) = (gpu.stream().clone_htod(&[0, page]).unwrap(), gpu.stream().clone_htod(&[70, len]).unwrap());
     // A poisoned workspace (status word included): decode clears the word itself.
     let ws_len = decode_workspace_len(2, heads, dim, 100, 64);
     let mut ws = DeviceTensor::from_host(gpu, &HostTensor::full(DType::F32, &[ws_len], f32::NAN)?)?;
     let mut out = Guarded::poisoned(gpu, DType::F16, &[2, heads, dim]);
-    out.with_mut(|o| decode_with_chunk(gpu, &dq.view(), &dk.view(), &dv.view(), &slots.slice(..), &lens.slice(..), &mut ws.view_mut(), o, 64))?;
+    let (tables, lens) = (tables.slice(..), lens.slice(..));
+    let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+    let cache = KvCacheView { k: dk.view(), v: dv.view(), layout: KvLayout::Hnd };
+    out.with_mut(|o| decode_with_chunk(gpu, &dq.view(), &cache, &paged, &mut ws.view_mut(), o, 64))?;
     let status = decode_status(gpu, &ws.view());
     let got = out.inner(gpu, "decode out");
     let row = heads * dim;
     assert!(got[..row].iter().all(|x| x.is_finite()), "the valid row was not computed");
-    assert!(got[row..].iter().all(|x| x.is_nan()), "the bad row (slot {slot}, len {len}) is not NaN: {:?}", &got[row..row + 4]);
+    assert!(got[row..].iter().all(|x| x.is_nan()), "the bad row (page {page}, len {len}) is not NaN: {:?}", &got[row..row + 4]);
     status
 }
 
@@ -180,52 +189,57 @@ fn table() -> Vec<Row> {
             let pos = gpu.stream().clone_htod(&[0, 1]).unwrap();
             rope(gpu, &mut table, &mut q.view_mut(), &mut k.view_mut(), &pos.slice(..))
         }),
-        err("2 device slots for 3 tokens", "rope_kv", "Shape", &["rope_kv", "2 slots", "3 tokens"], |gpu| {
+        err("2 device slots for 3 tokens", "rope_kv", "Shape", &["rope_kv", "slot mapping of 2", "3 tokens"], |gpu| {
             let mut table = RopeTable::new(gpu, 1e4, 64, 64)?;
             let (mut q, k, v) = (zeros(gpu, BF16, &[3, 4, 64]), zeros(gpu, BF16, &[3, 2, 64]), zeros(gpu, BF16, &[3, 2, 64]));
             let (mut kc, mut vc) = (zeros(gpu, BF16, &[2, 2, 64, 64]), zeros(gpu, BF16, &[2, 2, 64, 64]));
             let (pos, slots) = (gpu.stream().clone_htod(&[0, 1, 2]).unwrap(), gpu.stream().clone_htod(&[0, 1]).unwrap());
-            rope_kv(gpu, &mut table, &mut q.view_mut(), &k.view(), &v.view(), &pos.slice(..), &slots.slice(..), &mut kc.view_mut(), &mut vc.view_mut())
+            let mut cache = KvCacheViewMut { k: kc.view_mut(), v: vc.view_mut(), layout: KvLayout::Hnd };
+            rope_kv(gpu, &mut table, &mut q.view_mut(), &k.view(), &v.view(), &pos.slice(..), &slots.slice(..), &mut cache)
         }),
-        err("3 device lens for a batch of 2", "attention::decode", "Shape", &["attention_decode", "2 slots and 3 lens", "batch of 2"], |gpu| {
+        err("3 device lens for a batch of 2", "attention::decode", "Shape", &["attention_decode", "3 seq_lens", "batch of 2"], |gpu| {
             let (q, kc, vc) = (zeros(gpu, F16, &[2, 4, 64]), zeros(gpu, F16, &[2, 2, 100, 64]), zeros(gpu, F16, &[2, 2, 100, 64]));
-            let (slots, lens) = (gpu.stream().clone_htod(&[0, 1]).unwrap(), gpu.stream().clone_htod(&[1, 1, 1]).unwrap());
+            let (tables, lens) = (gpu.stream().clone_htod(&[0, 1]).unwrap(), gpu.stream().clone_htod(&[1, 1, 1]).unwrap());
             let mut ws = zeros(gpu, F32, &[decode_workspace_len(2, 4, 64, 100, attention::DEFAULT_DECODE_CHUNK)]);
-            decode(gpu, &q.view(), &kc.view(), &vc.view(), &slots.slice(..), &lens.slice(..), &mut ws.view_mut(), &mut zeros(gpu, F16, &[2, 4, 64]).view_mut())
+            let (tables, lens) = (tables.slice(..), lens.slice(..));
+            let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+            let cache = KvCacheView { k: kc.view(), v: vc.view(), layout: KvLayout::Hnd };
+            decode(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut zeros(gpu, F16, &[2, 4, 64]).view_mut())
         }),
         err("a decode workspace one f32 short", "attention::decode", "Shape", &["attention_decode", "workspace of", "needed"], |gpu| {
             let (q, kc, vc) = (zeros(gpu, F16, &[2, 4, 64]), zeros(gpu, F16, &[2, 2, 100, 64]), zeros(gpu, F16, &[2, 2, 100, 64]));
-            let (slots, lens) = (gpu.stream().clone_htod(&[0, 1]).unwrap(), gpu.stream().clone_htod(&[1, 1]).unwrap());
+            let (tables, lens) = (gpu.stream().clone_htod(&[0, 1]).unwrap(), gpu.stream().clone_htod(&[1, 1]).unwrap());
             let mut ws = zeros(gpu, F32, &[decode_workspace_len(2, 4, 64, 100, attention::DEFAULT_DECODE_CHUNK) - 1]);
-            decode(gpu, &q.view(), &kc.view(), &vc.view(), &slots.slice(..), &lens.slice(..), &mut ws.view_mut(), &mut zeros(gpu, F16, &[2, 4, 64]).view_mut())
+            let (tables, lens) = (tables.slice(..), lens.slice(..));
+            let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+            let cache = KvCacheView { k: kc.view(), v: vc.view(), layout: KvLayout::Hnd };
+            decode(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut zeros(gpu, F16, &[2, 4, 64]).view_mut())
         }),
     ];
 
     // ---- device-side RoPE positions and slots: skipped, flagged, read as a typed error -------------
     for (position, slot, what, contains) in [
         (-1, 0, "position -1", &["rope", "position outside 0..64"][..]),
-        (40, 0, "position 40 (past the cache's capacity 40, inside the table's 64)", &["rope", "position outside", "capacity"]),
         (64, 0, "position 64 = the table's max_positions", &["rope", "position outside 0..64"]),
         (i32::MIN, 0, "position i32::MIN", &["rope", "position outside 0..64"]),
         (MAX, 0, "position i32::MAX", &["rope", "position outside 0..64"]),
-        (5, -1, "slot -1", &["rope", "slot outside the cache"]),
-        (5, 3, "slot 3 of 3", &["rope", "slot outside the cache"]),
-        (5, MAX, "slot i32::MAX", &["rope", "slot outside the cache"]),
+        (5, 120, "slot 120 of 3 pages of 40", &["rope", "slot past the cache's num_pages * page_size"]),
+        (5, MAX, "slot i32::MAX", &["rope", "slot past the cache's num_pages * page_size"]),
     ] {
         rows.push(err(format!("device {what}"), "rope_kv + RopeTable::check_status", "InvalidArgument", contains, move |gpu| rope_kv_bad(gpu, position, slot)));
     }
     // ---- device-side decode slots and lens: a NaN row, flagged, read as a typed error ---------------
-    for (slot, len, what, contains) in [
-        (-1, 10, "slot -1", &["attention_decode", "a slot outside 0..slots", "status 0x1"][..]),
-        (2, 10, "slot 2 of 2", &["attention_decode", "a slot outside 0..slots", "status 0x1"]),
-        (i32::MIN, 10, "slot i32::MIN", &["attention_decode", "a slot outside 0..slots", "status 0x1"]),
-        (1, 0, "len 0", &["attention_decode", "a len outside 1..=capacity", "status 0x2"]),
-        (1, -5, "len -5", &["attention_decode", "a len outside 1..=capacity", "status 0x2"]),
-        (1, 101, "len 101 past capacity 100", &["attention_decode", "a len outside 1..=capacity", "status 0x2"]),
-        (1, MAX, "len i32::MAX", &["attention_decode", "a len outside 1..=capacity", "status 0x2"]),
-        (-1, 0, "slot -1 and len 0", &["attention_decode", "slot", "len", "status 0x3"]),
+    for (page, len, what, contains) in [
+        (-1, 10, "page -1", &["attention_decode", "a page outside the cache", "status 0x1"][..]),
+        (2, 10, "page 2 of 2", &["attention_decode", "a page outside the cache", "status 0x1"]),
+        (i32::MIN, 10, "page i32::MIN", &["attention_decode", "a page outside the cache", "status 0x1"]),
+        (1, 0, "len 0", &["attention_decode", "a length outside 1..=max_pages * page_size", "status 0x2"]),
+        (1, -5, "len -5", &["attention_decode", "a length outside 1..=max_pages * page_size", "status 0x2"]),
+        (1, 101, "len 101 past one page of 100", &["attention_decode", "a length outside 1..=max_pages * page_size", "status 0x2"]),
+        (1, MAX, "len i32::MAX", &["attention_decode", "a length outside 1..=max_pages * page_size", "status 0x2"]),
+        (-1, 0, "page -1 and len 0 (the length is checked first: no page is read)", &["attention_decode", "length", "status 0x2"]),
     ] {
-        rows.push(err(format!("device {what}"), "attention::decode_with_chunk + decode_status", "InvalidArgument", contains, move |gpu| decode_bad(gpu, slot, len)));
+        rows.push(err(format!("device {what}"), "attention::decode_with_chunk + decode_status", "InvalidArgument", contains, move |gpu| decode_bad(gpu, page, len)));
     }
     rows.push(err("the status read from an f16 tensor", "attention::decode_status", "DType", &["attention_decode", "f16[4]"], |gpu| decode_status(gpu, &zeros(gpu, F16, &[4]).view())));
     // ---- NaN logits on the device: reported as a NaN row, never an index ---------------------------

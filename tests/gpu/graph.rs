@@ -6,6 +6,7 @@ use crate::common::{rng, uniform};
 use crate::GpuTest;
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
 use qwen_kernels::ops::argmax::{argmax, ArgmaxOutput, NAN_ROW};
+use qwen_kernels::ops::kv_cache::{KvCacheViewMut, KvLayout};
 use qwen_kernels::ops::rope::{rope_kv, RopeTable};
 use qwen_kernels::ops::swiglu::swiglu_fused;
 use qwen_kernels::{DType, DeviceTensor, Gpu, HostTensor};
@@ -38,8 +39,7 @@ impl Step {
             &self.v.view(),
             &self.positions.slice(..),
             &self.slots.slice(..),
-            &mut self.k_cache.view_mut(),
-            &mut self.v_cache.view_mut(),
+            &mut KvCacheViewMut { k: self.k_cache.view_mut(), v: self.v_cache.view_mut(), layout: KvLayout::Hnd },
         )
         .unwrap();
         swiglu_fused(gpu, &self.gate_up.view(), &mut self.act.view_mut()).unwrap();
@@ -67,7 +67,7 @@ fn decode_tail_replays_with_device_positions(gpu: &Gpu) {
         k_cache: DeviceTensor::zeros(gpu, dtype, &[2, 2, 32768, 64]).unwrap(),
         v_cache: DeviceTensor::zeros(gpu, dtype, &[2, 2, 32768, 64]).unwrap(),
         positions: gpu.stream().clone_htod(&[5i32]).unwrap(),
-        slots: gpu.stream().clone_htod(&[1i32]).unwrap(),
+        slots: gpu.stream().clone_htod(&[32768 + 5i32]).unwrap(), // page 1, offset 5
         gate_up: t(&uniform(&mut r, dtype, &[1, 2 * 4864], -6.0, 6.0)),
         act: DeviceTensor::zeros(gpu, dtype, &[1, 4864]).unwrap(),
         logits: t(&uniform(&mut r, DType::F32, &[1, 151936], -20.0, 20.0)),

@@ -11,7 +11,7 @@ use qwen_kernels::golden::metrics::{compare_scaled, Tolerance};
 use qwen_kernels::golden::tolerance::table;
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::Qwen2Config;
-use qwen_kernels::ops::kv_cache::KvCacheDims;
+use qwen_kernels::ops::kv_cache::{KvCacheDims, KvCacheViewMut, KvLayout};
 use qwen_kernels::ops::rope::{rope, rope_kv, RopeTable};
 use qwen_kernels::reference::rope::{self as reference, error_scale};
 use qwen_kernels::{DType, DeviceTensor, Error, Gpu, HostTensor};
@@ -48,19 +48,23 @@ fn qkv_rows_equal_separate_tensors(gpu: &Gpu) {
             };
             let (q, k, v) = (part(0, qw, &[t, heads, d]), part(qw, kw, &[t, kv, d]), part(qw + kw, kw, &[t, kv, d]));
             let positions = gpu.stream().clone_htod(&[0i32, 7, 300, 31, 2]).unwrap();
-            let slots = gpu.stream().clone_htod(&[1i32, 0, 1, 2, 0]).unwrap();
+            // Pages of 512 positions: token t at page [1, 0, 1, 2, 0][t], offset its position; the
+            // last token is padding (slot -1: q rotated, nothing written).
+            let slots = gpu.stream().clone_htod(&[512i32, 7, 512 + 300, 2 * 512 + 31, -1]).unwrap();
             let cache = |_: ()| DeviceTensor::zeros(gpu, dtype, &[3, kv, 512, d]).unwrap();
             let mut table = RopeTable::new(gpu, theta, d, 4096).unwrap();
 
             let mut dq = DeviceTensor::from_host(gpu, &q).unwrap();
             let (dk, dv) = (DeviceTensor::from_host(gpu, &k).unwrap(), DeviceTensor::from_host(gpu, &v).unwrap());
             let (mut kc, mut vc) = (cache(()), cache(()));
-            rope_kv(gpu, &mut table, &mut dq.view_mut(), &dk.view(), &dv.view(), &positions.slice(..), &slots.slice(..), &mut kc.view_mut(), &mut vc.view_mut()).unwrap();
+            let mut paged = KvCacheViewMut { k: kc.view_mut(), v: vc.view_mut(), layout: KvLayout::Hnd };
+            rope_kv(gpu, &mut table, &mut dq.view_mut(), &dk.view(), &dv.view(), &positions.slice(..), &slots.slice(..), &mut paged).unwrap();
 
             let dqkv = DeviceTensor::from_host(gpu, &qkv).unwrap();
             let mut q_out = DeviceTensor::zeros(gpu, dtype, &[t, heads, d]).unwrap();
             let (mut kc2, mut vc2) = (cache(()), cache(()));
-            rope_qkv(gpu, &mut table, &dqkv.view(), kv, &positions.slice(..), &slots.slice(..), &mut q_out.view_mut(), &mut kc2.view_mut(), &mut vc2.view_mut()).unwrap();
+            let mut paged = KvCacheViewMut { k: kc2.view_mut(), v: vc2.view_mut(), layout: KvLayout::Hnd };
+            rope_qkv(gpu, &mut table, &dqkv.view(), kv, &positions.slice(..), &slots.slice(..), &mut q_out.view_mut(), &mut paged).unwrap();
             table.check_status(gpu).unwrap();
 
             let bits = |x: &DeviceTensor| x.to_host(gpu).unwrap().data().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
@@ -70,7 +74,8 @@ fn qkv_rows_equal_separate_tensors(gpu: &Gpu) {
             assert_eq!(dqkv.to_host(gpu).unwrap(), qkv, "{dtype} d{d}: qkv changed");
 
             let wrong = DeviceTensor::zeros(gpu, dtype, &[t, qw + kw]).unwrap();
-            let e = rope_qkv(gpu, &mut table, &wrong.view(), kv, &positions.slice(..), &slots.slice(..), &mut q_out.view_mut(), &mut kc2.view_mut(), &mut vc2.view_mut());
+            let mut paged = KvCacheViewMut { k: kc2.view_mut(), v: vc2.view_mut(), layout: KvLayout::Hnd };
+            let e = rope_qkv(gpu, &mut table, &wrong.view(), kv, &positions.slice(..), &slots.slice(..), &mut q_out.view_mut(), &mut paged);
             assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
         }
     }
@@ -223,6 +228,7 @@ struct KvCase {
     k: HostTensor,
     v: HostTensor,
     positions: Vec<i32>,
+    /// The slot mapping: page * page_size + offset, negative = no cache write.
     slots: Vec<i32>,
     cache: KvCacheDims,
 }
@@ -231,7 +237,7 @@ struct KvCase {
 /// (q, k_cache, v_cache) read back and the status check's result.
 fn run_kv(gpu: &Gpu, table: &mut RopeTable, c: &KvCase) -> (Vec<f32>, Vec<f32>, Vec<f32>, qwen_kernels::Result<()>) {
     let dtype = c.q.dtype();
-    let dims = [c.cache.slots, c.cache.kv_heads, c.cache.capacity, c.cache.head_dim];
+    let dims = c.cache.shape();
     let full = HostTensor::full(dtype, &dims, GUARD).unwrap();
     let (mut kc, mut vc) = (Guarded::from_host(gpu, &full), Guarded::from_host(gpu, &full));
     let mut dq = Guarded::from_host(gpu, &c.q);
@@ -240,7 +246,9 @@ fn run_kv(gpu: &Gpu, table: &mut RopeTable, c: &KvCase) -> (Vec<f32>, Vec<f32>, 
     dq.with_mut(|q| {
         kc.with_mut(|k_cache| {
             vc.with_mut(|v_cache| {
-                rope_kv(gpu, table, q, &dk.view(), &dv.view(), &pos.slice(..), &slots.slice(..), k_cache, v_cache).unwrap()
+                let pages = c.cache.num_pages;
+                let mut paged = KvCacheViewMut { k: k_cache.rows_mut(0..pages).unwrap(), v: v_cache.rows_mut(0..pages).unwrap(), layout: c.cache.layout };
+                rope_kv(gpu, table, q, &dk.view(), &dv.view(), &pos.slice(..), &slots.slice(..), &mut paged).unwrap()
             })
         })
     });
@@ -252,9 +260,9 @@ fn run_kv(gpu: &Gpu, table: &mut RopeTable, c: &KvCase) -> (Vec<f32>, Vec<f32>, 
 }
 
 #[allow(clippy::needless_range_loop)] // t indexes tokens in five arrays
-/// Check the cache after rope_kv: the tokens in `valid` wrote rotated k and copied v at
-/// [slot, h, pos, :]; every other element still holds GUARD. q: rotated for valid tokens, unchanged
-/// for the others.
+/// Check the cache after rope_kv: the tokens in `valid` with a slot >= 0 wrote rotated k and copied
+/// v at their slot (page slot / page_size, offset slot % page_size, head h; either layout); every
+/// other element still holds GUARD. q: rotated for valid tokens, unchanged for the others.
 fn check_kv(table: &RopeTable, c: &KvCase, valid: &[bool], q: &[f32], k_cache: &[f32], v_cache: &[f32]) {
     let dtype = c.q.dtype();
     let [tokens, heads, d] = *c.q.dims() else { panic!() };
@@ -274,8 +282,11 @@ fn check_kv(table: &RopeTable, c: &KvCase, valid: &[bool], q: &[f32], k_cache: &
             assert_eq!(&q[qr.clone()], &c.q.data()[qr], "rope_kv: skipped token {t}'s q was changed");
             continue;
         }
+        if c.slots[t] < 0 {
+            continue; // padding: no cache write
+        }
         for h in 0..kv_heads {
-            let at = c.cache.offset(c.slots[t] as usize, h, c.positions[t] as usize);
+            let at = c.cache.slot_offset(c.slots[t] as usize, h);
             let src = (t * kv_heads + h) * d..(t * kv_heads + h + 1) * d;
             let cmp = compare_scaled(&k_cache[at..at + d], &ek.data()[src.clone()], tol, Some(&sk[src.clone()]));
             assert!(cmp.passed(), "rope_kv k_cache token {t} head {h}: {cmp}");
@@ -309,26 +320,30 @@ fn kv_write_lands_at_slot_and_position_only(gpu: &Gpu) {
         let (heads, kv_heads, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let mut table = RopeTable::new(gpu, cfg.rope_theta, d, cfg.max_position_embeddings).unwrap();
         for dtype in DTYPES {
-            // Prefill-like: 5 tokens into 3 slots, positions in any order.
-            let cache = KvCacheDims { slots: 3, kv_heads, capacity: 40, head_dim: d };
-            let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, vec![7, 0, 39, 3, 38], vec![2, 0, 2, 1, 0]);
-            let (q, kc, vc, status) = run_kv(gpu, &mut table, &c);
-            status.unwrap();
-            check_kv(&table, &c, &[true; 5], &q, &kc, &vc);
-            // Decode: one token at the model's last position, capacity = max positions.
-            let last = cfg.max_position_embeddings as i32 - 1;
-            let cache = KvCacheDims { slots: 2, kv_heads, capacity: cfg.max_position_embeddings, head_dim: d };
-            let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, vec![last], vec![1]);
-            let (q, kc, vc, status) = run_kv(gpu, &mut table, &c);
-            status.unwrap();
-            check_kv(&table, &c, &[true], &q, &kc, &vc);
+            for layout in [KvLayout::Hnd, KvLayout::Nhd] {
+                // Prefill-like: 5 tokens into pages of 16 in any order (one padding, slot -1),
+                // positions in any order, a slot at each end of the cache.
+                let cache = KvCacheDims { num_pages: 5, page_size: 16, kv_heads, head_dim: d, layout };
+                let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, vec![7, 0, 39, 3, 38], vec![39, 0, 79, -1, 22]);
+                let (q, kc, vc, status) = run_kv(gpu, &mut table, &c);
+                status.unwrap();
+                check_kv(&table, &c, &[true; 5], &q, &kc, &vc);
+                // Decode: one token at the model's last position, into a page of 1.
+                let last = cfg.max_position_embeddings as i32 - 1;
+                let cache = KvCacheDims { num_pages: 3, page_size: 1, kv_heads, head_dim: d, layout };
+                let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, vec![last], vec![2]);
+                let (q, kc, vc, status) = run_kv(gpu, &mut table, &c);
+                status.unwrap();
+                check_kv(&table, &c, &[true], &q, &kc, &vc);
+            }
         }
     }
 }
 
 #[allow(clippy::needless_range_loop)] // t indexes tokens in several arrays
-/// Positions outside 0..max (or the cache's capacity) and slots outside the cache: those tokens are
-/// skipped whole, the status says so (once: reading clears it), every other token is processed.
+/// Positions outside 0..max and slots past the cache: those tokens are skipped whole, the status
+/// says so (once: reading clears it), every other token is processed (a negative slot is padding:
+/// q rotated, nothing written, nothing flagged).
 fn bad_positions_and_slots_are_skipped_and_reported(gpu: &Gpu) {
     let mut r = rng(44);
     let (heads, kv_heads, d, max) = (14, 2, 64, 32768);
@@ -360,13 +375,15 @@ fn bad_positions_and_slots_are_skipped_and_reported(gpu: &Gpu) {
                 }
             }
         }
-        // rope_kv: position 40 is inside max but past the capacity; slot 3 and -1 are outside.
-        let cache = KvCacheDims { slots: 3, kv_heads, capacity: 40, head_dim: d };
-        let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, vec![1, 40, 2, 3, -5, 39], vec![0, 0, 3, -1, 1, 2]);
+        // rope_kv, 3 pages of 40: position max and -5 are bad, slot 120 (= 3 x 40) and i32::MAX
+        // are past the cache, -1 is padding.
+        let cache = KvCacheDims { num_pages: 3, page_size: 40, kv_heads, head_dim: d, layout: KvLayout::Nhd };
+        let slots = vec![0, 5, 120, -1, 41, 119, i32::MAX];
+        let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, vec![1, max as i32, 2, 3, -5, 39, 4], slots);
         let (q, kc, vc, status) = run_kv(gpu, &mut table, &c);
         let e = status.unwrap_err();
         assert!(e.to_string().contains("position") && e.to_string().contains("slot"), "{e}");
-        check_kv(&table, &c, &[true, false, false, false, false, true], &q, &kc, &vc);
+        check_kv(&table, &c, &[true, false, false, true, false, true, false], &q, &kc, &vc);
     }
 }
 
@@ -385,16 +402,20 @@ fn bad_inputs_are_errors_before_launch(gpu: &Gpu) {
     assert!(matches!(e, Error::DType { .. }), "{e}");
     let e = rope(gpu, &mut table, &mut q.view_mut(), &mut k.view_mut(), &pos.slice(0..2)).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
-    // rope_kv: cache dtype, cache heads, slots length
+    // rope_kv: cache dtype, cache heads (HND; the same pages read as NHD), slot mapping length
     let v = z(DType::BF16, &[3, 2, 64]);
-    let (mut kc, mut vc) = (z(DType::F16, &[2, 2, 16, 64]), z(DType::F16, &[2, 2, 16, 64]));
-    let e = rope_kv(gpu, &mut table, &mut q.view_mut(), &k.view(), &v.view(), &pos.slice(..), &pos.slice(..), &mut kc.view_mut(), &mut vc.view_mut()).unwrap_err();
+    let mut kv_call = |dtype, dims: &[usize], layout, slots: &CudaSlice<i32>| {
+        let (mut kc, mut vc) = (z(dtype, dims), z(dtype, dims));
+        let mut cache = KvCacheViewMut { k: kc.view_mut(), v: vc.view_mut(), layout };
+        rope_kv(gpu, &mut table, &mut q.view_mut(), &k.view(), &v.view(), &pos.slice(..), &slots.slice(..), &mut cache).unwrap_err()
+    };
+    let e = kv_call(DType::F16, &[2, 2, 16, 64], KvLayout::Hnd, &pos);
     assert!(matches!(e, Error::DType { op: "rope_kv", .. }), "{e}");
-    let (mut kc, mut vc) = (z(DType::BF16, &[2, 1, 16, 64]), z(DType::BF16, &[2, 1, 16, 64]));
-    let e = rope_kv(gpu, &mut table, &mut q.view_mut(), &k.view(), &v.view(), &pos.slice(..), &pos.slice(..), &mut kc.view_mut(), &mut vc.view_mut()).unwrap_err();
+    let e = kv_call(DType::BF16, &[2, 1, 16, 64], KvLayout::Hnd, &pos);
     assert!(matches!(e, Error::Shape { .. }), "{e}");
-    let (mut kc, mut vc) = (z(DType::BF16, &[2, 2, 16, 64]), z(DType::BF16, &[2, 2, 16, 64]));
-    let e = rope_kv(gpu, &mut table, &mut q.view_mut(), &k.view(), &v.view(), &pos.slice(..), &pos.slice(0..1), &mut kc.view_mut(), &mut vc.view_mut()).unwrap_err();
+    let e = kv_call(DType::BF16, &[2, 2, 16, 64], KvLayout::Nhd, &pos);
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("NHD"), "{e}");
+    let e = kv_call(DType::BF16, &[2, 2, 16, 64], KvLayout::Hnd, &device_i32(gpu, &[0]));
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     // a table with bad parameters
     assert!(RopeTable::new(gpu, 1.0e6, 63, 32768).is_err());
@@ -415,9 +436,10 @@ fn proptest_shapes(gpu: &Gpu) {
             let q = uniform(&mut r, dtype, &[tokens, heads, d], -8.0, 8.0);
             let k = uniform(&mut r, dtype, &[tokens, kv_heads, d], -8.0, 8.0);
             check_case(gpu, &mut table, &q, &k, &positions, "proptest");
-            // And the cache form, with one slot per token.
-            let cache = KvCacheDims { slots: tokens, kv_heads, capacity: max, head_dim: d };
-            let slots: Vec<i32> = (0..tokens as i32).collect();
+            // And the cache form: token t in page t at its position, either layout.
+            let layout = if seed % 2 == 0 { KvLayout::Hnd } else { KvLayout::Nhd };
+            let cache = KvCacheDims { num_pages: tokens, page_size: max, kv_heads, head_dim: d, layout };
+            let slots: Vec<i32> = positions.iter().enumerate().map(|(t, &p)| (t * max) as i32 + p).collect();
             let c = kv_case(&mut r, dtype, heads, kv_heads, d, cache, positions, slots);
             let (q, kc, vc, status) = run_kv(gpu, &mut table, &c);
             status.unwrap();

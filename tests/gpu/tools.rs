@@ -9,6 +9,7 @@
 use crate::common::{rng, uniform};
 use crate::GpuTest;
 use qwen_kernels::ops::attention::{decode_with_chunk, decode_workspace_len};
+use qwen_kernels::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
 use qwen_kernels::ops::rmsnorm::{rmsnorm_with_path, Path};
 use qwen_kernels::{DType, DeviceTensor, Gpu, HostTensor, SoftwareCounters};
 
@@ -116,8 +117,10 @@ fn decode_reads_only_the_workspace_it_writes(gpu: &Gpu) {
     let ws_len = decode_workspace_len(batch, heads, dim, capacity, chunk);
     let run = |mut ws: DeviceTensor| {
         let mut out = DeviceTensor::zeros(gpu, DType::F32, &[batch, heads, dim]).unwrap();
-        decode_with_chunk(gpu, &q.view(), &k.view(), &v.view(), &slots.slice(..), &lens_d.slice(..), &mut ws.view_mut(), &mut out.view_mut(), chunk)
-            .unwrap();
+        let (tables, lens) = (slots.slice(..), lens_d.slice(..));
+        let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+        let cache = KvCacheView { k: k.view(), v: v.view(), layout: KvLayout::Hnd };
+        decode_with_chunk(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut out.view_mut(), chunk).unwrap();
         out.to_host(gpu).unwrap().into_data()
     };
     // SAFETY: device memory the kernels may read only after writing it (what this test checks).
