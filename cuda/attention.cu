@@ -24,7 +24,7 @@
 //
 // The metadata lives on the device and is checked there, never trusted: a row whose length is
 // outside [1, max_pages * page_size] (or, ragged, whose cu_seqlens are not an increasing range
-// inside the rows, or whose new tokens outnumber its length) reads nothing; a key whose page is
+// ending by cu_seqlens[batch] <= rows, or whose new tokens outnumber its length) reads nothing; a key whose page is
 // outside [0, num_pages) is not read. Such rows get NaN in every output element and set a bit in
 // the status word (1 = a page, 2 = a length, 4 = cu_seqlens). Never an access outside the cache.
 //
@@ -138,7 +138,7 @@ __device__ __forceinline__ int row_meta(const int* block_tables, const int* seq_
     if (row >= cu_seqlens[batch]) return -1;   // padding past the last sequence
     const int b = ragged_sequence(cu_seqlens, batch, row);
     const int q0 = cu_seqlens[b], q1 = cu_seqlens[b + 1];
-    if (!(0 <= q0 && q0 <= row && row < q1)) return static_cast<int>(STATUS_BAD_CU);
+    if (!(0 <= q0 && q0 <= row && row < q1 && q1 <= cu_seqlens[batch])) return static_cast<int>(STATUS_BAD_CU);
     const int seq_len = seq_lens[b];
     if (seq_len < q1 - q0 || seq_len > max_len) return static_cast<int>(STATUS_BAD_LEN);
     table = block_tables + static_cast<long long>(b) * max_pages;
@@ -462,7 +462,7 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
         const bool range_ok = 0 <= c0 && c0 <= c1 && c1 <= rows;
         const int len = seq_lens[b];
         unsigned bad = 0;
-        if (!range_ok || c1 - c0 > static_cast<int>(gridDim.x) * BLOCK_M) {
+        if (!range_ok || c1 > cu_seqlens[gridDim.z] || c1 - c0 > static_cast<int>(gridDim.x) * BLOCK_M) {
             bad = STATUS_BAD_CU;
         } else if (len < c1 - c0 || static_cast<long long>(len) > static_cast<long long>(max_pages) * page_size) {
             bad = STATUS_BAD_LEN;

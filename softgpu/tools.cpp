@@ -24,7 +24,8 @@
 //   its barrier interval (bumped at every block start and __syncthreads release) and its warp's
 //   __syncwarp epoch. Two accesses of different threads, at least one a write, in the same
 //   interval, and not both of one warp with a __syncwarp between them, are a hazard (RAW, WAR,
-//   WAW). Warp-synchronous code has no exemption: lanes of one warp that communicate through
+//   WAW). Shared-memory atomics are not recorded (atomics do not race with each other; a flag
+//   raised by atomicOr is read after a barrier, which the plain read's check still covers). Warp-synchronous code has no exemption: lanes of one warp that communicate through
 //   shared memory need __syncwarp (Volta and later do not keep a warp in lockstep); shuffles do
 //   not order memory. Global memory: two blocks of one launch writing the same 2-byte granule
 //   without an atomic.
@@ -428,9 +429,9 @@ inline void global_access(uint64_t p, unsigned n, bool write, bool atomic, bool 
     if (tools & TOOL_COUNTERS) count_access(thread, p, n, write, false, site);
 }
 
-inline void shared_access(uint64_t p, unsigned n, bool write, uintptr_t site, int thread) {
+inline void shared_access(uint64_t p, unsigned n, bool write, bool atomic, uintptr_t site, int thread) {
     const unsigned tools = g_tools;
-    if (tools & TOOL_RACECHECK) {
+    if ((tools & TOOL_RACECHECK) && !atomic) {
         const Running& R = g_running;
         const char* stat = R.stat;
         size_t base;
@@ -462,7 +463,7 @@ inline void access(const void* a, unsigned n, bool write, bool atomic, bool alig
     if (in_arena(p)) {
         global_access(p, n, write, atomic, aligned, site, g_running.thread);
     } else if (in_shared(p)) {
-        shared_access(p, n, write, site, g_running.thread);
+        shared_access(p, n, write, atomic, site, g_running.thread);
     }
     // Anything else is the thread's stack, the kernel's parameters or the runtime's data.
 }
@@ -537,7 +538,7 @@ void runtime_access(int thread, const void* a, unsigned n, bool write, const cha
     if (in_arena(p)) {
         global_access(p, n, write, false, true, site, thread);
     } else if (in_shared(p)) {
-        shared_access(p, n, write, site, thread);
+        shared_access(p, n, write, false, site, thread);
     }
 }
 

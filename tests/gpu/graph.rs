@@ -1,6 +1,7 @@
 //! A decode step's tail (RoPE + KV-cache write, SwiGLU, bounded argmax) captured in a CUDA graph:
 //! nothing in these ops synchronises, allocates or reads positions on the host, so the graph
-//! replays them, reading the positions the device holds at replay time (run by tests/gpu/main.rs).
+//! replays them, reading the positions and cache slots the device holds at replay time (run by
+//! tests/gpu/main.rs).
 
 use crate::common::{rng, uniform};
 use crate::GpuTest;
@@ -29,6 +30,12 @@ struct Step {
 }
 
 impl Step {
+    /// Move the token to `pos` on the device: its position, and its slot (page 1, offset pos).
+    fn at(&mut self, gpu: &Gpu, pos: i32) {
+        gpu.stream().memcpy_htod(&[pos], &mut self.positions).unwrap();
+        gpu.stream().memcpy_htod(&[32768 + pos], &mut self.slots).unwrap();
+    }
+
     /// Enqueue the three ops (no synchronisation, no allocation).
     fn enqueue(&mut self, gpu: &Gpu) {
         rope_kv(
@@ -78,7 +85,7 @@ fn decode_tail_replays_with_device_positions(gpu: &Gpu) {
     step.enqueue(gpu);
     let eager_5 = step.results(gpu);
     step.q.view_mut().upload(gpu, &q0).unwrap();
-    gpu.stream().memcpy_htod(&[30001i32], &mut step.positions).unwrap();
+    step.at(gpu, 30001);
     step.enqueue(gpu);
     let eager_30001 = step.results(gpu);
     step.table.check_status(gpu).unwrap();
@@ -99,7 +106,7 @@ fn decode_tail_replays_with_device_positions(gpu: &Gpu) {
     // Capture only records: nothing ran yet.
     assert!(step.act.to_host(gpu).unwrap().data().iter().all(|&v| v == 0.0), "capture executed the ops");
 
-    gpu.stream().memcpy_htod(&[5i32], &mut step.positions).unwrap();
+    step.at(gpu, 5);
     graph.launch().unwrap();
     assert_eq!(step.results(gpu), eager_5, "graph replay at position 5 differs from eager");
 
@@ -115,7 +122,7 @@ fn decode_tail_replays_with_device_positions(gpu: &Gpu) {
     step.k_cache.view_mut().upload(gpu, &zeros).unwrap();
     step.v_cache.view_mut().upload(gpu, &zeros).unwrap();
     step.q.view_mut().upload(gpu, &q0).unwrap();
-    gpu.stream().memcpy_htod(&[5i32], &mut step.positions).unwrap();
+    step.at(gpu, 5);
     graph.launch().unwrap();
     let skipped = second_replay(gpu, &mut step, &graph, &q0, &eager_5, &eager_30001, true);
     let every = ["q at 30001", "act", "argmax", "k_cache head 0 at 30001", "k_cache head 1 at 30001", "v_cache head 0 at 30001", "v_cache head 1 at 30001"];
@@ -138,7 +145,7 @@ fn second_replay(
     let nan = |dims: &[usize]| HostTensor::full(DType::BF16, dims, f32::NAN).unwrap();
     step.act.view_mut().upload(gpu, &nan(&[1, 4864])).unwrap();
     gpu.stream().memcpy_htod(&[NAN_ROW], step.out.index_mut()).unwrap();
-    gpu.stream().memcpy_htod(&[30001i32], &mut step.positions).unwrap();
+    step.at(gpu, 30001);
     if !skip {
         graph.launch().unwrap();
     }
@@ -149,7 +156,7 @@ fn second_replay(
             differ.push(what.to_string());
         }
     }
-    // [slot, head, pos, :] starts at ((slot * 2 + head) * 32768 + pos) * 64; slot 1.
+    // HND pages of 32768: [page, head, pos, :] starts at ((page * 2 + head) * 32768 + pos) * 64; page 1.
     let row = |cache: &[u32], head: usize, pos: usize| cache[((2 + head) * 32768 + pos) * 64..((2 + head) * 32768 + pos + 1) * 64].to_vec();
     for (which, c) in [("k_cache", 1), ("v_cache", 2)] {
         for head in 0..2 {

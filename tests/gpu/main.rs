@@ -27,6 +27,7 @@ mod model;
 #[path = "../../softgpu/mutants.rs"]
 mod mutants;
 mod negative;
+mod paged;
 mod rmsnorm;
 mod rope;
 mod schedules;
@@ -72,6 +73,7 @@ const RACECHECK: &[&str] = &[
     "rope::",
     "linear::",
     "attention::",
+    "paged::",
     "graph::",
     "schedules::",
     "bad_inputs::",
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         rope::TESTS,
         linear::TESTS,
         attention::TESTS,
+        paged::TESTS,
         graph::TESTS,
         golden::TESTS,
         schedules::TESTS,
