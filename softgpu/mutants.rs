@@ -77,7 +77,7 @@ pub const MUTANTS: &[Mutant] = &[
         // thread's cp.async wrote, with no barrier between.
         says: "racecheck: shared-memory read-after-write hazard",
         device_error: true,
-        at: Some("cp_async16(sk + r * LD + c, k_head + off, in);"),
+        at: Some("cp_async16(sk + r * LD + c, k_head + off, in && !bad);"),
     },
     Mutant {
         name: "no_trailing_barrier",
@@ -89,7 +89,7 @@ pub const MUTANTS: &[Mutant] = &[
         // schedule that makes the result differ).
         says: "racecheck: shared-memory write-after-read hazard",
         device_error: true,
-        at: Some("cp_async16(sk + r * LD + c, k_head + off, in);"),
+        at: Some("cp_async16(sk + r * LD + c, k_head + off, in && !bad);"),
     },
     Mutant {
         name: "rmsnorm_reads_one_past",

@@ -190,6 +190,100 @@ fn run_attention(gpu: Option<&Gpu>, q: &HostTensor, k: &HostTensor, v: &HostTens
     Ok((out.to_host(gpu)?, attn_op::prefill_error_scale(q, k, v, tensor_core)?))
 }
 
+/// Pages of the paged rows (`attention.paged_*`, `attention.ragged_*`): 16 positions, NHD, handed
+/// out in reverse order so that no sequence's pages are contiguous.
+const CHECK_PAGE: usize = 16;
+
+/// Sequences (k, v [len, kv_heads, D] each) in one NHD paged cache of CHECK_PAGE positions;
+/// returns the cache (k, v), the block tables [sequences, max_pages] (-1 past a sequence's pages)
+/// and max_pages.
+fn paged_copy(gpu: &Gpu, seqs: &[(&HostTensor, &HostTensor)]) -> Result<(DeviceTensor, DeviceTensor, Vec<i32>, usize)> {
+    use crate::ops::kv_cache::{KvCacheDims, KvLayout};
+    let (dtype, kv_heads, dim) = (seqs[0].0.dtype(), seqs[0].0.dims()[1], seqs[0].0.dims()[2]);
+    let pages_of = |k: &HostTensor| k.dims()[0].div_ceil(CHECK_PAGE);
+    let max_pages = seqs.iter().map(|(k, _)| pages_of(k)).max().unwrap_or(1).max(1);
+    let num_pages: usize = seqs.iter().map(|(k, _)| pages_of(k)).sum::<usize>().max(1);
+    let dims = KvCacheDims { num_pages, page_size: CHECK_PAGE, kv_heads, head_dim: dim, layout: KvLayout::Nhd };
+    let mut tables = vec![-1i32; seqs.len() * max_pages];
+    let (mut kc, mut vc) = (vec![0f32; num_pages * dims.page_stride()], vec![0f32; num_pages * dims.page_stride()]);
+    let mut next = num_pages;
+    for (b, (k, v)) in seqs.iter().enumerate() {
+        for i in 0..pages_of(k) {
+            next -= 1;
+            tables[b * max_pages + i] = next as i32;
+        }
+        for s in 0..k.dims()[0] {
+            let slot = tables[b * max_pages + s / CHECK_PAGE] as usize * CHECK_PAGE + s % CHECK_PAGE;
+            for h in 0..kv_heads {
+                let (src, dst) = ((s * kv_heads + h) * dim, dims.slot_offset(slot, h));
+                kc[dst..dst + dim].copy_from_slice(&k.data()[src..src + dim]);
+                vc[dst..dst + dim].copy_from_slice(&v.data()[src..src + dim]);
+            }
+        }
+    }
+    let shape = dims.shape();
+    let up = |x: Vec<f32>| DeviceTensor::from_host(gpu, &HostTensor::from_f32(dtype, &shape, x)?);
+    Ok((up(kc)?, up(vc)?, tables, max_pages))
+}
+
+fn i32_on_device(gpu: &Gpu, values: &[i32]) -> Result<cudarc::driver::CudaSlice<i32>> {
+    gpu.stream().clone_htod(values).cuda("cuMemcpyHtoD(check metadata)")
+}
+
+/// The T queries of q [T, heads, D] over k, v [S, ...] as a decode batch of T sequences sharing
+/// one paged copy of the keys: row t's length is S - T + t + 1 (its causal prefix). The FP32
+/// contract's tolerance scale (the split kernel, no tensor cores).
+fn run_attention_paged(gpu: &Gpu, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<(HostTensor, Vec<f32>)> {
+    use crate::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
+    let [tokens, heads, dim] = *q.dims() else { return Err(crate::Error::shape("check", format!("q {}", q.layout()))) };
+    let context = k.dims()[0];
+    let (kc, vc, table, max_pages) = paged_copy(gpu, &[(k, v)])?;
+    let tables: Vec<i32> = (0..tokens).flat_map(|_| table.iter().copied()).collect();
+    let lens: Vec<i32> = (0..tokens).map(|t| (context - tokens + t + 1) as i32).collect();
+    let (dt, dl) = (i32_on_device(gpu, &tables)?, i32_on_device(gpu, &lens)?);
+    let (dt, dl) = (dt.slice(..), dl.slice(..));
+    let dq = DeviceTensor::from_host(gpu, q)?;
+    let ws_len = attn_op::decode_workspace_len(tokens, heads, dim, max_pages * CHECK_PAGE, attn_op::DEFAULT_DECODE_CHUNK);
+    let mut ws = DeviceTensor::zeros(gpu, DType::F32, &[ws_len])?;
+    let mut out = DeviceTensor::zeros(gpu, q.dtype(), q.dims())?;
+    let cache = KvCacheView { k: kc.view(), v: vc.view(), layout: KvLayout::Nhd };
+    attn_op::decode(gpu, &dq.view(), &cache, &PagedBatch { block_tables: &dt, max_pages, seq_lens: &dl }, &mut ws.view_mut(), &mut out.view_mut())?;
+    attn_op::decode_status(gpu, &ws.view())?;
+    Ok((out.to_host(gpu)?, attention_error_scale(q, k, v)?))
+}
+
+/// q [T, heads, D] over k, v [S, ...] as the second sequence of a ragged paged prefill, after a
+/// first sequence of 9 new tokens over 20 keys (random values, its own pages): the case's rows of
+/// the one launch, on the wrapper's automatic path, with that path's tolerance scale.
+fn run_attention_ragged(gpu: &Gpu, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> Result<(HostTensor, Vec<f32>)> {
+    use crate::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
+    let [tokens, heads, dim] = *q.dims() else { return Err(crate::Error::shape("check", format!("q {}", q.layout()))) };
+    let [context, kv_heads, _] = *k.dims() else { return Err(crate::Error::shape("check", format!("k {}", k.layout()))) };
+    let (first_new, first_len) = (9usize, 20usize);
+    let mut rng = Rng(0xface);
+    let mut random = |dims: &[usize]| -> Result<HostTensor> {
+        let n = dims.iter().product();
+        HostTensor::from_f32(q.dtype(), dims, (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect())
+    };
+    let (k0, v0, q0) = (random(&[first_len, kv_heads, dim])?, random(&[first_len, kv_heads, dim])?, random(&[first_new, heads, dim])?);
+    let (kc, vc, tables, max_pages) = paged_copy(gpu, &[(&k0, &v0), (k, v)])?;
+    let q_all = HostTensor::from_f32(q.dtype(), &[first_new + tokens, heads, dim], [q0.data(), q.data()].concat())?;
+    let cu = [0, first_new as i32, (first_new + tokens) as i32];
+    let lens = [first_len as i32, context as i32];
+    let (dt, dl, dc) = (i32_on_device(gpu, &tables)?, i32_on_device(gpu, &lens)?, i32_on_device(gpu, &cu)?);
+    let (dt, dl, dc) = (dt.slice(..), dl.slice(..), dc.slice(..));
+    let dq = DeviceTensor::from_host(gpu, &q_all)?;
+    let mut out = DeviceTensor::zeros(gpu, q.dtype(), q_all.dims())?;
+    let mut status = attn_op::AttentionStatus::new(gpu)?;
+    let cache = KvCacheView { k: kc.view(), v: vc.view(), layout: KvLayout::Nhd };
+    let batch = PagedBatch { block_tables: &dt, max_pages, seq_lens: &dl };
+    attn_op::prefill_paged(gpu, &dq.view(), &cache, &batch, &dc, first_new.max(tokens), &mut status, &mut out.view_mut(), attn_op::PrefillPath::Auto)?;
+    status.check(gpu)?;
+    let ours = out.view().rows(first_new..first_new + tokens)?.to_host(gpu)?;
+    let tensor_core = q.dtype() != DType::F32;
+    Ok((ours, attn_op::prefill_error_scale(q, k, v, tensor_core)?))
+}
+
 fn run_rmsnorm(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, eps: f32) -> Result<HostTensor> {
     let Some(gpu) = gpu else { return rms_ref::rmsnorm(x, w, eps) };
     let dx = DeviceTensor::from_host(gpu, x)?;
@@ -297,6 +391,15 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                 let (o, scale) = run_attention(gpu, &q, &k, &v)?;
                 let op = format!("attention.{case}");
                 row(&op, &op, "o", "sdpa", table::attention(dtype), &o, Some(&scale))?;
+                // The same goldens through the paged cache (kernels only: the CPU has no pages):
+                // every query as a decode row over shared pages, and the case as one sequence of
+                // a ragged prefill.
+                if let Some(gpu) = gpu {
+                    let (o, scale) = run_attention_paged(gpu, &q, &k, &v)?;
+                    row(&format!("attention.paged_{case}"), &op, "o", "sdpa", table::attention(dtype), &o, Some(&scale))?;
+                    let (o, scale) = run_attention_ragged(gpu, &q, &k, &v)?;
+                    row(&format!("attention.ragged_{case}"), &op, "o", "sdpa", table::attention(dtype), &o, Some(&scale))?;
+                }
             }
 
             let gate = file.host(&name("swiglu", "gate"))?;

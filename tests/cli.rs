@@ -129,6 +129,13 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
             );
         }
         assert!(out.contains(&format!("{model} bf16: greedy 32: ours")), "no bf16 greedy note for {model}");
+        // The attention goldens through the paged cache: decode over shared pages and a ragged prefill.
+        for case in ["paged_decode300", "paged_prefill16", "ragged_prefill16", "ragged_chunk5of40"] {
+            for dtype in ["f32", "f16", "bf16"] {
+                let op = format!("attention.{case}");
+                assert!(rows.iter().any(|r| r.split_whitespace().take(3).collect::<Vec<_>>() == [op.as_str(), model, dtype]), "no {op} {dtype} row for {model}");
+            }
+        }
     }
     assert!(out.contains(&format!("{} passed, 0 failed", rows.len())), "{out}");
 }

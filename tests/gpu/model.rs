@@ -27,6 +27,8 @@ pub const TESTS: &[GpuTest] = &[
     ("model::chunked_prefill_equals_one_chunk", chunked_prefill_equals_one_chunk),
     ("model::rolled_back_run_equals_a_fresh_run_of_the_kept_tokens", rolled_back_run_equals_a_fresh_run_of_the_kept_tokens),
     ("model::reset_or_prefill_into_a_running_slot_equals_a_fresh_batch", reset_or_prefill_into_a_running_slot_equals_a_fresh_batch),
+    ("model::paged_caches_give_the_slot_cache_tokens_bit_for_bit", paged_caches_give_the_slot_cache_tokens_bit_for_bit),
+    ("model::forked_continuations_equal_separate_prefills", forked_continuations_equal_separate_prefills),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
     ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
@@ -550,6 +552,75 @@ fn rolled_back_run_equals_a_fresh_run_of_the_kept_tokens(gpu: &Gpu) {
         let speculated: Vec<u32> = ahead[kept..].iter().map(|s| s.0[0]).collect();
         assert_eq!(again[..ran - kept], speculated[..], "graphs {graphs}: the rolled-back run's tokens");
     }
+}
+
+/// A batch of three prompts (5, 17 and 2 tokens) decoded 10 steps, rolled back across a page
+/// boundary and decoded again, with the KV cache in one page of 48 positions per sequence (the
+/// slot cache), in pages of 16 (HND) and in pages of 1 (NHD): the same tokens and logits bit for
+/// bit (the kernels sum in the same order whatever the pages), and every page back in the pool
+/// after the sequences are reset.
+fn paged_caches_give_the_slot_cache_tokens_bit_for_bit(gpu: &Gpu) {
+    use qwen_kernels::ops::kv_cache::KvLayout;
+    let w = random_model(37);
+    let prompts = [prompt(38, 5, 500), prompt(39, 17, 500), prompt(40, 2, 500)];
+    let run = |options: ModelOptions| {
+        let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+        let firsts: Vec<u32> = prompts.iter().enumerate().map(|(s, p)| m.prefill(gpu, s, p).unwrap()).collect();
+        m.begin_decode(gpu, &[0, 1, 2], &firsts).unwrap();
+        let mut out = decode_steps(&mut m, gpu, 3, 10);
+        // Roll sequence 1 back from 27 to 15 positions (across the boundary at 16), go on.
+        m.truncate(1, 15).unwrap();
+        out.extend(decode_steps(&mut m, gpu, 3, 4));
+        for s in 0..3 {
+            m.reset(s).unwrap();
+        }
+        assert_eq!(m.free_pages(), m.options().num_pages, "pages not given back");
+        out
+    };
+    let slot_cache = run(ModelOptions::new(DType::BF16, 3, 48));
+    for (page, layout) in [(16, KvLayout::Hnd), (1, KvLayout::Nhd)] {
+        let paged = run(ModelOptions::new(DType::BF16, 3, 48).with_pages(page, layout));
+        for (step, (got, want)) in paged.iter().zip(&slot_cache).enumerate() {
+            assert!(got == want, "pages of {page} {layout:?}, step {step}: tokens {:?} against the slot cache's {:?} (or logits differ)", got.0, want.0);
+        }
+    }
+}
+
+/// A 20-token prompt prefilled once and forked into two more sequences (`fork`: they share its
+/// pages of 16, the second one partly filled), then the three decoded together, each fed another
+/// first token: every row equals a model that prefilled the prompt into each sequence separately,
+/// tokens and logits bit for bit. Each sequence's first write lands in the shared page, which is
+/// copied for it (copy-on-write); the prompt's full page stays shared.
+fn forked_continuations_equal_separate_prefills(gpu: &Gpu) {
+    use qwen_kernels::ops::kv_cache::KvLayout;
+    let w = random_model(41);
+    let p = prompt(42, 20, 500);
+    let options = ModelOptions::new(DType::F32, 3, 40).with_pages(16, KvLayout::Hnd);
+    let feed = [7u32, 300, 42];
+
+    let mut forked = DeviceModel::new(gpu, &w, options).unwrap();
+    forked.prefill(gpu, 0, &p).unwrap();
+    forked.fork(0, 1).unwrap();
+    forked.fork(0, 2).unwrap();
+    assert_eq!(forked.seq_len(2), 20);
+    assert_eq!(forked.block_table(1), forked.block_table(0), "a fork shares the prompt's pages");
+    forked.begin_decode(gpu, &[0, 1, 2], &feed).unwrap();
+    let got = decode_steps(&mut forked, gpu, 3, 6);
+    assert_eq!(forked.block_table(1)[0], forked.block_table(0)[0], "the full prompt page stays shared");
+    assert_ne!(forked.block_table(1)[1], forked.block_table(0)[1], "the written page was copied");
+    // Pages: 2 prompt pages, one copy of the partial one per extra writer: 4 of 3 * 3 = 9 in use.
+    assert_eq!(forked.free_pages(), options.num_pages - 4);
+
+    let mut separate = DeviceModel::new(gpu, &w, options).unwrap();
+    for s in 0..3 {
+        separate.prefill(gpu, s, &p).unwrap();
+    }
+    separate.begin_decode(gpu, &[0, 1, 2], &feed).unwrap();
+    let want = decode_steps(&mut separate, gpu, 3, 6);
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g == w, "step {step}: forked tokens {:?} against separate prefills' {:?} (or logits differ)", g.0, w.0);
+    }
+    assert!(forked.fork(1, 1).is_err() && forked.fork(0, 3).is_err());
 }
 
 /// A batch of two that keeps decoding while one slot is reset and given a new prompt, or has

@@ -162,7 +162,11 @@ fn launch_over_48k_without_attribute_fails(gpu: &Gpu) {
         let mut ov = o.view_mut();
         let mut args = gpu.launcher(&f, name);
         args.arg(qv.device_data()).arg(kv.device_data()).arg(vv.device_data()).arg(ov.device_data_mut());
-        args.arg(&ti).arg(&ti).arg(&hi).arg(&gi).arg(&hs).arg(&rs).arg(&scale);
+        // Contiguous keys: no status, block table, lengths or cu_seqlens (null); one page of the
+        // whole context.
+        let (null, one, page_stride) = (0u64, 1i32, 0i64);
+        args.arg(&null).arg(&null).arg(&null).arg(&null).arg(&ti).arg(&one).arg(&ti).arg(&one);
+        args.arg(&ti).arg(&ti).arg(&hi).arg(&gi).arg(&page_stride).arg(&hs).arg(&rs).arg(&scale);
         // SAFETY: q, o hold 64 tokens x 2 heads x 128, k, v 64 x 1 x 128 bf16 (one kv head,
         // group 2); one block of 64 query rows per head.
         unsafe { args.launch(cfg) }
