@@ -97,7 +97,7 @@ use crate::ops::rope::{rope_qkv, RopeTable};
 use crate::ops::swiglu::swiglu_fused;
 use crate::tensor::{DeviceTensor, HostTensor, View};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaView};
 use std::collections::HashMap;
 
 const OP: &str = "device model";
@@ -758,7 +758,7 @@ impl DeviceModel {
     /// One decoder layer over the first `t` rows of the workspace: expects the residual stream in
     /// `resid` (layer 0) or the previous layer's down projection pending in `proj`, and leaves its
     /// own down projection pending in `proj`.
-    fn layer(&mut self, gpu: &Gpu, l: usize, t: usize, attend: Attend, mut trace: Option<&mut DeviceTrace>) -> Result<()> {
+    fn layer(&mut self, gpu: &Gpu, l: usize, t: usize, attend: Attend<'_>, mut trace: Option<&mut DeviceTrace>) -> Result<()> {
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let (heads, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -775,6 +775,7 @@ impl DeviceModel {
         let (positions, slots) = match attend {
             Attend::Prefill => (ws.positions.slice(0..t), ws.slot_mapping.slice(0..t)),
             Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slot_mapping.slice(0..t)),
+            Attend::Engine(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
         };
         rope_qkv(gpu, &mut self.rope, &ws.qkv.view().rows(0..t)?, kv, &positions, &slots, &mut ws.q.view_mut().rows_mut(0..t)?, &mut cache.view_mut())?;
         match attend {
@@ -789,6 +790,10 @@ impl DeviceModel {
                 let batch = PagedBatch { block_tables: &table, max_pages, seq_lens: &lens };
                 let q = ws.q.view().rows(0..t)?;
                 attention::decode_with_chunk(gpu, &q, &cache.view(), &batch, &mut ws.attn_ws.view_mut(), &mut ws.attn.view_mut().rows_mut(0..t)?, self.options.decode_chunk)?
+            }
+            Attend::Engine(step) => {
+                let q = ws.q.view().rows(0..t)?;
+                attention::decode_with_chunk(gpu, &q, &cache.view(), &step.paged, &mut ws.attn_ws.view_mut(), &mut ws.attn.view_mut().rows_mut(0..t)?, self.options.decode_chunk)?
             }
         }
         linear(gpu, &ws.attn.view().rows(0..t)?.reshape(&[t, heads * d])?, &lw.o.view(), None, &mut ws.proj.view_mut().rows_mut(0..t)?)?;
@@ -977,10 +982,48 @@ impl DeviceModel {
         self.embed_status.check(gpu)?;
         self.rope.check_status(gpu)?;
         self.attn_status.check(gpu)?;
-        if !self.batch.is_empty() {
-            attention::decode_status(gpu, &self.ws.attn_ws.view())?;
+        // The last decode's word (zero until a decode has run; each decode clears it first).
+        attention::decode_status(gpu, &self.ws.attn_ws.view())
+    }
+
+    /// One decode step of a batch the engine describes ([`EngineStep`]), on the model's weights
+    /// and KV pages: the logits [B, vocab] ([`DeviceModel::logits`]) and their bounded argmax
+    /// ([`DeviceModel::step_tokens`]). It reads nothing the model keeps about its own sequences
+    /// (their lengths, tables and batch are neither used nor changed) and neither allocates nor
+    /// synchronises: an engine may capture it in its own graph. Bad device values (a token past
+    /// the vocabulary, a slot or page past the cache) are flagged in the status words
+    /// [`DeviceModel::check_status`] reads.
+    pub fn decode_with(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<()> {
+        let b = step.tokens.len();
+        let c = self.kv_cache_dims();
+        if b == 0 || b > self.options.slots {
+            return Err(bad(format!("an engine step of {b} rows (1..={} rows, the model's slots)", self.options.slots)));
         }
-        Ok(())
+        if step.positions.len() != b || step.slot_mapping.len() != b || step.paged.batch() != b {
+            return Err(bad(format!(
+                "an engine step of {b} tokens with {} positions, {} slots and {} sequence lengths",
+                step.positions.len(),
+                step.slot_mapping.len(),
+                step.paged.batch()
+            )));
+        }
+        step.paged.check(OP, &c)?;
+        if step.paged.max_pages > self.cache.max_pages {
+            return Err(bad(format!("block tables of {} pages a row, past the model's {} (capacity {} in pages of {})", step.paged.max_pages, self.cache.max_pages, self.options.capacity, c.page_size)));
+        }
+        embed::embed(gpu, &self.embed.view(), &step.tokens.slice(0..b), &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
+        for l in 0..self.layers.len() {
+            self.layer(gpu, l, b, Attend::Engine(step), None)?;
+        }
+        self.final_norm(gpu, b)?;
+        self.head(gpu, 0..b, Head::Decode)
+    }
+
+    /// The bounded argmax of each row of the last decode step, on the device (i32 [slots]; rows
+    /// past the batch hold stale values; -1 marks a row whose logits held a NaN): an engine feeds
+    /// them to the next step without a copy to the host.
+    pub fn step_tokens(&self) -> CudaView<'_, i32> {
+        self.ws.argmax.index().slice(0..self.options.slots)
     }
 
     /// Layer `layer` alone on `x` [T, H] (positions 0..T of `slot`, which it resets), for
@@ -1122,9 +1165,24 @@ enum Head {
 
 /// Where a layer's attention reads its keys.
 #[derive(Clone, Copy)]
-enum Attend {
+enum Attend<'a> {
     /// A prefill chunk of one sequence: the prefill metadata (`upload_prefill_meta`).
     Prefill,
     /// The decode batch: each row's block table and length on the device.
     Decode,
+    /// A decode step described by an engine ([`DeviceModel::decode_with`]).
+    Engine(&'a EngineStep<'a>),
+}
+
+/// One decode step as an engine describes it, in device arrays it owns (its cudarc buffers), over
+/// the model's KV pages ([`DeviceModel::kv_cache`]; the engine chooses which pages hold what):
+/// row b processes `tokens[b]` at `positions[b]`, writes its key and value to slot
+/// `slot_mapping[b]` (page * page_size + offset) and attends over `paged`'s row b (its block table
+/// and its length, `positions[b] + 1`). The values are checked on the device, not on the host.
+#[derive(Clone, Copy)]
+pub struct EngineStep<'a> {
+    pub tokens: &'a CudaView<'a, i32>,
+    pub positions: &'a CudaView<'a, i32>,
+    pub slot_mapping: &'a CudaView<'a, i32>,
+    pub paged: PagedBatch<'a>,
 }

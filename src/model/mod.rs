@@ -6,5 +6,5 @@ pub mod device;
 pub mod weights;
 
 pub use config::Qwen2Config;
-pub use device::{DeviceModel, Generation, MemoryReport, ModelOptions};
+pub use device::{DeviceModel, EngineStep, Generation, MemoryReport, ModelOptions};
 pub use weights::ModelWeights;

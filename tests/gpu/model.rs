@@ -29,6 +29,7 @@ pub const TESTS: &[GpuTest] = &[
     ("model::reset_or_prefill_into_a_running_slot_equals_a_fresh_batch", reset_or_prefill_into_a_running_slot_equals_a_fresh_batch),
     ("model::paged_caches_give_the_slot_cache_tokens_bit_for_bit", paged_caches_give_the_slot_cache_tokens_bit_for_bit),
     ("model::forked_continuations_equal_separate_prefills", forked_continuations_equal_separate_prefills),
+    ("model::engine_steps_equal_the_models_own_decode", engine_steps_equal_the_models_own_decode),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
     ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
@@ -621,6 +622,72 @@ fn forked_continuations_equal_separate_prefills(gpu: &Gpu) {
         assert!(g == w, "step {step}: forked tokens {:?} against separate prefills' {:?} (or logits differ)", g.0, w.0);
     }
     assert!(forked.fork(1, 1).is_err() && forked.fork(0, 3).is_err());
+}
+
+/// An engine driving decode steps with its own device metadata (`decode_with`: tokens, positions,
+/// slot mapping, block tables and lengths in its own buffers, over the model's pages, which it
+/// assigns itself) gets the model's own decode tokens and logits bit for bit; the model's own
+/// state is untouched (its lengths stay those of the prefill). A rollback is the engine writing
+/// smaller positions: the steps after it equal the first run's steps at those positions.
+fn engine_steps_equal_the_models_own_decode(gpu: &Gpu) {
+    use qwen_kernels::model::EngineStep;
+    use qwen_kernels::ops::kv_cache::{KvLayout, PagedBatch};
+    let w = random_model(43);
+    let prompts = [prompt(44, 9, 500), prompt(45, 3, 500)];
+    let options = ModelOptions::new(DType::BF16, 2, 48).with_pages(8, KvLayout::Nhd);
+    let steps = 6;
+
+    let mut own = DeviceModel::new(gpu, &w, options).unwrap();
+    let firsts: Vec<u32> = prompts.iter().enumerate().map(|(s, p)| own.prefill(gpu, s, p).unwrap()).collect();
+    own.begin_decode(gpu, &[0, 1], &firsts).unwrap();
+    let want = decode_steps(&mut own, gpu, 2, steps);
+
+    let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+    for (s, p) in prompts.iter().enumerate() {
+        assert_eq!(m.prefill(gpu, s, p).unwrap(), firsts[s]);
+    }
+    // The engine's pages: the prompts' own (the model's block tables), then pages of its own
+    // choosing from the back of the cache for what follows.
+    let max_pages = 48 / 8;
+    let mut spare = (0..options.num_pages as i32).rev().filter(|p| !m.block_table(0).contains(p) && !m.block_table(1).contains(p));
+    let mut tables = vec![-1i32; 2 * max_pages];
+    for s in 0..2 {
+        let mine = m.block_table(s).to_vec();
+        for i in 0..max_pages {
+            tables[s * max_pages + i] = mine.get(i).copied().unwrap_or_else(|| spare.next().unwrap());
+        }
+    }
+    let stream = gpu.stream();
+    let d_tables = stream.clone_htod(&tables).unwrap();
+    let mut tokens: Vec<i32> = firsts.iter().map(|&t| t as i32).collect();
+    let run = |m: &mut DeviceModel, tokens: &mut Vec<i32>, start: [usize; 2], n: usize| {
+        let mut got = Vec::new();
+        for i in 0..n {
+            let pos: Vec<i32> = (0..2).map(|s| (start[s] + i) as i32).collect();
+            let slots: Vec<i32> = (0..2).map(|s| tables[s * max_pages + pos[s] as usize / 8] * 8 + pos[s] % 8).collect();
+            let lens: Vec<i32> = pos.iter().map(|p| p + 1).collect();
+            let (dt, dp, ds, dl) = (stream.clone_htod(tokens).unwrap(), stream.clone_htod(&pos).unwrap(), stream.clone_htod(&slots).unwrap(), stream.clone_htod(&lens).unwrap());
+            let (dt, dp, ds, dl, dtab) = (dt.slice(..), dp.slice(..), ds.slice(..), dl.slice(..), d_tables.slice(..));
+            let step = EngineStep { tokens: &dt, positions: &dp, slot_mapping: &ds, paged: PagedBatch { block_tables: &dtab, max_pages, seq_lens: &dl } };
+            m.decode_with(gpu, &step).unwrap();
+            m.check_status(gpu).unwrap();
+            let next = stream.clone_dtoh(&m.step_tokens().slice(0..2)).unwrap();
+            got.push((next.iter().map(|&t| t as u32).collect::<Vec<u32>>(), logit_bits(m, gpu, 2)));
+            *tokens = next;
+        }
+        got
+    };
+    let got = run(&mut m, &mut tokens, [9, 3], steps);
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g == w, "step {step}: engine-driven tokens {:?} against the model's {:?} (or logits differ)", g.0, w.0);
+    }
+    assert_eq!((m.seq_len(0), m.seq_len(1)), (9, 3), "the model's own lengths moved");
+    // Roll both back by 3 positions: the engine feeds the tokens of step 2 again at their positions.
+    let mut tokens: Vec<i32> = want[2].0.iter().map(|&t| t as i32).collect();
+    let again = run(&mut m, &mut tokens, [9 + 3, 3 + 3], 3);
+    for (i, (g, w)) in again.iter().zip(&want[3..]).enumerate() {
+        assert!(g == w, "after the rollback, step {}: tokens {:?} against {:?} (or logits differ)", i + 3, g.0, w.0);
+    }
 }
 
 /// A batch of two that keeps decoding while one slot is reset and given a new prompt, or has
