@@ -190,12 +190,13 @@ struct Workspace {
     attn_ws: DeviceTensor,
     /// [slots, vocab] f32: the decode batch's logits.
     logits: DeviceTensor,
-    /// [1, vocab] f32: the last prefill's logits, and their argmax (apart from the decode batch's,
-    /// so a prefill between decode steps leaves the batch's next tokens alone).
+    /// [slots, vocab] f32: the last prefill's logits (a row per sequence it finished), and their
+    /// argmax (apart from the decode batch's, so a prefill between decode steps leaves the batch's
+    /// next tokens alone).
     prefill_logits: DeviceTensor,
     prefill_argmax: ArgmaxOutput,
-    /// Prefill: token ids, positions and cache slots of the rows of a chunk; the sequence's block
-    /// table row [max_pages], its length [1] and cu_seqlens [0, T].
+    /// Prefill: token ids, positions and cache slots of the rows of a pass; the block table rows
+    /// [slots, max_pages] and lengths [slots] of its sequences, and their cu_seqlens [slots + 1].
     tokens: CudaSlice<i32>,
     positions: CudaSlice<i32>,
     slot_mapping: CudaSlice<i32>,
@@ -489,14 +490,14 @@ impl DeviceModel {
             act: zeros(&[rows, inter])?,
             attn_ws: DeviceTensor::zeros(gpu, DType::F32, &[attention::decode_workspace_len(options.slots, heads, d, max_len, options.decode_chunk)])?,
             logits: DeviceTensor::zeros(gpu, DType::F32, &[options.slots, c.vocab_size])?,
-            prefill_logits: DeviceTensor::zeros(gpu, DType::F32, &[1, c.vocab_size])?,
-            prefill_argmax: ArgmaxOutput::new(gpu, 1)?,
+            prefill_logits: DeviceTensor::zeros(gpu, DType::F32, &[options.slots, c.vocab_size])?,
+            prefill_argmax: ArgmaxOutput::new(gpu, options.slots)?,
             tokens: i32s(gpu, rows)?,
             positions: i32s(gpu, rows)?,
             slot_mapping: i32s(gpu, rows)?,
-            pre_table: i32s(gpu, max_pages)?,
-            pre_len: i32s(gpu, 1)?,
-            pre_cu: i32s(gpu, 2)?,
+            pre_table: i32s(gpu, options.slots * max_pages)?,
+            pre_len: i32s(gpu, options.slots)?,
+            pre_cu: i32s(gpu, options.slots + 1)?,
             dec_positions: i32s(gpu, options.slots)?,
             dec_lens: i32s(gpu, options.slots)?,
             dec_slot_mapping: i32s(gpu, options.slots)?,
@@ -517,8 +518,8 @@ impl DeviceModel {
                 })
                 .sum::<usize>();
         let kv_cache = cache.layers.iter().map(|c| c.bytes()).sum();
-        let index_bytes = (3 * rows + max_pages + 3 + 3 * options.slots + options.slots * max_pages) * 4;
-        let argmax_bytes = (options.slots + 1) * (8 + argmax::CHUNKS * 8);
+        let index_bytes = (3 * rows + 2 * options.slots * max_pages + 5 * options.slots + 1) * 4;
+        let argmax_bytes = 2 * options.slots * (8 + argmax::CHUNKS * 8);
         let workspace = [&ws.resid, &ws.xn, &ws.qkv, &ws.q, &ws.attn, &ws.proj, &ws.gate_up, &ws.act, &ws.attn_ws, &ws.logits, &ws.prefill_logits]
             .into_iter()
             .map(bytes)
@@ -685,8 +686,56 @@ impl DeviceModel {
     /// logits of the last one ([`DeviceModel::prefill_logits`]); returns its greedy token (the
     /// argmax over the real vocabulary). Synchronises once, to read that token.
     pub fn prefill(&mut self, gpu: &Gpu, slot: usize, tokens: &[u32]) -> Result<u32> {
-        self.prefill_inner(gpu, slot, tokens, None)?;
-        Ok(self.read_tokens(gpu, Head::Prefill)?[0])
+        Ok(self.prefill_batch(gpu, &[(slot, tokens)])?[0])
+    }
+
+    /// Append tokens to several sequences at once, `(slot, tokens)` each, as ragged batches: each
+    /// pass takes up to `prefill_chunk` tokens in all, from the sequences in order (a long one is
+    /// continued in the next pass, as a chunked prefill), and runs every layer once for all of
+    /// them (one attention launch over their pages, `attention::prefill_paged`). Returns each
+    /// sequence's greedy next token, in order; row i of [`DeviceModel::prefill_logits`] holds the
+    /// logits of the i-th sequence finished by the last pass. Synchronises once per pass.
+    pub fn prefill_batch(&mut self, gpu: &Gpu, seqs: &[(usize, &[u32])]) -> Result<Vec<u32>> {
+        for (i, &(slot, tokens)) in seqs.iter().enumerate() {
+            self.check_slot(slot)?;
+            embed::check_tokens(tokens, self.config.vocab_size)?;
+            if tokens.is_empty() {
+                return Err(bad(format!("prefill of no tokens (sequence {i}, slot {slot})")));
+            }
+            if seqs[..i].iter().any(|&(s, _)| s == slot) {
+                return Err(bad(format!("slot {slot} appears twice in one prefill")));
+            }
+            let start = self.lens[slot];
+            if start + tokens.len() > self.options.capacity {
+                return Err(bad(format!("{} tokens after {start} in slot {slot} overflow its capacity of {}", tokens.len(), self.options.capacity)));
+            }
+        }
+        if seqs.is_empty() {
+            return Err(bad("prefill of no sequences".into()));
+        }
+        let mut done = vec![0usize; seqs.len()];
+        let mut firsts = vec![0u32; seqs.len()];
+        while done.iter().zip(seqs).any(|(&d, (_, t))| d < t.len()) {
+            // One pass: (sequence index, first token, count) parts within the chunk budget.
+            let mut budget = self.options.prefill_chunk;
+            let mut parts = Vec::new();
+            for (i, (_, tokens)) in seqs.iter().enumerate() {
+                let n = (tokens.len() - done[i]).min(budget);
+                if n > 0 {
+                    parts.push((i, done[i], n));
+                    budget -= n;
+                }
+            }
+            let finished = self.prefill_pass(gpu, seqs, &parts, None)?;
+            let chosen = self.read_tokens(gpu, Head::Prefill(finished.len()))?;
+            for (&i, &token) in finished.iter().zip(&chosen) {
+                firsts[i] = token;
+            }
+            for &(i, _, n) in &parts {
+                done[i] += n;
+            }
+        }
+        Ok(firsts)
     }
 
     /// As [`DeviceModel::prefill`], also returning the residual stream after every attention and
@@ -696,62 +745,83 @@ impl DeviceModel {
         if tokens.len() > self.options.prefill_chunk {
             return Err(bad(format!("a traced prefill takes at most one chunk ({} tokens), got {}", self.options.prefill_chunk, tokens.len())));
         }
-        let mut trace = DeviceTrace::default();
-        self.prefill_inner(gpu, slot, tokens, Some(&mut trace))?;
-        Ok((self.read_tokens(gpu, Head::Prefill)?[0], trace))
-    }
-
-    fn prefill_inner(&mut self, gpu: &Gpu, slot: usize, tokens: &[u32], mut trace: Option<&mut DeviceTrace>) -> Result<()> {
         self.check_slot(slot)?;
         embed::check_tokens(tokens, self.config.vocab_size)?;
-        if tokens.is_empty() {
-            return Err(bad("prefill of no tokens".into()));
+        if tokens.is_empty() || self.lens[slot] + tokens.len() > self.options.capacity {
+            return Err(bad(format!("a traced prefill of {} tokens after {} in slot {slot} of {}", tokens.len(), self.lens[slot], self.options.capacity)));
         }
-        let start = self.lens[slot];
-        if start + tokens.len() > self.options.capacity {
-            return Err(bad(format!("{} tokens after {start} in slot {slot} overflow its capacity of {}", tokens.len(), self.options.capacity)));
-        }
-        let chunks: Vec<&[u32]> = tokens.chunks(self.options.prefill_chunk).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let p0 = self.lens[slot];
-            let t = chunk.len();
-            let ids: Vec<i32> = chunk.iter().map(|&x| x as i32).collect();
-            gpu.stream().memcpy_htod(&ids, &mut self.ws.tokens.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill tokens)")?;
-            self.upload_prefill_meta(gpu, slot, p0, t)?;
-            embed::embed(gpu, &self.embed.view(), &self.ws.tokens.slice(0..t), &mut self.ws.resid.view_mut().rows_mut(0..t)?, &mut self.embed_status)?;
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
-            }
-            for l in 0..self.layers.len() {
-                self.layer(gpu, l, t, Attend::Prefill, trace.as_deref_mut())?;
-            }
-            self.set_len(slot, p0 + t);
-            if i + 1 == chunks.len() {
-                self.final_norm(gpu, t)?;
-                if let Some(tr) = trace.as_deref_mut() {
-                    tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
-                }
-                self.head(gpu, t - 1..t, Head::Prefill)?;
-            }
-        }
-        Ok(())
+        let mut trace = DeviceTrace::default();
+        self.prefill_pass(gpu, &[(slot, tokens)], &[(0, 0, tokens.len())], Some(&mut trace))?;
+        Ok((self.read_tokens(gpu, Head::Prefill(1))?[0], trace))
     }
 
-    /// Pages for positions p0..p0+t of `slot` (copying a shared page written into), and the
-    /// prefill's device metadata: positions, slots, the block table row, the length p0 + t and
-    /// cu_seqlens [0, t].
-    fn upload_prefill_meta(&mut self, gpu: &Gpu, slot: usize, p0: usize, t: usize) -> Result<()> {
-        self.cache.ensure(gpu, slot, p0, p0 + t)?;
-        let positions = self.positions((p0..p0 + t).map(|p| p as i32).collect());
-        // The slots follow the positions as uploaded (the planted stuck position writes there too).
-        let slots: Vec<i32> = positions.iter().map(|&p| self.cache.slot(slot, p as usize)).collect();
-        let table = self.cache.table_row(slot);
+    /// One ragged pass: `parts` (sequence index into `seqs`, first token, count) in row order.
+    /// Runs the layers over all their rows, then the head on the last row of each sequence whose
+    /// tokens end in this pass; returns those sequences' indices, in the order of their logits rows.
+    fn prefill_pass(&mut self, gpu: &Gpu, seqs: &[(usize, &[u32])], parts: &[(usize, usize, usize)], mut trace: Option<&mut DeviceTrace>) -> Result<Vec<usize>> {
+        let t: usize = parts.iter().map(|p| p.2).sum();
+        let ids: Vec<i32> = parts.iter().flat_map(|&(i, from, n)| seqs[i].1[from..from + n].iter().map(|&x| x as i32)).collect();
+        gpu.stream().memcpy_htod(&ids, &mut self.ws.tokens.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill tokens)")?;
+        let meta: Vec<(usize, usize, usize)> = parts.iter().map(|&(i, _, n)| (seqs[i].0, self.lens[seqs[i].0], n)).collect();
+        self.upload_prefill_meta(gpu, &meta)?;
+        embed::embed(gpu, &self.embed.view(), &self.ws.tokens.slice(0..t), &mut self.ws.resid.view_mut().rows_mut(0..t)?, &mut self.embed_status)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
+        }
+        let max_q = parts.iter().map(|p| p.2).max().unwrap_or(1);
+        for l in 0..self.layers.len() {
+            self.layer(gpu, l, t, Attend::Prefill { seqs: parts.len(), max_q }, trace.as_deref_mut())?;
+        }
+        for &(slot, p0, n) in &meta {
+            self.set_len(slot, p0 + n);
+        }
+        self.final_norm(gpu, t)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
+        }
+        // The last row of each sequence that ends here, gathered to the first rows (via `proj`,
+        // free after the final norm) for one lm_head GEMM.
+        let mut finished = Vec::new();
+        let mut end = 0;
+        for &(i, from, n) in parts {
+            end += n;
+            if from + n == seqs[i].1.len() {
+                let row = finished.len();
+                let src = self.ws.xn.view().rows(end - 1..end)?;
+                gpu.stream().memcpy_dtod(&src.data, &mut self.ws.proj.view_mut().rows_mut(row..row + 1)?.data).cuda("cuMemcpyDtoD(prefill last rows)")?;
+                finished.push(i);
+            }
+        }
+        let n = finished.len();
+        if n > 0 {
+            gpu.stream().memcpy_dtod(&self.ws.proj.view().rows(0..n)?.data, &mut self.ws.xn.view_mut().rows_mut(0..n)?.data).cuda("cuMemcpyDtoD(prefill last rows)")?;
+            self.head(gpu, 0..n, Head::Prefill(n))?;
+        }
+        Ok(finished)
+    }
+
+    /// The pages for a ragged pass's parts, `(slot, p0, t)` each (positions p0..p0+t; a shared
+    /// page written into is copied), and the pass's device metadata: positions, slots, the block
+    /// table rows, the lengths p0 + t and cu_seqlens.
+    fn upload_prefill_meta(&mut self, gpu: &Gpu, parts: &[(usize, usize, usize)]) -> Result<()> {
+        let (mut positions, mut slots, mut tables, mut lens, mut cu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), vec![0i32]);
+        for &(slot, p0, t) in parts {
+            self.cache.ensure(gpu, slot, p0, p0 + t)?;
+            let pos = self.positions((p0..p0 + t).map(|p| p as i32).collect());
+            // The slots follow the positions as uploaded (the planted stuck position writes there too).
+            slots.extend(pos.iter().map(|&p| self.cache.slot(slot, p as usize)));
+            positions.extend(pos);
+            tables.extend(self.cache.table_row(slot));
+            lens.push(to_i32("length", p0 + t)?);
+            cu.push(cu[cu.len() - 1] + t as i32);
+        }
+        let (t, n) = (positions.len(), parts.len());
         let stream = gpu.stream();
         stream.memcpy_htod(&positions, &mut self.ws.positions.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill positions)")?;
         stream.memcpy_htod(&slots, &mut self.ws.slot_mapping.slice_mut(0..t)).cuda("cuMemcpyHtoD(prefill slot mapping)")?;
-        stream.memcpy_htod(&table, &mut self.ws.pre_table).cuda("cuMemcpyHtoD(prefill block table)")?;
-        stream.memcpy_htod(&[to_i32("length", p0 + t)?], &mut self.ws.pre_len).cuda("cuMemcpyHtoD(prefill length)")?;
-        stream.memcpy_htod(&[0, t as i32], &mut self.ws.pre_cu).cuda("cuMemcpyHtoD(prefill cu_seqlens)")?;
+        stream.memcpy_htod(&tables, &mut self.ws.pre_table.slice_mut(0..tables.len())).cuda("cuMemcpyHtoD(prefill block tables)")?;
+        stream.memcpy_htod(&lens, &mut self.ws.pre_len.slice_mut(0..n)).cuda("cuMemcpyHtoD(prefill lengths)")?;
+        stream.memcpy_htod(&cu, &mut self.ws.pre_cu.slice_mut(0..n + 1)).cuda("cuMemcpyHtoD(prefill cu_seqlens)")?;
         Ok(())
     }
 
@@ -773,17 +843,17 @@ impl DeviceModel {
         }
         linear(gpu, &ws.xn.view().rows(0..t)?, &lw.qkv.view(), Some(&lw.qkv_bias.view()), &mut ws.qkv.view_mut().rows_mut(0..t)?)?;
         let (positions, slots) = match attend {
-            Attend::Prefill => (ws.positions.slice(0..t), ws.slot_mapping.slice(0..t)),
+            Attend::Prefill { .. } => (ws.positions.slice(0..t), ws.slot_mapping.slice(0..t)),
             Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slot_mapping.slice(0..t)),
             Attend::Engine(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
         };
         rope_qkv(gpu, &mut self.rope, &ws.qkv.view().rows(0..t)?, kv, &positions, &slots, &mut ws.q.view_mut().rows_mut(0..t)?, &mut cache.view_mut())?;
         match attend {
-            Attend::Prefill => {
-                let (table, len, cu) = (ws.pre_table.slice(0..max_pages), ws.pre_len.slice(0..1), ws.pre_cu.slice(0..2));
+            Attend::Prefill { seqs, max_q } => {
+                let (table, len, cu) = (ws.pre_table.slice(0..seqs * max_pages), ws.pre_len.slice(0..seqs), ws.pre_cu.slice(0..seqs + 1));
                 let batch = PagedBatch { block_tables: &table, max_pages, seq_lens: &len };
                 let q = ws.q.view().rows(0..t)?;
-                attention::prefill_paged(gpu, &q, &cache.view(), &batch, &cu, t, &mut self.attn_status, &mut ws.attn.view_mut().rows_mut(0..t)?, PrefillPath::Auto)?
+                attention::prefill_paged(gpu, &q, &cache.view(), &batch, &cu, max_q, &mut self.attn_status, &mut ws.attn.view_mut().rows_mut(0..t)?, PrefillPath::Auto)?
             }
             Attend::Decode => {
                 let (table, lens) = (ws.dec_tables.slice(0..t * max_pages), ws.dec_lens.slice(0..t));
@@ -832,7 +902,7 @@ impl DeviceModel {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let ws = &mut self.ws;
         let (logits, out) = match to {
-            Head::Prefill => (&mut ws.prefill_logits, &mut ws.prefill_argmax),
+            Head::Prefill(_) => (&mut ws.prefill_logits, &mut ws.prefill_argmax),
             Head::Decode => (&mut ws.logits, &mut ws.argmax),
         };
         linear(gpu, &ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)?;
@@ -846,7 +916,8 @@ impl DeviceModel {
         self.ws.logits.view()
     }
 
-    /// The logits of the last prefill's last token, f32 [1, vocab].
+    /// The logits of the last prefill's last token, f32 [slots, vocab]: row i is the i-th sequence
+    /// the last pass finished (row 0 after [`DeviceModel::prefill`]).
     pub fn prefill_logits(&self) -> View<'_> {
         self.ws.prefill_logits.view()
     }
@@ -965,7 +1036,7 @@ impl DeviceModel {
     fn read_tokens(&mut self, gpu: &Gpu, from: Head) -> Result<Vec<u32>> {
         // The indices only (the argmax runs without its max value): one small copy per step.
         let (out, rows) = match from {
-            Head::Prefill => (&self.ws.prefill_argmax, 1),
+            Head::Prefill(n) => (&self.ws.prefill_argmax, n),
             Head::Decode => (&self.ws.argmax, self.batch.len()),
         };
         let index = gpu.stream().clone_dtoh(&out.index().slice(0..rows)).cuda("cuMemcpyDtoH(argmax index)")?;
@@ -1041,14 +1112,14 @@ impl DeviceModel {
             return Err(bad(format!("layer {layer} of {}", self.layers.len())));
         }
         self.reset(slot)?;
-        self.upload_prefill_meta(gpu, slot, 0, t)?;
+        self.upload_prefill_meta(gpu, &[(slot, 0, t)])?;
         self.ws.resid.view_mut().rows_mut(0..t)?.upload(gpu, x)?;
         // A layer other than 0 expects its input as resid + proj: zero proj, so resid is the input.
         if layer > 0 {
             gpu.stream().memset_zeros(&mut self.ws.proj.view_mut().rows_mut(0..t)?.data).cuda("cuMemsetD8(proj)")?;
         }
         let mut trace = DeviceTrace::default();
-        self.layer(gpu, layer, t, Attend::Prefill, Some(&mut trace))?;
+        self.layer(gpu, layer, t, Attend::Prefill { seqs: 1, max_q: t }, Some(&mut trace))?;
         // The layer's output: resid + proj, formed by the kernels (the next norm's add).
         self.final_norm(gpu, t)?;
         let out = self.ws.resid.view().rows(0..t)?.to_host(gpu)?;
@@ -1070,9 +1141,9 @@ impl DeviceModel {
         self.ws.resid.view_mut().rows_mut(0..t)?.upload(gpu, x)?;
         gpu.stream().memset_zeros(&mut self.ws.proj.view_mut().rows_mut(0..t)?.data).cuda("cuMemsetD8(proj)")?;
         self.final_norm(gpu, t)?;
-        self.head(gpu, t - 1..t, Head::Prefill)?;
-        let logits = self.ws.prefill_logits.view().to_host(gpu)?;
-        Ok((logits.into_data(), self.read_tokens(gpu, Head::Prefill)?[0]))
+        self.head(gpu, t - 1..t, Head::Prefill(1))?;
+        let logits = self.ws.prefill_logits.view().rows(0..1)?.to_host(gpu)?;
+        Ok((logits.into_data(), self.read_tokens(gpu, Head::Prefill(1))?[0]))
     }
 
     /// Greedy generation for one sequence in `slot` (reset first): prefill `prompt`, then `steps - 1`
@@ -1156,18 +1227,19 @@ impl DeviceModel {
     }
 }
 
-/// Which logits and argmax a head writes.
+/// Which logits and argmax a head writes (and how many rows a prefill's has).
 #[derive(Clone, Copy)]
 enum Head {
-    Prefill,
+    Prefill(usize),
     Decode,
 }
 
 /// Where a layer's attention reads its keys.
 #[derive(Clone, Copy)]
 enum Attend<'a> {
-    /// A prefill chunk of one sequence: the prefill metadata (`upload_prefill_meta`).
-    Prefill,
+    /// A ragged prefill pass of `seqs` sequences, at most `max_q` new tokens each: the prefill
+    /// metadata (`upload_prefill_meta`).
+    Prefill { seqs: usize, max_q: usize },
     /// The decode batch: each row's block table and length on the device.
     Decode,
     /// A decode step described by an engine ([`DeviceModel::decode_with`]).

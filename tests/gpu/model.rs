@@ -30,6 +30,7 @@ pub const TESTS: &[GpuTest] = &[
     ("model::paged_caches_give_the_slot_cache_tokens_bit_for_bit", paged_caches_give_the_slot_cache_tokens_bit_for_bit),
     ("model::forked_continuations_equal_separate_prefills", forked_continuations_equal_separate_prefills),
     ("model::engine_steps_equal_the_models_own_decode", engine_steps_equal_the_models_own_decode),
+    ("model::ragged_prefill_of_several_prompts_equals_each_alone", ragged_prefill_of_several_prompts_equals_each_alone),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
     ("model::tiny_checkpoint_end_to_end", tiny_checkpoint_end_to_end),
@@ -688,6 +689,40 @@ fn engine_steps_equal_the_models_own_decode(gpu: &Gpu) {
     for (i, (g, w)) in again.iter().zip(&want[3..]).enumerate() {
         assert!(g == w, "after the rollback, step {}: tokens {:?} against {:?} (or logits differ)", i + 3, g.0, w.0);
     }
+}
+
+/// Three prompts (5, 17 and 2 tokens, into slots 2, 0, 1) prefilled together in ragged passes of
+/// at most 10 tokens (5 + 5 of the second, then 10 more of it, then its last 2 and the third's 2:
+/// a prompt split across passes is a chunked prefill) give each prompt's first token as prefilled
+/// alone, and the same decode after it. On the software device the KV caches are the same bits
+/// (its GEMMs sum each output alone), so the decode logits are compared bit for bit; on a GPU
+/// cuBLAS may pick another kernel for another row count, so the tokens are compared (f32).
+fn ragged_prefill_of_several_prompts_equals_each_alone(gpu: &Gpu) {
+    let w = random_model(47);
+    let software = gpu.info().kind == qwen_kernels::DeviceKind::Software;
+    let prompts = [prompt(48, 5, 500), prompt(49, 17, 500), prompt(50, 2, 500)];
+    let slots = [2usize, 0, 1];
+    let options = ModelOptions { prefill_chunk: 10, ..ModelOptions::new(DType::F32, 3, 40) }.with_pages(4, qwen_kernels::ops::kv_cache::KvLayout::Hnd);
+    let mut together = DeviceModel::new(gpu, &w, options).unwrap();
+    let seqs: Vec<(usize, &[u32])> = slots.iter().zip(&prompts).map(|(&s, p)| (s, p.as_slice())).collect();
+    let firsts = together.prefill_batch(gpu, &seqs).unwrap();
+    let mut alone = DeviceModel::new(gpu, &w, options).unwrap();
+    let alone_firsts: Vec<u32> = slots.iter().zip(&prompts).map(|(&s, p)| alone.prefill(gpu, s, p).unwrap()).collect();
+    assert_eq!(firsts, alone_firsts, "first tokens");
+    for (&s, p) in slots.iter().zip(&prompts) {
+        assert_eq!(together.seq_len(s), p.len());
+    }
+    for m in [&mut together, &mut alone] {
+        m.begin_decode(gpu, &slots, &firsts).unwrap();
+    }
+    let (a, b) = (decode_steps(&mut together, gpu, 3, 4), decode_steps(&mut alone, gpu, 3, 4));
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.0, y.0, "step {step}: tokens");
+        assert!(!software || x.1 == y.1, "step {step}: logits differ between the ragged and the one-by-one prefill");
+    }
+    // Refused: a slot twice, an empty prompt.
+    assert!(together.prefill_batch(gpu, &[(0, &prompts[0][..]), (0, &prompts[1][..])]).is_err());
+    assert!(together.prefill_batch(gpu, &[(0, &[][..])]).is_err());
 }
 
 /// A batch of two that keeps decoding while one slot is reset and given a new prompt, or has
