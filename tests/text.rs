@@ -241,3 +241,73 @@ fn broken_files_are_typed_errors_naming_them() {
     let (_, e) = error_of(&tmp.path().join("no-such-dir"));
     assert!(e.contains("no-such-dir/tokenizer.json: cannot read"), "{e}");
 }
+
+/// The tiny checkpoint's tokenizer with golden/data/chat/template.jinja (every construct of the
+/// Qwen2.5-Instruct template) as its chat_template.jinja.
+fn chat_checkpoint(tmp: &TempDir) -> PathBuf {
+    let dir = copied(tmp);
+    std::fs::copy(data_dir().join("chat/template.jinja"), dir.join("chat_template.jinja")).unwrap();
+    dir
+}
+
+fn conversations() -> serde_json::Value {
+    let path = data_dir().join("chat/conversations.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Every conversation golden/gen_chat.py rendered with transformers' apply_chat_template (tools
+/// through tojson, tool calls with object and string arguments, consecutive tool replies, a
+/// replaced and a default system prompt, unicode, quotes, markup and Jinja-looking text, no
+/// generation prompt) renders to the same bytes here and encodes to the same ids.
+#[test]
+fn conversations_render_as_transformers_does() {
+    let tmp = TempDir::new("chat");
+    let tok = Tokenizer::from_checkpoint(&chat_checkpoint(&tmp)).unwrap();
+    let golden = conversations();
+    let cases = golden["conversations"].as_array().unwrap();
+    assert!(cases.len() >= 12, "{} conversations", cases.len());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let tools = (!case["tools"].is_null()).then_some(&case["tools"]);
+        let text = tok.render_conversation(&case["messages"], tools, case["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        let want = case["text"].as_str().unwrap();
+        if text != want {
+            let at = text.bytes().zip(want.bytes()).position(|(a, b)| a != b).unwrap_or(text.len().min(want.len()));
+            let from = at.saturating_sub(40);
+            let cut = |s: &str| s.get(from..(at + 40).min(s.len())).unwrap_or("").to_string();
+            panic!("{name}: differs from transformers at byte {at}:\n  ours:   {:?}\n  theirs: {:?}", cut(&text), cut(want));
+        }
+        assert_eq!(tok.encode(&text).unwrap(), ids(&case["ids"]), "{name}: ids");
+    }
+    // An unknown role is refused by the template's raise_exception, as in transformers.
+    let e = tok.render_conversation(&serde_json::json!([{"role": "narrator", "content": "x"}]), None, true).unwrap_err().to_string();
+    assert!(e.contains(golden["unknown_role_error"].as_str().unwrap()), "{e}");
+    // Not a conversation: typed errors naming what was wrong.
+    for (bad, says) in [(serde_json::json!({"role": "user"}), "a JSON list"), (serde_json::json!([]), "no messages"), (serde_json::json!([{"content": "x"}]), "message 0")] {
+        let e = tok.render_conversation(&bad, None, true).unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    }
+}
+
+/// The two traps of rendering transformers' templates in Rust: minijinja's own tojson escapes
+/// `'`, `<`, `>` and `&` (HTML-safe) and a map printed through a sorted map loses its order; the
+/// crate's tojson writes Python's json.dumps (order kept, nothing HTML-escaped), with its indent,
+/// ensure_ascii and sort_keys arguments.
+#[test]
+fn tojson_writes_what_python_writes() {
+    let tmp = TempDir::new("tojson");
+    let dir = copied(&tmp);
+    let template = "{{ messages[0].content | tojson }}|{{ messages[0].content | tojson(indent=2) }}|{{ messages[0].content | tojson(ensure_ascii=true, sort_keys=true) }}";
+    std::fs::write(dir.join("chat_template.jinja"), template).unwrap();
+    let tok = Tokenizer::from_checkpoint(&dir).unwrap();
+    let content = serde_json::json!({"z": "<a href='x'>&amp;</a>", "a": [1, 2.0, 1e-5, 1.5e16, true, null], "é": "\u{1F680}\n"});
+    let text = tok.render_conversation(&serde_json::json!([{"role": "user", "content": content}]), None, false).unwrap();
+    // json.dumps(content), json.dumps(content, indent=2), json.dumps(content, ensure_ascii=True, sort_keys=True)
+    let want = [
+        "{\"z\": \"<a href='x'>&amp;</a>\", \"a\": [1, 2.0, 1e-05, 1.5e+16, true, null], \"é\": \"\u{1F680}\\n\"}",
+        "{\n  \"z\": \"<a href='x'>&amp;</a>\",\n  \"a\": [\n    1,\n    2.0,\n    1e-05,\n    1.5e+16,\n    true,\n    null\n  ],\n  \"é\": \"\u{1F680}\\n\"\n}",
+        "{\"a\": [1, 2.0, 1e-05, 1.5e+16, true, null], \"z\": \"<a href='x'>&amp;</a>\", \"\\u00e9\": \"\\ud83d\\ude80\\n\"}",
+    ]
+    .join("|");
+    assert_eq!(text, want);
+}
