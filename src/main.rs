@@ -68,33 +68,22 @@ enum Command {
     /// Generate text from a checkpoint with the kernels (greedy), streaming it as it is decoded.
     ///
     /// Tokenizes the prompt with the checkpoint's tokenizer.json (applying its chat template with
-    /// --chat or --messages, as transformers' apply_chat_template renders it), prefills it,
-    /// decodes until an EOS id of generation_config.json / config.json or
+    /// --chat), prefills it, decodes until an EOS id of generation_config.json / config.json or
     /// --max-tokens, and ends with the prefill and decode tokens/s on stderr. Runs on a GPU when
     /// one is usable, else on the software device (slow: for trying tiny checkpoints).
     Generate {
         /// A Hugging Face checkpoint directory: config.json, bf16 safetensors, tokenizer.json.
         #[arg(long, value_name = "DIR")]
         checkpoint: PathBuf,
-        /// The text to continue (with --chat: the user's message; with --messages: a last user
-        /// message after the file's).
-        #[arg(long, required_unless_present = "messages")]
-        prompt: Option<String>,
+        /// The text to continue (with --chat: the user's message).
+        #[arg(long)]
+        prompt: String,
         /// Most new tokens (fewer when the model's positions run out first).
         #[arg(long, default_value_t = 128, value_name = "N")]
         max_tokens: usize,
         /// Wrap the prompt in the checkpoint's chat template as a user message.
         #[arg(long)]
         chat: bool,
-        /// The system prompt (with --chat or --messages), replacing the template's default one and
-        /// any system message first in the file.
-        #[arg(long, value_name = "TEXT")]
-        system: Option<String>,
-        /// A conversation to continue, rendered with the chat template: a JSON file holding a list
-        /// of messages as transformers takes them (roles system, user, assistant, tool; assistant
-        /// tool_calls), or an object {"messages": [...], "tools": [...]} with tools as JSON schemas.
-        #[arg(long, value_name = "FILE")]
-        messages: Option<PathBuf>,
         /// Storage dtype of weights and activations.
         #[arg(long, value_enum, default_value = "bf16")]
         dtype: DTypeArg,
@@ -336,58 +325,18 @@ fn run_diff(backend: BackendArg, dtype: DTypeArg, device: usize, models: &Models
 
 struct GenerateArgs<'a> {
     checkpoint: &'a std::path::Path,
-    prompt: Option<&'a str>,
+    prompt: &'a str,
     max_tokens: usize,
     chat: bool,
-    system: Option<&'a str>,
-    messages: Option<&'a std::path::Path>,
     dtype: DType,
     device: usize,
     show_ids: bool,
 }
 
-/// The prompt text: the prompt as it is, or (--chat, --messages) the conversation rendered with
-/// the checkpoint's chat template, --system first.
-fn prompt_text(tokenizer: &Tokenizer, a: &GenerateArgs) -> Result<String, Error> {
-    let bad = |detail: String| Error::InvalidArgument { op: "generate", detail };
-    if a.messages.is_none() && !a.chat {
-        if a.system.is_some() {
-            return Err(bad("--system goes with --chat or --messages".into()));
-        }
-        return Ok(a.prompt.unwrap_or_default().to_string());
-    }
-    let (mut messages, tools) = match a.messages {
-        None => (Vec::new(), None),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read --messages {}: {e}", path.display())))?;
-            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("--messages {}: not JSON: {e}", path.display())))?;
-            match doc {
-                serde_json::Value::Array(list) => (list, None),
-                serde_json::Value::Object(mut map) => match map.remove("messages") {
-                    Some(serde_json::Value::Array(list)) => (list, map.remove("tools")),
-                    _ => return Err(bad(format!("--messages {}: an object needs a \"messages\" list", path.display()))),
-                },
-                _ => return Err(bad(format!("--messages {}: expected a list of messages or {{\"messages\": [...], \"tools\": [...]}}", path.display()))),
-            }
-        }
-    };
-    if let Some(system) = a.system {
-        let message = serde_json::json!({"role": "system", "content": system});
-        match messages.first_mut() {
-            Some(first) if first["role"] == "system" => *first = message,
-            _ => messages.insert(0, message),
-        }
-    }
-    if let Some(prompt) = a.prompt {
-        messages.push(serde_json::json!({"role": "user", "content": prompt}));
-    }
-    tokenizer.render_conversation(&serde_json::Value::Array(messages), tools.as_ref(), true)
-}
-
 fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
     use std::io::Write as _;
     let tokenizer = Tokenizer::from_checkpoint(a.checkpoint)?;
-    let text = prompt_text(&tokenizer, &a)?;
+    let text = if a.chat { tokenizer.apply_chat_template(a.prompt)? } else { a.prompt.to_string() };
     let prompt = tokenizer.encode(&text)?;
     let config_text = std::fs::read_to_string(a.checkpoint.join("config.json"))
         .map_err(|e| Error::InvalidArgument { op: "checkpoint", detail: format!("cannot read {}/config.json: {e}", a.checkpoint.display()) })?;
@@ -502,15 +451,13 @@ fn main() -> ExitCode {
     let (what, result) = match &cli.command {
         Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
         Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
-        Command::Generate { checkpoint, prompt, max_tokens, chat, system, messages, dtype, device, show_ids } => (
+        Command::Generate { checkpoint, prompt, max_tokens, chat, dtype, device, show_ids } => (
             "generate",
             run_generate(GenerateArgs {
                 checkpoint,
-                prompt: prompt.as_deref(),
+                prompt,
                 max_tokens: *max_tokens,
                 chat: *chat,
-                system: system.as_deref(),
-                messages: messages.as_deref(),
                 dtype: dtype.dtype(),
                 device: *device,
                 show_ids: *show_ids,

@@ -25,10 +25,7 @@
 //!
 //! The chat template is rendered by minijinja with the settings transformers gives Jinja2
 //! (`trim_blocks`, `lstrip_blocks`, no auto-escaping, `raise_exception`), plus the Python string
-//! and dict methods templates use (`.strip()`, `.items()`, ...), and transformers' own `tojson`
-//! (Python's `json.dumps`, not minijinja's HTML-safe one), on values whose maps keep their order.
-//! Any conversation renders ([`Tokenizer::render_conversation`]): tested byte for byte and id for
-//! id against transformers' `apply_chat_template` (golden/gen_chat.py).
+//! and dict methods templates use (`.strip()`, `.items()`, ...).
 //!
 //! Every error is [`Error::InvalidArgument`] with op `"tokenizer"`, naming the file and what was
 //! wrong with it.
@@ -38,161 +35,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 const OP: &str = "tokenizer";
-
-/// The first 80 characters of a JSON value, for an error message.
-fn short(v: &serde_json::Value) -> String {
-    let text = v.to_string();
-    match text.char_indices().nth(80) {
-        Some((i, _)) => format!("{}...", &text[..i]),
-        None => text,
-    }
-}
-
-/// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
-/// sort_keys=False)` with those keywords settable. Python's defaults: `", "` between items and
-/// `": "` after keys (`","` between items when indented), non-ASCII characters as they are,
-/// `"`, `\` and control characters escaped (`\n`, `\t`, ..., `\u0001`), floats as Python's
-/// `repr` (`2.0`, `1e-05`).
-fn py_tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<String, minijinja::Error> {
-    let indent: Option<i64> = kwargs.get("indent")?;
-    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
-    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
-    kwargs.assert_all_used()?;
-    let style = JsonStyle { indent: indent.map(|n| n.max(0) as usize), ensure_ascii: ensure_ascii.unwrap_or(false), sort_keys: sort_keys.unwrap_or(false) };
-    let mut out = String::new();
-    write_py_json(&mut out, &value, &style, 0)?;
-    Ok(out)
-}
-
-struct JsonStyle {
-    indent: Option<usize>,
-    ensure_ascii: bool,
-    sort_keys: bool,
-}
-
-fn write_py_json(out: &mut String, v: &minijinja::Value, style: &JsonStyle, depth: usize) -> std::result::Result<(), minijinja::Error> {
-    use minijinja::value::ValueKind;
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = style.indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
-        }
-    };
-    let item_sep = if style.indent.is_some() { "," } else { ", " };
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        ValueKind::Number if v.is_integer() => out.push_str(&v.to_string()),
-        ValueKind::Number => out.push_str(&py_float(f64::try_from(v.clone())?)),
-        ValueKind::String => py_string(out, v.as_str().unwrap_or_default(), style.ensure_ascii),
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<minijinja::Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                write_py_json(out, item, style, depth + 1)?;
-            }
-            newline(out, depth);
-            out.push(']');
-        }
-        ValueKind::Map => {
-            let mut keys: Vec<minijinja::Value> = v.try_iter()?.collect();
-            if style.sort_keys {
-                keys.sort_by_key(|k| k.to_string());
-            }
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                py_string(out, &key.to_string(), style.ensure_ascii);
-                out.push_str(": ");
-                write_py_json(out, &v.get_item(key)?, style, depth + 1)?;
-            }
-            newline(out, depth);
-            out.push('}');
-        }
-        other => {
-            return Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("tojson: a {other} value is not JSON")));
-        }
-    }
-    Ok(())
-}
-
-/// A JSON string as Python's json.dumps writes it.
-fn py_string(out: &mut String, s: &str, ensure_ascii: bool) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c if ensure_ascii && !c.is_ascii() => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// A float as Python's repr: the shortest digits that read back, `.0` on whole numbers, an
-/// exponent (at least two digits) below 1e-4 and from 1e16 on; `NaN`, `Infinity` as json.dumps.
-fn py_float(x: f64) -> String {
-    if x.is_nan() {
-        return "NaN".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
-    }
-    let a = x.abs();
-    if a != 0.0 && !(1e-4..1e16).contains(&a) {
-        let e = format!("{x:e}"); // Rust: 1e-5, 1.5e16
-        let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
-        let exp: i32 = exp.parse().unwrap_or(0);
-        return format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
-    }
-    let text = format!("{x}");
-    if text.contains('.') { text } else { format!("{text}.0") }
-}
-
-/// A JSON value as the template sees it: maps keep their order (minijinja's `preserve_order`),
-/// integers stay integers and floats floats (`2.0` is not `2`).
-fn jinja_value(v: &serde_json::Value) -> minijinja::Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => minijinja::Value::from(()),
-        J::Bool(b) => minijinja::Value::from(*b),
-        J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => minijinja::Value::from(i),
-            (_, Some(u), _) => minijinja::Value::from(u),
-            (_, _, f) => minijinja::Value::from(f.unwrap_or(f64::NAN)),
-        },
-        J::String(s) => minijinja::Value::from(s.as_str()),
-        J::Array(items) => minijinja::Value::from(items.iter().map(jinja_value).collect::<Vec<_>>()),
-        J::Object(map) => minijinja::Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), jinja_value(v)))),
-    }
-}
 
 /// A checkpoint's tokenizer, chat template and EOS ids (see the module docs for the files).
 pub struct Tokenizer {
@@ -322,34 +164,7 @@ impl Tokenizer {
     /// `messages = [{role: "user", content: user}]` and `add_generation_prompt = true`. The text
     /// still has to be encoded ([`encode`](Self::encode)); its special-token strings become their ids.
     pub fn apply_chat_template(&self, user: &str) -> Result<String> {
-        self.render_conversation(&serde_json::json!([{"role": "user", "content": user}]), None, true)
-    }
-
-    /// Any conversation rendered with the checkpoint's chat template, byte for byte as
-    /// transformers' `apply_chat_template(messages, tools=tools, add_generation_prompt=...,
-    /// tokenize=False)`: `messages` is a JSON list of messages (`role` system, user, assistant or
-    /// tool; `content`; an assistant's `tool_calls`, each `{"type": "function", "function":
-    /// {"name", "arguments"}}` or `{"name", "arguments"}`, arguments an object or a JSON string),
-    /// `tools` a list of JSON schemas. Maps keep their order (the template sees them as written),
-    /// and `tojson` writes what Python's `json.dumps` writes (`ensure_ascii=False`, `", "` and
-    /// `": "`, `'`, `<`, `>`, `&` as they are), as transformers' own `tojson` filter does; its
-    /// `indent`, `ensure_ascii` and `sort_keys` arguments are honoured too.
-    pub fn render_conversation(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<String> {
         let (source, from) = self.chat_template.as_ref().map_err(|why| Error::invalid(OP, format!("no chat template: {why}")))?;
-        let list = messages.as_array().ok_or_else(|| Error::invalid(OP, format!("messages must be a JSON list of messages, got {}", short(messages))))?;
-        if list.is_empty() {
-            return Err(Error::invalid(OP, "a conversation of no messages".to_string()));
-        }
-        for (i, m) in list.iter().enumerate() {
-            if !m.is_object() || !m["role"].is_string() {
-                return Err(Error::invalid(OP, format!("message {i} must be an object with a string role, got {}", short(m))));
-            }
-        }
-        if let Some(t) = tools {
-            if !t.is_array() {
-                return Err(Error::invalid(OP, format!("tools must be a JSON list of schemas, got {}", short(t))));
-            }
-        }
         let mut env = minijinja::Environment::new();
         let mut syntax = minijinja::syntax::SyntaxConfig::builder();
         syntax.trim_blocks(true).lstrip_blocks(true);
@@ -360,13 +175,10 @@ impl Tokenizer {
         env.add_function("raise_exception", |message: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
-        env.add_filter("tojson", py_tojson);
+        let message: BTreeMap<String, minijinja::Value> = [("role".to_string(), "user".into()), ("content".to_string(), user.into())].into();
         let mut context: BTreeMap<String, minijinja::Value> = self.template_tokens.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
-        context.insert("messages".into(), jinja_value(messages));
-        if let Some(t) = tools {
-            context.insert("tools".into(), jinja_value(t));
-        }
-        context.insert("add_generation_prompt".into(), add_generation_prompt.into());
+        context.insert("messages".into(), minijinja::Value::from(vec![minijinja::Value::from(message)]));
+        context.insert("add_generation_prompt".into(), true.into());
         env.render_str(source, minijinja::Value::from(context)).map_err(|e| {
             let mut detail = format!("{}: rendering the chat template: {e}", from.display());
             let mut cause = std::error::Error::source(&e);

@@ -39,7 +39,7 @@ fn help_lists_every_command_and_option() {
     let options: [(&str, &[&str]); 5] = [
         ("check", &["--backend <BACKEND>", "[possible values: cpu, cuda]", "--device <N>", "--model <M>", "qwen2.5-0.5b", "vibethinker-1.5b", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>"]),
         ("diff", &["--model <M>", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>", "--backend <BACKEND>", "--dtype <DTYPE>", "--device <N>"]),
-        ("generate", &["--checkpoint <DIR>", "--prompt <PROMPT>", "--max-tokens <N>", "--chat", "--system <TEXT>", "--messages <FILE>", "--dtype <DTYPE>", "--device <N>", "--show-ids"]),
+        ("generate", &["--checkpoint <DIR>", "--prompt <PROMPT>", "--max-tokens <N>", "--chat", "--dtype <DTYPE>", "--device <N>", "--show-ids"]),
         ("profile", &["--model <M>", "--batch <B>", "--context <C>", "--op <NAME>", "--device <N>"]),
         ("info", &["--device <N>"]),
     ];
@@ -174,41 +174,6 @@ fn generate_reproduces_transformers_on_the_tiny_checkpoint() {
     let (code, out, err) = run(&mut qwen_kernels(&["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--prompt", "The kernel reads", "--max-tokens", "8"]));
     assert_eq!(code, 0, "{err}");
     assert!(!out.is_empty() && err.contains("bf16: a prompt of 4 tokens") && err.contains("decode: 7 tokens"), "{out}\n{err}");
-}
-
-/// `generate --messages FILE` and `--chat --system TEXT` render the conversation as transformers'
-/// apply_chat_template does: on the tiny checkpoint with golden/data/chat/template.jinja as its
-/// template, the prompt ids are those golden/gen_chat.py recorded for the same conversations.
-#[test]
-#[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
-fn generate_renders_conversations_as_transformers() {
-    let data = qwen_kernels::golden::file::data_dir();
-    let tmp = std::env::temp_dir().join(format!("qk-cli-chat-{}", std::process::id()));
-    let ckpt = tmp.join("ckpt");
-    copy_files(&data.join("tiny-qwen2-gen/checkpoint"), &ckpt, &["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
-    std::fs::copy(data.join("chat/template.jinja"), ckpt.join("chat_template.jinja")).unwrap();
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("chat/conversations.json")).unwrap()).unwrap();
-    let case = |name: &str| golden["conversations"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
-    let prompt_ids = |args: &[&str]| {
-        let mut all = vec!["generate", "--checkpoint", ckpt.to_str().unwrap(), "--max-tokens", "1", "--dtype", "f32", "--show-ids"];
-        all.extend_from_slice(args);
-        let (code, _, err) = run(&mut qwen_kernels(&all));
-        assert_eq!(code, 0, "{err}");
-        let line = err.lines().find_map(|l| l.strip_prefix("prompt ids: ")).unwrap_or_else(|| panic!("no prompt ids in\n{err}"));
-        serde_json::from_str::<serde_json::Value>(line).unwrap()
-    };
-    // A file with tools, tool calls and tool replies: {"messages": [...], "tools": [...]}.
-    let tools_case = case("short_tool_call");
-    let file = tmp.join("conversation.json");
-    std::fs::write(&file, serde_json::json!({"messages": tools_case["messages"], "tools": tools_case["tools"]}).to_string()).unwrap();
-    assert_eq!(prompt_ids(&["--messages", file.to_str().unwrap()]), tools_case["ids"]);
-    // A plain list of messages.
-    let multi = case("multi_turn");
-    std::fs::write(&file, multi["messages"].to_string()).unwrap();
-    assert_eq!(prompt_ids(&["--messages", file.to_str().unwrap()]), multi["ids"]);
-    // --system replaces the template's default system prompt.
-    assert_eq!(prompt_ids(&["--chat", "--system", "You answer in haiku.", "--prompt", "Rain?"]), case("system_replaced")["ids"]);
-    std::fs::remove_dir_all(&tmp).ok();
 }
 
 /// Copy `names` from directory `from` into `to` (created).
