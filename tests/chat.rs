@@ -61,7 +61,7 @@ fn conversations_render_as_in_transformers() {
         if got != want {
             let at = got.chars().zip(want.chars()).position(|(a, b)| a != b).unwrap_or(got.chars().count().min(want.chars().count()));
             let from = |s: &str| s.chars().skip(at.saturating_sub(40)).take(80).collect::<String>();
-            panic!("{name}: the rendered text differs from transformers' at character {at}:\nours:   {:?}\ntheirs: {:?}", from(&got), from(&want));
+            panic!("{name}: the rendered text differs from transformers' at character {at}:\nours:   {:?}\ntheirs: {:?}", from(&got), from(want));
         }
         let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| u32::try_from(x.as_u64().unwrap()).unwrap()).collect();
         assert_eq!(tok.encode_chat(messages, tools, add_generation_prompt).unwrap(), ids, "{name}: ids");
