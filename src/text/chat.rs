@@ -186,7 +186,7 @@ pub(crate) fn check(messages: &serde_json::Value, tools: Option<&serde_json::Val
 }
 
 /// minijinja with the settings, globals, filters and printing of the module docs.
-fn environment() -> Result<minijinja::Environment<'static>> {
+fn environment<'source>() -> Result<minijinja::Environment<'source>> {
     let mut env = minijinja::Environment::new();
     let mut syntax = minijinja::syntax::SyntaxConfig::builder();
     syntax.trim_blocks(true).lstrip_blocks(true);
@@ -223,7 +223,7 @@ pub(crate) fn render(
     context.insert("tools", tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))).unwrap_or(minijinja::Value::from(())));
     context.insert("documents", minijinja::Value::from(()));
     context.insert("add_generation_prompt", add_generation_prompt.into());
-    environment()?.render_str(source, context).map_err(|e| {
+    let failed = |e: minijinja::Error| {
         let mut detail = format!("{origin}: rendering the chat template: {e}");
         let mut cause = std::error::Error::source(&e);
         while let Some(c) = cause {
@@ -231,5 +231,8 @@ pub(crate) fn render(
             cause = c.source();
         }
         Error::invalid(OP, detail)
-    })
+    };
+    // Named after its file, so a syntax error or a raise_exception says "(in FILE:LINE)".
+    let env = environment()?;
+    env.template_from_named_str(origin, source).map_err(failed)?.render(context).map_err(failed)
 }

@@ -13,9 +13,9 @@
 //!
 //! Known differences from Python, which no chat template of a Qwen2 checkpoint meets: NaN and
 //! infinities are written as `null` by `tojson` (Python writes `NaN`, `Infinity`; JSON input cannot
-//! hold them), integers beyond 64 bits are floats, and `repr` of a string escapes the ASCII
-//! control characters but writes every other character as it is (Python also escapes the
-//! non-printable ones beyond ASCII, such as U+00A0 and U+2028).
+//! hold them), so is an undefined value (Python raises), integers beyond 64 bits are floats, and
+//! `repr` of a string escapes the ASCII control characters but writes every other character as it
+//! is (Python also escapes the non-printable ones beyond ASCII, such as U+00A0 and U+2028).
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Error, ErrorKind, Value};
