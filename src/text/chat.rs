@@ -198,7 +198,7 @@ fn environment<'source>() -> Result<minijinja::Environment<'source>> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
     });
     env.add_filter("tojson", python::tojson);
-    env.add_filter("string", |value: minijinja::Value| python::python_str(&value).map(minijinja::Value::from).unwrap_or(value));
+    env.add_filter("string", |value: minijinja::Value| minijinja::Value::from(python::python_str(&value).unwrap_or_else(|| value.to_string())));
     env.set_formatter(|out, state, value| match python::python_str(value) {
         Some(text) => out.write_str(&text).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string())),
         None => minijinja::escape_formatter(out, state, value),
