@@ -45,6 +45,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hazards  # noqa: E402
 import locations  # noqa: E402
+from locations import write_manifest  # noqa: E402
 import synth  # noqa: E402
 
 FORMAT = "qwen-kernels-golden"
@@ -791,35 +792,6 @@ def checkpoint_goldens(directory, name, out_dir, command):
     save_safetensors(tensors, path, meta)
     print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
     return path
-
-
-BUDGET_BYTES = 25 * 1000 * 1000
-
-
-def write_manifest(out_dir):
-    """golden/data/MANIFEST.json: every golden file with its size, SHA-256 and the command that
-    makes it; the total must stay within BUDGET_BYTES (tests/golden.rs checks the sizes)."""
-    import hashlib
-    files = {}
-    for root, _, names in os.walk(out_dir):
-        for n in sorted(names):
-            path = os.path.join(root, n)
-            rel = os.path.relpath(path, out_dir)
-            if rel == "MANIFEST.json":
-                continue
-            with open(path, "rb") as f:
-                data = f.read()
-            entry = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            if n.endswith(".safetensors") and "checkpoint" not in rel.split(os.sep):
-                header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-                entry["command"] = header.get("__metadata__", {}).get("command", "")
-            files[rel] = entry
-    total = sum(e["bytes"] for e in files.values())
-    assert total <= BUDGET_BYTES, f"goldens take {total} bytes, over the {BUDGET_BYTES} budget"
-    with open(os.path.join(out_dir, "MANIFEST.json"), "w") as f:
-        json.dump({"budget_bytes": BUDGET_BYTES, "total_bytes": total, "files": dict(sorted(files.items()))}, f, indent=1, sort_keys=True)
-        f.write("\n")
-    print(f"{out_dir}/MANIFEST.json: {len(files)} files, {total} bytes")
 
 
 def metadata(preset, config, command):

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
 use qwen_kernels::diff::{self, Forward};
 use qwen_kernels::model::{DeviceModel, ModelOptions, Qwen2Config};
-use qwen_kernels::text::Tokenizer;
+use qwen_kernels::text::{Conversation, Tokenizer};
 use qwen_kernels::{kernels, DType, DeviceKind, Error, Gpu};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,16 +68,28 @@ enum Command {
     /// Generate text from a checkpoint with the kernels (greedy), streaming it as it is decoded.
     ///
     /// Tokenizes the prompt with the checkpoint's tokenizer.json (applying its chat template with
-    /// --chat), prefills it, decodes until an EOS id of generation_config.json / config.json or
-    /// --max-tokens, and ends with the prefill and decode tokens/s on stderr. Runs on a GPU when
-    /// one is usable, else on the software device (slow: for trying tiny checkpoints).
+    /// --chat, --system or --messages, as transformers' apply_chat_template with
+    /// add_generation_prompt), prefills it, decodes until an EOS id of generation_config.json /
+    /// config.json or --max-tokens, and ends with the prefill and decode tokens/s on stderr. Runs
+    /// on a GPU when one is usable, else on the software device (slow: for trying tiny checkpoints).
     Generate {
         /// A Hugging Face checkpoint directory: config.json, bf16 safetensors, tokenizer.json.
         #[arg(long, value_name = "DIR")]
         checkpoint: PathBuf,
-        /// The text to continue (with --chat: the user's message).
-        #[arg(long)]
-        prompt: String,
+        /// The text to continue (with --chat or --system: the user's message).
+        #[arg(long, required_unless_present = "messages", conflicts_with = "messages")]
+        prompt: Option<String>,
+        /// A conversation to continue, rendered by the checkpoint's chat template: a JSON list of
+        /// messages as transformers takes them ([{"role": "user", "content": "..."}, ...], with
+        /// assistant tool_calls and tool replies), or {"messages": [...], "tools": [...]} with
+        /// tools as JSON schemas.
+        #[arg(long, value_name = "FILE")]
+        messages: Option<PathBuf>,
+        /// The system message, in place of the chat template's default (implies --chat; with
+        /// --messages it replaces the file's first message when that is a system message, else
+        /// goes first).
+        #[arg(long, value_name = "TEXT")]
+        system: Option<String>,
         /// Most new tokens (fewer when the model's positions run out first).
         #[arg(long, default_value_t = 128, value_name = "N")]
         max_tokens: usize,
@@ -325,7 +337,9 @@ fn run_diff(backend: BackendArg, dtype: DTypeArg, device: usize, models: &Models
 
 struct GenerateArgs<'a> {
     checkpoint: &'a std::path::Path,
-    prompt: &'a str,
+    prompt: Option<&'a str>,
+    messages: Option<&'a std::path::Path>,
+    system: Option<&'a str>,
     max_tokens: usize,
     chat: bool,
     dtype: DType,
@@ -336,7 +350,22 @@ struct GenerateArgs<'a> {
 fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
     use std::io::Write as _;
     let tokenizer = Tokenizer::from_checkpoint(a.checkpoint)?;
-    let text = if a.chat { tokenizer.apply_chat_template(a.prompt)? } else { a.prompt.to_string() };
+    // A conversation (--messages, or the prompt as a user message with --chat or --system) is
+    // rendered by the chat template; a plain prompt is the text itself.
+    let conversation = match (a.messages, a.prompt) {
+        (Some(file), _) => Some(Conversation::from_file(file)?),
+        (None, Some(prompt)) if a.chat || a.system.is_some() => Some(Conversation::user(prompt)),
+        _ => None,
+    };
+    let text = match conversation {
+        Some(mut c) => {
+            if let Some(system) = a.system {
+                c.set_system(system);
+            }
+            tokenizer.render_chat(&c.messages, c.tools.as_ref(), true)?
+        }
+        None => a.prompt.unwrap_or_default().to_string(),
+    };
     let prompt = tokenizer.encode(&text)?;
     let config_text = std::fs::read_to_string(a.checkpoint.join("config.json"))
         .map_err(|e| Error::InvalidArgument { op: "checkpoint", detail: format!("cannot read {}/config.json: {e}", a.checkpoint.display()) })?;
@@ -451,11 +480,13 @@ fn main() -> ExitCode {
     let (what, result) = match &cli.command {
         Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
         Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
-        Command::Generate { checkpoint, prompt, max_tokens, chat, dtype, device, show_ids } => (
+        Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids } => (
             "generate",
             run_generate(GenerateArgs {
                 checkpoint,
-                prompt,
+                prompt: prompt.as_deref(),
+                messages: messages.as_deref(),
+                system: system.as_deref(),
                 max_tokens: *max_tokens,
                 chat: *chat,
                 dtype: dtype.dtype(),

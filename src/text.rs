@@ -12,9 +12,11 @@
 //!   The slow tokenizer's files (`vocab.json`, `merges.txt`) are not read.
 //! - `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template` (a string, or a list of
 //!   `{name, template}` of which `default` is used), as transformers 5 looks for it: the Jinja
-//!   template that turns messages into the prompt text. Also read from `tokenizer_config.json`: the
-//!   special-token strings (`bos_token`, `eos_token`, `pad_token`, `unk_token`), which transformers
-//!   passes to the template. Its `clean_up_tokenization_spaces` is not applied (Qwen2's is false).
+//!   template that turns messages into the prompt text (a list of named templates is kept whole:
+//!   `tool_use` renders conversations given tools, as in transformers). Also read from
+//!   `tokenizer_config.json`: the special-token strings (`bos_token`, `eos_token`, `pad_token`,
+//!   ...), which transformers passes to the template. Its `clean_up_tokenization_spaces` is not
+//!   applied (Qwen2's is false).
 //! - `generation_config.json`'s `eos_token_id` (an id or a list of ids), else `config.json`'s: the
 //!   ids greedy generation stops at (Qwen2.5-Instruct: `<|im_end|>` and `<|endoftext|>`). With
 //!   neither, there is none, and generation stops only at its length limit, as in transformers.
@@ -23,14 +25,22 @@
 //! text is its one id (added tokens are matched before the rest of the text is split), as
 //! transformers' `tokenizer(text)` gives for Qwen2, whose tokenizer adds no BOS.
 //!
-//! The chat template is rendered by minijinja with the settings transformers gives Jinja2
-//! (`trim_blocks`, `lstrip_blocks`, no auto-escaping, `raise_exception`), plus the Python string
-//! and dict methods templates use (`.strip()`, `.items()`, ...).
+//! Any conversation (system, user, assistant and tool messages, tool calls, tool schemas) is
+//! rendered by the chat template as transformers' `apply_chat_template` renders it, byte for
+//! byte: [`Tokenizer::render_chat`], [`Tokenizer::encode_chat`] and [`Conversation`]; how, and
+//! what is checked first, is in the docs of `src/text/chat.rs`.
 //!
-//! Every error is [`Error::InvalidArgument`] with op `"tokenizer"`, naming the file and what was
-//! wrong with it.
+//! Every error is [`Error::InvalidArgument`] naming the file and what was wrong with it, with op
+//! `"tokenizer"` for the checkpoint's files and `"chat template"` for a conversation and its
+//! rendering.
+
+mod chat;
+mod python;
+
+pub use chat::Conversation;
 
 use crate::error::{Error, Result};
+use chat::Templates;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -41,8 +51,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// `tokenizer.json`'s path, for error messages.
     path: PathBuf,
-    /// The chat template's source and the file it came from, or why there is none.
-    chat_template: std::result::Result<(String, PathBuf), String>,
+    /// The chat template and where it came from (a file, for error messages), or why there is none.
+    chat_template: std::result::Result<(Templates, String), String>,
     /// `bos_token`, `eos_token`, ... of tokenizer_config.json, passed to the template.
     template_tokens: BTreeMap<String, String>,
     eos: Vec<u32>,
@@ -55,7 +65,7 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("path", &self.path)
             .field("vocab", &self.vocab_size())
-            .field("chat_template", &self.chat_template.as_ref().map(|(_, p)| p))
+            .field("chat_template", &self.chat_template.as_ref().map(|(_, origin)| origin))
             .field("eos", &self.eos)
             .finish()
     }
@@ -102,27 +112,29 @@ impl Tokenizer {
         let config = read_json(&config_path)?;
         let mut template_tokens = BTreeMap::new();
         if let Some(c) = &config {
-            for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
+            for key in chat::TEMPLATE_TOKENS {
                 if let Some(s) = token_string(&c[key]) {
                     template_tokens.insert(key.to_string(), s);
                 }
             }
         }
         let jinja_path = dir.join("chat_template.jinja");
+        let config_origin = config_path.display().to_string();
         let chat_template = match std::fs::read_to_string(&jinja_path) {
-            Ok(t) => Ok((t, jinja_path)),
+            Ok(t) => Ok((Templates::One(t), jinja_path.display().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match config.as_ref().map(|c| &c["chat_template"]) {
-                None => Err(format!("the checkpoint has neither chat_template.jinja nor {}", config_path.display())),
-                Some(serde_json::Value::Null) => Err(format!("{} has no chat_template and there is no chat_template.jinja", config_path.display())),
-                Some(serde_json::Value::String(t)) => Ok((t.clone(), config_path.clone())),
+                None => Err(format!("the checkpoint has neither chat_template.jinja nor {config_origin}")),
+                Some(serde_json::Value::Null) => Err(format!("{config_origin} has no chat_template and there is no chat_template.jinja")),
+                Some(serde_json::Value::String(t)) => Ok((Templates::One(t.clone()), config_origin)),
                 Some(serde_json::Value::Array(named)) => {
-                    // transformers' named templates: apply_chat_template uses "default".
-                    match named.iter().find(|t| t["name"] == "default").map(|t| &t["template"]) {
-                        Some(serde_json::Value::String(t)) => Ok((t.clone(), config_path.clone())),
-                        _ => Err(format!("{} has named chat templates but none named \"default\" with a string template", config_path.display())),
+                    // transformers' named templates, [{name, template}, ...]: chosen when rendering.
+                    let pair = |t: &serde_json::Value| Some((t["name"].as_str()?.to_string(), t["template"].as_str()?.to_string()));
+                    match named.iter().map(pair).collect::<Option<Vec<_>>>() {
+                        Some(named) => Ok((Templates::Named(named), config_origin)),
+                        None => return Err(Error::invalid(OP, format!("{config_origin}: chat_template is a list whose items are not all {{\"name\": string, \"template\": string}}"))),
                     }
                 }
-                Some(other) => return Err(Error::invalid(OP, format!("{}: chat_template = {other}, expected a string or a list of named templates", config_path.display()))),
+                Some(other) => return Err(Error::invalid(OP, format!("{config_origin}: chat_template = {other}, expected a string or a list of named templates"))),
             },
             Err(e) => return Err(Error::invalid(OP, format!("{}: cannot read: {e}", jinja_path.display()))),
         };
@@ -160,34 +172,33 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(|e| Error::invalid(OP, format!("{}: decoding {} ids: {e}", self.path.display(), ids.len())))
     }
 
+    /// The same tokenizer with `source` as its chat template, in place of the checkpoint's (as
+    /// transformers' `apply_chat_template(..., chat_template=source)`).
+    pub fn with_chat_template(self, source: impl Into<String>) -> Tokenizer {
+        Tokenizer { chat_template: Ok((Templates::One(source.into()), "the chat template given".into())), ..self }
+    }
+
+    /// The text of a conversation: the chat template rendered with `messages` (a list of message
+    /// objects), `tools` (a list of JSON schemas, or `None`) and `add_generation_prompt`, as
+    /// transformers' `apply_chat_template(messages, tools=tools, add_generation_prompt=...,
+    /// tokenize=False)` gives it (see `src/text/chat.rs` for what is checked first). The text
+    /// still has to be encoded ([`encode`](Self::encode), or [`encode_chat`](Self::encode_chat)).
+    pub fn render_chat(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<String> {
+        let (templates, origin) = self.chat_template.as_ref().map_err(|why| Error::invalid("chat template", format!("no chat template: {why}")))?;
+        chat::render(templates, origin, &self.template_tokens, messages, tools, add_generation_prompt)
+    }
+
+    /// The ids of [`render_chat`](Self::render_chat)'s text, with no special tokens added beyond
+    /// those it spells out: transformers' `apply_chat_template(..., tokenize=True)`.
+    pub fn encode_chat(&self, messages: &serde_json::Value, tools: Option<&serde_json::Value>, add_generation_prompt: bool) -> Result<Vec<u32>> {
+        self.encode(&self.render_chat(messages, tools, add_generation_prompt)?)
+    }
+
     /// The prompt text of one user message: the chat template rendered with
     /// `messages = [{role: "user", content: user}]` and `add_generation_prompt = true`. The text
     /// still has to be encoded ([`encode`](Self::encode)); its special-token strings become their ids.
     pub fn apply_chat_template(&self, user: &str) -> Result<String> {
-        let (source, from) = self.chat_template.as_ref().map_err(|why| Error::invalid(OP, format!("no chat template: {why}")))?;
-        let mut env = minijinja::Environment::new();
-        let mut syntax = minijinja::syntax::SyntaxConfig::builder();
-        syntax.trim_blocks(true).lstrip_blocks(true);
-        env.set_syntax(syntax.build().map_err(|e| Error::invalid(OP, format!("chat template syntax settings: {e}")))?);
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        // transformers' templates call raise_exception(message) to refuse a conversation.
-        env.add_function("raise_exception", |message: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
-        let message: BTreeMap<String, minijinja::Value> = [("role".to_string(), "user".into()), ("content".to_string(), user.into())].into();
-        let mut context: BTreeMap<String, minijinja::Value> = self.template_tokens.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
-        context.insert("messages".into(), minijinja::Value::from(vec![minijinja::Value::from(message)]));
-        context.insert("add_generation_prompt".into(), true.into());
-        env.render_str(source, minijinja::Value::from(context)).map_err(|e| {
-            let mut detail = format!("{}: rendering the chat template: {e}", from.display());
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                detail.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            Error::invalid(OP, detail)
-        })
+        self.render_chat(&Conversation::user(user).messages, None, true)
     }
 
     /// The ids generation stops at (module docs): empty when the checkpoint names none.

@@ -39,7 +39,7 @@ fn help_lists_every_command_and_option() {
     let options: [(&str, &[&str]); 5] = [
         ("check", &["--backend <BACKEND>", "[possible values: cpu, cuda]", "--device <N>", "--model <M>", "qwen2.5-0.5b", "vibethinker-1.5b", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>"]),
         ("diff", &["--model <M>", "--checkpoint <DIR>", "--name <NAME>", "--goldens <DIR>", "--backend <BACKEND>", "--dtype <DTYPE>", "--device <N>"]),
-        ("generate", &["--checkpoint <DIR>", "--prompt <PROMPT>", "--max-tokens <N>", "--chat", "--dtype <DTYPE>", "--device <N>", "--show-ids"]),
+        ("generate", &["--checkpoint <DIR>", "--prompt <PROMPT>", "--messages <FILE>", "--system <TEXT>", "--max-tokens <N>", "--chat", "--dtype <DTYPE>", "--device <N>", "--show-ids"]),
         ("profile", &["--model <M>", "--batch <B>", "--context <C>", "--op <NAME>", "--device <N>"]),
         ("info", &["--device <N>"]),
     ];
@@ -69,8 +69,10 @@ fn version_is_the_crate_version() {
 /// Usage errors exit 2 and say what was given and what was expected.
 #[test]
 fn usage_errors_say_what_was_expected() {
-    let cases: [(&[&str], &[&str]); 10] = [
+    let cases: [(&[&str], &[&str]); 12] = [
         (&["generate", "--prompt", "hi"], &["--checkpoint <DIR>"]),
+        (&["generate", "--checkpoint", "x"], &["the following required arguments were not provided", "--prompt <PROMPT>"]),
+        (&["generate", "--checkpoint", "x", "--prompt", "hi", "--messages", "m.json"], &["'--prompt <PROMPT>' cannot be used with '--messages <FILE>'"]),
         (&["diff", "--dtype", "f8"], &["invalid value 'f8' for '--dtype <DTYPE>'", "[possible values: f32, f16, bf16]"]),
         (&["frobnicate"], &["unrecognized subcommand 'frobnicate'", "Usage: qwen-kernels <COMMAND>"]),
         (&["check", "--backend", "gpu"], &["invalid value 'gpu' for '--backend <BACKEND>'", "[possible values: cpu, cuda]"]),
@@ -174,6 +176,60 @@ fn generate_reproduces_transformers_on_the_tiny_checkpoint() {
     let (code, out, err) = run(&mut qwen_kernels(&["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--prompt", "The kernel reads", "--max-tokens", "8"]));
     assert_eq!(code, 0, "{err}");
     assert!(!out.is_empty() && err.contains("bf16: a prompt of 4 tokens") && err.contains("decode: 7 tokens"), "{out}\n{err}");
+}
+
+/// `generate --messages FILE` and `--system TEXT` on the tiny gen checkpoint: the prompt ids are
+/// those of transformers' apply_chat_template with the checkpoint's own template
+/// (golden/data/chat/expected.json, golden/gen_chat.py): a multi-turn conversation as a list, and
+/// a system prompt given by --system, to --prompt or to a conversation given as an object. One
+/// token each, to stay fast.
+#[test]
+#[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
+fn generate_renders_messages_and_system_as_transformers() {
+    assert!(qwen_kernels::kernels::built(), "the kernels were not built, and build.rs did not set cfg(qk_no_kernels)");
+    let data = qwen_kernels::golden::file::data_dir();
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("chat/expected.json")).unwrap()).unwrap();
+    let case = |name: &str| expected["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    let (messages, system) = (case("cli_messages"), case("cli_system_prompt"));
+    assert_eq!(system["messages"][0]["content"], "You are terse.");
+    let tmp = TempDir::new("cli-messages");
+    let list = tmp.path().join("list.json");
+    std::fs::write(&list, messages["messages"].to_string()).unwrap();
+    let object = tmp.path().join("object.json");
+    std::fs::write(&object, serde_json::json!({"messages": [system["messages"][1]]}).to_string()).unwrap();
+    let checkpoint = data.join("tiny-qwen2-gen/checkpoint");
+    let checkpoint = checkpoint.to_str().unwrap();
+    let runs: [(&[&str], &serde_json::Value); 3] = [
+        (&["--messages", list.to_str().unwrap()], &messages["ids"]),
+        (&["--prompt", "The kernel reads", "--system", "You are terse."], &system["ids"]),
+        (&["--messages", object.to_str().unwrap(), "--system", "You are terse."], &system["ids"]),
+    ];
+    for (args, ids) in runs {
+        let mut all = vec!["generate", "--checkpoint", checkpoint, "--max-tokens", "1", "--dtype", "f32", "--show-ids"];
+        all.extend_from_slice(args);
+        let (code, out, err) = run(&mut qwen_kernels(&all));
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let prompt = err.lines().find_map(|l| l.strip_prefix("prompt ids: ")).unwrap_or_else(|| panic!("{args:?}: no prompt ids in\n{err}"));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(prompt).unwrap(), *ids, "{args:?}: the prompt's tokens");
+    }
+}
+
+/// A messages file that cannot be read or is not a conversation: exit 1 and an error naming the
+/// file and what is wrong, before any model is loaded.
+#[test]
+fn generate_refuses_a_bad_messages_file() {
+    let tmp = TempDir::new("cli-bad-messages");
+    let checkpoint = qwen_kernels::golden::file::data_dir().join("tiny-qwen2-gen/checkpoint");
+    let file = tmp.path().join("m.json");
+    for (text, says) in [(None, "m.json: cannot read"), (Some("[{\"role\": \"user\""), "m.json: not JSON"), (Some("[{\"content\": \"hi\"}]"), "m.json: messages[0] has no role")] {
+        match text {
+            Some(t) => std::fs::write(&file, t).unwrap(),
+            None => std::fs::remove_file(&file).unwrap_or(()),
+        }
+        let (code, out, err) = run(&mut qwen_kernels(&["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--messages", file.to_str().unwrap()]));
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.starts_with("qwen-kernels generate: chat template: invalid argument: ") && err.contains(says), "{err}");
+    }
 }
 
 /// Copy `names` from directory `from` into `to` (created).
