@@ -776,7 +776,7 @@ impl DeviceModel {
             self.set_len(slot, p0 + n);
         }
         self.final_norm(gpu, t)?;
-        if let Some(tr) = trace.as_deref_mut() {
+        if let Some(tr) = trace {
             tr.hidden.push(self.ws.resid.view().rows(0..t)?.to_host(gpu)?);
         }
         // The last row of each sequence that ends here, gathered to the first rows (via `proj`,
