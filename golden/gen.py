@@ -4,6 +4,7 @@
     python3 golden/gen.py                       # every model, into golden/data/
     python3 golden/gen.py --model qwen2.5-0.5b  # one model
     python3 golden/gen.py --only model          # the whole-model files only (ops: ops + layer0)
+    python3 golden/gen.py --only sampling       # transformers' sampling warpers on the model files' logits
     python3 golden/gen.py --checkpoint DIR --name NAME   # whole-model goldens of a real checkpoint,
                                                          # into ~/.cache/qwen-kernels/goldens/NAME/
 
@@ -794,6 +795,189 @@ def checkpoint_goldens(directory, name, out_dir, command):
     return path
 
 
+# ---- sampling: transformers' logits warpers on both models' logits rows ----------------------------
+
+# Off values as generate() leaves a warper out of the list.
+SAMPLING_OFF = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+# Every decision of a case (the probability ranked above a token against top_p, a token's
+# probability over the top one's against min_p) is at least this far from its cut-off, so the
+# crate's rounding cannot move a token across it: its exp is within 2 ulp (2.4e-7 relative) of
+# float64's, so a sum of them is too, and its fixed-point masses lose at most V * 2^-40 / Z
+# (1.4e-7, Z >= 1): |error| <= 2 * 2.4e-7 + 1.4e-7 = 6.2e-7, and the margin is three times that.
+# PyTorch's own FP32 rounding is checked instead: transformers' kept set must equal float64's.
+# A parameter that lands closer is moved by steps of 1e-4 until it does not.
+SAMPLING_MARGIN = 2e-6
+# Probabilities stored per case: the first this many kept tokens of the ranking (32 KiB).
+SAMPLING_STORED = 4096
+
+
+def stable_sort(fn):
+    """torch.sort with stable=True while `fn` runs. TopPLogitsWarper sorts ascending with the default
+    unstable sort, so which members of a tie group at the cut-off it keeps is an accident of the
+    sort (on CPU, for rows past a few hundred entries, not index order); the crate's definition
+    (src/spec/sampling.rs) is the stable sort's, highest index kept first. The goldens are that
+    definition; the unstable run's kept count is recorded beside it and must be the same."""
+    original = torch.sort
+
+    def sort(*args, **kwargs):
+        kwargs["stable"] = True
+        return original(*args, **kwargs)
+
+    torch.sort = sort
+    try:
+        return fn()
+    finally:
+        torch.sort = original
+
+
+def warpers(temperature, top_k, top_p, min_p):
+    """The warpers generate(do_sample=True) appends, in its order (transformers.generation.utils,
+    _get_logits_processor: temperature, top_k, top_p, min_p), each only when it is on."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    out = LogitsProcessorList()
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k != 0:
+        out.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    if min_p != 0.0:
+        out.append(MinPLogitsWarper(min_p=min_p, min_tokens_to_keep=1))
+    return out
+
+
+def exact_margin(x, params):
+    """The float64 view of a case (the crate's CPU reference, src/reference/sampling.rs): the kept
+    mask and the smallest relative distance of a top-p / min-p decision from its cut-off."""
+    x = x.double()
+    keep = torch.ones_like(x, dtype=torch.bool)
+    if 0 < params["top_k"] < x.numel():
+        kth = torch.sort(x, descending=True).values[params["top_k"] - 1]
+        keep = x >= kth
+    e = torch.exp(x - x.max())
+    margin = float("inf")
+    if params["top_p"] < 1.0:
+        idx = torch.nonzero(keep).flatten()
+        # Rank by (value, index) descending: a stable ascending sort, reversed.
+        order = idx[torch.sort(x[idx], stable=True).indices].flip(0)
+        mass = e[order]
+        above = torch.cumsum(mass, 0) - mass
+        frac = above / mass.sum()
+        margin = min(margin, float((frac - params["top_p"]).abs().min()))
+        drop = order[(frac >= params["top_p"]) & (above > 0)]
+        keep[drop] = False
+    if params["min_p"] > 0.0:
+        margin = min(margin, float((e[keep] - params["min_p"]).abs().min()))
+        keep = keep & (e >= params["min_p"])
+    return keep, margin
+
+
+def sampling_goldens(preset, directory):
+    """sampling.safetensors: transformers' warpers (golden/gen.py `warpers`) on the logits rows of the
+    model's golden (model.safetensors: the bf16 model's last logits, `logits.torch`, and the float64
+    truth's as f32, `logits.truth`), bounded to the real vocabulary as the crate samples. Per case C:
+    sampling.C.index i32 [N] and sampling.C.probs f32 [N]: softmax of the warpers' output (what
+    torch.multinomial draws from) at the first N = min(kept, SAMPLING_STORED) tokens of the ranking
+    (value, then index, descending; every filter keeps a prefix of it, so `kept` fixes the set);
+    metadata sampling.C = {dtype (the row: bf16 is logits.torch, f32 is logits.truth, both cut to
+    the real vocabulary), temperature, top_k, top_p, min_p, kept, margin, tie_at_cut,
+    unstable_kept}. Parameters: fixed ones, and some chosen from the row so a
+    tie group straddles the cut-off (top-k: the k-th value repeats; top-p: a group of equal values
+    is cut inside), always at least SAMPLING_MARGIN from every cut."""
+    from safetensors.torch import load_file
+    model = load_file(os.path.join(directory, "model.safetensors"))
+    rows = {"bf16": model["logits.torch"][:hazards.REAL_VOCAB].reshape(1, -1),
+            "f32": model["logits.truth"][:hazards.REAL_VOCAB].float().reshape(1, -1)}
+
+    def tie_top_k(x):
+        """The smallest k >= 40 whose k-th largest value equals the (k+1)-th."""
+        s = torch.sort(x.flatten(), descending=True).values
+        k = 40
+        while s[k - 1] != s[k]:
+            k += 1
+        return k
+
+    def tie_top_p(x, temperature):
+        """A top_p (f32) cutting the second group of >= 3 equal values of the top 64 inside."""
+        x = (x.flatten().float() / temperature).double()
+        e = torch.exp(x - x.max())
+        order = torch.sort(x, stable=True).indices.flip(0)
+        v, mass = x[order], e[order]
+        above = (torch.cumsum(mass, 0) - mass) / mass.sum()
+        seen = 0
+        for start in range(64):
+            if start > 0 and v[start] == v[start - 1]:
+                continue
+            end = start
+            while v[end + 1] == v[start]:
+                end += 1
+            if end - start >= 2:
+                seen += 1
+                if seen == 2:
+                    mid = start + (end - start + 1) // 2
+                    return float(torch.tensor((float(above[mid]) + float(above[mid - 1])) / 2, dtype=torch.float32))
+        raise AssertionError("no tie group of 3 among the top 64 values")
+
+    cases = [
+        ("temperature", "bf16", dict(temperature=0.7)),
+        ("temperature_f32", "f32", dict(temperature=1.3)),
+        ("top_k", "bf16", dict(top_k="tie")),
+        ("top_k_f32", "f32", dict(temperature=0.8, top_k=40)),
+        ("top_p", "bf16", dict(temperature=0.1, top_p=0.9)),
+        ("top_p_tie", "bf16", dict(top_p="tie")),
+        ("top_p_f32", "f32", dict(temperature=0.7, top_p=0.5)),
+        ("min_p", "bf16", dict(min_p=0.05)),
+        ("min_p_f32", "f32", dict(temperature=0.5, min_p=0.1)),
+        ("combined", "bf16", dict(temperature=0.7, top_k=20, top_p=0.8, min_p=0.05)),
+        ("combined_f32", "f32", dict(temperature=0.3, top_k=1000, top_p=0.95, min_p=0.02)),
+    ]
+    tensors, recorded = {}, {}
+    for name, dtype, given in cases:
+        logits = rows[dtype]
+        params = dict(SAMPLING_OFF, **given)
+        if params["top_k"] == "tie":
+            params["top_k"] = tie_top_k(logits.float() / params["temperature"])
+        if params["top_p"] == "tie":
+            params["top_p"] = tie_top_p(logits, params["temperature"])
+        # Parameters travel as f32 (the crate's type): transformers gets the same values.
+        f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
+        for key in ("temperature", "top_p", "min_p"):
+            params[key] = f32(params[key])
+        scores_in = logits.float()  # generate() casts the last logits to f32 before the warpers
+        x = scores_in.flatten() / params["temperature"]
+        for step in range(1, 41):
+            if exact_margin(x, params)[1] >= SAMPLING_MARGIN:
+                break
+            key = "top_p" if params["top_p"] < 1.0 else "min_p"
+            params[key] = f32(params[key] + (step // 2) * 1e-4 * (1 if step % 2 else -1))
+        procs = warpers(**params)
+        scores = stable_sort(lambda: procs(None, scores_in.clone()))
+        unstable = procs(None, scores_in.clone())
+        kept = int(torch.isfinite(scores).sum())
+        unstable_kept = int(torch.isfinite(unstable).sum())
+        assert kept == unstable_kept, f"{name}: the stable and unstable sorts keep {kept} and {unstable_kept}"
+        exact, margin = exact_margin(x, params)
+        assert torch.equal(exact, torch.isfinite(scores.flatten())), f"{name}: transformers and float64 keep different sets"
+        assert margin >= SAMPLING_MARGIN, f"{name}: a decision {margin:.2e} from its cut-off"
+        # A tie at the cut-off: the smallest value kept is held by more than one token (kept whole
+        # by top-k, maybe cut inside by top-p).
+        low = x[exact].min()
+        tie_at_cut = bool(kept < x.numel() and int((x == low).sum()) > 1)
+        # Every filter keeps a prefix of the ranking (value, then index, descending), so the kept
+        # count fixes the kept set; the probabilities of its first SAMPLING_STORED tokens are stored.
+        probs = torch.softmax(scores, dim=-1).flatten()
+        ranked = torch.sort(x, stable=True).indices.flip(0)[:min(kept, SAMPLING_STORED)]
+        assert bool(torch.isfinite(scores.flatten()[ranked]).all())
+        tensors[f"sampling.{name}.index"] = ranked.to(torch.int32)
+        tensors[f"sampling.{name}.probs"] = probs[ranked]
+        recorded[f"sampling.{name}"] = json.dumps(dict(params, dtype=dtype, kept=kept, margin=margin,
+                                                       tie_at_cut=tie_at_cut, unstable_kept=unstable_kept), sort_keys=True)
+        print(f"  sampling.{name}: {params} kept {kept}, margin {margin:.2e}, tie at cut {tie_at_cut}")
+    recorded["sampling.cases"] = json.dumps([c[0] for c in cases])
+    return tensors, recorded
+
+
 def metadata(preset, config, command):
     return {
         "format": FORMAT,
@@ -813,7 +997,8 @@ def main():
     parser.add_argument("--model", default="all", choices=["all", *PRESETS])
     parser.add_argument("--out", help="where golden files go (default: golden/data; with --checkpoint, the user "
                         "directory of golden/locations.py, or golden/data for a checkpoint committed there)")
-    parser.add_argument("--only", default="all", choices=["all", "ops", "model"], help="ops: ops + layer0 files; model: the whole-model file")
+    parser.add_argument("--only", default="all", choices=["all", "ops", "model", "sampling"],
+                        help="ops: ops + layer0 files; model: the whole-model file; sampling: the warpers on the model file's logits")
     parser.add_argument("--checkpoint", help="a Hugging Face checkpoint directory: write its whole-model goldens only")
     parser.add_argument("--name", help="with --checkpoint: the model name the goldens are filed under")
     args = parser.parse_args()
@@ -854,7 +1039,14 @@ def main():
                 meta.update(recorded)
                 save_safetensors(tensors, path, meta)
                 print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
-        if args.only == "model":
+        if args.only in ("all", "sampling"):
+            tensors, recorded = sampling_goldens(preset, directory)
+            path = os.path.join(directory, "sampling.safetensors")
+            meta = metadata(preset, config, f"python3 golden/gen.py --model {preset} --only sampling")
+            meta.update(recorded)
+            save_safetensors(tensors, path, meta)
+            print(f"{path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+        if args.only in ("model", "sampling"):
             continue
         tensors = {}
         rmsnorm_goldens(preset, config, tensors)

@@ -12,7 +12,7 @@
 //   threadIdx, blockIdx, blockDim, gridDim the running fiber's (one fiber per CUDA thread)
 //   __syncthreads, __syncwarp, __shfl_*    switch points of the fiber scheduler, with the source line
 //                                          for the reports
-//   atomicOr                               a host atomic
+//   atomicOr, atomicAdd, atomicMax         host atomics (max: a compare-exchange loop)
 //   expf, sincosf, sqrtf, fmaf, ...        the C library's (not CUDA's ulp-for-ulp: see softgpu/README.md)
 // Inline PTX lives in cuda/ptx.cuh, whose host branch calls the ptx_* functions declared here.
 #pragma once
@@ -70,6 +70,15 @@ inline int __float_as_int(float x) {
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline unsigned atomicOr(unsigned* p, unsigned v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+template <typename T> inline T qksoft_atomic_max(T* p, T v) {
+    T old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+inline unsigned atomicMax(unsigned* p, unsigned v) { return qksoft_atomic_max(p, v); }
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) { return qksoft_atomic_max(p, v); }
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -36,11 +36,12 @@ void ptx_st16(void* dst, const void* in);
 
 template <typename T> inline T shfl_typed(Shfl kind, unsigned mask, T value, int operand, int width,
                                           const char* file, int line) {
-    static_assert(sizeof(T) == 4, "the software device shuffles 32-bit values");
-    uint32_t bits;
-    memcpy(&bits, &value, 4);
-    bits = shfl(kind, mask, bits, operand, width, file, line);
-    memcpy(&value, &bits, 4);
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "the software device shuffles 32- and 64-bit values");
+    uint32_t bits[sizeof(T) / 4];
+    memcpy(bits, &value, sizeof(T));
+    // A 64-bit shuffle is two 32-bit ones, as nvcc lowers it.
+    for (unsigned w = 0; w < sizeof(T) / 4; ++w) bits[w] = shfl(kind, mask, bits[w], operand, width, file, line);
+    memcpy(&value, bits, sizeof(T));
     return value;
 }
 

@@ -437,6 +437,7 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             }
         }
         out.extend(argmax_rows);
+        out.extend(sampling_rows(gpu, cfg.name)?);
     }
     Ok(out)
 }
@@ -646,4 +647,116 @@ pub fn print_table(backend: Backend, rows: &[Row]) -> usize {
         }
     }
     failed
+}
+
+/// One case of `sampling.safetensors` (golden/gen.py `sampling_goldens`): transformers' warpers on
+/// one of the model's logits rows.
+pub struct SamplingGoldenCase {
+    /// The case's name in the file (`top_p_tie`, ...).
+    pub name: String,
+    /// The row [1, n_valid], in its dtype (bf16: the bf16 model's logits; f32: the truth's).
+    pub logits: HostTensor,
+    pub n_valid: usize,
+    pub params: crate::spec::sampling::SamplingParams,
+    /// How many tokens transformers keeps (every filter keeps a prefix of the ranking, so the
+    /// count fixes the set).
+    pub kept: usize,
+    /// The first kept tokens of the ranking and transformers' probabilities for them.
+    pub index: Vec<i32>,
+    pub probs: Vec<f32>,
+    /// (rtol, atol) of our probability against transformers' ([`sampling_tolerance`]).
+    pub tolerance: (f64, f64),
+}
+
+/// Our filtered probability against transformers', relative. Ours: expf within 2 ulp (2.4e-7), a
+/// fixed-point total (n 2^-40, Z >= 1), an FP32 reciprocal and product (2 x 6e-8). PyTorch's
+/// softmax in FP32: its exp (2.4e-7), a float sum over the kept tokens (a tree: (log2(kept) + 2)
+/// x 6e-8) and a division (6e-8). Both compute x - max with the same FP32 subtraction. Subnormal
+/// results get an absolute 1e-37.
+pub fn sampling_tolerance(kept: usize, n: usize) -> (f64, f64) {
+    let eps = f64::powi(2.0, -24);
+    let ours = 2.4e-7 + n as f64 * f64::powi(2.0, -40) + 2.0 * eps;
+    let torch = 2.4e-7 + ((kept.max(2) as f64).log2().ceil() + 2.0) * eps + eps;
+    (ours + torch, 1e-37)
+}
+
+pub fn sampling_golden_cases(model: &str) -> Result<Vec<SamplingGoldenCase>> {
+    let file = GoldenFile::open(model, "sampling")?;
+    let logits_file = GoldenFile::open(model, "model")?;
+    let cfg = Qwen2Config::presets().into_iter().find(|c| c.name == model).ok_or_else(|| file.error(format!("no preset {model}")))?;
+    let n = cfg.real_vocab_size;
+    let names: Vec<String> = serde_json::from_str(file.metadata("sampling.cases").ok_or_else(|| file.error("no sampling.cases".into()))?)
+        .map_err(|e| file.error(format!("sampling.cases: {e}")))?;
+    let mut out = Vec::new();
+    for name in names {
+        let key = format!("sampling.{name}");
+        let meta: serde_json::Value = serde_json::from_str(file.metadata(&key).ok_or_else(|| file.error(format!("no {key}")))?)
+            .map_err(|e| file.error(format!("{key}: {e}")))?;
+        let num = |k: &str| meta[k].as_f64().ok_or_else(|| file.error(format!("{key}: no {k}")));
+        let row_name = match meta["dtype"].as_str() {
+            Some("bf16") => "logits.torch",
+            Some("f32") => "logits.truth",
+            other => return Err(file.error(format!("{key}: dtype {other:?}"))),
+        };
+        let row = logits_file.host(row_name)?;
+        let logits = HostTensor::from_f32(row.dtype(), &[1, n], row.data()[..n].to_vec())?;
+        let params = crate::spec::sampling::SamplingParams {
+            temperature: num("temperature")? as f32,
+            top_k: num("top_k")? as u32,
+            top_p: num("top_p")? as f32,
+            min_p: num("min_p")? as f32,
+            seed: 0,
+        };
+        let kept = num("kept")? as usize;
+        let index = file.tensor(&format!("{key}.index"))?.values.iter().map(|&v| v as i32).collect();
+        let probs = file.tensor(&format!("{key}.probs"))?.values.iter().map(|&v| v as f32).collect();
+        out.push(SamplingGoldenCase { name, logits, n_valid: n, params, kept, index, probs, tolerance: sampling_tolerance(kept, n) });
+    }
+    Ok(out)
+}
+
+/// Rows `sampling.<filter>`: our filtered distribution (the kernel, or the float64 reference on the
+/// CPU) against transformers' warpers on the model's logits; a kept count that differs fails.
+fn sampling_rows(gpu: Option<&Gpu>, model: &str) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for case in sampling_golden_cases(model)? {
+        let n = case.n_valid;
+        let probs: Vec<f32> = match gpu {
+            Some(gpu) => {
+                let d = DeviceTensor::from_host(gpu, &case.logits)?;
+                let mut sampler = crate::ops::sampling::Sampler::new(gpu, 1)?;
+                sampler.set(gpu, &[case.params])?;
+                let mut probs = DeviceTensor::zeros(gpu, DType::F32, &[1, n])?;
+                crate::ops::sampling::filtered_probs(gpu, &d.view(), n, &mut sampler, &mut probs.view_mut())?;
+                probs.to_host(gpu)?.into_data()
+            }
+            None => match crate::reference::sampling::filtered(case.logits.data(), n, &case.params) {
+                Some(f) => f.probs.iter().map(|&p| p as f32).collect(),
+                None => vec![f32::NAN; n],
+            },
+        };
+        let kept = probs.iter().filter(|&&p| p > 0.0).count();
+        let ours: Vec<f32> = case.index.iter().map(|&i| probs[i as usize]).collect();
+        let (rtol, atol) = case.tolerance;
+        let tolerance = Tolerance { atol: atol as f32, rtol: rtol as f32 };
+        let mut comparison = compare(&ours, &case.probs, tolerance);
+        if kept != case.kept {
+            comparison.failures += kept.abs_diff(case.kept);
+        }
+        let (op, variant) = match case.name.split_once('_') {
+            Some((a, b)) if a == "top" || a == "min" => match b.split_once('_') {
+                Some((p, v)) => (format!("{a}_{p}"), Some(v.to_string())),
+                None => (case.name.clone(), None),
+            },
+            Some((a, b)) => (a.to_string(), Some(b.to_string())),
+            None => (case.name.clone(), None),
+        };
+        let variant = variant.filter(|v| v != "f32");
+        let case_name = match variant {
+            Some(v) => format!("{model} {v}"),
+            None => model.to_string(),
+        };
+        out.push(Row { op: format!("sampling.{op}"), case: case_name, dtype: case.logits.dtype(), against: "transformers", tolerance, comparison, pytorch: None });
+    }
+    Ok(out)
 }

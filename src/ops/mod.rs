@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod kv_cache;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 
 /// Which variant of a memory-bound kernel runs (RMSNorm, SwiGLU, argmax). `Auto` picks 16-byte

@@ -13,17 +13,22 @@ pub fn argmax(logits: &HostTensor, n_valid: usize) -> Result<Vec<RowMax>> {
         .data()
         .chunks_exact(stride)
         .map(|row| {
-            let valid = &row[..n_valid];
-            if valid.iter().any(|v| v.is_nan()) {
-                return None;
-            }
-            let mut best = 0;
-            for (i, &v) in valid.iter().enumerate() {
-                if v > valid[best] {
-                    best = i;
-                }
-            }
-            Some((best as u32, valid[best]))
+            let best = argmax_row(&row[..n_valid])?;
+            Some((best, row[best as usize]))
         })
         .collect())
+}
+
+/// The first index of the largest value of `valid`, `None` if it holds a NaN.
+pub fn argmax_row(valid: &[f32]) -> Option<u32> {
+    if valid.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut best = 0;
+    for (i, &v) in valid.iter().enumerate() {
+        if v > valid[best] {
+            best = i;
+        }
+    }
+    Some(best as u32)
 }

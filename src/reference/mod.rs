@@ -10,4 +10,5 @@ pub mod linear;
 pub mod model;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;

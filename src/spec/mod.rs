@@ -24,4 +24,5 @@ pub mod kv_cache;
 pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;

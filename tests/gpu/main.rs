@@ -30,6 +30,7 @@ mod negative;
 mod paged;
 mod rmsnorm;
 mod rope;
+mod sampling;
 mod schedules;
 mod support;
 mod swiglu;
@@ -74,6 +75,7 @@ const RACECHECK: &[&str] = &[
     "linear::",
     "attention::",
     "paged::",
+    "sampling::",
     "graph::",
     "schedules::",
     "bad_inputs::",
@@ -91,6 +93,7 @@ const RACECHECK_SKIP: &[&str] = &[
     "attention::long_context_prefill_and_decode",
     "attention::decode_every_step_of_a_300_token_golden_in_one_launch",
     "attention::proptest_prefill_shapes",
+    "sampling::draws_follow_the_filtered_distribution",
 ];
 
 /// The shared GPU, or why there is none.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         linear::TESTS,
         attention::TESTS,
         paged::TESTS,
+        sampling::TESTS,
         graph::TESTS,
         golden::TESTS,
         schedules::TESTS,
