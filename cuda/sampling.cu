@@ -22,7 +22,9 @@
 // blockDim, the schedule or the batch: a row's token is a function of its logits, parameters, seed
 // and step. `probs` (optional, [rows, n_valid] f32): the filtered distribution, e_i / sum(e_kept)
 // for the kept tokens and 0 elsewhere (one-hot for a greedy row, NaN for a row without a
-// distribution or with bad parameters). `advance`: add 1 to step[row] once the row is done.
+// distribution or with bad parameters). `draws` tokens a row (>= 1), draw d at step step[row] + d:
+// the filter runs once and each draw is one more pass (n samples of one prompt, as engines' `n`).
+// `advance`: add `draws` to step[row] once the row is done.
 #include "common.cuh"
 
 #include <limits.h>
@@ -206,8 +208,8 @@ template <typename T>
 __device__ void sample_row(const T* __restrict__ logits, long long stride, int n, const float* __restrict__ temperature,
                            const int* __restrict__ top_k, const float* __restrict__ top_p,
                            const float* __restrict__ min_p, const unsigned long long* __restrict__ seed,
-                           unsigned long long* __restrict__ step, int* __restrict__ tokens, float* __restrict__ probs,
-                           int advance) {
+                           unsigned long long* __restrict__ step, int* __restrict__ tokens, int draws,
+                           float* __restrict__ probs, int advance) {
     const int r = blockIdx.x;
     const T* row = logits + static_cast<long long>(r) * stride;
     float* prow = probs == nullptr ? nullptr : probs + static_cast<long long>(r) * n;
@@ -239,8 +241,8 @@ __device__ void sample_row(const T* __restrict__ logits, long long stride, int n
     else if (greedy ? (flags & 1) != 0 : (flags != 0 || x_max == -INFINITY)) answer = SAMPLE_NO_DISTRIBUTION;
     if (answer != INT_MAX) {
         if (threadIdx.x == 0) {
-            tokens[r] = answer;
-            if (advance) step[r] = st + 1;
+            for (int d = 0; d < draws; ++d) tokens[static_cast<long long>(r) * draws + d] = answer;
+            if (advance) step[r] = st + static_cast<unsigned long long>(draws);
         }
         if (prow != nullptr)
             for (int i = threadIdx.x; i < n; i += blockDim.x) prow[i] = __int_as_float(0x7fc00000);
@@ -291,33 +293,40 @@ __device__ void sample_row(const T* __restrict__ logits, long long stride, int n
         return key >= kk && (key > kp || (key == kp && i >= ip)) && (mp == 0.0f || expf(x - x_max) >= mp);
     };
 
-    // 4. The draw (greedy: the bounded argmax).
-    Best best{-INFINITY, INT_MAX};
+    // 4. The draws (greedy: the bounded argmax): draw d at step st + d.
     const unsigned k0 = static_cast<unsigned>(s), k1 = static_cast<unsigned>(s >> 32);
     const int groups = (n + 3) / 4;
-    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
-        Philox4 w{0u, 0u, 0u, 0u};
-        if (!greedy) w = philox4x32_10(Philox4{static_cast<unsigned>(g), static_cast<unsigned>(st), static_cast<unsigned>(st >> 32), SAMPLE_DOMAIN}, k0, k1);
-        const unsigned words[4] = {w.x, w.y, w.z, w.w};
+    int winner = 0;
+    for (int d = 0; d < draws; ++d) {
+        const unsigned long long at = st + static_cast<unsigned long long>(d);
+        Best best{-INFINITY, INT_MAX};
+        for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+            Philox4 w{0u, 0u, 0u, 0u};
+            if (!greedy) w = philox4x32_10(Philox4{static_cast<unsigned>(g), static_cast<unsigned>(at), static_cast<unsigned>(at >> 32), SAMPLE_DOMAIN}, k0, k1);
+            const unsigned words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int i = 4 * g + j;
-            if (i >= n) break;
-            const float x = x_at(i);
-            if (greedy) {
-                best = best_of(best, Best{x, i});
-            } else if (kept(i, x)) {
-                best = best_of(best, Best{x + gumbel(words[j]), i});
+            for (int j = 0; j < 4; ++j) {
+                const int i = 4 * g + j;
+                if (i >= n) break;
+                const float x = x_at(i);
+                if (greedy) {
+                    best = best_of(best, Best{x, i});
+                } else if (kept(i, x)) {
+                    best = best_of(best, Best{x + gumbel(words[j]), i});
+                }
             }
         }
+        const int chosen = block_best_index(best.v, best.i);
+        // INT_MAX only for a greedy row of -inf and NaN-free: index 0, as torch.argmax.
+        winner = chosen == INT_MAX ? 0 : chosen;
+        if (threadIdx.x == 0) tokens[static_cast<long long>(r) * draws + d] = winner;
+        if (greedy) {
+            for (int e = d + 1; e < draws; ++e)
+                if (threadIdx.x == 0) tokens[static_cast<long long>(r) * draws + e] = winner;
+            break;
+        }
     }
-    const int chosen = block_best_index(best.v, best.i);
-    // INT_MAX only for a greedy row of -inf and NaN-free: index 0, as torch.argmax.
-    const int winner = chosen == INT_MAX ? 0 : chosen;
-    if (threadIdx.x == 0) {
-        tokens[r] = winner;
-        if (advance) step[r] = st + 1;
-    }
+    if (threadIdx.x == 0 && advance) step[r] = st + static_cast<unsigned long long>(draws);
 
     if (prow != nullptr) {
         if (greedy) {
@@ -341,16 +350,16 @@ __device__ void sample_row(const T* __restrict__ logits, long long stride, int n
 }  // namespace qk
 
 // Entry points: sample_<dtype>, grid (rows, 1, 1), block (threads, 1, 1), threads a multiple of 32.
-// Per-row arrays (temperature, top_k, top_p, min_p, seed, step, tokens) hold `rows` entries; probs
-// is null or [rows, n_valid].
+// Per-row arrays (temperature, top_k, top_p, min_p, seed, step) hold `rows` entries, tokens
+// [rows, draws] (draw d of row r at step step[r] + d); probs is null or [rows, n_valid].
 #define QK_SAMPLE_ENTRY(NAME, T)                                                                         \
     extern "C" __global__ void sample_##NAME(                                                            \
         const T* __restrict__ logits, long long stride, int n_valid, const float* __restrict__ temperature, \
         const int* __restrict__ top_k, const float* __restrict__ top_p, const float* __restrict__ min_p,  \
         const unsigned long long* __restrict__ seed, unsigned long long* __restrict__ step,               \
-        int* __restrict__ tokens, float* __restrict__ probs, int advance) {                              \
+        int* __restrict__ tokens, int draws, float* __restrict__ probs, int advance) {                   \
         qk::sample_row<T>(logits, stride, n_valid, temperature, top_k, top_p, min_p, seed, step, tokens, \
-                          probs, advance);                                                               \
+                          draws, probs, advance);                                                        \
     }
 
 QK_SAMPLE_ENTRY(f32, float)

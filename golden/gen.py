@@ -877,8 +877,9 @@ def sampling_goldens(preset, directory):
     """sampling.safetensors: transformers' warpers (golden/gen.py `warpers`) on the logits rows of the
     model's golden (model.safetensors: the bf16 model's last logits, `logits.torch`, and the float64
     truth's as f32, `logits.truth`), bounded to the real vocabulary as the crate samples. Per case C:
-    sampling.C.index i32 [N] and sampling.C.probs f32 [N]: softmax of the warpers' output (what
-    torch.multinomial draws from) at the first N = min(kept, SAMPLING_STORED) tokens of the ranking
+    sampling.C.index i32 [N], sampling.C.probs.truth and .torch f32 [N]: softmax of the warpers'
+    output (what torch.multinomial draws from) in float64 and in PyTorch's FP32, at the first
+    N = min(kept, SAMPLING_STORED) tokens of the ranking
     (value, then index, descending; every filter keeps a prefix of it, so `kept` fixes the set);
     metadata sampling.C = {dtype (the row: bf16 is logits.torch, f32 is logits.truth, both cut to
     the real vocabulary), temperature, top_k, top_p, min_p, kept, margin, tie_at_cut,
@@ -966,12 +967,14 @@ def sampling_goldens(preset, directory):
         tie_at_cut = bool(kept < x.numel() and int((x == low).sum()) > 1)
         # Every filter keeps a prefix of the ranking (value, then index, descending), so the kept
         # count fixes the kept set; the probabilities of its first SAMPLING_STORED tokens are stored.
-        probs = torch.softmax(scores, dim=-1).flatten()
         ranked = torch.sort(x, stable=True).indices.flip(0)[:min(kept, SAMPLING_STORED)]
         assert bool(torch.isfinite(scores.flatten()[ranked]).all())
         tensors[f"sampling.{name}.index"] = ranked.to(torch.int32)
-        tensors[f"sampling.{name}.probs"] = probs[ranked]
-        recorded[f"sampling.{name}"] = json.dumps(dict(params, dtype=dtype, kept=kept, margin=margin,
+        # The distribution transformers samples from: softmax of its processed scores, in float64
+        # (the truth) and as PyTorch computes it in FP32 (its own error beside ours).
+        tensors[f"sampling.{name}.probs.truth"] = torch.softmax(scores.double(), dim=-1).flatten()[ranked].float()
+        tensors[f"sampling.{name}.probs.torch"] = torch.softmax(scores, dim=-1).flatten()[ranked]
+        recorded[f"sampling.{name}"] = json.dumps(dict(params, dtype=dtype, kept=kept, margin=None if margin == float("inf") else margin,
                                                        tie_at_cut=tie_at_cut, unstable_kept=unstable_kept), sort_keys=True)
         print(f"  sampling.{name}: {params} kept {kept}, margin {margin:.2e}, tie at cut {tie_at_cut}")
     recorded["sampling.cases"] = json.dumps([c[0] for c in cases])

@@ -195,4 +195,36 @@ pub const MUTANTS: &[Mutant] = &[
         device_error: true,
         at: None,
     },
+    // Sampling: the three defects the chi-square test (tests/gpu/sampling.rs) must catch.
+    Mutant {
+        name: "sampling_temperature_twice",
+        module: "sampling",
+        find: "to_float(row[i]) / temp; };",
+        replace: "to_float(row[i]) / temp / temp; };",
+        caught_by: &["sampling::draws_follow_the_filtered_distribution"],
+        says: "chi-square",
+        device_error: false,
+        at: None,
+    },
+    Mutant {
+        // Drops the tie group at the top-p cut: on a row without ties, the one last kept token.
+        name: "sampling_top_p_one_token_short",
+        module: "sampling",
+        find: "(key > kp || (key == kp && i >= ip))",
+        replace: "(key > kp || (key == kp && i >= ip && kp == 0u))",
+        caught_by: &["sampling::draws_follow_the_filtered_distribution"],
+        says: "chi-square",
+        device_error: false,
+        at: None,
+    },
+    Mutant {
+        name: "sampling_seed_shared_between_rows",
+        module: "sampling",
+        find: "const unsigned long long s = seed[r];",
+        replace: "const unsigned long long s = seed[0];",
+        caught_by: &["sampling::draws_follow_the_filtered_distribution"],
+        says: "chi-square",
+        device_error: false,
+        at: None,
+    },
 ];

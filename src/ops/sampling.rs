@@ -154,20 +154,45 @@ pub fn threads(n_valid: usize) -> u32 {
 /// Draw one token for each row of `logits` [rows, stride] over its first `n_valid` entries into
 /// `sampler`'s tokens, and advance each row's step.
 pub fn sample(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler) -> Result<()> {
-    launch(gpu, logits, n_valid, sampler, None, true)
+    launch(gpu, logits, n_valid, sampler, None, None, true)
+}
+
+/// Draw `draws` tokens for each row (draw d at the row's step + d: the filter runs once, each draw
+/// is one more pass over the row) into `tokens` [rows, draws], and advance each row's step by
+/// `draws`: the n samples of one prompt an engine's `n` asks for.
+pub fn sample_n(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, draws: usize, tokens: &mut CudaSlice<i32>) -> Result<()> {
+    launch(gpu, logits, n_valid, sampler, Some((tokens, draws)), None, true)
 }
 
 /// The filtered distribution of each row into `probs` (f32 [rows, n_valid]): what [`sample`] draws
 /// from. Also writes the tokens a draw at the current steps gives, without advancing them.
 pub fn filtered_probs(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, probs: &mut ViewMut) -> Result<()> {
-    launch(gpu, logits, n_valid, sampler, Some(probs), false)
+    launch(gpu, logits, n_valid, sampler, None, Some(probs), false)
 }
 
-/// [`sample`] and [`filtered_probs`] in one: `probs` optional, `advance` whether the steps move.
-pub fn launch(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, mut probs: Option<&mut ViewMut>, advance: bool) -> Result<()> {
+/// The one launch behind [`sample`], [`sample_n`] and [`filtered_probs`]: `tokens` elsewhere than
+/// the sampler's (with the draws a row), `probs` optional, `advance` whether the steps move.
+fn launch(
+    gpu: &Gpu,
+    logits: &View,
+    n_valid: usize,
+    sampler: &mut Sampler,
+    mut tokens: Option<(&mut CudaSlice<i32>, usize)>,
+    mut probs: Option<&mut ViewMut>,
+    advance: bool,
+) -> Result<()> {
     let (rows, stride) = check(logits.layout(), n_valid)?;
     if rows > sampler.capacity {
         return Err(Error::shape(OP, format!("{rows} rows of logits but the sampler holds {}", sampler.capacity)));
+    }
+    let draws = tokens.as_ref().map_or(1, |t| t.1);
+    if draws == 0 || draws > i32::MAX as usize {
+        return Err(Error::invalid(OP, format!("draws {draws} must be in 1..={}", i32::MAX)));
+    }
+    if let Some((t, _)) = tokens.as_ref() {
+        if rows.checked_mul(draws).is_none_or(|need| t.len() < need) {
+            return Err(Error::shape(OP, format!("tokens of {} entries for {rows} rows of {draws} draws", t.len())));
+        }
     }
     if let Some(p) = probs.as_deref() {
         let want = [rows, n_valid];
@@ -187,7 +212,7 @@ pub fn launch(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, m
         DType::BF16 => "sample_bf16",
     };
     let func = gpu.function(MODULE, kernel)?;
-    let (stride_i, n_i, advance_i, null) = (stride as i64, n_valid as i32, advance as i32, 0u64);
+    let (stride_i, n_i, draws_i, advance_i, null) = (stride as i64, n_valid as i32, draws as i32, advance as i32, 0u64);
     let mut args = gpu.launcher(&func, kernel);
     args.arg(&logits.data)
         .arg(&stride_i)
@@ -197,8 +222,12 @@ pub fn launch(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, m
         .arg(&sampler.top_p)
         .arg(&sampler.min_p)
         .arg(&sampler.seed)
-        .arg(&mut sampler.step)
-        .arg(&mut sampler.tokens);
+        .arg(&mut sampler.step);
+    match tokens.as_mut() {
+        Some((t, _)) => args.arg(&mut **t),
+        None => args.arg(&mut sampler.tokens),
+    };
+    args.arg(&draws_i);
     match probs.as_deref_mut() {
         Some(p) => args.arg(&mut p.data),
         None => args.arg(&null),
@@ -207,8 +236,10 @@ pub fn launch(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, m
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads(n_valid), 1, 1), shared_mem_bytes: 0 };
     // SAFETY: logits holds rows * stride elements of the kernel's dtype and block r reads row r's
     // first n_valid <= stride; the per-row arrays hold capacity >= rows entries and block r touches
-    // entry r only; probs, when given, is f32 [rows, n_valid] (checked above) and block r writes its
-    // row. The null probs pointer is never dereferenced.
+    // entry r only; tokens holds rows * draws entries (the sampler's: capacity >= rows, draws 1;
+    // checked above otherwise) and block r writes r * draws .. (r + 1) * draws; probs, when given,
+    // is f32 [rows, n_valid] (checked above) and block r writes its row. The null probs pointer is
+    // never dereferenced.
     unsafe { args.launch(cfg) }?;
     Ok(())
 }

@@ -93,7 +93,6 @@ const RACECHECK_SKIP: &[&str] = &[
     "attention::long_context_prefill_and_decode",
     "attention::decode_every_step_of_a_300_token_golden_in_one_launch",
     "attention::proptest_prefill_shapes",
-    "sampling::draws_follow_the_filtered_distribution",
 ];
 
 /// The shared GPU, or why there is none.
