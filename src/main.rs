@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
 use qwen_kernels::diff::{self, Forward};
 use qwen_kernels::model::{DeviceModel, ModelOptions, Qwen2Config};
+use qwen_kernels::ops::sampling::SamplingParams;
 use qwen_kernels::text::{Conversation, Tokenizer};
 use qwen_kernels::{kernels, DType, DeviceKind, Error, Gpu};
 use std::path::PathBuf;
@@ -65,7 +66,7 @@ enum Command {
         #[command(flatten)]
         models: Models,
     },
-    /// Generate text from a checkpoint with the kernels (greedy), streaming it as it is decoded.
+    /// Generate text from a checkpoint with the kernels (greedy, or sampled), streaming it as it is decoded.
     ///
     /// Tokenizes the prompt with the checkpoint's tokenizer.json (applying its chat template with
     /// --chat, --system or --messages, as transformers' apply_chat_template with
@@ -105,6 +106,27 @@ enum Command {
         /// Also print the prompt's and the generated token ids (stderr).
         #[arg(long)]
         show_ids: bool,
+        /// Sample instead of taking the greedy token: divide the logits by T (0: greedy). Any
+        /// of --temperature, --top-k, --top-p, --min-p turns sampling on (temperature 1 unless
+        /// given); generation_config.json's sampling values are not read.
+        #[arg(long, value_name = "T")]
+        temperature: Option<f32>,
+        /// Keep the K most likely tokens (ties at the K-th included; 0: off).
+        #[arg(long, value_name = "K")]
+        top_k: Option<u32>,
+        /// Keep the most likely tokens whose probabilities add up to P (1: off).
+        #[arg(long, value_name = "P")]
+        top_p: Option<f32>,
+        /// Drop tokens less likely than P times the most likely one (0: off).
+        #[arg(long, value_name = "P")]
+        min_p: Option<f32>,
+        /// The sampling seed: the same prompt, flags and seed print the same text.
+        #[arg(long, default_value_t = 0, value_name = "S")]
+        seed: u64,
+        /// N continuations of the prompt, sharing its KV pages (continuation i uses seed S + i),
+        /// each printed when all are done.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        samples: usize,
     },
     /// Profile one decode step of a preset model, node by node (bf16, zero weights).
     ///
@@ -345,6 +367,8 @@ struct GenerateArgs<'a> {
     dtype: DType,
     device: usize,
     show_ids: bool,
+    sampling: SamplingParams,
+    samples: usize,
 }
 
 fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
@@ -375,7 +399,11 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
     }
     let (gpu, _) = open_device(a.device)?;
     let max_new = a.max_tokens.min(config.max_position_embeddings - prompt.len());
-    let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), ..ModelOptions::new(a.dtype, 1, prompt.len() + max_new.max(1)) };
+    if a.samples == 0 {
+        return Err(Error::InvalidArgument { op: "generate", detail: "--samples 0: at least one continuation".into() });
+    }
+    a.sampling.validate()?;
+    let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), ..ModelOptions::new(a.dtype, a.samples, prompt.len() + max_new.max(1)) };
     let mut model = DeviceModel::from_checkpoint(&gpu, a.checkpoint, options)?;
     let mem = model.memory();
     eprintln!(
@@ -396,7 +424,25 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
     let write = |out: &mut std::io::StdoutLock, piece: &str| {
         out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(|e| Error::InvalidArgument { op: "generate", detail: format!("cannot write to stdout: {e}") })
     };
-    let g = model.generate(&gpu, 0, &prompt, max_new, tokenizer.eos_ids(), |id| write(&mut out, &stream.push(id)?))?;
+    if a.samples > 1 {
+        let gs = model.generate_samples(&gpu, &prompt, a.samples, max_new, tokenizer.eos_ids(), a.sampling, |_, _| Ok(()))?;
+        for (i, g) in gs.iter().enumerate() {
+            let mut stream = tokenizer.stream_decoder();
+            write(&mut out, &format!("--- sample {i} (seed {}) ---\n", a.sampling.seed.wrapping_add(i as u64)))?;
+            for &id in &g.tokens {
+                write(&mut out, &stream.push(id)?)?;
+            }
+            write(&mut out, &stream.finish()?)?;
+            write(&mut out, "\n")?;
+            if a.show_ids {
+                eprintln!("sample {i} ids: {:?}", g.tokens);
+            }
+        }
+        let tokens: usize = gs.iter().map(|g| g.tokens.len()).sum();
+        eprintln!("{} continuations, {tokens} tokens in {:.1} ms after a prefill of {:.1} ms", gs.len(), gs[0].decode_seconds * 1e3, gs[0].prefill_seconds * 1e3);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let g = model.generate_sampled(&gpu, 0, &prompt, max_new, tokenizer.eos_ids(), a.sampling, |id| write(&mut out, &stream.push(id)?))?;
     write(&mut out, &stream.finish()?)?;
     write(&mut out, "\n")?;
     if a.show_ids {
@@ -480,9 +526,15 @@ fn main() -> ExitCode {
     let (what, result) = match &cli.command {
         Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
         Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
-        Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids } => (
+        Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids, temperature, top_k, top_p, min_p, seed, samples } => (
             "generate",
             run_generate(GenerateArgs {
+                sampling: if temperature.is_none() && top_k.is_none() && top_p.is_none() && min_p.is_none() {
+                    SamplingParams::greedy()
+                } else {
+                    SamplingParams { temperature: temperature.unwrap_or(1.0), top_k: top_k.unwrap_or(0), top_p: top_p.unwrap_or(1.0), min_p: min_p.unwrap_or(0.0), seed: *seed }
+                },
+                samples: *samples,
                 checkpoint,
                 prompt: prompt.as_deref(),
                 messages: messages.as_deref(),

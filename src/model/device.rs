@@ -87,6 +87,8 @@ use crate::gpu::Gpu;
 use crate::model::weights::{bf16_to_f32, Checkpoint, ModelWeights};
 use crate::model::Qwen2Config;
 use crate::ops::argmax::{self, ArgmaxOutput, NAN_ROW};
+use crate::ops::sampling::{self as sampling_op, SamplingParams};
+use super::sampling::ModelSampling;
 use crate::model::cache::PagedCache;
 use crate::ops::attention::{self, AttentionStatus, PrefillPath};
 use crate::ops::embed::{self, EmbedStatus};
@@ -245,7 +247,13 @@ pub struct DeviceModel {
     device_lens_stale: bool,
     /// The decode batch: row b continues slot batch[b].
     batch: Vec<usize>,
-    graphs: HashMap<usize, CudaGraph>,
+    /// Decode-step graphs by (batch size, whether the head samples).
+    graphs: HashMap<(usize, bool), CudaGraph>,
+    /// Each slot's sampling parameters and the samplers of the two heads.
+    sampling: ModelSampling,
+    /// Whether the prefill head's rows (set by `prefill_pass`) and the decode batch sample.
+    prefill_sampled: bool,
+    decode_sampled: bool,
     memory: MemoryReport,
     defect: Option<Defect>,
 }
@@ -535,6 +543,9 @@ impl DeviceModel {
             device_lens_stale: false,
             batch: Vec::new(),
             graphs: HashMap::new(),
+            sampling: ModelSampling::new(gpu, options.slots)?,
+            prefill_sampled: false,
+            decode_sampled: false,
             memory: MemoryReport { weights, kv_cache, workspace },
             defect: None,
             config,
@@ -637,6 +648,21 @@ impl DeviceModel {
         self.cache.share(src, dst, len);
         self.set_len(dst, len);
         Ok(())
+    }
+
+    /// How the heads choose `slot`'s next tokens from now on: greedy (the bounded argmax, the
+    /// default) or sampled ([`crate::ops::sampling`]). The draw for position p uses Philox step p
+    /// of the seed, so a sequence rolled back or rebuilt draws the same tokens again.
+    pub fn set_sampling(&mut self, slot: usize, params: SamplingParams) -> Result<()> {
+        self.check_slot(slot)?;
+        self.sampling.set(slot, params)?;
+        // The decode batch's device parameters follow before the next step.
+        self.device_lens_stale = true;
+        Ok(())
+    }
+
+    pub fn sampling(&self, slot: usize) -> SamplingParams {
+        self.sampling.get(slot)
     }
 
     /// The pages of `slot`'s sequence, in position order: position p is at offset p % page_size
@@ -795,6 +821,12 @@ impl DeviceModel {
         let n = finished.len();
         if n > 0 {
             gpu.stream().memcpy_dtod(&self.ws.proj.view().rows(0..n)?.data, &mut self.ws.xn.view_mut().rows_mut(0..n)?.data).cuda("cuMemcpyDtoD(prefill last rows)")?;
+            // Each finished sequence draws the position after its last token.
+            let rows: Vec<(usize, usize)> = finished.iter().map(|&i| (seqs[i].0, self.lens[seqs[i].0])).collect();
+            self.prefill_sampled = self.sampling.any(rows.iter().map(|r| r.0));
+            if self.prefill_sampled {
+                ModelSampling::upload(gpu, &self.sampling.params().to_vec(), &mut self.sampling.prefill, &rows)?;
+            }
             self.head(gpu, 0..n, Head::Prefill(n))?;
         }
         Ok(finished)
@@ -907,7 +939,17 @@ impl DeviceModel {
         };
         linear(gpu, &ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)?;
         let n_valid = if self.defect == Some(Defect::UnboundedArgmax) { self.config.vocab_size } else { self.config.real_vocab_size };
-        argmax::argmax(gpu, &logits.view().rows(0..n)?, n_valid, out, false)
+        let (sampled, sampler) = match to {
+            Head::Prefill(_) => (self.prefill_sampled, &mut self.sampling.prefill),
+            Head::Decode => (self.decode_sampled, &mut self.sampling.decode),
+        };
+        if sampled {
+            // Greedy rows among them take the bounded argmax inside the sampling kernel; the
+            // tokens land where the argmax's would, so the next step reads them the same way.
+            sampling_op::sample_n(gpu, &logits.view().rows(0..n)?, n_valid, sampler, 1, out.index_mut())
+        } else {
+            argmax::argmax(gpu, &logits.view().rows(0..n)?, n_valid, out, false)
+        }
     }
 
     /// The logits of each row of the last decode step, f32 [slots, vocab] (rows past the batch
@@ -957,6 +999,12 @@ impl DeviceModel {
         stream.memcpy_htod(&lens, &mut self.ws.dec_lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
         stream.memcpy_htod(&slots, &mut self.ws.dec_slot_mapping.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slot mapping)")?;
         stream.memcpy_htod(&tables, &mut self.ws.dec_tables.slice_mut(0..tables.len())).cuda("cuMemcpyHtoD(decode block tables)")?;
+        // Each row draws the position after the one it feeds.
+        self.decode_sampled = self.sampling.any(self.batch.iter().copied());
+        if self.decode_sampled {
+            let rows: Vec<(usize, usize)> = self.batch.iter().map(|&s| (s, self.lens[s] + 1)).collect();
+            ModelSampling::upload(gpu, &self.sampling.params().to_vec(), &mut self.sampling.decode, &rows)?;
+        }
         self.device_lens_stale = false;
         Ok(())
     }
@@ -989,8 +1037,9 @@ impl DeviceModel {
             // anything runs.
             self.upload_batch_meta(gpu)?;
         }
+        let key = (b, self.decode_sampled);
         if self.options.graphs {
-            if !self.graphs.contains_key(&b) {
+            if !self.graphs.contains_key(&key) {
                 let stream = gpu.stream().clone();
                 stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).cuda("cuStreamBeginCapture")?;
                 let enqueued = self.enqueue_decode(gpu, b);
@@ -998,9 +1047,9 @@ impl DeviceModel {
                 let graph = stream.end_capture(CUgraphInstantiate_flags_enum(0)).cuda("cuStreamEndCapture");
                 enqueued?;
                 let graph = graph?.ok_or_else(|| bad("the capture of a decode step produced no graph".into()))?;
-                self.graphs.insert(b, graph);
+                self.graphs.insert(key, graph);
             }
-            self.graphs[&b].launch().cuda("cuGraphLaunch(decode step)")?;
+            self.graphs[&key].launch().cuda("cuGraphLaunch(decode step)")?;
         } else {
             self.enqueue_decode(gpu, b)?;
         }
@@ -1044,7 +1093,11 @@ impl DeviceModel {
         index
             .iter()
             .enumerate()
-            .map(|(r, &i)| if i == NAN_ROW { Err(bad(format!("row {r}'s logits hold a NaN in the real vocabulary"))) } else { Ok(i as u32) })
+            .map(|(r, &i)| match i {
+                NAN_ROW => Err(bad(format!("row {r}'s logits hold a NaN in the real vocabulary (or, sampled, a +inf or no finite value)"))),
+                i if i < 0 => Err(bad(format!("row {r} drew nothing: its sampling parameters are out of range ({i})"))),
+                i => Ok(i as u32),
+            })
             .collect()
     }
 
@@ -1087,7 +1140,12 @@ impl DeviceModel {
             self.layer(gpu, l, b, Attend::Engine(step), None)?;
         }
         self.final_norm(gpu, b)?;
-        self.head(gpu, 0..b, Head::Decode)
+        // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
+        // sampling (an engine samples with its own `ops::sampling::Sampler` on `logits()`).
+        let sampled = std::mem::replace(&mut self.decode_sampled, false);
+        let result = self.head(gpu, 0..b, Head::Decode);
+        self.decode_sampled = sampled;
+        result
     }
 
     /// The bounded argmax of each row of the last decode step, on the device (i32 [slots]; rows
@@ -1187,16 +1245,24 @@ impl DeviceModel {
     /// Greedy generation in `slot` (reset first): prefill `prompt`, then decode until an id of
     /// `eos` is produced or `max_new` tokens were, handing each token to `on_token` as it is read
     /// back (a streaming caller prints it there; an error from it stops the run).
-    pub fn generate(
+    pub fn generate(&mut self, gpu: &Gpu, slot: usize, prompt: &[u32], max_new: usize, eos: &[u32], on_token: impl FnMut(u32) -> Result<()>) -> Result<Generation> {
+        self.generate_sampled(gpu, slot, prompt, max_new, eos, SamplingParams::greedy(), on_token)
+    }
+
+    /// As [`DeviceModel::generate`], choosing each token with `params` ([`DeviceModel::set_sampling`]):
+    /// the same prompt, parameters and seed give the same tokens.
+    pub fn generate_sampled(
         &mut self,
         gpu: &Gpu,
         slot: usize,
         prompt: &[u32],
         max_new: usize,
         eos: &[u32],
+        params: SamplingParams,
         mut on_token: impl FnMut(u32) -> Result<()>,
     ) -> Result<Generation> {
         self.reset(slot)?;
+        self.set_sampling(slot, params)?;
         let mut g = Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 };
         if max_new == 0 {
             return Ok(g);
@@ -1224,6 +1290,92 @@ impl DeviceModel {
         }
         g.decode_seconds = start.elapsed().as_secs_f64();
         Ok(g)
+    }
+
+    /// `n` continuations of one prompt, sampled, in slots 0..n: the prompt is prefilled once (slot
+    /// 0) and its pages shared by the others ([`DeviceModel::fork`]); continuation i uses `params`
+    /// with seed `params.seed + i`, so it is exactly the run of [`DeviceModel::generate_sampled`]
+    /// with that seed. A continuation stops at an `eos` id or `max_new` tokens; the batch runs until
+    /// every one has. `on_token(i, token)` sees each continuation's tokens in order.
+    pub fn generate_samples(
+        &mut self,
+        gpu: &Gpu,
+        prompt: &[u32],
+        n: usize,
+        max_new: usize,
+        eos: &[u32],
+        params: SamplingParams,
+        mut on_token: impl FnMut(usize, u32) -> Result<()>,
+    ) -> Result<Vec<Generation>> {
+        if n == 0 || n > self.options.slots {
+            return Err(bad(format!("{n} samples for a model of {} slots", self.options.slots)));
+        }
+        let mut out = vec![Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 }; n];
+        for i in 0..n {
+            self.reset(i)?;
+            self.set_sampling(i, SamplingParams { seed: params.seed.wrapping_add(i as u64), ..params })?;
+        }
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let start = std::time::Instant::now();
+        // The prompt once; its last logits row copied to rows 1..n so each continuation draws its
+        // first token from it with its own seed, at the position after the prompt.
+        self.prefill(gpu, 0, prompt)?;
+        for i in 1..n {
+            self.fork(0, i)?;
+        }
+        // (Through the decode logits, free until the first decode step.)
+        for i in 0..n {
+            let row0 = self.ws.prefill_logits.view().rows(0..1)?;
+            gpu.stream().memcpy_dtod(&row0.data, &mut self.ws.logits.view_mut().rows_mut(i..i + 1)?.data).cuda("cuMemcpyDtoD(sample logits)")?;
+        }
+        let rows: Vec<(usize, usize)> = (0..n).map(|i| (i, prompt.len())).collect();
+        ModelSampling::upload(gpu, &self.sampling.params().to_vec(), &mut self.sampling.prefill, &rows)?;
+        let n_valid = self.config.real_vocab_size;
+        sampling_op::sample_n(gpu, &self.ws.logits.view().rows(0..n)?, n_valid, &mut self.sampling.prefill, 1, self.ws.prefill_argmax.index_mut())?;
+        let firsts = self.read_tokens(gpu, Head::Prefill(n))?;
+        let prefill_seconds = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        let mut live: Vec<usize> = Vec::new();
+        for (i, &t) in firsts.iter().enumerate() {
+            out[i].prefill_seconds = prefill_seconds;
+            out[i].tokens.push(t);
+            on_token(i, t)?;
+            if eos.contains(&t) {
+                out[i].stopped_at_eos = true;
+            } else if max_new > 1 {
+                live.push(i);
+            }
+        }
+        // Finished continuations leave the batch; the rest step together (the batch is set again,
+        // from the host's tokens, only when it shrinks).
+        let mut batch: Vec<usize> = Vec::new();
+        while !live.is_empty() {
+            if batch != live {
+                let tokens: Vec<u32> = live.iter().map(|&i| *out[i].tokens.last().unwrap()).collect();
+                self.begin_decode(gpu, &live, &tokens)?;
+                batch = live.clone();
+            }
+            self.decode_step(gpu)?;
+            let next = self.next_tokens(gpu)?;
+            let mut still = Vec::new();
+            for (&i, &t) in live.iter().zip(&next) {
+                out[i].tokens.push(t);
+                on_token(i, t)?;
+                if eos.contains(&t) {
+                    out[i].stopped_at_eos = true;
+                } else if out[i].tokens.len() < max_new {
+                    still.push(i);
+                }
+            }
+            live = still;
+        }
+        let decode_seconds = start.elapsed().as_secs_f64();
+        for g in &mut out {
+            g.decode_seconds = decode_seconds;
+        }
+        Ok(out)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Qwen2 models: config presets and whole-model weights (synthetic profile or checkpoint).
 
 pub(crate) mod cache;
+pub(crate) mod sampling;
 pub mod config;
 pub mod device;
 pub mod weights;

@@ -15,6 +15,7 @@ use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::device::Defect;
 use qwen_kernels::model::weights::{bf16_to_f32, LayerWeights, Linear, Matrix};
 use qwen_kernels::model::{DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
+use qwen_kernels::ops::sampling::SamplingParams;
 use qwen_kernels::reference::model::{self as model_ref, Act, KvCache};
 use qwen_kernels::{DType, Gpu, HostTensor};
 use rand::Rng;
@@ -29,6 +30,7 @@ pub const TESTS: &[GpuTest] = &[
     ("model::reset_or_prefill_into_a_running_slot_equals_a_fresh_batch", reset_or_prefill_into_a_running_slot_equals_a_fresh_batch),
     ("model::paged_caches_give_the_slot_cache_tokens_bit_for_bit", paged_caches_give_the_slot_cache_tokens_bit_for_bit),
     ("model::forked_continuations_equal_separate_prefills", forked_continuations_equal_separate_prefills),
+    ("model::sampled_generation_is_seeded_and_samples_share_the_prompt", sampled_generation_is_seeded_and_samples_share_the_prompt),
     ("model::engine_steps_equal_the_models_own_decode", engine_steps_equal_the_models_own_decode),
     ("model::ragged_prefill_of_several_prompts_equals_each_alone", ragged_prefill_of_several_prompts_equals_each_alone),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
@@ -488,6 +490,39 @@ fn chunked_prefill_equals_one_chunk(gpu: &Gpu) {
 }
 
 /// `steps` decode steps: the tokens and the batch's logits (bits) of each.
+/// The sampling the model tests run beside greedy: flat enough on the random models that the
+/// draws differ from the argmax.
+const SAMPLED: SamplingParams = SamplingParams { temperature: 1.5, top_k: 0, top_p: 0.95, min_p: 0.0, seed: 7 };
+
+/// generate_sampled: the same seed gives the same tokens, another seed others; generate_samples:
+/// continuation i is the single run with seed + i (the prompt prefilled once, its pages shared).
+fn sampled_generation_is_seeded_and_samples_share_the_prompt(gpu: &Gpu) {
+    let w = random_model(41);
+    let p = prompt(42, 9, 500);
+    let mut m = DeviceModel::new(gpu, &w, ModelOptions::new(DType::F32, 3, 40)).unwrap();
+    let run = |m: &mut DeviceModel, seed: u64| m.generate_sampled(gpu, 0, &p, 12, &[], SamplingParams { seed, ..SAMPLED }, |_| Ok(())).unwrap().tokens;
+    let a = run(&mut m, 7);
+    assert_eq!(run(&mut m, 7), a, "the same seed must give the same tokens");
+    let b = run(&mut m, 8);
+    let c = run(&mut m, 9);
+    assert!(a != b && b != c, "other seeds, other tokens: {a:?} {b:?} {c:?}");
+    let greedy = m.generate(gpu, 0, &p, 12, &[], |_| Ok(())).unwrap().tokens;
+    assert_ne!(a, greedy, "sampling at temperature 1.5 must leave the argmax somewhere in 12 tokens");
+    let free_before = m.free_pages();
+    let mut seen = vec![Vec::new(); 3];
+    let samples = m.generate_samples(gpu, &p, 3, 12, &[], SAMPLED, |i, t| {
+        seen[i].push(t);
+        Ok(())
+    }).unwrap();
+    let tokens: Vec<Vec<u32>> = samples.iter().map(|g| g.tokens.clone()).collect();
+    assert_eq!(tokens, vec![a, b, c], "continuation i is the run with seed 7 + i");
+    assert_eq!(seen, tokens, "on_token saw each continuation's tokens in order");
+    // One page per sequence here (capacity 40): the forks share slot 0's page until they write it.
+    assert!(m.free_pages() <= free_before);
+    // A greedy prompt in the same model afterwards is still the argmax.
+    assert_eq!(m.generate(gpu, 0, &p, 12, &[], |_| Ok(())).unwrap().tokens, greedy);
+}
+
 fn decode_steps(m: &mut DeviceModel, gpu: &Gpu, rows: usize, steps: usize) -> Vec<(Vec<u32>, Vec<Vec<u32>>)> {
     (0..steps)
         .map(|_| {
@@ -510,9 +545,19 @@ fn rolled_back_run_equals_a_fresh_run_of_the_kept_tokens(gpu: &Gpu) {
     let w = random_model(29);
     let p = prompt(30, 7, 500);
     let (kept, ran) = (3, 6);
-    for graphs in [true, false] {
-        let options = ModelOptions { graphs, ..ModelOptions::new(DType::F32, 1, 48) };
-        let new = || DeviceModel::new(gpu, &w, options).unwrap();
+    // Greedy, and sampled: a draw's Philox step is its position, so the rolled-back sequence draws
+    // again what it drew.
+    for (graphs, sampled) in [(true, false), (false, false), (true, true), (false, true)] {
+        let graphs_and = format!("{graphs}{}", if sampled { ", sampled" } else { "" });
+        let graphs = &graphs_and;
+        let options = ModelOptions { graphs: graphs.starts_with("true"), ..ModelOptions::new(DType::F32, 1, 48) };
+        let new = || {
+            let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+            if sampled {
+                m.set_sampling(0, SAMPLED).unwrap();
+            }
+            m
+        };
         // Speculative: 6 steps, then roll back to the prompt and the first `kept` tokens processed.
         let mut spec = new();
         let first = spec.prefill(gpu, 0, &p).unwrap();
@@ -732,10 +777,15 @@ fn ragged_prefill_of_several_prompts_equals_each_alone(gpu: &Gpu) {
 fn reset_or_prefill_into_a_running_slot_equals_a_fresh_batch(gpu: &Gpu) {
     let w = random_model(31);
     let (p0, p1, p2, more) = (prompt(32, 9, 500), prompt(33, 4, 500), prompt(34, 6, 500), prompt(35, 3, 500));
-    for graphs in [true, false] {
+    for (graphs, sampled) in [(true, false), (false, false), (true, true), (false, true)] {
         let options = ModelOptions { graphs, ..ModelOptions::new(DType::BF16, 2, 48) };
+        let graphs = format!("{graphs}{}", if sampled { ", sampled" } else { "" });
         let start = || {
             let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+            if sampled {
+                m.set_sampling(0, SAMPLED).unwrap();
+                m.set_sampling(1, SamplingParams { seed: 99, top_k: 50, ..SAMPLED }).unwrap();
+            }
             let firsts = [m.prefill(gpu, 0, &p0).unwrap(), m.prefill(gpu, 1, &p1).unwrap()];
             m.begin_decode(gpu, &[0, 1], &firsts).unwrap();
             let steps = decode_steps(&mut m, gpu, 2, 3);
