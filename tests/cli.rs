@@ -178,6 +178,33 @@ fn generate_reproduces_transformers_on_the_tiny_checkpoint() {
     assert!(!out.is_empty() && err.contains("bf16: a prompt of 4 tokens") && err.contains("decode: 7 tokens"), "{out}\n{err}");
 }
 
+/// `generate` sampling on the tiny gen checkpoint: `--temperature 0.8 --top-p 0.9 --seed 7` prints
+/// the same text twice and another text with another seed; `--samples 2` prints two
+/// continuations, the first that seed's own run and the second the next seed's.
+#[test]
+#[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
+fn generate_samples_with_a_seed() {
+    assert!(qwen_kernels::kernels::built(), "the kernels were not built, and build.rs did not set cfg(qk_no_kernels)");
+    let checkpoint = qwen_kernels::golden::file::data_dir().join("tiny-qwen2-gen/checkpoint");
+    let sample = |extra: &[&str]| {
+        let mut args = vec!["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--prompt", "The kernel reads", "--max-tokens", "12", "--dtype", "f32"];
+        args.extend_from_slice(&["--temperature", "0.8", "--top-p", "0.9"]);
+        args.extend_from_slice(extra);
+        let (code, out, err) = run(&mut qwen_kernels(&args));
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        out
+    };
+    let seven = sample(&["--seed", "7"]);
+    assert_eq!(sample(&["--seed", "7"]), seven, "the same seed must print the same text");
+    let eight = sample(&["--seed", "8"]);
+    assert_ne!(eight, seven, "another seed must print another text");
+    let two = sample(&["--seed", "7", "--samples", "2"]);
+    assert_eq!(two, format!("--- sample 0 (seed 7) ---\n{seven}--- sample 1 (seed 8) ---\n{eight}"), "{two}");
+    // Bad sampling flags are refused before anything runs.
+    let (code, _, err) = run(&mut qwen_kernels(&["generate", "--checkpoint", checkpoint.to_str().unwrap(), "--prompt", "x", "--top-p", "1.5"]));
+    assert!(code != 0 && err.contains("top_p 1.5 must be in (0, 1]"), "{err}");
+}
+
 /// `generate --messages FILE` and `--system TEXT` on the tiny gen checkpoint: the prompt ids are
 /// those of transformers' apply_chat_template with the checkpoint's own template
 /// (golden/data/chat/expected.json, golden/gen_chat.py): a multi-turn conversation as a list, and

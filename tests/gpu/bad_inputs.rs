@@ -22,6 +22,7 @@ use qwen_kernels::ops::gemm::{linear, linear_with_precision, Precision};
 use qwen_kernels::ops::kv_cache::{KvCacheView, KvCacheViewMut, KvLayout, PagedBatch};
 use qwen_kernels::ops::rmsnorm::{rmsnorm_with_path, Path};
 use qwen_kernels::ops::rope::{rope, rope_kv, RopeTable};
+use qwen_kernels::ops::sampling::{sample, sample_n, Draw, Sampler, SamplingParams};
 use qwen_kernels::ops::swiglu::{swiglu, swiglu_fused_with_path};
 use qwen_kernels::{DType, DeviceTensor, Gpu, HostTensor, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,7 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub const TESTS: &[GpuTest] = &[("bad_inputs::device_table", device_table)];
 
 /// Rows of the table below (the README's count adds them to tests/bad_inputs.rs's).
-pub const DEVICE_ROWS: usize = 33;
+pub const DEVICE_ROWS: usize = 38;
 
 enum Expect {
     /// The call returns this error variant, its message holding each substring.
@@ -253,6 +254,32 @@ fn table() -> Vec<Row> {
         let mut out = ArgmaxOutput::new(gpu, 2)?;
         argmax(gpu, &logits.view(), 60, &mut out, true)?;
         assert_eq!(out.to_host(gpu, 2)?, vec![None, Some((7, 2.0))]);
+        Ok(())
+    }));
+    // ---- sampling: parameters, shapes, and rows without a distribution ----------------------------
+    rows.push(err("top_p 0 for row 1", "Sampler::set", "InvalidArgument", &["sample", "row 1", "top_p 0 must be in (0, 1]"], |gpu| {
+        Sampler::new(gpu, 2)?.set(gpu, &[SamplingParams::default(), SamplingParams { top_p: 0.0, ..Default::default() }])
+    }));
+    rows.push(err("a negative temperature", "Sampler::set", "InvalidArgument", &["sample", "temperature -0.5"], |gpu| {
+        Sampler::new(gpu, 1)?.set(gpu, &[SamplingParams { temperature: -0.5, ..Default::default() }])
+    }));
+    rows.push(err("3 rows of logits for a sampler of 2", "sampling::sample", "Shape", &["sample", "3 rows", "holds 2"], |gpu| {
+        sample(gpu, &zeros(gpu, F32, &[3, 64]).view(), 64, &mut Sampler::new(gpu, 2)?)
+    }));
+    rows.push(err("4 draws a row into tokens of 7", "sampling::sample_n", "Shape", &["sample", "tokens of 7 entries", "2 rows of 4 draws"], |gpu| {
+        let mut tokens = gpu.stream().alloc_zeros::<i32>(7).map_err(|e| qwen_kernels::Error::Cuda { call: "alloc".into(), source: e })?;
+        sample_n(gpu, &zeros(gpu, F32, &[2, 64]).view(), 64, &mut Sampler::new(gpu, 2)?, 4, &mut tokens)
+    }));
+    rows.push(reported("device-side parameters out of range, and a NaN row", "sampling::sample + draws_to_host", "BadParams and NoDistribution rows", |gpu| {
+        let mut values = vec![0.0f32; 3 * 8];
+        values[8 + 2] = f32::NAN;
+        let logits = DeviceTensor::from_host(gpu, &HostTensor::from_f32(DType::F32, &[3, 8], values)?)?;
+        let mut s = Sampler::new(gpu, 3)?;
+        s.set(gpu, &[SamplingParams::default(); 3])?;
+        gpu.stream().memcpy_htod(&[1.0f32, 1.0, f32::NAN], s.device_mut().temperature).map_err(|e| qwen_kernels::Error::Cuda { call: "copy".into(), source: e })?;
+        sample(gpu, &logits.view(), 8, &mut s)?;
+        let d = s.draws_to_host(gpu, 3)?;
+        assert!(matches!(d[0], Draw::Token(t) if t < 8) && d[1] == Draw::NoDistribution && d[2] == Draw::BadParams, "{d:?}");
         Ok(())
     }));
     rows
