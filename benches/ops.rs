@@ -1,8 +1,13 @@
-//! SwiGLU, bounded argmax, RoPE + KV-cache write and the linear layers at the models' shapes.
+//! SwiGLU, bounded argmax, sampling, RoPE + KV-cache write and the linear layers at the models' shapes.
 //!
 //! Counted per call (s = bytes per element of the storage dtype):
 //!   swiglu (fused [gate | up] rows)  read 2 R W, write R W:                         3 R W s
 //!   argmax (f32 logits [R, 151936])  read R n_valid (n_valid = 151665), write 8 R:  4 R n_valid + 8 R
+//!   sample (f32 logits, the same)    the row once (the ideal; the kernel's later passes are L2
+//!                                    reads), the per-row parameters and steps, the token: 4 R n_valid + 40 R
+//!                                    cases: `plain` (temperature 1), `top_p` (temperature 1, top_p
+//!                                    0.95), `qwen` (Qwen2.5-Instruct's: temperature 0.7, top_k 20,
+//!                                    top_p 0.8), on normal(0, 2) logits
 //!   rope_kv (T tokens)               q read + write, k and v read, cache write of both,
 //!                                    positions and slots:                            (2 T H d + 4 T KH d) s + 8 T
 //!   linear (rows R, in K, out N)     read W, x (and b), write y:                     (N K + R K + N) s + R N s_y
@@ -21,11 +26,12 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use qwen_kernels::ops::argmax::{argmax, ArgmaxOutput};
+use qwen_kernels::ops::sampling::{sample, Sampler, SamplingParams};
 use qwen_kernels::ops::gemm::linear;
 use qwen_kernels::ops::kv_cache::{KvCacheViewMut, KvLayout};
 use qwen_kernels::ops::rope::{rope, rope_kv, RopeTable};
 use qwen_kernels::ops::swiglu::swiglu_fused;
-use qwen_kernels::{DType, DeviceTensor, Gpu};
+use qwen_kernels::{DType, DeviceTensor, Gpu, HostTensor};
 use std::time::Duration;
 
 const ROTATE_BYTES: usize = 256 << 20;
@@ -56,6 +62,7 @@ enum Op {
     /// Prefill form (in place) when `kv` is false.
     Rope { kv: bool },
     Linear { name: &'static str, k: usize, n: usize, f32_out: bool },
+    Sample { name: &'static str, params: SamplingParams },
 }
 
 struct Case {
@@ -70,6 +77,7 @@ impl Case {
         let (op, rows) = match self.op {
             Op::Swiglu { .. } => ("swiglu_fused".to_string(), "rows"),
             Op::Argmax => ("argmax".to_string(), "rows"),
+            Op::Sample { name, .. } => (format!("sample/{name}"), "rows"),
             Op::Rope { kv: true } => ("rope_kv".to_string(), "tokens"),
             Op::Rope { kv: false } => ("rope".to_string(), "tokens"),
             Op::Linear { name, f32_out, .. } => (format!("linear/{name}{}", if f32_out { "/f32out" } else { "" }), "rows"),
@@ -82,6 +90,7 @@ impl Case {
         match self.op {
             Op::Swiglu { width } => 3 * r * width * s,
             Op::Argmax => 4 * r * REAL_VOCAB + 8 * r,
+            Op::Sample { .. } => 4 * r * REAL_VOCAB + 40 * r,
             Op::Rope { kv: true } => (2 * r * m.heads * m.head_dim + 4 * r * m.kv_heads * m.head_dim) * s + 8 * r,
             Op::Rope { kv: false } => 2 * r * (m.heads + m.kv_heads) * m.head_dim * s + 4 * r,
             Op::Linear { k, n, f32_out, .. } => (n * k + r * k + n) * s + r * n * if f32_out { 4 } else { s },
@@ -120,6 +129,12 @@ fn cases() -> Vec<Case> {
     for rows in [1, 8, 64] {
         v.push(Case { model: MODELS[0], op: Op::Argmax, rows, dtype: DType::F32 });
     }
+    let sampled = |temperature, top_k, top_p| SamplingParams { temperature, top_k, top_p, min_p: 0.0, seed: 1 };
+    for (name, params) in [("plain", sampled(1.0, 0, 1.0)), ("top_p", sampled(1.0, 0, 0.95)), ("qwen", sampled(0.7, 20, 0.8))] {
+        for rows in [1, 8, 64] {
+            v.push(Case { model: MODELS[0], op: Op::Sample { name, params }, rows, dtype: DType::F32 });
+        }
+    }
     v
 }
 
@@ -133,6 +148,7 @@ struct Buffers {
     ints: CudaSlice<i32>,
     table: Option<RopeTable>,
     out: Option<ArgmaxOutput>,
+    sampler: Option<Sampler>,
     windows: usize,
 }
 
@@ -148,12 +164,28 @@ impl Buffers {
             *p = if j < r { j as i32 } else { ((j - r) * r + (j - r)) as i32 };
         }
         let ints = gpu.stream().clone_htod(&ints).expect("upload");
-        let (mut table, mut out) = (None, None);
+        let (mut table, mut out, mut sampler) = (None, None, None);
         let [a, b, c, d, e] = match case.op {
             Op::Swiglu { width } => [t(dt, &[windows * r, 2 * width]), t(dt, &[windows * r, width]), none(), none(), none()],
             Op::Argmax => {
                 out = Some(ArgmaxOutput::new(gpu, r).expect("alloc"));
                 [t(DType::F32, &[windows * r, VOCAB]), none(), none(), none(), none()]
+            }
+            Op::Sample { params, .. } => {
+                let mut s = Sampler::new(gpu, r).expect("alloc");
+                s.set(gpu, &(0..r as u64).map(|i| SamplingParams { seed: i, ..params }).collect::<Vec<_>>()).expect("params");
+                sampler = Some(s);
+                // Logits like a model's: normal(0, 2) (a sum of four uniforms), one window drawn
+                // and copied to the others.
+                let mut state = 0x9E37_79B9_7F4A_7C15u64;
+                let mut next = || {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                };
+                let window: Vec<f32> = (0..r * VOCAB).map(|_| 4.0 * (next() + next() + next() + next())).collect();
+                let all: Vec<f32> = (0..windows).flat_map(|_| window.iter().copied()).collect();
+                let logits = DeviceTensor::from_host(gpu, &HostTensor::from_f32(DType::F32, &[windows * r, VOCAB], all).expect("host")).expect("upload");
+                [logits, none(), none(), none(), none()]
             }
             Op::Rope { kv } => {
                 table = Some(RopeTable::new(gpu, m.theta, m.head_dim, m.max_positions).expect("table"));
@@ -172,7 +204,7 @@ impl Buffers {
                 [t(dt, &[windows * r, k]), t(dt, &[windows * n, k]), t(dt, &[n]), t(y_dtype, &[windows * r, n]), none()]
             }
         };
-        Buffers { a, b, c, d, e, ints, table, out, windows }
+        Buffers { a, b, c, d, e, ints, table, out, sampler, windows }
     }
 
     fn launch(&mut self, gpu: &Gpu, case: &Case, i: usize) {
@@ -188,6 +220,10 @@ impl Buffers {
             Op::Argmax => {
                 let logits = self.a.view();
                 argmax(gpu, &logits.rows(rows).unwrap(), REAL_VOCAB, self.out.as_mut().unwrap(), true).unwrap();
+            }
+            Op::Sample { .. } => {
+                let logits = self.a.view();
+                sample(gpu, &logits.rows(rows).unwrap(), REAL_VOCAB, self.sampler.as_mut().unwrap()).unwrap();
             }
             Op::Rope { kv } => {
                 let table = self.table.as_mut().unwrap();

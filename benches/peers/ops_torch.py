@@ -5,6 +5,9 @@ GB/s (1e9), % of the device copy bandwidth measured in this run, TFLOP/s for the
 Peers, as transformers' Qwen2 code runs them (eager):
   swiglu_fused  F.silu(gate) * up on the two halves of a fused [gate | up] row
   argmax        torch.argmax(logits[:, :n_valid], dim=-1) (and the max value, as ours writes it)
+  sample        what generate(do_sample=True) runs on the last logits: transformers' warpers
+                (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, as generate appends
+                them), softmax, torch.multinomial(probs, 1); logits normal(0, 2), as ours
   rope_kv       cos/sin from positions as Qwen2RotaryEmbedding, q/k * cos + rotate_half * sin,
                 then k and v copied into a [slots, kv_heads, capacity, d] cache with index_put_
   rope          the same without the cache write
@@ -60,6 +63,9 @@ def cases():
             yield m, "linear/lm_head/f32out", rows, dict(k=k, n=n, f32=True), (n * k + rows * k + n) * 2 + rows * n * 4, 2 * rows * k * n
     for rows in (1, 8, 64):
         yield MODELS[0], "argmax", rows, dict(), 4 * rows * REAL_VOCAB + 8 * rows, None
+    for name, params in (("plain", (1.0, 0, 1.0)), ("top_p", (1.0, 0, 0.95)), ("qwen", (0.7, 20, 0.8))):
+        for rows in (1, 8, 64):
+            yield MODELS[0], f"sample/{name}", rows, dict(params=params), 4 * rows * REAL_VOCAB + 40 * rows, None
 
 
 def make_call(m, op, rows, p, windows):
@@ -77,6 +83,23 @@ def make_call(m, op, rows, p, windows):
 
         def call(i):
             return torch.max(logits[i * rows:(i + 1) * rows, :REAL_VOCAB], dim=-1)
+        return call
+    if op.startswith("sample/"):
+        from transformers.generation.logits_process import (
+            LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        temperature, top_k, top_p = p["params"]
+        procs = LogitsProcessorList()
+        if temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            procs.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p))
+        logits = torch.randn(windows * rows, VOCAB, dtype=torch.float32, device="cuda") * 2.0
+
+        def call(i):
+            scores = procs(None, logits[i * rows:(i + 1) * rows, :REAL_VOCAB])
+            return torch.multinomial(torch.softmax(scores, dim=-1), 1)
         return call
     if op in ("rope", "rope_kv"):
         h, kvh, d = m["heads"], m["kv"], m["d"]
