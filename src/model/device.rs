@@ -825,7 +825,7 @@ impl DeviceModel {
             let rows: Vec<(usize, usize)> = finished.iter().map(|&i| (seqs[i].0, self.lens[seqs[i].0])).collect();
             self.prefill_sampled = self.sampling.any(rows.iter().map(|r| r.0));
             if self.prefill_sampled {
-                ModelSampling::upload(gpu, &self.sampling.params().to_vec(), &mut self.sampling.prefill, &rows)?;
+                self.sampling.upload(gpu, false, &rows)?;
             }
             self.head(gpu, 0..n, Head::Prefill(n))?;
         }
@@ -1003,7 +1003,7 @@ impl DeviceModel {
         self.decode_sampled = self.sampling.any(self.batch.iter().copied());
         if self.decode_sampled {
             let rows: Vec<(usize, usize)> = self.batch.iter().map(|&s| (s, self.lens[s] + 1)).collect();
-            ModelSampling::upload(gpu, &self.sampling.params().to_vec(), &mut self.sampling.decode, &rows)?;
+            self.sampling.upload(gpu, true, &rows)?;
         }
         self.device_lens_stale = false;
         Ok(())
@@ -1249,6 +1249,7 @@ impl DeviceModel {
         self.generate_sampled(gpu, slot, prompt, max_new, eos, SamplingParams::greedy(), on_token)
     }
 
+    #[allow(clippy::too_many_arguments)] // generate's arguments and the sampling parameters
     /// As [`DeviceModel::generate`], choosing each token with `params` ([`DeviceModel::set_sampling`]):
     /// the same prompt, parameters and seed give the same tokens.
     pub fn generate_sampled(
@@ -1297,6 +1298,7 @@ impl DeviceModel {
     /// with seed `params.seed + i`, so it is exactly the run of [`DeviceModel::generate_sampled`]
     /// with that seed. A continuation stops at an `eos` id or `max_new` tokens; the batch runs until
     /// every one has. `on_token(i, token)` sees each continuation's tokens in order.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate_samples(
         &mut self,
         gpu: &Gpu,
@@ -1331,7 +1333,7 @@ impl DeviceModel {
             gpu.stream().memcpy_dtod(&row0.data, &mut self.ws.logits.view_mut().rows_mut(i..i + 1)?.data).cuda("cuMemcpyDtoD(sample logits)")?;
         }
         let rows: Vec<(usize, usize)> = (0..n).map(|i| (i, prompt.len())).collect();
-        ModelSampling::upload(gpu, &self.sampling.params().to_vec(), &mut self.sampling.prefill, &rows)?;
+        self.sampling.upload(gpu, false, &rows)?;
         let n_valid = self.config.real_vocab_size;
         sampling_op::sample_n(gpu, &self.ws.logits.view().rows(0..n)?, n_valid, &mut self.sampling.prefill, 1, self.ws.prefill_argmax.index_mut())?;
         let firsts = self.read_tokens(gpu, Head::Prefill(n))?;

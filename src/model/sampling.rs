@@ -42,15 +42,13 @@ impl ModelSampling {
         slots.into_iter().any(|s| !self.params[s].is_greedy())
     }
 
-    /// Upload `rows` (slot, the position its row draws) into `sampler`: parameters and steps.
-    pub fn upload(gpu: &Gpu, params: &[SamplingParams], sampler: &mut Sampler, rows: &[(usize, usize)]) -> Result<()> {
-        let p: Vec<SamplingParams> = rows.iter().map(|&(s, _)| params[s]).collect();
+    /// Upload `rows` (slot, the position its row draws) into the prefill head's sampler, or the
+    /// decode head's: parameters and steps.
+    pub fn upload(&mut self, gpu: &Gpu, decode: bool, rows: &[(usize, usize)]) -> Result<()> {
+        let p: Vec<SamplingParams> = rows.iter().map(|&(s, _)| self.params[s]).collect();
         let steps: Vec<u64> = rows.iter().map(|&(_, at)| at as u64).collect();
+        let sampler = if decode { &mut self.decode } else { &mut self.prefill };
         sampler.set(gpu, &p)?;
         sampler.set_steps(gpu, &steps)
-    }
-
-    pub fn params(&self) -> &[SamplingParams] {
-        &self.params
     }
 }

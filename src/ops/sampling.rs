@@ -178,7 +178,7 @@ fn launch(
     n_valid: usize,
     sampler: &mut Sampler,
     mut tokens: Option<(&mut CudaSlice<i32>, usize)>,
-    mut probs: Option<&mut ViewMut>,
+    probs: Option<&mut ViewMut>,
     advance: bool,
 ) -> Result<()> {
     let (rows, stride) = check(logits.layout(), n_valid)?;
@@ -228,7 +228,7 @@ fn launch(
         None => args.arg(&mut sampler.tokens),
     };
     args.arg(&draws_i);
-    match probs.as_deref_mut() {
+    match probs {
         Some(p) => args.arg(&mut p.data),
         None => args.arg(&null),
     };

@@ -370,7 +370,7 @@ pub fn chi_square(counts: &[u64], probs: &[f64], draws: u64) -> (f64, usize) {
     (stat, bins.max(2) - 1)
 }
 
-/// >= 1e5 draws for each of 22 cases: no draw outside the kept set, and a chi-square test against
+/// At least 1e5 draws for each of 22 cases: no draw outside the kept set, and a chi-square test against
 /// the float64 distribution at significance ALPHA per case.
 pub fn draws_follow_the_filtered_distribution(gpu: &Gpu) {
     chi_square_cases_pass(gpu)
