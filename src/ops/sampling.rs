@@ -20,7 +20,7 @@ use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::tensor::{View, ViewMut};
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 
 pub use crate::spec::sampling::{check, Draw, SamplingParams, BAD_PARAMS, NO_DISTRIBUTION, OP};
 const MODULE: &str = "sampling";
@@ -151,48 +151,78 @@ pub fn threads(n_valid: usize) -> u32 {
     super::row_block_threads(n_valid.div_ceil(16))
 }
 
+/// One launch's per-row sampling state in device arrays the caller owns (an engine's own cudarc
+/// buffers), each at least `rows` long: what a [`Sampler`] holds, borrowed. `step` is advanced by
+/// the launches that draw. The values are checked on the device ([`BAD_PARAMS`]).
+pub struct SamplingRows<'a> {
+    pub temperature: &'a CudaView<'a, f32>,
+    pub top_k: &'a CudaView<'a, i32>,
+    pub top_p: &'a CudaView<'a, f32>,
+    pub min_p: &'a CudaView<'a, f32>,
+    pub seed: &'a CudaView<'a, u64>,
+    pub step: &'a mut CudaViewMut<'a, u64>,
+}
+
 /// Draw one token for each row of `logits` [rows, stride] over its first `n_valid` entries into
 /// `sampler`'s tokens, and advance each row's step.
 pub fn sample(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler) -> Result<()> {
-    launch(gpu, logits, n_valid, sampler, None, None, true)
+    with_rows(sampler, |rows, tokens| launch(gpu, logits, n_valid, rows, tokens, 1, None, true))
 }
 
 /// Draw `draws` tokens for each row (draw d at the row's step + d: the filter runs once, each draw
 /// is one more pass over the row) into `tokens` [rows, draws], and advance each row's step by
 /// `draws`: the n samples of one prompt an engine's `n` asks for.
 pub fn sample_n(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, draws: usize, tokens: &mut CudaSlice<i32>) -> Result<()> {
-    launch(gpu, logits, n_valid, sampler, Some((tokens, draws)), None, true)
+    let mut tokens = tokens.slice_mut(..);
+    with_rows(sampler, |rows, _| launch(gpu, logits, n_valid, rows, &mut tokens, draws, None, true))
+}
+
+/// [`sample_n`] on parameter and step arrays the caller owns ([`SamplingRows`]).
+pub fn sample_rows(gpu: &Gpu, logits: &View, n_valid: usize, rows: &mut SamplingRows, draws: usize, tokens: &mut CudaViewMut<i32>) -> Result<()> {
+    launch(gpu, logits, n_valid, rows, tokens, draws, None, true)
 }
 
 /// The filtered distribution of each row into `probs` (f32 [rows, n_valid]): what [`sample`] draws
 /// from. Also writes the tokens a draw at the current steps gives, without advancing them.
 pub fn filtered_probs(gpu: &Gpu, logits: &View, n_valid: usize, sampler: &mut Sampler, probs: &mut ViewMut) -> Result<()> {
-    launch(gpu, logits, n_valid, sampler, None, Some(probs), false)
+    with_rows(sampler, |rows, tokens| launch(gpu, logits, n_valid, rows, tokens, 1, Some(probs), false))
 }
 
-/// The one launch behind [`sample`], [`sample_n`] and [`filtered_probs`]: `tokens` elsewhere than
-/// the sampler's (with the draws a row), `probs` optional, `advance` whether the steps move.
+/// `f` with the sampler's arrays as [`SamplingRows`] and its tokens.
+fn with_rows<R>(s: &mut Sampler, f: impl FnOnce(&mut SamplingRows, &mut CudaViewMut<i32>) -> R) -> R {
+    let (temperature, top_k, top_p, min_p, seed) = (s.temperature.slice(..), s.top_k.slice(..), s.top_p.slice(..), s.min_p.slice(..), s.seed.slice(..));
+    let mut step = s.step.slice_mut(..);
+    let mut tokens = s.tokens.slice_mut(..);
+    let mut rows = SamplingRows { temperature: &temperature, top_k: &top_k, top_p: &top_p, min_p: &min_p, seed: &seed, step: &mut step };
+    f(&mut rows, &mut tokens)
+}
+
+/// The one launch behind every entry point: `draws` tokens a row into `tokens`, `probs` optional,
+/// `advance` whether the steps move.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     gpu: &Gpu,
     logits: &View,
     n_valid: usize,
-    sampler: &mut Sampler,
-    mut tokens: Option<(&mut CudaSlice<i32>, usize)>,
+    state: &mut SamplingRows,
+    tokens: &mut CudaViewMut<i32>,
+    draws: usize,
     probs: Option<&mut ViewMut>,
     advance: bool,
 ) -> Result<()> {
     let (rows, stride) = check(logits.layout(), n_valid)?;
-    if rows > sampler.capacity {
-        return Err(Error::shape(OP, format!("{rows} rows of logits but the sampler holds {}", sampler.capacity)));
+    let shortest = [state.temperature.len(), state.top_k.len(), state.top_p.len(), state.min_p.len(), state.seed.len(), state.step.len()]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+    if rows > shortest {
+        return Err(Error::shape(OP, format!("{rows} rows of logits but the sampler holds {shortest}")));
     }
-    let draws = tokens.as_ref().map_or(1, |t| t.1);
     if draws == 0 || draws > i32::MAX as usize {
         return Err(Error::invalid(OP, format!("draws {draws} must be in 1..={}", i32::MAX)));
     }
-    if let Some((t, _)) = tokens.as_ref() {
-        if rows.checked_mul(draws).is_none_or(|need| t.len() < need) {
-            return Err(Error::shape(OP, format!("tokens of {} entries for {rows} rows of {draws} draws", t.len())));
-        }
+    if rows.checked_mul(draws).is_none_or(|need| tokens.len() < need) {
+        return Err(Error::shape(OP, format!("tokens of {} entries for {rows} rows of {draws} draws", tokens.len())));
     }
     if let Some(p) = probs.as_deref() {
         let want = [rows, n_valid];
@@ -217,17 +247,14 @@ fn launch(
     args.arg(&logits.data)
         .arg(&stride_i)
         .arg(&n_i)
-        .arg(&sampler.temperature)
-        .arg(&sampler.top_k)
-        .arg(&sampler.top_p)
-        .arg(&sampler.min_p)
-        .arg(&sampler.seed)
-        .arg(&mut sampler.step);
-    match tokens.as_mut() {
-        Some((t, _)) => args.arg(&mut **t),
-        None => args.arg(&mut sampler.tokens),
-    };
-    args.arg(&draws_i);
+        .arg(state.temperature)
+        .arg(state.top_k)
+        .arg(state.top_p)
+        .arg(state.min_p)
+        .arg(state.seed)
+        .arg(&mut *state.step)
+        .arg(&mut *tokens)
+        .arg(&draws_i);
     match probs {
         Some(p) => args.arg(&mut p.data),
         None => args.arg(&null),
@@ -235,11 +262,10 @@ fn launch(
     args.arg(&advance_i);
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads(n_valid), 1, 1), shared_mem_bytes: 0 };
     // SAFETY: logits holds rows * stride elements of the kernel's dtype and block r reads row r's
-    // first n_valid <= stride; the per-row arrays hold capacity >= rows entries and block r touches
-    // entry r only; tokens holds rows * draws entries (the sampler's: capacity >= rows, draws 1;
-    // checked above otherwise) and block r writes r * draws .. (r + 1) * draws; probs, when given,
-    // is f32 [rows, n_valid] (checked above) and block r writes its row. The null probs pointer is
-    // never dereferenced.
+    // first n_valid <= stride; every per-row array holds at least rows entries (checked above) and
+    // block r touches entry r only; tokens holds rows * draws entries (checked) and block r writes
+    // r * draws .. (r + 1) * draws; probs, when given, is f32 [rows, n_valid] (checked) and block r
+    // writes its row. The null probs pointer is never dereferenced.
     unsafe { args.launch(cfg) }?;
     Ok(())
 }

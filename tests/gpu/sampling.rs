@@ -224,6 +224,31 @@ fn same_seed_and_step_same_token_whatever_the_batch(gpu: &Gpu) {
     // Different steps draw differently (a flat-enough distribution: some row must change).
     assert!(steps.windows(2).all(|w| w[0] != w[1]), "the step counter must change the draws");
 
+    // An engine's own buffers (SamplingRows): the same draws as the sampler's.
+    {
+        let st = gpu.stream();
+        let temperature = st.clone_htod(&ps.iter().map(|p| p.temperature).collect::<Vec<_>>()).unwrap();
+        let top_k = st.clone_htod(&ps.iter().map(|p| p.top_k_i32()).collect::<Vec<_>>()).unwrap();
+        let top_p = st.clone_htod(&ps.iter().map(|p| p.top_p).collect::<Vec<_>>()).unwrap();
+        let min_p = st.clone_htod(&ps.iter().map(|p| p.min_p).collect::<Vec<_>>()).unwrap();
+        let seed = st.clone_htod(&ps.iter().map(|p| p.seed).collect::<Vec<_>>()).unwrap();
+        let mut step = st.clone_htod(&vec![2u64; rows]).unwrap();
+        let mut tokens = st.alloc_zeros::<i32>(rows + 3).unwrap();
+        let (t, k, tp, mp, sd) = (temperature.slice(..), top_k.slice(..), top_p.slice(..), min_p.slice(..), seed.slice(..));
+        let mut step_view = step.slice_mut(..);
+        let mut engine = op::SamplingRows { temperature: &t, top_k: &k, top_p: &tp, min_p: &mp, seed: &sd, step: &mut step_view };
+        op::sample_rows(gpu, &d.view(), n, &mut engine, 1, &mut tokens.slice_mut(..)).unwrap();
+        let got: Vec<Draw> = st.clone_dtoh(&tokens).unwrap()[..rows].iter().map(|&t| Draw::from_raw(t)).collect();
+        assert_eq!(got, steps[2], "engine buffers at step 2");
+        assert_eq!(st.clone_dtoh(&step).unwrap(), vec![3; rows]);
+        // Arrays shorter than the rows are refused before the launch.
+        let short = seed.slice(0..rows - 1);
+        let mut step_view = step.slice_mut(..);
+        let mut engine = op::SamplingRows { temperature: &t, top_k: &k, top_p: &tp, min_p: &mp, seed: &short, step: &mut step_view };
+        let e = op::sample_rows(gpu, &d.view(), n, &mut engine, 1, &mut tokens.slice_mut(..)).unwrap_err();
+        assert!(e.to_string().contains(&format!("{rows} rows")) && e.to_string().contains(&format!("holds {}", rows - 1)), "{e}");
+    }
+
     // Four draws in one launch (sample_n) are the four steps' draws.
     let mut at_once = Sampler::new(gpu, rows).unwrap();
     at_once.set(gpu, &ps).unwrap();
