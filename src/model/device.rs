@@ -279,6 +279,11 @@ pub struct DeviceTrace {
     pub hidden: Vec<HostTensor>,
 }
 
+mod engine;
+mod generate;
+pub use engine::EngineStep;
+pub use generate::Generation;
+
 fn bad(detail: String) -> Error {
     Error::invalid(OP, detail)
 }
@@ -1110,44 +1115,6 @@ impl DeviceModel {
         attention::decode_status(gpu, &self.ws.attn_ws.view())
     }
 
-    /// One decode step of a batch the engine describes ([`EngineStep`]), on the model's weights
-    /// and KV pages: the logits [B, vocab] ([`DeviceModel::logits`]) and their bounded argmax
-    /// ([`DeviceModel::step_tokens`]). It reads nothing the model keeps about its own sequences
-    /// (their lengths, tables and batch are neither used nor changed) and neither allocates nor
-    /// synchronises: an engine may capture it in its own graph. Bad device values (a token past
-    /// the vocabulary, a slot or page past the cache) are flagged in the status words
-    /// [`DeviceModel::check_status`] reads.
-    pub fn decode_with(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<()> {
-        let b = step.tokens.len();
-        let c = self.kv_cache_dims();
-        if b == 0 || b > self.options.slots {
-            return Err(bad(format!("an engine step of {b} rows (1..={} rows, the model's slots)", self.options.slots)));
-        }
-        if step.positions.len() != b || step.slot_mapping.len() != b || step.paged.batch() != b {
-            return Err(bad(format!(
-                "an engine step of {b} tokens with {} positions, {} slots and {} sequence lengths",
-                step.positions.len(),
-                step.slot_mapping.len(),
-                step.paged.batch()
-            )));
-        }
-        step.paged.check(OP, &c)?;
-        if step.paged.max_pages > self.cache.max_pages {
-            return Err(bad(format!("block tables of {} pages a row, past the model's {} (capacity {} in pages of {})", step.paged.max_pages, self.cache.max_pages, self.options.capacity, c.page_size)));
-        }
-        embed::embed(gpu, &self.embed.view(), &step.tokens.slice(0..b), &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
-        for l in 0..self.layers.len() {
-            self.layer(gpu, l, b, Attend::Engine(step), None)?;
-        }
-        self.final_norm(gpu, b)?;
-        // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
-        // sampling (an engine samples with its own `ops::sampling::Sampler` on `logits()`).
-        let sampled = std::mem::replace(&mut self.decode_sampled, false);
-        let result = self.head(gpu, 0..b, Head::Decode);
-        self.decode_sampled = sampled;
-        result
-    }
-
     /// The bounded argmax of each row of the last decode step, on the device (i32 [slots]; rows
     /// past the batch hold stale values; -1 marks a row whose logits held a NaN): an engine feeds
     /// them to the next step without a copy to the host.
@@ -1222,165 +1189,6 @@ impl DeviceModel {
     }
 }
 
-/// What [`DeviceModel::generate`] produced, with its timings (wall clock, synchronised).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Generation {
-    /// The new tokens, the EOS token included when one stopped the run.
-    pub tokens: Vec<u32>,
-    pub stopped_at_eos: bool,
-    /// From the prefill's start until its token was read back.
-    pub prefill_seconds: f64,
-    /// The decode steps after it (each read back, as a streaming caller does).
-    pub decode_seconds: f64,
-}
-
-impl Generation {
-    /// Decode steps run: every new token but the prefill's.
-    pub fn decode_steps(&self) -> usize {
-        self.tokens.len().saturating_sub(1)
-    }
-}
-
-impl DeviceModel {
-    /// Greedy generation in `slot` (reset first): prefill `prompt`, then decode until an id of
-    /// `eos` is produced or `max_new` tokens were, handing each token to `on_token` as it is read
-    /// back (a streaming caller prints it there; an error from it stops the run).
-    pub fn generate(&mut self, gpu: &Gpu, slot: usize, prompt: &[u32], max_new: usize, eos: &[u32], on_token: impl FnMut(u32) -> Result<()>) -> Result<Generation> {
-        self.generate_sampled(gpu, slot, prompt, max_new, eos, SamplingParams::greedy(), on_token)
-    }
-
-    #[allow(clippy::too_many_arguments)] // generate's arguments and the sampling parameters
-    /// As [`DeviceModel::generate`], choosing each token with `params` ([`DeviceModel::set_sampling`]):
-    /// the same prompt, parameters and seed give the same tokens.
-    pub fn generate_sampled(
-        &mut self,
-        gpu: &Gpu,
-        slot: usize,
-        prompt: &[u32],
-        max_new: usize,
-        eos: &[u32],
-        params: SamplingParams,
-        mut on_token: impl FnMut(u32) -> Result<()>,
-    ) -> Result<Generation> {
-        self.reset(slot)?;
-        self.set_sampling(slot, params)?;
-        let mut g = Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 };
-        if max_new == 0 {
-            return Ok(g);
-        }
-        let start = std::time::Instant::now();
-        let first = self.prefill(gpu, slot, prompt)?;
-        g.prefill_seconds = start.elapsed().as_secs_f64();
-        let start = std::time::Instant::now();
-        let mut token = first;
-        loop {
-            g.tokens.push(token);
-            on_token(token)?;
-            if eos.contains(&token) {
-                g.stopped_at_eos = true;
-                break;
-            }
-            if g.tokens.len() == max_new {
-                break;
-            }
-            if g.tokens.len() == 1 {
-                self.begin_decode(gpu, &[slot], &[token])?;
-            }
-            self.decode_step(gpu)?;
-            token = self.next_tokens(gpu)?[0];
-        }
-        g.decode_seconds = start.elapsed().as_secs_f64();
-        Ok(g)
-    }
-
-    /// `n` continuations of one prompt, sampled, in slots 0..n: the prompt is prefilled once (slot
-    /// 0) and its pages shared by the others ([`DeviceModel::fork`]); continuation i uses `params`
-    /// with seed `params.seed + i`, so it is exactly the run of [`DeviceModel::generate_sampled`]
-    /// with that seed. A continuation stops at an `eos` id or `max_new` tokens; the batch runs until
-    /// every one has. `on_token(i, token)` sees each continuation's tokens in order.
-    #[allow(clippy::too_many_arguments)]
-    pub fn generate_samples(
-        &mut self,
-        gpu: &Gpu,
-        prompt: &[u32],
-        n: usize,
-        max_new: usize,
-        eos: &[u32],
-        params: SamplingParams,
-        mut on_token: impl FnMut(usize, u32) -> Result<()>,
-    ) -> Result<Vec<Generation>> {
-        if n == 0 || n > self.options.slots {
-            return Err(bad(format!("{n} samples for a model of {} slots", self.options.slots)));
-        }
-        let mut out = vec![Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 }; n];
-        for i in 0..n {
-            self.reset(i)?;
-            self.set_sampling(i, SamplingParams { seed: params.seed.wrapping_add(i as u64), ..params })?;
-        }
-        if max_new == 0 {
-            return Ok(out);
-        }
-        let start = std::time::Instant::now();
-        // The prompt once; its last logits row copied to rows 1..n so each continuation draws its
-        // first token from it with its own seed, at the position after the prompt.
-        self.prefill(gpu, 0, prompt)?;
-        for i in 1..n {
-            self.fork(0, i)?;
-        }
-        // (Through the decode logits, free until the first decode step.)
-        for i in 0..n {
-            let row0 = self.ws.prefill_logits.view().rows(0..1)?;
-            gpu.stream().memcpy_dtod(&row0.data, &mut self.ws.logits.view_mut().rows_mut(i..i + 1)?.data).cuda("cuMemcpyDtoD(sample logits)")?;
-        }
-        let rows: Vec<(usize, usize)> = (0..n).map(|i| (i, prompt.len())).collect();
-        self.sampling.upload(gpu, false, &rows)?;
-        let n_valid = self.config.real_vocab_size;
-        sampling_op::sample_n(gpu, &self.ws.logits.view().rows(0..n)?, n_valid, &mut self.sampling.prefill, 1, self.ws.prefill_argmax.index_mut())?;
-        let firsts = self.read_tokens(gpu, Head::Prefill(n))?;
-        let prefill_seconds = start.elapsed().as_secs_f64();
-        let start = std::time::Instant::now();
-        let mut live: Vec<usize> = Vec::new();
-        for (i, &t) in firsts.iter().enumerate() {
-            out[i].prefill_seconds = prefill_seconds;
-            out[i].tokens.push(t);
-            on_token(i, t)?;
-            if eos.contains(&t) {
-                out[i].stopped_at_eos = true;
-            } else if max_new > 1 {
-                live.push(i);
-            }
-        }
-        // Finished continuations leave the batch; the rest step together (the batch is set again,
-        // from the host's tokens, only when it shrinks).
-        let mut batch: Vec<usize> = Vec::new();
-        while !live.is_empty() {
-            if batch != live {
-                let tokens: Vec<u32> = live.iter().map(|&i| *out[i].tokens.last().unwrap()).collect();
-                self.begin_decode(gpu, &live, &tokens)?;
-                batch = live.clone();
-            }
-            self.decode_step(gpu)?;
-            let next = self.next_tokens(gpu)?;
-            let mut still = Vec::new();
-            for (&i, &t) in live.iter().zip(&next) {
-                out[i].tokens.push(t);
-                on_token(i, t)?;
-                if eos.contains(&t) {
-                    out[i].stopped_at_eos = true;
-                } else if out[i].tokens.len() < max_new {
-                    still.push(i);
-                }
-            }
-            live = still;
-        }
-        let decode_seconds = start.elapsed().as_secs_f64();
-        for g in &mut out {
-            g.decode_seconds = decode_seconds;
-        }
-        Ok(out)
-    }
-}
-
 /// Which logits and argmax a head writes (and how many rows a prefill's has).
 #[derive(Clone, Copy)]
 enum Head {
@@ -1398,17 +1206,4 @@ enum Attend<'a> {
     Decode,
     /// A decode step described by an engine ([`DeviceModel::decode_with`]).
     Engine(&'a EngineStep<'a>),
-}
-
-/// One decode step as an engine describes it, in device arrays it owns (its cudarc buffers), over
-/// the model's KV pages ([`DeviceModel::kv_cache`]; the engine chooses which pages hold what):
-/// row b processes `tokens[b]` at `positions[b]`, writes its key and value to slot
-/// `slot_mapping[b]` (page * page_size + offset) and attends over `paged`'s row b (its block table
-/// and its length, `positions[b] + 1`). The values are checked on the device, not on the host.
-#[derive(Clone, Copy)]
-pub struct EngineStep<'a> {
-    pub tokens: &'a CudaView<'a, i32>,
-    pub positions: &'a CudaView<'a, i32>,
-    pub slot_mapping: &'a CudaView<'a, i32>,
-    pub paged: PagedBatch<'a>,
 }

@@ -1,0 +1,62 @@
+//! A decode step an engine describes in its own device arrays ([`EngineStep`]), on the model's
+//! weights and KV pages.
+
+use super::{bad, Attend, DeviceModel, Head, OP};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::ops::embed;
+use crate::ops::kv_cache::PagedBatch;
+use cudarc::driver::CudaView;
+
+/// One decode step as an engine describes it, in device arrays it owns (its cudarc buffers), over
+/// the model's KV pages ([`DeviceModel::kv_cache`]; the engine chooses which pages hold what):
+/// row b processes `tokens[b]` at `positions[b]`, writes its key and value to slot
+/// `slot_mapping[b]` (page * page_size + offset) and attends over `paged`'s row b (its block table
+/// and its length, `positions[b] + 1`). The values are checked on the device, not on the host.
+#[derive(Clone, Copy)]
+pub struct EngineStep<'a> {
+    pub tokens: &'a CudaView<'a, i32>,
+    pub positions: &'a CudaView<'a, i32>,
+    pub slot_mapping: &'a CudaView<'a, i32>,
+    pub paged: PagedBatch<'a>,
+}
+
+impl DeviceModel {
+    /// One decode step of a batch the engine describes ([`EngineStep`]), on the model's weights
+    /// and KV pages: the logits [B, vocab] ([`DeviceModel::logits`]) and their bounded argmax
+    /// ([`DeviceModel::step_tokens`]). It reads nothing the model keeps about its own sequences
+    /// (their lengths, tables and batch are neither used nor changed) and neither allocates nor
+    /// synchronises: an engine may capture it in its own graph. Bad device values (a token past
+    /// the vocabulary, a slot or page past the cache) are flagged in the status words
+    /// [`DeviceModel::check_status`] reads.
+    pub fn decode_with(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<()> {
+        let b = step.tokens.len();
+        let c = self.kv_cache_dims();
+        if b == 0 || b > self.options.slots {
+            return Err(bad(format!("an engine step of {b} rows (1..={} rows, the model's slots)", self.options.slots)));
+        }
+        if step.positions.len() != b || step.slot_mapping.len() != b || step.paged.batch() != b {
+            return Err(bad(format!(
+                "an engine step of {b} tokens with {} positions, {} slots and {} sequence lengths",
+                step.positions.len(),
+                step.slot_mapping.len(),
+                step.paged.batch()
+            )));
+        }
+        step.paged.check(OP, &c)?;
+        if step.paged.max_pages > self.cache.max_pages {
+            return Err(bad(format!("block tables of {} pages a row, past the model's {} (capacity {} in pages of {})", step.paged.max_pages, self.cache.max_pages, self.options.capacity, c.page_size)));
+        }
+        embed::embed(gpu, &self.embed.view(), &step.tokens.slice(0..b), &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
+        for l in 0..self.layers.len() {
+            self.layer(gpu, l, b, Attend::Engine(step), None)?;
+        }
+        self.final_norm(gpu, b)?;
+        // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
+        // sampling (an engine samples with its own `ops::sampling::Sampler` on `logits()`).
+        let sampled = std::mem::replace(&mut self.decode_sampled, false);
+        let result = self.head(gpu, 0..b, Head::Decode);
+        self.decode_sampled = sampled;
+        result
+    }
+}
