@@ -936,14 +936,13 @@ impl DeviceModel {
     /// the bounded argmax into its argmax output.
     fn head(&mut self, gpu: &Gpu, rows: std::ops::Range<usize>, to: Head) -> Result<()> {
         let n = rows.len();
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        self.lm_head_logits(gpu, rows, to)?;
+        let n_valid = self.n_valid();
         let ws = &mut self.ws;
         let (logits, out) = match to {
             Head::Prefill(_) => (&mut ws.prefill_logits, &mut ws.prefill_argmax),
             Head::Decode => (&mut ws.logits, &mut ws.argmax),
         };
-        linear(gpu, &ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)?;
-        let n_valid = if self.defect == Some(Defect::UnboundedArgmax) { self.config.vocab_size } else { self.config.real_vocab_size };
         let (sampled, sampler) = match to {
             Head::Prefill(_) => (self.prefill_sampled, &mut self.sampling.prefill),
             Head::Decode => (self.decode_sampled, &mut self.sampling.decode),
@@ -954,6 +953,26 @@ impl DeviceModel {
             sampling_op::sample_n(gpu, &logits.view().rows(0..n)?, n_valid, sampler, 1, out.index_mut())
         } else {
             argmax::argmax(gpu, &logits.view().rows(0..n)?, n_valid, out, false)
+        }
+    }
+
+    /// lm_head over rows `rows` of `xn` into the first rows of the logits `to` names (f32).
+    fn lm_head_logits(&mut self, gpu: &Gpu, rows: std::ops::Range<usize>, to: Head) -> Result<()> {
+        let n = rows.len();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let logits = match to {
+            Head::Prefill(_) => &mut self.ws.prefill_logits,
+            Head::Decode => &mut self.ws.logits,
+        };
+        linear(gpu, &self.ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)
+    }
+
+    /// The vocabulary a head chooses from: the real one (the padded one with the planted defect).
+    fn n_valid(&self) -> usize {
+        if self.defect == Some(Defect::UnboundedArgmax) {
+            self.config.vocab_size
+        } else {
+            self.config.real_vocab_size
         }
     }
 

@@ -32,6 +32,7 @@ pub const TESTS: &[GpuTest] = &[
     ("model::forked_continuations_equal_separate_prefills", forked_continuations_equal_separate_prefills),
     ("model::sampled_generation_is_seeded_and_samples_share_the_prompt", sampled_generation_is_seeded_and_samples_share_the_prompt),
     ("model::engine_steps_equal_the_models_own_decode", engine_steps_equal_the_models_own_decode),
+    ("model::engine_sampling_equals_the_models_own_sampled_decode", engine_sampling_equals_the_models_own_sampled_decode),
     ("model::ragged_prefill_of_several_prompts_equals_each_alone", ragged_prefill_of_several_prompts_equals_each_alone),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
     ("model::bad_requests_are_refused_before_launch", bad_requests_are_refused_before_launch),
@@ -490,6 +491,73 @@ fn chunked_prefill_equals_one_chunk(gpu: &Gpu) {
 }
 
 /// `steps` decode steps: the tokens and the batch's logits (bits) of each.
+/// An engine's sampled step (`decode_with_sampling`, its own SamplingRows: parameters, seeds and a
+/// step at the position each row draws) gives the tokens of the model's own sampled decode.
+fn engine_sampling_equals_the_models_own_sampled_decode(gpu: &Gpu) {
+    use qwen_kernels::model::EngineStep;
+    use qwen_kernels::ops::kv_cache::PagedBatch;
+    use qwen_kernels::ops::sampling::SamplingRows;
+    let w = random_model(47);
+    let prompts = [prompt(48, 7, 500), prompt(49, 4, 500)];
+    let params = [SAMPLED, SamplingParams { seed: 3, top_k: 40, ..SAMPLED }];
+    let options = ModelOptions::new(DType::F32, 2, 32);
+    let steps = 5;
+    let start = || {
+        let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+        for s in 0..2 {
+            m.set_sampling(s, params[s]).unwrap();
+        }
+        let firsts: Vec<u32> = prompts.iter().enumerate().map(|(s, p)| m.prefill(gpu, s, p).unwrap()).collect();
+        (m, firsts)
+    };
+    let (mut own, firsts) = start();
+    own.begin_decode(gpu, &[0, 1], &firsts).unwrap();
+    let want: Vec<Vec<u32>> = (0..steps).map(|_| {
+        own.decode_step(gpu).unwrap();
+        own.next_tokens(gpu).unwrap()
+    }).collect();
+
+    let (mut m, firsts_again) = start();
+    assert_eq!(firsts_again, firsts);
+    let st = gpu.stream();
+    let max_pages = 1; // one page of 32 positions a sequence: the model's own pages
+    let tables: Vec<i32> = (0..2).flat_map(|s| m.block_table(s).to_vec()).collect();
+    let d_tables = st.clone_htod(&tables).unwrap();
+    let (temps, top_k, top_p, min_p, seeds) = (
+        st.clone_htod(&params.iter().map(|p| p.temperature).collect::<Vec<_>>()).unwrap(),
+        st.clone_htod(&params.iter().map(|p| p.top_k_i32()).collect::<Vec<_>>()).unwrap(),
+        st.clone_htod(&params.iter().map(|p| p.top_p).collect::<Vec<_>>()).unwrap(),
+        st.clone_htod(&params.iter().map(|p| p.min_p).collect::<Vec<_>>()).unwrap(),
+        st.clone_htod(&params.iter().map(|p| p.seed).collect::<Vec<_>>()).unwrap(),
+    );
+    // Each row draws the position after the one it feeds: the prompt's length + 1 at the first step.
+    let mut draw_steps = st.clone_htod(&[prompts[0].len() as u64 + 1, prompts[1].len() as u64 + 1]).unwrap();
+    let mut tokens: Vec<i32> = firsts.iter().map(|&t| t as i32).collect();
+    let mut out = st.alloc_zeros::<i32>(2).unwrap();
+    for (i, want) in want.iter().enumerate() {
+        let pos: Vec<i32> = (0..2).map(|s| (prompts[s].len() + i) as i32).collect();
+        let slots: Vec<i32> = (0..2).map(|s| tables[s] * 32 + pos[s]).collect();
+        let lens: Vec<i32> = pos.iter().map(|p| p + 1).collect();
+        let (dt, dp, ds, dl) = (st.clone_htod(&tokens).unwrap(), st.clone_htod(&pos).unwrap(), st.clone_htod(&slots).unwrap(), st.clone_htod(&lens).unwrap());
+        let (dt, dp, ds, dl, dtab) = (dt.slice(..), dp.slice(..), ds.slice(..), dl.slice(..), d_tables.slice(..));
+        let step = EngineStep { tokens: &dt, positions: &dp, slot_mapping: &ds, paged: PagedBatch { block_tables: &dtab, max_pages, seq_lens: &dl } };
+        let (t, k, tp, mp, sd) = (temps.slice(..), top_k.slice(..), top_p.slice(..), min_p.slice(..), seeds.slice(..));
+        let mut step_view = draw_steps.slice_mut(..);
+        let mut rows = SamplingRows { temperature: &t, top_k: &k, top_p: &tp, min_p: &mp, seed: &sd, step: &mut step_view };
+        m.decode_with_sampling(gpu, &step, &mut rows, &mut out.slice_mut(..)).unwrap();
+        m.check_status(gpu).unwrap();
+        tokens = st.clone_dtoh(&out).unwrap();
+        let got: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        assert_eq!(&got, want, "step {i}: the engine's sampled tokens against the model's own");
+    }
+    let greedy_differs = {
+        let mut g = DeviceModel::new(gpu, &w, options).unwrap();
+        g.generate(gpu, 0, &prompts[0], steps + 1, &[], |_| Ok(())).unwrap().tokens
+    };
+    let sampled: Vec<u32> = std::iter::once(firsts[0]).chain(want.iter().map(|t| t[0])).collect();
+    assert_ne!(sampled, greedy_differs, "the sampled run must leave the argmax somewhere");
+}
+
 /// The sampling the model tests run beside greedy: flat enough on the random models that the
 /// draws differ from the argmax.
 const SAMPLED: SamplingParams = SamplingParams { temperature: 1.5, top_k: 0, top_p: 0.95, min_p: 0.0, seed: 7 };

@@ -6,7 +6,8 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::ops::embed;
 use crate::ops::kv_cache::PagedBatch;
-use cudarc::driver::CudaView;
+use crate::ops::sampling::{sample_rows, SamplingRows};
+use cudarc::driver::{CudaView, CudaViewMut};
 
 /// One decode step as an engine describes it, in device arrays it owns (its cudarc buffers), over
 /// the model's KV pages ([`DeviceModel::kv_cache`]; the engine chooses which pages hold what):
@@ -30,6 +31,28 @@ impl DeviceModel {
     /// the vocabulary, a slot or page past the cache) are flagged in the status words
     /// [`DeviceModel::check_status`] reads.
     pub fn decode_with(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<()> {
+        let b = self.engine_forward(gpu, step)?;
+        // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
+        // sampling.
+        let sampled = std::mem::replace(&mut self.decode_sampled, false);
+        let result = self.head(gpu, 0..b, Head::Decode);
+        self.decode_sampled = sampled;
+        result
+    }
+
+    /// [`DeviceModel::decode_with`], choosing each row's token by the engine's sampling arrays
+    /// ([`SamplingRows`]: per-row parameters, seeds and steps, which the draw advances) into
+    /// `tokens` (i32, one a row; greedy rows, temperature 0, take the bounded argmax). The logits
+    /// stay in [`DeviceModel::logits`]. Graph-capturable as `decode_with` is.
+    pub fn decode_with_sampling(&mut self, gpu: &Gpu, step: &EngineStep, rows: &mut SamplingRows, tokens: &mut CudaViewMut<i32>) -> Result<()> {
+        let b = self.engine_forward(gpu, step)?;
+        self.lm_head_logits(gpu, 0..b, Head::Decode)?;
+        let n_valid = self.n_valid();
+        sample_rows(gpu, &self.ws.logits.view().rows(0..b)?, n_valid, rows, 1, tokens)
+    }
+
+    /// Every layer and the final norm over the engine's rows; returns the row count.
+    fn engine_forward(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<usize> {
         let b = step.tokens.len();
         let c = self.kv_cache_dims();
         if b == 0 || b > self.options.slots {
@@ -52,11 +75,6 @@ impl DeviceModel {
             self.layer(gpu, l, b, Attend::Engine(step), None)?;
         }
         self.final_norm(gpu, b)?;
-        // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
-        // sampling (an engine samples with its own `ops::sampling::Sampler` on `logits()`).
-        let sampled = std::mem::replace(&mut self.decode_sampled, false);
-        let result = self.head(gpu, 0..b, Head::Decode);
-        self.decode_sampled = sampled;
-        result
+        Ok(b)
     }
 }
