@@ -504,8 +504,8 @@ fn engine_sampling_equals_the_models_own_sampled_decode(gpu: &Gpu) {
     let steps = 5;
     let start = || {
         let mut m = DeviceModel::new(gpu, &w, options).unwrap();
-        for s in 0..2 {
-            m.set_sampling(s, params[s]).unwrap();
+        for (s, &p) in params.iter().enumerate() {
+            m.set_sampling(s, p).unwrap();
         }
         let firsts: Vec<u32> = prompts.iter().enumerate().map(|(s, p)| m.prefill(gpu, s, p).unwrap()).collect();
         (m, firsts)
