@@ -756,7 +756,7 @@ fn sampling_rows(gpu: Option<&Gpu>, model: &str) -> Result<Vec<Row>> {
         };
         let variant = variant.filter(|v| v != "f32");
         let case_name = match variant {
-            Some(v) => format!("{model} {v}"),
+            Some(v) => format!("{model}:{v}"),
             None => model.to_string(),
         };
         out.push(Row { op: format!("sampling.{op}"), case: case_name, dtype: case.logits.dtype(), against: "transformers f64", tolerance, comparison, pytorch });

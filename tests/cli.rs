@@ -131,6 +131,13 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
             );
         }
         assert!(out.contains(&format!("{model} bf16: greedy 32: ours")), "no bf16 greedy note for {model}");
+        // The sampling filters against transformers' warpers, on the bf16 and f32 logits rows.
+        for op in ["sampling.temperature", "sampling.top_k", "sampling.top_p", "sampling.min_p", "sampling.combined"] {
+            for dtype in ["f32", "bf16"] {
+                assert!(rows.iter().any(|r| r.split_whitespace().take(3).collect::<Vec<_>>() == [op, model, dtype]), "no {op} {dtype} row for {model}");
+            }
+        }
+        assert!(rows.iter().any(|r| r.starts_with("sampling.top_p") && r.contains(&format!("{model}:tie"))), "no top-p tie row for {model}");
         // The attention goldens through the paged cache: decode over shared pages and a ragged prefill.
         for case in ["paged_decode300", "paged_prefill16", "ragged_prefill16", "ragged_chunk5of40"] {
             for dtype in ["f32", "f16", "bf16"] {

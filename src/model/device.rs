@@ -281,7 +281,7 @@ pub struct DeviceTrace {
 
 mod engine;
 mod generate;
-pub use engine::EngineStep;
+pub use engine::{EnginePrefill, EngineStep};
 pub use generate::Generation;
 
 fn bad(detail: String) -> Error {
@@ -883,6 +883,7 @@ impl DeviceModel {
             Attend::Prefill { .. } => (ws.positions.slice(0..t), ws.slot_mapping.slice(0..t)),
             Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slot_mapping.slice(0..t)),
             Attend::Engine(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
+            Attend::EnginePrefill(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
         };
         rope_qkv(gpu, &mut self.rope, &ws.qkv.view().rows(0..t)?, kv, &positions, &slots, &mut ws.q.view_mut().rows_mut(0..t)?, &mut cache.view_mut())?;
         match attend {
@@ -901,6 +902,10 @@ impl DeviceModel {
             Attend::Engine(step) => {
                 let q = ws.q.view().rows(0..t)?;
                 attention::decode_with_chunk(gpu, &q, &cache.view(), &step.paged, &mut ws.attn_ws.view_mut(), &mut ws.attn.view_mut().rows_mut(0..t)?, self.options.decode_chunk)?
+            }
+            Attend::EnginePrefill(step) => {
+                let q = ws.q.view().rows(0..t)?;
+                attention::prefill_paged(gpu, &q, &cache.view(), &step.paged, step.cu_seqlens, step.max_q_len, &mut self.attn_status, &mut ws.attn.view_mut().rows_mut(0..t)?, PrefillPath::Auto)?
             }
         }
         linear(gpu, &ws.attn.view().rows(0..t)?.reshape(&[t, heads * d])?, &lw.o.view(), None, &mut ws.proj.view_mut().rows_mut(0..t)?)?;
@@ -1225,4 +1230,6 @@ enum Attend<'a> {
     Decode,
     /// A decode step described by an engine ([`DeviceModel::decode_with`]).
     Engine(&'a EngineStep<'a>),
+    /// A ragged prefill described by an engine ([`DeviceModel::prefill_with`]).
+    EnginePrefill(&'a EnginePrefill<'a>),
 }

@@ -32,6 +32,7 @@ pub const TESTS: &[GpuTest] = &[
     ("model::forked_continuations_equal_separate_prefills", forked_continuations_equal_separate_prefills),
     ("model::sampled_generation_is_seeded_and_samples_share_the_prompt", sampled_generation_is_seeded_and_samples_share_the_prompt),
     ("model::engine_steps_equal_the_models_own_decode", engine_steps_equal_the_models_own_decode),
+    ("model::engine_prefill_equals_the_models_own", engine_prefill_equals_the_models_own),
     ("model::engine_sampling_equals_the_models_own_sampled_decode", engine_sampling_equals_the_models_own_sampled_decode),
     ("model::ragged_prefill_of_several_prompts_equals_each_alone", ragged_prefill_of_several_prompts_equals_each_alone),
     ("model::planted_defects_fail_the_golden", planted_defects_fail_the_golden),
@@ -491,6 +492,76 @@ fn chunked_prefill_equals_one_chunk(gpu: &Gpu) {
 }
 
 /// `steps` decode steps: the tokens and the batch's logits (bits) of each.
+/// An engine's ragged prefill (`prefill_with`, its own tokens, positions, slot mapping, block tables
+/// of pages it picks, cu_seqlens and last rows) gives the logits and tokens of the model's own
+/// `prefill_batch` of the same prompts, bit for bit; then an engine decode step over those pages
+/// follows as the model's own decode does. A last row past the step is flagged.
+fn engine_prefill_equals_the_models_own(gpu: &Gpu) {
+    use qwen_kernels::model::{EnginePrefill, EngineStep};
+    use qwen_kernels::ops::kv_cache::{KvLayout, PagedBatch};
+    let w = random_model(51);
+    let prompts = [prompt(52, 11, 500), prompt(53, 5, 500)];
+    let options = ModelOptions::new(DType::BF16, 2, 32).with_pages(4, KvLayout::Hnd);
+    let mut own = DeviceModel::new(gpu, &w, options).unwrap();
+    let firsts = own.prefill_batch(gpu, &[(0, &prompts[0]), (1, &prompts[1])]).unwrap();
+    let want_logits = own.prefill_logits().rows(0..2).unwrap().to_host(gpu).unwrap();
+    own.begin_decode(gpu, &[0, 1], &firsts).unwrap();
+    own.decode_step(gpu).unwrap();
+    let want_next = own.next_tokens(gpu).unwrap();
+
+    let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+    let st = gpu.stream();
+    // Pages of the engine's choosing, from the back of the cache: 3 for the first prompt, 2 for the second.
+    let max_pages = 8;
+    let last = options.num_pages as i32 - 1;
+    let mut tables = vec![-1i32; 2 * max_pages];
+    tables[..3].copy_from_slice(&[last, last - 2, last - 4]);
+    tables[max_pages..max_pages + 2].copy_from_slice(&[last - 1, last - 3]);
+    let slot = |s: usize, p: usize| tables[s * max_pages + p / 4] * 4 + (p % 4) as i32;
+    let ids: Vec<i32> = prompts.iter().flatten().map(|&t| t as i32).collect();
+    let positions: Vec<i32> = prompts.iter().flat_map(|p| 0..p.len() as i32).collect();
+    let slots: Vec<i32> = (0..2).flat_map(|s| (0..prompts[s].len()).map(move |p| (s, p))).map(|(s, p)| slot(s, p)).collect();
+    let (l0, l1) = (prompts[0].len() as i32, prompts[1].len() as i32);
+    let h = |v: &[i32]| st.clone_htod(v).unwrap();
+    let (d_ids, d_pos, d_slots, d_tables, d_lens, d_cu) = (h(&ids), h(&positions), h(&slots), h(&tables), h(&[l0, l1]), h(&[0, l0, l0 + l1]));
+    let run = |m: &mut DeviceModel, last_rows: &[i32]| {
+        let d_last = st.clone_htod(last_rows).unwrap();
+        let (a, b, c, t, l, cu, lr) = (d_ids.slice(..), d_pos.slice(..), d_slots.slice(..), d_tables.slice(..), d_lens.slice(..), d_cu.slice(..), d_last.slice(..));
+        let step = EnginePrefill {
+            tokens: &a,
+            positions: &b,
+            slot_mapping: &c,
+            paged: PagedBatch { block_tables: &t, max_pages, seq_lens: &l },
+            cu_seqlens: &cu,
+            max_q_len: prompts[0].len(),
+            last_rows: &lr,
+        };
+        m.prefill_with(gpu, &step).unwrap();
+    };
+    run(&mut m, &[l0 - 1, l0 + l1 - 1]);
+    m.check_status(gpu).unwrap();
+    let got_logits = m.logits().rows(0..2).unwrap().to_host(gpu).unwrap();
+    let bits = |t: &HostTensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&got_logits) == bits(&want_logits), "the engine's prefill logits differ from prefill_batch's");
+    let got_firsts: Vec<u32> = st.clone_dtoh(&m.step_tokens().slice(0..2)).unwrap().iter().map(|&t| t as u32).collect();
+    assert_eq!(got_firsts, firsts);
+
+    // One engine decode step on the same pages: the model's own next tokens.
+    let (tok, pos) = (h(&firsts.iter().map(|&t| t as i32).collect::<Vec<_>>()), h(&[l0, l1]));
+    let (sl, lens) = (h(&[slot(0, l0 as usize), slot(1, l1 as usize)]), h(&[l0 + 1, l1 + 1]));
+    let (a, b, c, t, l) = (tok.slice(..), pos.slice(..), sl.slice(..), d_tables.slice(..), lens.slice(..));
+    m.decode_with(gpu, &EngineStep { tokens: &a, positions: &b, slot_mapping: &c, paged: PagedBatch { block_tables: &t, max_pages, seq_lens: &l } }).unwrap();
+    m.check_status(gpu).unwrap();
+    let next: Vec<u32> = st.clone_dtoh(&m.step_tokens().slice(0..2)).unwrap().iter().map(|&t| t as u32).collect();
+    assert_eq!(next, want_next, "the engine's decode after its prefill");
+
+    // A last row past the step's 16 rows: flagged by the gather (the embedding's lookup, whose
+    // status word check_status reads), its row NaN, nothing read past the step.
+    run(&mut m, &[l0 - 1, 16]);
+    let e = m.check_status(gpu).unwrap_err();
+    assert!(e.to_string().contains("embedding") && e.to_string().contains("status 0x1"), "{e}");
+}
+
 /// An engine's sampled step (`decode_with_sampling`, its own SamplingRows: parameters, seeds and a
 /// step at the position each row draws) gives the tokens of the model's own sampled decode.
 fn engine_sampling_equals_the_models_own_sampled_decode(gpu: &Gpu) {

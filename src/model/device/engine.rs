@@ -2,7 +2,7 @@
 //! weights and KV pages.
 
 use super::{bad, Attend, DeviceModel, Head, OP};
-use crate::error::Result;
+use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
 use crate::ops::embed;
 use crate::ops::kv_cache::PagedBatch;
@@ -22,7 +22,70 @@ pub struct EngineStep<'a> {
     pub paged: PagedBatch<'a>,
 }
 
+/// A ragged prefill as an engine describes it, in device arrays it owns, over the model's KV pages:
+/// `tokens[t]` at `positions[t]` written to slot `slot_mapping[t]` (T rows); sequence b's new
+/// tokens are rows `cu_seqlens[b]..cu_seqlens[b + 1]` (at most `max_q_len`), attending causally
+/// over its cached prefix and themselves through `paged`'s row b (its block table and its length
+/// after this step); `last_rows[b]` is the row whose logits it wants (its last new token's,
+/// `cu_seqlens[b + 1] - 1`). Checked on the device as the kernels check them.
+#[derive(Clone, Copy)]
+pub struct EnginePrefill<'a> {
+    pub tokens: &'a CudaView<'a, i32>,
+    pub positions: &'a CudaView<'a, i32>,
+    pub slot_mapping: &'a CudaView<'a, i32>,
+    pub paged: PagedBatch<'a>,
+    pub cu_seqlens: &'a CudaView<'a, i32>,
+    pub max_q_len: usize,
+    pub last_rows: &'a CudaView<'a, i32>,
+}
+
 impl DeviceModel {
+    /// A prefill step the engine describes ([`EnginePrefill`]): every layer over its T rows in one
+    /// ragged pass, then the lm_head on each sequence's `last_rows` entry into the first B rows of
+    /// [`DeviceModel::logits`] and their bounded argmax into [`DeviceModel::step_tokens`] (sample
+    /// them with `ops::sampling::sample_rows` for sampled requests). As `decode_with`, it neither
+    /// reads nor changes the model's own sequences, allocates or synchronises; a row index past
+    /// the step, like a bad token, slot or page, is flagged in [`DeviceModel::check_status`]'s words.
+    pub fn prefill_with(&mut self, gpu: &Gpu, step: &EnginePrefill) -> Result<()> {
+        let (t, b) = (step.tokens.len(), step.paged.batch());
+        let c = self.kv_cache_dims();
+        if t == 0 || t > self.ws.rows {
+            return Err(bad(format!("an engine prefill of {t} tokens (1..={} rows, the model's workspace)", self.ws.rows)));
+        }
+        if b == 0 || b > self.options.slots {
+            return Err(bad(format!("an engine prefill of {b} sequences (1..={}, the model's slots)", self.options.slots)));
+        }
+        if step.positions.len() != t || step.slot_mapping.len() != t || step.cu_seqlens.len() != b + 1 || step.last_rows.len() != b {
+            return Err(bad(format!(
+                "an engine prefill of {t} tokens and {b} sequences with {} positions, {} slots, {} cu_seqlens (b + 1) and {} last rows",
+                step.positions.len(),
+                step.slot_mapping.len(),
+                step.cu_seqlens.len(),
+                step.last_rows.len()
+            )));
+        }
+        if step.max_q_len == 0 || step.max_q_len > t {
+            return Err(bad(format!("max_q_len {} for a step of {t} tokens", step.max_q_len)));
+        }
+        step.paged.check(OP, &c)?;
+        if step.paged.max_pages > self.cache.max_pages {
+            return Err(bad(format!("block tables of {} pages a row, past the model's {}", step.paged.max_pages, self.cache.max_pages)));
+        }
+        embed::embed(gpu, &self.embed.view(), &step.tokens.slice(0..t), &mut self.ws.resid.view_mut().rows_mut(0..t)?, &mut self.embed_status)?;
+        for l in 0..self.layers.len() {
+            self.layer(gpu, l, t, Attend::EnginePrefill(step), None)?;
+        }
+        self.final_norm(gpu, t)?;
+        // Each sequence's last row gathered to the first rows (the embedding gather, over the
+        // normed rows of this step: an index past them is flagged), then one lm_head GEMM.
+        embed::embed(gpu, &self.ws.xn.view().rows(0..t)?, step.last_rows, &mut self.ws.proj.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
+        gpu.stream().memcpy_dtod(&self.ws.proj.view().rows(0..b)?.data, &mut self.ws.xn.view_mut().rows_mut(0..b)?.data).cuda("cuMemcpyDtoD(engine prefill last rows)")?;
+        let sampled = std::mem::replace(&mut self.decode_sampled, false);
+        let result = self.head(gpu, 0..b, Head::Decode);
+        self.decode_sampled = sampled;
+        result
+    }
+
     /// One decode step of a batch the engine describes ([`EngineStep`]), on the model's weights
     /// and KV pages: the logits [B, vocab] ([`DeviceModel::logits`]) and their bounded argmax
     /// ([`DeviceModel::step_tokens`]). It reads nothing the model keeps about its own sequences
