@@ -12,6 +12,8 @@
 //!                                    positions and slots:                            (2 T H d + 4 T KH d) s + 8 T
 //!   linear (rows R, in K, out N)     read W, x (and b), write y:                     (N K + R K + N) s + R N s_y
 //!                                    FLOPs: 2 R K N (two per multiply-add); cuBLAS is the kernel.
+//!   gemv (the same, R <= 16)         the decode GEMV (ops::gemv) at the same shapes and counts,
+//!                                    beside linear at 1 and 16 rows (the peer: F.linear)
 //! Timing: CUDA events around batches of launches after warm-up; inputs and outputs rotate through
 //! windows of at least 256 MiB in all (more than any L2 we run on), so bytes come from DRAM, except
 //! for the smallest decode cases, capped at 4096 windows (rope_kv at 1 token: 4096 x ~4 KB stays in
@@ -28,6 +30,7 @@ use cudarc::driver::CudaSlice;
 use qwen_kernels::ops::argmax::{argmax, ArgmaxOutput};
 use qwen_kernels::ops::sampling::{sample, Sampler, SamplingParams};
 use qwen_kernels::ops::gemm::linear;
+use qwen_kernels::ops::gemv::gemv;
 use qwen_kernels::ops::kv_cache::{KvCacheViewMut, KvLayout};
 use qwen_kernels::ops::rope::{rope, rope_kv, RopeTable};
 use qwen_kernels::ops::swiglu::swiglu_fused;
@@ -63,6 +66,8 @@ enum Op {
     Rope { kv: bool },
     Linear { name: &'static str, k: usize, n: usize, f32_out: bool },
     Sample { name: &'static str, params: SamplingParams },
+    /// The decode GEMV (ops::gemv) at a linear layer's shape.
+    Gemv { name: &'static str, k: usize, n: usize, f32_out: bool },
 }
 
 struct Case {
@@ -81,6 +86,7 @@ impl Case {
             Op::Rope { kv: true } => ("rope_kv".to_string(), "tokens"),
             Op::Rope { kv: false } => ("rope".to_string(), "tokens"),
             Op::Linear { name, f32_out, .. } => (format!("linear/{name}{}", if f32_out { "/f32out" } else { "" }), "rows"),
+            Op::Gemv { name, f32_out, .. } => (format!("gemv/{name}{}", if f32_out { "/f32out" } else { "" }), "rows"),
         };
         format!("{op}/{}/{}/{rows}{}", self.model.name, self.dtype, self.rows)
     }
@@ -93,13 +99,13 @@ impl Case {
             Op::Sample { .. } => 4 * r * REAL_VOCAB + 40 * r,
             Op::Rope { kv: true } => (2 * r * m.heads * m.head_dim + 4 * r * m.kv_heads * m.head_dim) * s + 8 * r,
             Op::Rope { kv: false } => 2 * r * (m.heads + m.kv_heads) * m.head_dim * s + 4 * r,
-            Op::Linear { k, n, f32_out, .. } => (n * k + r * k + n) * s + r * n * if f32_out { 4 } else { s },
+            Op::Linear { k, n, f32_out, .. } | Op::Gemv { k, n, f32_out, .. } => (n * k + r * k + n) * s + r * n * if f32_out { 4 } else { s },
         }
     }
 
     fn flops(&self) -> Option<f64> {
         match self.op {
-            Op::Linear { k, n, .. } => Some(2.0 * self.rows as f64 * k as f64 * n as f64),
+            Op::Linear { k, n, .. } | Op::Gemv { k, n, .. } => Some(2.0 * self.rows as f64 * k as f64 * n as f64),
             _ => None,
         }
     }
@@ -117,7 +123,13 @@ fn cases() -> Vec<Case> {
         }
         v.push(Case { model, op: Op::Rope { kv: false }, rows: 4096, dtype: bf16 });
         let (h, i, qkv) = (model.hidden, model.intermediate, (model.heads + 2 * model.kv_heads) * model.head_dim);
-        for rows in [1, 64, 4096] {
+        for rows in [1, 16] {
+            v.push(Case { model, op: Op::Gemv { name: "qkv", k: h, n: qkv, f32_out: false }, rows, dtype: bf16 });
+            v.push(Case { model, op: Op::Gemv { name: "gate_up", k: h, n: 2 * i, f32_out: false }, rows, dtype: bf16 });
+            v.push(Case { model, op: Op::Gemv { name: "down", k: i, n: h, f32_out: false }, rows, dtype: bf16 });
+            v.push(Case { model, op: Op::Gemv { name: "lm_head", k: h, n: VOCAB, f32_out: true }, rows, dtype: bf16 });
+        }
+        for rows in [1, 16, 64, 4096] {
             v.push(Case { model, op: Op::Linear { name: "qkv", k: h, n: qkv, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Linear { name: "gate_up", k: h, n: 2 * i, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Linear { name: "down", k: i, n: h, f32_out: false }, rows, dtype: bf16 });
@@ -199,7 +211,7 @@ impl Buffers {
                     [q, k, none(), none(), none()]
                 }
             }
-            Op::Linear { k, n, f32_out, .. } => {
+            Op::Linear { k, n, f32_out, .. } | Op::Gemv { k, n, f32_out, .. } => {
                 let y_dtype = if f32_out { DType::F32 } else { dt };
                 [t(dt, &[windows * r, k]), t(dt, &[windows * n, k]), t(dt, &[n]), t(y_dtype, &[windows * r, n]), none()]
             }
@@ -245,6 +257,12 @@ impl Buffers {
                 let mut y = self.d.view_mut();
                 let wt = wt.rows(w * n..(w + 1) * n).unwrap();
                 linear(gpu, &x.rows(rows.clone()).unwrap(), &wt, Some(&b), &mut y.rows_mut(rows).unwrap()).unwrap();
+            }
+            Op::Gemv { n, .. } => {
+                let (x, wt, b) = (self.a.view(), self.b.view(), self.c.view());
+                let mut y = self.d.view_mut();
+                let wt = wt.rows(w * n..(w + 1) * n).unwrap();
+                gemv(gpu, &x.rows(rows.clone()).unwrap(), &wt, Some(&b), &mut y.rows_mut(rows).unwrap()).unwrap();
             }
         }
     }

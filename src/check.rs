@@ -168,6 +168,17 @@ fn run_linear(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, b: Option<&Host
     y.to_host(gpu)
 }
 
+/// The decode GEMV (at most 16 rows) of x W^T + b on the device, into y of x's shape and dtype.
+fn run_gemv(gpu: &Gpu, x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor> {
+    let (dx, dw) = (DeviceTensor::from_host(gpu, x)?, DeviceTensor::from_host(gpu, w)?);
+    let db = b.map(|b| DeviceTensor::from_host(gpu, b)).transpose()?;
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().unwrap() = w.dims()[0];
+    let mut y = DeviceTensor::zeros(gpu, x.dtype(), &dims)?;
+    crate::ops::gemv::gemv(gpu, &dx.view(), &dw.view(), db.as_ref().map(|b| b.view()).as_ref(), &mut y.view_mut())?;
+    y.to_host(gpu)
+}
+
 /// The bounded argmax of one row of logits on the GPU or the CPU reference.
 fn run_argmax(gpu: Option<&Gpu>, logits: &HostTensor, n_valid: usize) -> Result<Option<(u32, f32)>> {
     let Some(gpu) = gpu else { return Ok(argmax(logits, n_valid)?[0]) };
@@ -422,6 +433,10 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
             let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, None)?);
             let tol = table::linear(dtype, hidden, max_abs_dot);
             row("lm_head", "lm_head", "logits", "torch", tol, &logits, None)?;
+            if let Some(gpu) = gpu {
+                // The decode GEMV on the same golden (one row), beside cuBLAS' row.
+                row("gemv.lm_head", "lm_head", "logits", "torch", tol, &run_gemv(gpu, &x, &w, None)?, None)?;
+            }
             let picked = run_argmax(gpu, &logits, cfg.real_vocab_size)?;
             argmax_rows.push(argmax_row(&file, cfg.name, dtype, picked, cfg.real_vocab_size, tol)?);
             for proj in ["q_proj", "k_proj", "o_proj"] {
@@ -434,6 +449,11 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
                 let max_abs_dot = max_abs(&abs_dot_bound(&x, &w, b.as_ref())?);
                 let in_features = *x.dims().last().unwrap();
                 row(proj, proj, "y", "torch", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
+                if let Some(gpu) = gpu {
+                    // The decode GEMV on the same golden (8 rows).
+                    let y = run_gemv(gpu, &x, &w, b.as_ref())?;
+                    row(&format!("gemv.{proj}"), proj, "y", "torch", table::linear(dtype, in_features, max_abs_dot), &y, None)?;
+                }
             }
         }
         out.extend(argmax_rows);

@@ -9,6 +9,7 @@ pub mod argmax;
 pub mod attention;
 pub mod embed;
 pub mod gemm;
+pub mod gemv;
 pub mod kv_cache;
 pub mod rmsnorm;
 pub mod rope;

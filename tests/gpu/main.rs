@@ -19,6 +19,7 @@ mod common;
 mod argmax;
 mod attention;
 mod bad_inputs;
+mod gemv;
 mod golden;
 mod graph;
 mod linear;
@@ -73,6 +74,7 @@ const RACECHECK: &[&str] = &[
     "argmax::",
     "rope::",
     "linear::",
+    "gemv::",
     "attention::",
     "paged::",
     "sampling::",
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
         argmax::TESTS,
         rope::TESTS,
         linear::TESTS,
+        gemv::TESTS,
         attention::TESTS,
         paged::TESTS,
         sampling::TESTS,
