@@ -36,8 +36,9 @@ fn cpu_references_pass_every_golden() {
     let rows = golden_rows(None).unwrap();
     // 2 models x 3 dtypes x (3 RMSNorm outputs, 3 projections, SwiGLU, RoPE q and k), plus
     // attention: 5 cases x 3 dtypes for Qwen2.5, 6 (with the stress case) x 3 for VibeThinker.
-    // lm_head and argmax: 2 models x 3 dtypes x 2.
-    assert_eq!(rows.len(), 2 * 3 * 9 + 5 * 3 + 6 * 3 + 2 * 3 * 2);
+    // lm_head and argmax: 2 models x 3 dtypes x 2. Sampling: 11 cases a model (transformers'
+    // warpers on the model's bf16 and f32 logits rows).
+    assert_eq!(rows.len(), 2 * 3 * 9 + 5 * 3 + 6 * 3 + 2 * 3 * 2 + 2 * 11);
     for r in &rows {
         assert!(r.comparison.passed(), "{} {} {}: {}", r.op, r.case, r.dtype, r.comparison);
         // Where we round exactly where PyTorch does, PyTorch's own output passes the same
@@ -48,7 +49,10 @@ fn cpu_references_pass_every_golden() {
             continue; // compared by index, no PyTorch error to set beside ours
         }
         let p = r.pytorch.as_ref().unwrap();
-        if !r.op.starts_with("attention") {
+        // Sampling's tolerance bounds our filtered probabilities against the float64 softmax of
+        // transformers' scores; PyTorch's own FP32 softmax over 151665 logits is further off
+        // (about 5e-6, its chunked float sum), which the vs_torch column shows, not a bound.
+        if !r.op.starts_with("attention") && !r.op.starts_with("sampling.") {
             assert!(p.passed(), "pytorch {} {} {}: {p}", r.op, r.case, r.dtype);
         }
     }
