@@ -16,9 +16,9 @@ pub const TESTS: &[GpuTest] = &[
     ("gemv::bad_inputs_are_errors_before_launch", bad_inputs_are_errors_before_launch),
 ];
 
-/// |ours - reference| allowed for one output: our FP32 sum is a chain of at most L = ceil(K / 256)
-/// * 8 FMAs a lane (ceil(K / 64) * 2 for f32's 4-element vectors, the same bound) then a 5-level
-/// tree, so its error is at most (L + 5) 2^-24 sum|x w| (first order); the reference rounds a
+/// |ours - reference| allowed for one output: our FP32 sum is a chain of at most
+/// L = 8 ceil(K / 256) FMAs a lane (4 ceil(K / 128) for f32's 4-element vectors, no more) then a
+/// 5-level tree, so its error is at most (L + 5) 2^-24 sum|x w| (first order); the reference rounds a
 /// float64 sum to f32 and adds the bias in f32 (2 more 2^-24); both then round to y's dtype, which
 /// can put two values that close on either side of a rounding boundary: one ulp of y's dtype.
 fn tolerance(k: usize, abs_dot: f32, expected: f32, y_dtype: DType) -> f32 {
