@@ -75,13 +75,12 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
 }  // namespace qk
 
 // Entry points: gemv_<dtype>_<out>_<path>, grid (ceil(N / 8), 1, 1), block (256, 1, 1); `b` may be
-// null; rows in 1..=16.
+// null; rows in 1..=16. No __launch_bounds__: with it ptxas holds the f32 vector variant to 64
+// registers on sm_80 and spills 8 bytes (tests/kernels_build.rs); without, 64-72 and no spill.
 #define QK_GEMV_ENTRY(NAME, T, TY, VEC)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256) gemv_##NAME(const T* __restrict__ x,               \
-                                                                  const T* __restrict__ w,               \
-                                                                  const T* __restrict__ b,               \
-                                                                  TY* __restrict__ y, int rows, int k,   \
-                                                                  int n) {                               \
+    extern "C" __global__ void gemv_##NAME(const T* __restrict__ x, const T* __restrict__ w,             \
+                                           const T* __restrict__ b, TY* __restrict__ y, int rows, int k, \
+                                           int n) {                                                      \
         qk::gemv<T, TY, VEC>(x, w, b, y, rows, k, n);                                                     \
     }
 
