@@ -22,35 +22,11 @@
 // the chunking or the order: deterministic and batch invariant. Nothing synchronises with the host;
 // the partials live in the caller's ArgmaxOutput, allocated once, so the step can be graph-captured.
 // Row offsets are 64-bit (rows * stride passes 2^31 at 14134 rows of 151936).
-#include "common.cuh"
+#include "argmax.cuh"
 
 #include <limits.h>
 
 namespace qk {
-
-constexpr int ARGMAX_NAN_ROW = -1;
-
-struct ArgBest {
-    float v;
-    int i;
-    bool nan;
-};
-
-// Fold candidate (v, i) into best. Candidates of one thread arrive in increasing i.
-__device__ __forceinline__ void argmax_take(ArgBest& best, float v, int i) {
-    if (v != v) {
-        best.nan = true;
-    } else if (v > best.v || (v == best.v && i < best.i)) {
-        best.v = v;
-        best.i = i;
-    }
-}
-
-__device__ __forceinline__ ArgBest argmax_combine(ArgBest a, ArgBest b) {
-    ArgBest out = (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
-    out.nan = a.nan || b.nan;
-    return out;
-}
 
 __device__ __forceinline__ ArgBest argmax_warp(ArgBest x) {
 #pragma unroll

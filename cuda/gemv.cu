@@ -4,8 +4,8 @@
 //   x [R, K] (T), W [N, K] (T, Hugging Face's [out, in]), b [N] (T, optional), y [R, N] (T, or f32)
 //   y[r, n] = round_y( sum_k x[r, k] W[n, k]  +  b[n] )     FP32 products and sums, one rounding
 //
-// One warp per output feature n: blockDim 256 (GEMV_WARPS = 8 features a block), grid ceil(N / 8).
-// Lane l reads W[n, :] in 16-byte vectors l, l + 32, l + 64, ... (a warp reads 512 contiguous bytes
+// One warp per output feature n: blockDim 256 (GEMV_WARPS = 8 features a block), grid ceil(N / 8);
+// the sums are gemv.cuh's gemv_dots. Lane l reads W[n, :] in 16-byte vectors l, l + 32, l + 64, ... (a warp reads 512 contiguous bytes
 // a step) and, for each row r, the x vector at the same k (x is at most 16 x K: cache-resident, read
 // by every warp), accumulating with one fmaf per product in increasing k. The 32 lane sums are then
 // added by a butterfly (xor 16, 8, 4, 2, 1), which leaves the sum in every lane; lane r stores row
@@ -16,12 +16,9 @@
 //
 // The scalar path (K not a multiple of the vector, or an unaligned base) maps element k to lane
 // (k / VEC) % 32 and sums in increasing k as well: the two paths give the same bits.
-#include "common.cuh"
+#include "gemv.cuh"
 
 namespace qk {
-
-constexpr int GEMV_MAX_ROWS = 16;
-constexpr int GEMV_WARPS = 8;
 
 template <typename T, typename TY, bool VEC>
 __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
@@ -29,46 +26,13 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
     if (out >= n) return;  // the whole warp: nothing below waits for the block
-    const T* wr = w + static_cast<long long>(out) * k;
-    constexpr int V = Vec16<T>::N;
-    float acc[GEMV_MAX_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) acc[r] = 0.0f;
-    if (VEC) {
-        const int nv = k / V;
-        for (int v = lane; v < nv; v += WARP) {
-            const Vec16<T> wv = load16(wr + v * V);
-#pragma unroll
-            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                if (r < rows) {
-                    const Vec16<T> xv = load16(x + static_cast<long long>(r) * k + v * V);
-#pragma unroll
-                    for (int e = 0; e < V; ++e) acc[r] = fmaf(to_float(xv.v[e]), to_float(wv.v[e]), acc[r]);
-                }
-            }
-        }
-    } else {
-        const int nv = (k + V - 1) / V;
-        for (int v = lane; v < nv; v += WARP) {
-            const int k1 = min(v * V + V, k);
-            for (int kk = v * V; kk < k1; ++kk) {
-                const float wk = to_float(wr[kk]);
-#pragma unroll
-                for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                    if (r < rows) acc[r] = fmaf(to_float(x[static_cast<long long>(r) * k + kk]), wk, acc[r]);
-                }
-            }
-        }
-    }
+    const T* const wrow[1] = {w + static_cast<long long>(out) * k};
+    float acc[1][GEMV_MAX_ROWS];
+    gemv_dots<T, VEC, false, 1>(x, nullptr, nullptr, wrow, rows, k, acc);
     const float bias = b == nullptr ? 0.0f : to_float(b[out]);
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-        if (r < rows) {  // uniform across the warp: every lane takes part in the shuffles
-            float s = acc[r];
-#pragma unroll
-            for (int offset = WARP / 2; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-            if (lane == r) y[static_cast<long long>(r) * n + out] = from_float<TY>(s + bias);
-        }
+        if (r < rows && lane == r) y[static_cast<long long>(r) * n + out] = from_float<TY>(acc[0][r] + bias);
     }
 }
 

@@ -14,7 +14,7 @@
 //    host (the next replay reads the new values). A position past the table or a page not given
 //    (negative) yields INT_MAX, which the next cache write refuses and flags: never a silent skip.
 //    grid = (1, 1, 1), block = batch rounded up to 32 threads, looping for larger batches.
-#include "common.cuh"
+#include "model.cuh"
 
 namespace qk {
 
@@ -53,11 +53,6 @@ extern "C" __global__ void decode_advance(int* __restrict__ positions, int* __re
                                           int* __restrict__ slot_mapping, const int* __restrict__ block_tables,
                                           int max_pages, int page_size, int batch) {
     for (int b = threadIdx.x; b < batch; b += blockDim.x) {
-        const int p = positions[b] + 1;
-        positions[b] = p;
-        lens[b] += 1;
-        const int i = p >= 0 ? p / page_size : max_pages;
-        const int page = i < max_pages ? block_tables[static_cast<long long>(b) * max_pages + i] : -1;
-        slot_mapping[b] = page >= 0 ? page * page_size + p % page_size : 0x7fffffff;
+        qk::decode_advance_row(b, positions, lens, slot_mapping, block_tables, max_pages, page_size);
     }
 }

@@ -16,7 +16,7 @@
 //     y        [rows, hidden]   output
 //
 // Per row:  r = fused ? T(x + residual) : x                   (T(.) = round to nearest even in T)
-//           mean = (sum over the row of float(r)^2) / hidden  (FP32)
+//           mean = (sum over the row of float(r)^2) / hidden  (FP32, one fmaf a square)
 //           inv = 1 / sqrt(mean + eps)                        (FP32, IEEE sqrt and division)
 //           y = T(float(w) * float(T(float(r) * inv)))         (two roundings, as PyTorch does in 16-bit)
 // In f32 storage every T(.) is the identity.
@@ -64,7 +64,7 @@ __device__ __forceinline__ void rmsnorm_row(const T* __restrict__ x, T* __restri
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 const float f = to_float(r.v[j]);
-                sum_sq += f * f;
+                sum_sq = fmaf(f, f, sum_sq);
             }
         }
     } else {
@@ -75,7 +75,7 @@ __device__ __forceinline__ void rmsnorm_row(const T* __restrict__ x, T* __restri
                 residual[i] = r;
             }
             const float f = to_float(r);
-            sum_sq += f * f;
+            sum_sq = fmaf(f, f, sum_sq);
         }
     }
     const float mean = block_sum(sum_sq) / static_cast<float>(hidden);

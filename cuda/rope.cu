@@ -37,20 +37,9 @@
 // Thread mapping: one block per token (grid = T). threadIdx.x = pair i (blockDim.x = d/2 rounded up to
 // 32), threadIdx.y strides over the heads (q heads first, then kv heads). Each thread computes its
 // (cos, sin) once and applies it to every head it visits. Offsets are 64-bit.
-#include "common.cuh"
+#include "rope.cuh"
 
 namespace qk {
-
-constexpr unsigned ROPE_BAD_POSITION = 1u;
-constexpr unsigned ROPE_BAD_SLOT = 2u;
-
-// Rotate the pair (x[i], x[i + half]) of one head by (c, s), already rounded to T.
-template <typename T>
-__device__ __forceinline__ void rope_pair(T x1, T x2, float c, float s, T& out1, T& out2) {
-    const float f1 = to_float(x1), f2 = to_float(x2);
-    out1 = from_float<T>(__fadd_rn(round_to<T>(__fmul_rn(f1, c)), round_to<T>(__fmul_rn(-f2, s))));
-    out2 = from_float<T>(__fadd_rn(round_to<T>(__fmul_rn(f2, c)), round_to<T>(__fmul_rn(f1, s))));
-}
 
 // The token's position if it is in 0..limit; otherwise flags `bit` and returns -1.
 __device__ __forceinline__ int checked_index(const int* __restrict__ values, int limit, unsigned bit,
@@ -61,15 +50,6 @@ __device__ __forceinline__ int checked_index(const int* __restrict__ values, int
         return -1;
     }
     return p;
-}
-
-// (c, s) of pair i at position pos, rounded to T.
-template <typename T>
-__device__ __forceinline__ void rope_cos_sin(int pos, float inv_freq, float& c, float& s) {
-    const float angle = __fmul_rn(static_cast<float>(pos), inv_freq);
-    sincosf(angle, &s, &c);
-    c = round_to<T>(c);
-    s = round_to<T>(s);
 }
 
 template <typename T>

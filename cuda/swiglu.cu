@@ -18,15 +18,9 @@
 // elements per 16-byte vector on the vector path, N = 1 on the scalar path. The host picks the vector
 // path only when width % N == 0, both strides % N == 0 and all three base pointers are 16-byte aligned,
 // so every vector is aligned and stays inside its row. Indices are 64-bit.
-#include "common.cuh"
+#include "swiglu.cuh"
 
 namespace qk {
-
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
-
-template <typename T> __device__ __forceinline__ T swiglu_one(T g, T u) {
-    return from_float<T>(round_to<T>(silu(to_float(g))) * to_float(u));
-}
 
 template <typename T, bool VEC>
 __device__ __forceinline__ void swiglu_all(const T* __restrict__ gate, const T* __restrict__ up,

@@ -7,6 +7,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod decode;
 pub mod embed;
 pub mod gemm;
 pub mod gemv;

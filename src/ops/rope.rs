@@ -87,6 +87,12 @@ impl RopeTable {
         self.max_positions
     }
 
+    /// The device table and status word, for the kernels that rotate in an epilogue
+    /// ([`crate::ops::decode::qkv`]).
+    pub(crate) fn device_parts(&mut self) -> (&CudaSlice<f32>, &mut CudaSlice<u32>) {
+        (&self.inv_freq, &mut self.status)
+    }
+
     /// Read (synchronising) and clear the status word: `Ok` if every token since the last check had
     /// a valid position and slot, else an error naming what was skipped.
     pub fn check_status(&mut self, gpu: &Gpu) -> Result<()> {
@@ -190,7 +196,7 @@ pub fn rope_kv(
 
 /// The cache-write kernels' trailing arguments: the position limit, the cache's slots, page size
 /// and element strides (spec/kv_cache.rs).
-struct CacheArgs {
+pub(crate) struct CacheArgs {
     pos_limit: i32,
     n_slots: i32,
     page_size: i32,
@@ -200,7 +206,7 @@ struct CacheArgs {
 }
 
 impl CacheArgs {
-    fn new(table: &RopeTable, c: &KvCacheDims) -> Self {
+    pub(crate) fn new(table: &RopeTable, c: &KvCacheDims) -> Self {
         // check_kv bounded the slots by i32, hence the page size too; max_positions <= 2^24.
         CacheArgs {
             pos_limit: table.max_positions as i32,
@@ -212,7 +218,7 @@ impl CacheArgs {
         }
     }
 
-    fn push<'a>(&'a self, args: &mut crate::gpu::KernelLaunch<'a>) {
+    pub(crate) fn push<'a>(&'a self, args: &mut crate::gpu::KernelLaunch<'a>) {
         args.arg(&self.pos_limit).arg(&self.n_slots).arg(&self.page_size);
         args.arg(&self.page_stride).arg(&self.head_stride).arg(&self.row_stride);
     }

@@ -19,6 +19,7 @@ mod common;
 mod argmax;
 mod attention;
 mod bad_inputs;
+mod decode;
 mod gemv;
 mod golden;
 mod graph;
@@ -75,6 +76,7 @@ const RACECHECK: &[&str] = &[
     "rope::",
     "linear::",
     "gemv::",
+    "decode::",
     "attention::",
     "paged::",
     "sampling::",
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
         rope::TESTS,
         linear::TESTS,
         gemv::TESTS,
+        decode::TESTS,
         attention::TESTS,
         paged::TESTS,
         sampling::TESTS,

@@ -1,0 +1,265 @@
+// decode.cu: the fused decode step. Each kernel is a GEMV of gemv.cuh (one warp per output, up to
+// GEMV_MAX_ROWS = 16 rows of x, every weight byte read once for all rows, the reduction order fixed
+// by K alone) with the work around it folded into a prologue and an epilogue, so that a decoder
+// layer is five or six launches instead of twelve:
+//
+//   dec_qkv       xn = rmsnorm(resid) on the fly (input_layernorm), [q|k|v] = xn Wqkv^T + b, RoPE
+//                 on q and k, q to q_out, k and v to the paged KV cache at the row's slot
+//   (attention)   attention.cu's split kernel, and its combine when a row has several splits
+//   dec_residual  resid += attn Wo^T (o_proj; also down_proj below)
+//   dec_gate_up   xn = rmsnorm(resid) on the fly (post_attention_layernorm), act = silu(xn Wg^T) *
+//                 (xn Wu^T): gate row i and up row i in one warp
+//   dec_residual  resid += act Wdown^T
+// and once a step, after the last layer:
+//   dec_head      xn = rmsnorm(resid) (the final norm), logits = xn lm_head^T (f32), and each
+//                 block's bounded argmax of its 8 logits per row (the argmax's first stage)
+//   dec_finish    the argmax's second stage over the blocks' candidates, then the row's position,
+//                 length and next cache slot (model.cu's decode_advance)
+//
+// Rounding points, exactly transformers' Qwen2 code in the storage dtype T (and the unfused kernels'):
+//   xn      = T(w * T(r * inv))                    rmsnorm.cu; inv summed in rmsnorm.cu's order
+//   y       = T(sum_k xn_k W_nk + b_n)            FP32 products and sums, the bias in FP32, one rounding
+//   q, k    = rope.cuh's rope_pair on (y_i, y_i+d/2), (cos, sin) rounded to T
+//   act     = swiglu.cuh's swiglu_one(T(gate), T(up))
+//   resid   = T(resid + T(y))                      the decoder layer's `residual + hidden_states`
+//   logits  = FP32 sum (no rounding to T), as the f32 lm_head the model uses
+// so the normalised activations, projections, rotated q/k, cache rows, activations and residuals
+// equal, bit for bit, what rmsnorm/add_rmsnorm, gemv, rope_qkv and swiglu_fused compute one launch
+// at a time. Rows are the decode batch; nothing a row computes depends on the other rows.
+//
+// Launches: grid (ceil(units / 8), 1, 1), block (256, 1, 1); a unit is one output feature (a pair of
+// features for dec_qkv: i and i + d/2 of one head; for dec_gate_up: gate i and up i). The
+// norm prologue (every thread of the block) runs before any warp leaves. dec_finish: grid (rows, 1,
+// 1), block (256, 1, 1). Offsets are 64-bit.
+#include "argmax.cuh"
+#include "gemv.cuh"
+#include "model.cuh"
+#include "rope.cuh"
+#include "swiglu.cuh"
+
+#include <limits.h>
+
+namespace qk {
+
+// The value of row `lane` among the warp's totals (every lane holds every row's).
+__device__ __forceinline__ float row_of_lane(const float (&acc)[GEMV_MAX_ROWS], int lane) {
+    float out = 0.0f;
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r) out = r == lane ? acc[r] : out;
+    return out;
+}
+
+// q/k/v with the input norm, bias, RoPE and the cache write (rope.cu's rope_qkv semantics: a row
+// whose position is outside 0..pos_limit or whose slot is at or past n_slots is flagged in *status
+// and writes nothing; a negative slot skips the cache write only).
+template <typename T, bool VEC>
+__device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __restrict__ w_norm, float eps,
+                                        const T* __restrict__ w, const T* __restrict__ b, int rows,
+                                        int hidden, int heads, int kv_heads, int half,
+                                        const int* __restrict__ positions, const int* __restrict__ slot_mapping,
+                                        const float* __restrict__ inv_freq, unsigned* __restrict__ status,
+                                        T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                        int pos_limit, int n_slots, int page_size, long long page_stride,
+                                        long long head_stride, long long row_stride) {
+    __shared__ float inv[GEMV_MAX_ROWS];
+    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int unit = blockIdx.x * GEMV_WARPS + warp;
+    if (unit >= (heads + 2 * kv_heads) * half) return;  // the whole warp
+    const int h = unit / half, i = unit % half, d = 2 * half;
+    const long long n0 = static_cast<long long>(h) * d + i, n1 = n0 + half;
+    const T* const wrow[2] = {w + n0 * hidden, w + n1 * hidden};
+    float acc[2][GEMV_MAX_ROWS];
+    gemv_dots<T, VEC, true, 2>(x, w_norm, inv, wrow, rows, hidden, acc);
+    if (lane >= rows) return;
+    const int r = lane;
+    const int pos = positions[r], slot = slot_mapping[r];
+    const bool bad_pos = pos < 0 || pos >= pos_limit, bad_slot = slot >= n_slots;
+    if (bad_pos || bad_slot) {
+        if (unit == 0) atomicOr(status, (bad_pos ? ROPE_BAD_POSITION : 0u) | (bad_slot ? ROPE_BAD_SLOT : 0u));
+        return;
+    }
+    const T y0 = from_float<T>(row_of_lane(acc[0], lane) + to_float(b[n0]));
+    const T y1 = from_float<T>(row_of_lane(acc[1], lane) + to_float(b[n1]));
+    if (h < heads) {
+        float c, s;
+        rope_cos_sin<T>(pos, inv_freq[i], c, s);
+        T* q = q_out + static_cast<long long>(r) * heads * d + static_cast<long long>(h) * d;
+        rope_pair(y0, y1, c, s, q[i], q[i + half]);
+        return;
+    }
+    if (slot < 0) return;  // padding: no cache write
+    const long long page_base =
+        static_cast<long long>(slot / page_size) * page_stride + static_cast<long long>(slot % page_size) * row_stride;
+    if (h < heads + kv_heads) {
+        float c, s;
+        rope_cos_sin<T>(pos, inv_freq[i], c, s);
+        T* kc = k_cache + page_base + static_cast<long long>(h - heads) * head_stride;
+        rope_pair(y0, y1, c, s, kc[i], kc[i + half]);
+    } else {
+        T* vc = v_cache + page_base + static_cast<long long>(h - heads - kv_heads) * head_stride;
+        vc[i] = y0;
+        vc[i + half] = y1;
+    }
+}
+
+// resid[r, n] = T(resid[r, n] + T(sum_k x[r, k] W[n, k])): o_proj and down_proj with the residual add.
+template <typename T, bool VEC>
+__device__ __forceinline__ void dec_residual(const T* __restrict__ x, const T* __restrict__ w,
+                                             T* __restrict__ resid, int rows, int k, int n) {
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int out = blockIdx.x * GEMV_WARPS + warp;
+    if (out >= n) return;
+    const T* const wrow[1] = {w + static_cast<long long>(out) * k};
+    float acc[1][GEMV_MAX_ROWS];
+    gemv_dots<T, VEC, false, 1>(x, nullptr, nullptr, wrow, rows, k, acc);
+    if (lane >= rows) return;
+    T* y = resid + static_cast<long long>(lane) * n + out;
+    *y = from_float<T>(to_float(*y) + round_to<T>(row_of_lane(acc[0], lane)));
+}
+
+// act[r, i] = swiglu(T(xn Wgu[i]^T), T(xn Wgu[I + i]^T)) with the post-attention norm, Wgu = [gate; up].
+template <typename T, bool VEC>
+__device__ __forceinline__ void dec_gate_up(const T* __restrict__ x, const T* __restrict__ w_norm, float eps,
+                                            const T* __restrict__ w, T* __restrict__ act, int rows, int hidden,
+                                            int inter) {
+    __shared__ float inv[GEMV_MAX_ROWS];
+    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int i = blockIdx.x * GEMV_WARPS + warp;
+    if (i >= inter) return;
+    const T* const wrow[2] = {w + static_cast<long long>(i) * hidden, w + static_cast<long long>(inter + i) * hidden};
+    float acc[2][GEMV_MAX_ROWS];
+    gemv_dots<T, VEC, true, 2>(x, w_norm, inv, wrow, rows, hidden, acc);
+    if (lane >= rows) return;
+    act[static_cast<long long>(lane) * inter + i] =
+        swiglu_one(from_float<T>(row_of_lane(acc[0], lane)), from_float<T>(row_of_lane(acc[1], lane)));
+}
+
+// logits[r, n] = sum_k xn[r, k] W[n, k] (FP32) with the final norm, and per block and row the
+// bounded argmax of the block's logits (n < n_valid) into part_v / part_i [rows, gridDim.x] (index
+// ARGMAX_NAN_ROW when one was NaN; (-inf, INT_MAX) when the block has no valid feature).
+template <typename T, bool VEC>
+__device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __restrict__ w_norm, float eps,
+                                         const T* __restrict__ w, float* __restrict__ logits, int rows, int hidden,
+                                         int n, int n_valid, float* __restrict__ part_v, int* __restrict__ part_i) {
+    __shared__ float inv[GEMV_MAX_ROWS];
+    __shared__ float s_v[GEMV_WARPS][GEMV_MAX_ROWS];
+    __shared__ int s_i[GEMV_WARPS][GEMV_MAX_ROWS];
+    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int out = blockIdx.x * GEMV_WARPS + warp;
+    ArgBest best{-INFINITY, INT_MAX, false};
+    if (out < n) {  // uniform across the warp; every warp reaches the barrier below
+        const T* const wrow[1] = {w + static_cast<long long>(out) * hidden};
+        float acc[1][GEMV_MAX_ROWS];
+        gemv_dots<T, VEC, true, 1>(x, w_norm, inv, wrow, rows, hidden, acc);
+        if (lane < rows) {
+            const float v = row_of_lane(acc[0], lane);
+            logits[static_cast<long long>(lane) * n + out] = v;
+            if (out < n_valid) argmax_take(best, v, out);
+        }
+    }
+    if (lane < rows) {
+        s_v[warp][lane] = best.v;
+        s_i[warp][lane] = best.nan ? ARGMAX_NAN_ROW : best.i;
+    }
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < rows) {
+        const int r = threadIdx.x;
+        ArgBest b{-INFINITY, INT_MAX, false};
+        for (int j = 0; j < GEMV_WARPS; ++j) {
+            b = s_i[j][r] == ARGMAX_NAN_ROW ? ArgBest{b.v, b.i, true} : argmax_combine(b, ArgBest{s_v[j][r], s_i[j][r], false});
+        }
+        const long long at = static_cast<long long>(r) * gridDim.x + blockIdx.x;
+        part_v[at] = b.v;
+        part_i[at] = b.nan ? ARGMAX_NAN_ROW : b.i;
+    }
+}
+
+constexpr int FINISH_THREADS = 256;
+
+// Row blockIdx.x: the argmax over its `parts` candidates into index[r]; then, when `advance`, the
+// row's position, length and slot move on (decode_advance_row).
+__device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, const int* __restrict__ part_i,
+                                           int parts, int* __restrict__ index, int* __restrict__ positions,
+                                           int* __restrict__ lens, int* __restrict__ slot_mapping,
+                                           const int* __restrict__ block_tables, int max_pages, int page_size,
+                                           int advance) {
+    __shared__ float s_v[FINISH_THREADS];
+    __shared__ int s_i[FINISH_THREADS];
+    __shared__ int s_nan[FINISH_THREADS];
+    const int r = blockIdx.x, t = threadIdx.x;
+    ArgBest best{-INFINITY, INT_MAX, false};
+    for (int c = t; c < parts; c += FINISH_THREADS) {
+        const long long at = static_cast<long long>(r) * parts + c;
+        const int i = part_i[at];
+        best = i == ARGMAX_NAN_ROW ? ArgBest{best.v, best.i, true} : argmax_combine(best, ArgBest{part_v[at], i, false});
+    }
+    s_v[t] = best.v;
+    s_i[t] = best.i;
+    s_nan[t] = best.nan;
+    __syncthreads();
+    for (int stride = FINISH_THREADS / 2; stride > 0; stride /= 2) {
+        if (t < stride) {
+            const ArgBest o = argmax_combine(ArgBest{s_v[t], s_i[t], s_nan[t] != 0},
+                                             ArgBest{s_v[t + stride], s_i[t + stride], s_nan[t + stride] != 0});
+            s_v[t] = o.v;
+            s_i[t] = o.i;
+            s_nan[t] = o.nan;
+        }
+        __syncthreads();
+    }
+    if (t == 0) {
+        index[r] = s_nan[0] != 0 ? ARGMAX_NAN_ROW : s_i[0];
+        if (advance != 0) decode_advance_row(r, positions, lens, slot_mapping, block_tables, max_pages, page_size);
+    }
+}
+
+}  // namespace qk
+
+// Entry points: dec_<kernel>_<dtype>_<path>, path in {vec, scalar} (vec: every row of x and W and
+// the norm weight 16-byte aligned and K a multiple of the vector), and dec_finish.
+#define QK_DECODE_ENTRY(NAME, T, VEC)                                                                   \
+    extern "C" __global__ void dec_qkv_##NAME(                                                         \
+        const T* __restrict__ x, const T* __restrict__ w_norm, float eps, const T* __restrict__ w,     \
+        const T* __restrict__ b, int rows, int hidden, int heads, int kv_heads, int half,             \
+        const int* __restrict__ positions, const int* __restrict__ slot_mapping,                       \
+        const float* __restrict__ inv_freq, unsigned* __restrict__ status, T* __restrict__ q_out,      \
+        T* __restrict__ k_cache, T* __restrict__ v_cache, int pos_limit, int n_slots, int page_size,   \
+        long long page_stride, long long head_stride, long long row_stride) {                          \
+        qk::dec_qkv<T, VEC>(x, w_norm, eps, w, b, rows, hidden, heads, kv_heads, half, positions,       \
+                            slot_mapping, inv_freq, status, q_out, k_cache, v_cache, pos_limit, n_slots, \
+                            page_size, page_stride, head_stride, row_stride);                          \
+    }                                                                                                  \
+    extern "C" __global__ void dec_residual_##NAME(const T* __restrict__ x, const T* __restrict__ w,    \
+                                                   T* __restrict__ resid, int rows, int k, int n) {     \
+        qk::dec_residual<T, VEC>(x, w, resid, rows, k, n);                                             \
+    }                                                                                                  \
+    extern "C" __global__ void dec_gate_up_##NAME(const T* __restrict__ x, const T* __restrict__ w_norm, \
+                                                  float eps, const T* __restrict__ w, T* __restrict__ act, \
+                                                  int rows, int hidden, int inter) {                   \
+        qk::dec_gate_up<T, VEC>(x, w_norm, eps, w, act, rows, hidden, inter);                          \
+    }                                                                                                  \
+    extern "C" __global__ void dec_head_##NAME(const T* __restrict__ x, const T* __restrict__ w_norm,   \
+                                               float eps, const T* __restrict__ w,                     \
+                                               float* __restrict__ logits, int rows, int hidden, int n, \
+                                               int n_valid, float* __restrict__ part_v,                \
+                                               int* __restrict__ part_i) {                             \
+        qk::dec_head<T, VEC>(x, w_norm, eps, w, logits, rows, hidden, n, n_valid, part_v, part_i);      \
+    }
+
+QK_DECODE_ENTRY(f32_vec, float, true)
+QK_DECODE_ENTRY(f32_scalar, float, false)
+QK_DECODE_ENTRY(f16_vec, __half, true)
+QK_DECODE_ENTRY(f16_scalar, __half, false)
+QK_DECODE_ENTRY(bf16_vec, __nv_bfloat16, true)
+QK_DECODE_ENTRY(bf16_scalar, __nv_bfloat16, false)
+
+extern "C" __global__ void dec_finish(const float* __restrict__ part_v, const int* __restrict__ part_i, int parts,
+                                      int* __restrict__ index, int* __restrict__ positions, int* __restrict__ lens,
+                                      int* __restrict__ slot_mapping, const int* __restrict__ block_tables,
+                                      int max_pages, int page_size, int advance) {
+    qk::dec_finish(part_v, part_i, parts, index, positions, lens, slot_mapping, block_tables, max_pages, page_size,
+                   advance);
+}

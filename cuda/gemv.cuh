@@ -1,0 +1,145 @@
+// gemv.cuh: the decode GEMV's core, shared by gemv.cu (the plain projection) and decode.cu (the
+// fused decode-step kernels), so that every one of them sums a row's products in the same order.
+//
+// gemv_dots: one warp computes NOUT output features (weight rows wrow[j], [K] each, Hugging Face's
+// [out, in] layout) for rows 0..rows-1 of x [rows, K]. Lane l reads each weight row in 16-byte
+// vectors l, l + 32, l + 64, ... and, for each row r, x's vector at the same k, accumulating with
+// one fmaf per product in increasing k; the 32 lane sums are then added by a butterfly (xor 16, 8,
+// 4, 2, 1), leaving the total in every lane. Which products a lane sums and the order of every
+// addition depend on K alone, never on the number of rows or a row's place among them: a row's
+// result is the same bit for bit whatever the batch. The scalar path (K not a multiple of the
+// vector, or an unaligned base) maps element k to lane (k / VEC) % 32 and sums in increasing k as
+// well, so both paths give the same bits.
+//
+// With NORM, x is RMS-normalised on the fly as the dot product reads it: x'[r, k] =
+// T(w_norm[k] * T(x[r, k] * inv[r])), rmsnorm.cu's output exactly, with inv[r] from
+// gemv_norm_prologue. That prologue sums the squares in rmsnorm.cu's order (its block of
+// row_block_threads(items) threads, emulated here), so a fused kernel's normalised activations
+// equal the rmsnorm kernel's bit for bit, and a fused decode step equals the unfused one.
+#pragma once
+
+#include "common.cuh"
+
+namespace qk {
+
+constexpr int GEMV_MAX_ROWS = 16;
+constexpr int GEMV_WARPS = 8;
+constexpr int GEMV_THREADS = GEMV_WARPS * WARP;
+
+// x as the dot product reads it: as stored, or normalised (rmsnorm.cu's two roundings).
+template <typename T, bool NORM>
+__device__ __forceinline__ float gemv_x(T x, T w_norm, float inv) {
+    if (NORM) return round_to<T>(to_float(w_norm) * round_to<T>(to_float(x) * inv));
+    return to_float(x);
+}
+
+template <typename T, bool VEC, bool NORM, int NOUT>
+__device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* __restrict__ w_norm,
+                                          const float* inv, const T* const (&wrow)[NOUT], int rows, int k,
+                                          float (&acc)[NOUT][GEMV_MAX_ROWS]) {
+    const int lane = threadIdx.x % WARP;
+    constexpr int V = Vec16<T>::N;
+#pragma unroll
+    for (int j = 0; j < NOUT; ++j) {
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) acc[j][r] = 0.0f;
+    }
+    if (VEC) {
+        const int nv = k / V;
+        for (int v = lane; v < nv; v += WARP) {
+            Vec16<T> wv[NOUT];
+#pragma unroll
+            for (int j = 0; j < NOUT; ++j) wv[j] = load16(wrow[j] + v * V);
+            Vec16<T> nw;
+            if (NORM) nw = load16(w_norm + v * V);
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                if (r < rows) {
+                    const Vec16<T> xv = load16(x + static_cast<long long>(r) * k + v * V);
+                    const float ir = NORM ? inv[r] : 0.0f;
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        const float xe = gemv_x<T, NORM>(xv.v[e], NORM ? nw.v[e] : xv.v[e], ir);
+#pragma unroll
+                        for (int j = 0; j < NOUT; ++j) acc[j][r] = fmaf(xe, to_float(wv[j].v[e]), acc[j][r]);
+                    }
+                }
+            }
+        }
+    } else {
+        const int nv = (k + V - 1) / V;
+        for (int v = lane; v < nv; v += WARP) {
+            const int k1 = min(v * V + V, k);
+            for (int kk = v * V; kk < k1; ++kk) {
+                float wk[NOUT];
+#pragma unroll
+                for (int j = 0; j < NOUT; ++j) wk[j] = to_float(wrow[j][kk]);
+                const T nk = NORM ? w_norm[kk] : T{};
+#pragma unroll
+                for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                    if (r < rows) {
+                        const float xe = gemv_x<T, NORM>(x[static_cast<long long>(r) * k + kk], nk, NORM ? inv[r] : 0.0f);
+#pragma unroll
+                        for (int j = 0; j < NOUT; ++j) acc[j][r] = fmaf(xe, wk[j], acc[j][r]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+        if (r < rows) {  // uniform across the warp: every lane takes part in the shuffles
+#pragma unroll
+            for (int j = 0; j < NOUT; ++j) acc[j][r] = warp_sum(acc[j][r]);
+        }
+    }
+}
+
+// inv[r] = 1 / sqrt(mean(x[r, :]^2) + eps) for r < rows (shared memory, read after the barrier this
+// ends with), summed exactly as rmsnorm.cu sums one row: its block of B = row_block_threads(items)
+// threads (items = K / VEC vectors on the vector path, K elements on the scalar one; B <= 1024)
+// each summing items t, t + B, ... with fmaf, then block_sum's order (a butterfly per warp, then the
+// warp sums by a butterfly in warp 0). This block of GEMV_THREADS plays B's thread t as thread
+// t % GEMV_THREADS in pass t / GEMV_THREADS. Every thread of the block must call it.
+template <typename T, bool VEC>
+__device__ __forceinline__ void gemv_norm_prologue(const T* __restrict__ x, int rows, int k, float eps,
+                                                   float* inv) {
+    __shared__ float partial[MAX_BLOCK / WARP];
+    constexpr int V = VEC ? Vec16<T>::N : 1;
+    const int items = k / V;
+    const int threads = min(max((items + WARP - 1) / WARP, 1), MAX_BLOCK / WARP) * WARP;
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    for (int r = 0; r < rows; ++r) {
+        const T* xr = x + static_cast<long long>(r) * k;
+        for (int base = 0; base < threads; base += GEMV_THREADS) {
+            const int t = base + static_cast<int>(threadIdx.x);
+            float s = 0.0f;
+            if (t < threads) {
+                for (int i = t; i < items; i += threads) {
+                    if (VEC) {
+                        const Vec16<T> xv = load16(xr + static_cast<long long>(i) * V);
+#pragma unroll
+                        for (int e = 0; e < Vec16<T>::N; ++e) {
+                            const float f = to_float(xv.v[e]);
+                            s = fmaf(f, f, s);
+                        }
+                    } else {
+                        const float f = to_float(xr[i]);
+                        s = fmaf(f, f, s);
+                    }
+                }
+            }
+            s = warp_sum(s);
+            if (lane == 0 && t < threads) partial[t / WARP] = s;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            float y = lane < threads / WARP ? partial[lane] : 0.0f;
+            y = warp_sum(y);
+            if (lane == 0) inv[r] = 1.0f / sqrtf(y / static_cast<float>(k) + eps);
+        }
+        __syncthreads();  // inv[r] is read by every warp; partial is rewritten for row r + 1
+    }
+}
+
+}  // namespace qk

@@ -1,0 +1,415 @@
+//! The fused decode step (`cuda/decode.cu`): GEMVs of up to 16 rows ([`crate::ops::gemv`]'s
+//! core: every weight byte read once for all rows, a reduction order fixed by the row length) with
+//! the work around each projection folded in, so a decoder layer is five launches plus attention's
+//! one or two, instead of twelve:
+//!
+//! ```text
+//! qkv        xn = rmsnorm(resid) (on the fly); [q|k|v] = xn Wqkv^T + b; RoPE; q -> q_out, k, v -> cache
+//! residual   resid = T(resid + T(x W^T))                     o_proj, down_proj
+//! gate_up    xn = rmsnorm(resid); act = silu(T(xn Wg^T)) * T(xn Wu^T)
+//! head       xn = rmsnorm(resid); logits = xn lm_head^T (f32); each block's bounded argmax
+//! finish     the argmax over the blocks' candidates; optionally positions, lengths, slots + 1
+//! ```
+//!
+//! Every rounding point is transformers' (and the unfused kernels'): the normalised activations
+//! are rounded to the storage dtype before the dot products, the sum of squares runs in
+//! `rmsnorm`'s order, the projections round once after the bias, RoPE and SwiGLU are the same
+//! device functions as `rope_qkv` and `swiglu_fused`. So each kernel equals, bit for bit, the chain
+//! of unfused launches it replaces (`rmsnorm` -> `gemv` -> `rope_qkv`, ...), which the tests check,
+//! and a row's result never depends on the other rows of the launch.
+//!
+//! More than 16 rows are computed in groups of 16 (one launch each): the results are the same.
+
+use crate::dtype::DType;
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::Gpu;
+use crate::ops::kv_cache::KvCacheViewMut;
+use crate::ops::rope::{check_kv, check_qk, CacheArgs, RopeTable};
+use crate::tensor::{Layout, View, ViewMut};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+
+pub use super::Path;
+const MODULE: &str = "decode";
+pub const QKV_OP: &str = "decode qkv";
+pub const RESIDUAL_OP: &str = "decode residual";
+pub const GATE_UP_OP: &str = "decode gate_up";
+pub const HEAD_OP: &str = "decode head";
+
+/// Rows one launch takes (the kernels' GEMV_MAX_ROWS); more are done in groups of this many.
+pub const MAX_ROWS: usize = super::gemv::MAX_ROWS;
+/// Units (output features, or feature pairs) a block computes: one per warp of 256 threads.
+const UNITS_PER_BLOCK: usize = 8;
+const THREADS: u32 = 256;
+
+fn dims2(op: &'static str, what: &str, l: Layout) -> Result<(usize, usize)> {
+    match *l.shape.dims() {
+        [a, b] => Ok((a, b)),
+        _ => Err(Error::shape(op, format!("{what} must be rank 2, got {l}"))),
+    }
+}
+
+fn same_dtype(op: &'static str, x: Layout, others: &[(&str, Layout)]) -> Result<()> {
+    for (what, l) in others {
+        if l.dtype != x.dtype {
+            return Err(Error::dtype(op, format!("{what} is {} but x is {}", l.dtype, x.dtype)));
+        }
+    }
+    Ok(())
+}
+
+fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::unsupported(op, format!("{what} {v} past i32")))
+}
+
+/// The kernel name for `base`, dtype and path: the vector path needs K a multiple of the 16-byte
+/// vector and every row base (`offsets`, bytes) 16-byte aligned.
+fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize], path: Path) -> Result<&'static str> {
+    let ok = (k * dtype.size()) % 16 == 0 && offsets.iter().all(|o| o % 16 == 0);
+    let vec = path.vectorized(op, ok, || format!("16-byte vector path needs K ({k} of {dtype}) in whole vectors and aligned bases {offsets:?}"))?;
+    let dt = match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+    };
+    let name = format!("dec_{base}_{dt}_{}", if vec { "vec" } else { "scalar" });
+    Ok(KERNELS.iter().copied().find(|k| *k == name).expect("every (kernel, dtype, path) is compiled"))
+}
+
+/// The entry points of cuda/decode.cu but dec_finish.
+const KERNELS: &[&str] = &[
+    "dec_qkv_f32_vec", "dec_qkv_f32_scalar", "dec_qkv_f16_vec", "dec_qkv_f16_scalar", "dec_qkv_bf16_vec", "dec_qkv_bf16_scalar",
+    "dec_residual_f32_vec", "dec_residual_f32_scalar", "dec_residual_f16_vec", "dec_residual_f16_scalar", "dec_residual_bf16_vec", "dec_residual_bf16_scalar",
+    "dec_gate_up_f32_vec", "dec_gate_up_f32_scalar", "dec_gate_up_f16_vec", "dec_gate_up_f16_scalar", "dec_gate_up_bf16_vec", "dec_gate_up_bf16_scalar",
+    "dec_head_f32_vec", "dec_head_f32_scalar", "dec_head_f16_vec", "dec_head_f16_scalar", "dec_head_bf16_vec", "dec_head_bf16_scalar",
+];
+
+/// The row groups of a launch of `rows` rows: 0..16, 16..32, ...
+fn groups(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..rows).step_by(MAX_ROWS).map(move |r0| r0..(r0 + MAX_ROWS).min(rows))
+}
+
+fn config(units: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (units.div_ceil(UNITS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Check an input norm: x [R, H], its weight [H] in x's dtype, eps finite and >= 0.
+fn check_norm(op: &'static str, x: Layout, norm: Layout, eps: f32) -> Result<(usize, usize)> {
+    let (rows, hidden) = dims2(op, "x", x)?;
+    same_dtype(op, x, &[("the norm weight", norm)])?;
+    if norm.shape.dims() != [hidden] {
+        return Err(Error::shape(op, format!("norm weight {norm} must be [{hidden}] for x {x}")));
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::invalid(op, format!("eps {eps} must be finite and >= 0")));
+    }
+    if hidden == 0 {
+        return Err(Error::shape(op, format!("x {x} has no columns")));
+    }
+    Ok((rows, hidden))
+}
+
+/// The q/k/v projection of x [R, H] (normalised with `norm`, eps), `w` [(heads + 2 kv_heads) d, H]
+/// and bias `b` [(heads + 2 kv_heads) d], then RoPE at `positions` with `table` and the cache
+/// write at `slot_mapping` (device i32 [R] each; checked per row on the device as
+/// [`crate::ops::rope::rope_qkv`] does, flagged in the table's status word): q_out [R, heads, d]
+/// gets the rotated q.
+#[allow(clippy::too_many_arguments)]
+pub fn qkv(
+    gpu: &Gpu,
+    x: &View,
+    norm: &View,
+    eps: f32,
+    w: &View,
+    b: &View,
+    table: &mut RopeTable,
+    positions: &CudaView<i32>,
+    slot_mapping: &CudaView<i32>,
+    q_out: &mut ViewMut,
+    cache: &mut KvCacheViewMut,
+) -> Result<()> {
+    qkv_with_path(gpu, x, norm, eps, w, b, table, positions, slot_mapping, q_out, cache, Path::Auto)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_with_path(
+    gpu: &Gpu,
+    x: &View,
+    norm: &View,
+    eps: f32,
+    w: &View,
+    b: &View,
+    table: &mut RopeTable,
+    positions: &CudaView<i32>,
+    slot_mapping: &CudaView<i32>,
+    q_out: &mut ViewMut,
+    cache: &mut KvCacheViewMut,
+    path: Path,
+) -> Result<()> {
+    let op = QKV_OP;
+    let (rows, hidden) = check_norm(op, x.layout(), norm.layout(), eps)?;
+    let q = q_out.layout();
+    let [q_rows, heads, d] = *q.shape.dims() else {
+        return Err(Error::shape(op, format!("q_out must be [rows, heads, head_dim], got {q}")));
+    };
+    same_dtype(op, x.layout(), &[("w", w.layout()), ("b", b.layout()), ("q_out", q)])?;
+    let kv_heads = cache.dims(op)?.kv_heads;
+    let (n, wk) = dims2(op, "w", w.layout())?;
+    let width = (heads + 2 * kv_heads) * d;
+    if q_rows != rows || n != width || wk != hidden || b.layout().shape.dims() != [width] {
+        return Err(Error::shape(
+            op,
+            format!("for x {} and q_out {q} ({kv_heads} kv heads): w {} must be [{width}, {hidden}], b {} [{width}]", x.layout(), w.layout(), b.layout()),
+        ));
+    }
+    // RoPE's and the cache write's own checks (k and v as [R, kv_heads, d]).
+    let kv = Layout::new(q.dtype, &[rows, kv_heads, d])?;
+    check_qk(op, q, kv, table.head_dim(), positions.len())?;
+    let c = check_kv(q, kv, kv, slot_mapping.len(), cache.k.layout(), cache.v.layout(), cache.layout)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = kernel(op, "qkv", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path)?;
+    let f = gpu.function(MODULE, name)?;
+    let geometry = CacheArgs::new(table, &c);
+    let (inv_freq, status) = table.device_parts();
+    let (hidden_i, heads_i, kv_i, half_i) = (i32_of(op, "hidden", hidden)?, heads as i32, kv_heads as i32, (d / 2) as i32);
+    i32_of(op, "rows of w", width.saturating_mul(hidden))?;
+    for g in groups(rows) {
+        let rows_i = g.len() as i32;
+        let xg = x.rows(g.clone())?;
+        let (pos, slots) = (positions.slice(g.clone()), slot_mapping.slice(g.clone()));
+        let mut qg = q_out.rows_mut(g.clone())?;
+        let mut args = gpu.launcher(&f, name);
+        args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&b.data).arg(&rows_i).arg(&hidden_i);
+        args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&pos).arg(&slots).arg(inv_freq).arg(&mut *status);
+        args.arg(&mut qg.data).arg(&mut cache.k.data).arg(&mut cache.v.data);
+        geometry.push(&mut args);
+        // SAFETY: x holds rows * H, norm H, w width * H, b width elements and q_out rows * heads *
+        // d, of one dtype (checked above); the kernel reads x's rows of the group and w's rows of
+        // its units (< width), and writes q_out's rows of the group and the cache only at a slot
+        // checked on the device against num_pages * page_size, as rope_qkv (check_kv above).
+        unsafe { args.launch(config((heads + 2 * kv_heads) * d / 2)) }?;
+    }
+    Ok(())
+}
+
+/// `resid = T(resid + T(x W^T))` for x [R, K], W [N, K], resid [R, N]: o_proj and down_proj with
+/// the decoder layer's residual add.
+pub fn residual(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut) -> Result<()> {
+    residual_with_path(gpu, x, w, resid, Path::Auto)
+}
+
+pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, path: Path) -> Result<()> {
+    let op = RESIDUAL_OP;
+    let (rows, k) = dims2(op, "x", x.layout())?;
+    let (n, wk) = dims2(op, "w", w.layout())?;
+    same_dtype(op, x.layout(), &[("w", w.layout()), ("resid", resid.layout())])?;
+    if wk != k || resid.layout().shape.dims() != [rows, n] || k == 0 {
+        return Err(Error::shape(op, format!("x {} (K > 0), w {} [N, K] and resid {} [rows, N] disagree", x.layout(), w.layout(), resid.layout())));
+    }
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let name = kernel(op, "residual", x.layout().dtype, k, &[x.byte_offset(), w.byte_offset()], path)?;
+    let f = gpu.function(MODULE, name)?;
+    let (k_i, n_i) = (i32_of(op, "K", k)?, i32_of(op, "N", n)?);
+    i32_of(op, "elements of w", n.saturating_mul(k))?;
+    for g in groups(rows) {
+        let rows_i = g.len() as i32;
+        let xg = x.rows(g.clone())?;
+        let mut rg = resid.rows_mut(g)?;
+        let mut args = gpu.launcher(&f, name);
+        args.arg(&xg.data).arg(&w.data).arg(&mut rg.data).arg(&rows_i).arg(&k_i).arg(&n_i);
+        // SAFETY: x's group holds rows * K, w N * K and resid's group rows * N elements of one
+        // dtype (checked above); warp n reads w's row n < N and writes resid[r, n], r < rows.
+        unsafe { args.launch(config(n)) }?;
+    }
+    Ok(())
+}
+
+/// `act = silu(T(xn Wg^T)) * T(xn Wu^T)` with xn = rmsnorm(x) (weight `norm`, eps), x [R, H], w the
+/// merged [gate; up] weight [2I, H], act [R, I].
+pub fn gate_up(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, act: &mut ViewMut) -> Result<()> {
+    gate_up_with_path(gpu, x, norm, eps, w, act, Path::Auto)
+}
+
+pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, act: &mut ViewMut, path: Path) -> Result<()> {
+    let op = GATE_UP_OP;
+    let (rows, hidden) = check_norm(op, x.layout(), norm.layout(), eps)?;
+    let (n, wk) = dims2(op, "w", w.layout())?;
+    same_dtype(op, x.layout(), &[("w", w.layout()), ("act", act.layout())])?;
+    let inter = n / 2;
+    if wk != hidden || n % 2 != 0 || inter == 0 || act.layout().shape.dims() != [rows, inter] {
+        return Err(Error::shape(op, format!("w {} must be [2 I, {hidden}] (gate rows, then up rows) and act {} [{rows}, I]", w.layout(), act.layout())));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = kernel(op, "gate_up", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path)?;
+    let f = gpu.function(MODULE, name)?;
+    let (hidden_i, inter_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "I", inter)?);
+    i32_of(op, "elements of w", n.saturating_mul(hidden))?;
+    for g in groups(rows) {
+        let rows_i = g.len() as i32;
+        let xg = x.rows(g.clone())?;
+        let mut ag = act.rows_mut(g)?;
+        let mut args = gpu.launcher(&f, name);
+        args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&mut ag.data).arg(&rows_i).arg(&hidden_i).arg(&inter_i);
+        // SAFETY: x's group holds rows * H, norm H, w 2I * H and act's group rows * I elements of
+        // one dtype (checked above); warp i reads w's rows i and I + i and writes act[r, i].
+        unsafe { args.launch(config(inter)) }?;
+    }
+    Ok(())
+}
+
+/// The head's per-block argmax candidates: [rows, blocks] values and indices, allocated once for
+/// up to `rows` rows of a vocabulary of `vocab` (so a step is captured without allocating).
+pub struct HeadCandidates {
+    part_v: CudaSlice<f32>,
+    part_i: CudaSlice<i32>,
+    rows: usize,
+    blocks: usize,
+}
+
+impl HeadCandidates {
+    pub fn new(gpu: &Gpu, rows: usize, vocab: usize) -> Result<Self> {
+        let blocks = vocab.div_ceil(UNITS_PER_BLOCK).max(1);
+        let n = rows.max(1) * blocks;
+        let part_v = gpu.stream().alloc_zeros::<f32>(n).cuda("cuMemAlloc(decode head candidates)")?;
+        let part_i = gpu.stream().alloc_zeros::<i32>(n).cuda("cuMemAlloc(decode head candidates)")?;
+        Ok(HeadCandidates { part_v, part_i, rows: rows.max(1), blocks })
+    }
+}
+
+/// `logits = xn W^T` in f32 with xn = rmsnorm(x) (the final norm), x [R, H], W [V, H], logits
+/// [R, V] f32, and each block's bounded argmax (entries below `n_valid`) into `cand`;
+/// [`finish`] completes the argmax.
+#[allow(clippy::too_many_arguments)]
+pub fn head(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, logits: &mut ViewMut, n_valid: usize, cand: &mut HeadCandidates) -> Result<()> {
+    head_with_path(gpu, x, norm, eps, w, logits, n_valid, cand, Path::Auto)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn head_with_path(
+    gpu: &Gpu,
+    x: &View,
+    norm: &View,
+    eps: f32,
+    w: &View,
+    logits: &mut ViewMut,
+    n_valid: usize,
+    cand: &mut HeadCandidates,
+    path: Path,
+) -> Result<()> {
+    let op = HEAD_OP;
+    let (rows, hidden) = check_norm(op, x.layout(), norm.layout(), eps)?;
+    let (vocab, wk) = dims2(op, "w", w.layout())?;
+    same_dtype(op, x.layout(), &[("w", w.layout())])?;
+    if logits.layout().dtype != DType::F32 {
+        return Err(Error::dtype(op, format!("logits must be f32, got {}", logits.layout())));
+    }
+    if wk != hidden || logits.layout().shape.dims() != [rows, vocab] {
+        return Err(Error::shape(op, format!("w {} must be [V, {hidden}] and logits {} [{rows}, V]", w.layout(), logits.layout())));
+    }
+    if n_valid == 0 || n_valid > vocab {
+        return Err(Error::invalid(op, format!("n_valid {n_valid} must be in 1..={vocab}")));
+    }
+    let blocks = vocab.div_ceil(UNITS_PER_BLOCK);
+    if rows > cand.rows || blocks != cand.blocks {
+        return Err(Error::shape(op, format!("candidates for {} rows of {} blocks, need {rows} of {blocks}", cand.rows, cand.blocks)));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = kernel(op, "head", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path)?;
+    let f = gpu.function(MODULE, name)?;
+    let (hidden_i, vocab_i, valid_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "V", vocab)?, n_valid as i32);
+    i32_of(op, "elements of w", vocab.saturating_mul(hidden))?;
+    for g in groups(rows) {
+        let rows_i = g.len() as i32;
+        let xg = x.rows(g.clone())?;
+        let mut lg = logits.rows_mut(g.clone())?;
+        let part = g.start * blocks..g.end * blocks;
+        let mut pv = cand.part_v.slice_mut(part.clone());
+        let mut pi = cand.part_i.slice_mut(part);
+        let mut args = gpu.launcher(&f, name);
+        args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&mut lg.data).arg(&rows_i).arg(&hidden_i);
+        args.arg(&vocab_i).arg(&valid_i).arg(&mut pv).arg(&mut pi);
+        // SAFETY: x's group holds rows * H, norm H, w V * H of one dtype, logits' group rows * V
+        // f32, the candidates rows * blocks each (checked above); block c writes candidate
+        // [r, c] for r < rows, warp n < V reads w's row n and writes logits[r, n].
+        unsafe { args.launch(config(vocab)) }?;
+    }
+    Ok(())
+}
+
+/// The decode batch's metadata the last kernel of a step moves on (see `cuda/model.cu`'s
+/// decode_advance): each row's position, length and cache slot, through its block table row.
+pub struct Advance<'a, 'b> {
+    pub positions: &'a mut CudaSlice<i32>,
+    pub lens: &'a mut CudaSlice<i32>,
+    pub slot_mapping: &'a mut CudaSlice<i32>,
+    pub block_tables: &'a CudaView<'b, i32>,
+    pub max_pages: usize,
+    pub page_size: usize,
+}
+
+/// The argmax of `rows` rows from the head's candidates into `index` (i32, -1 for a row with a NaN
+/// among its valid logits), then, with `advance`, each row's position, length and slot + 1.
+pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSlice<i32>, advance: Option<Advance>) -> Result<()> {
+    let op = HEAD_OP;
+    if rows > cand.rows || rows > index.len() {
+        return Err(Error::shape(op, format!("{rows} rows past the candidates' {} or the index's {}", cand.rows, index.len())));
+    }
+    let null = 0u64;
+    let (mut max_pages, mut page_size, mut on) = (0i32, 1i32, 0i32);
+    if let Some(a) = &advance {
+        if rows > a.positions.len() || rows > a.lens.len() || rows > a.slot_mapping.len() || Some(a.block_tables.len()) != rows.checked_mul(a.max_pages) {
+            return Err(Error::shape(
+                op,
+                format!("{rows} rows past {} positions / {} lens / {} slots, or {} block-table entries for {} pages a row", a.positions.len(), a.lens.len(), a.slot_mapping.len(), a.block_tables.len(), a.max_pages),
+            ));
+        }
+        if a.page_size == 0 || a.max_pages.checked_mul(a.page_size).is_none_or(|n| n > i32::MAX as usize) {
+            return Err(Error::invalid(op, format!("{} pages of {} positions", a.max_pages, a.page_size)));
+        }
+        (max_pages, page_size, on) = (a.max_pages as i32, a.page_size as i32, 1);
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, "dec_finish")?;
+    let parts = i32_of(op, "blocks", cand.blocks)?;
+    let mut args = gpu.launcher(&f, "dec_finish");
+    args.arg(&cand.part_v).arg(&cand.part_i).arg(&parts).arg(&mut *index);
+    match advance {
+        Some(a) => {
+            args.arg(&mut *a.positions).arg(&mut *a.lens).arg(&mut *a.slot_mapping).arg(a.block_tables);
+        }
+        None => {
+            args.arg(&null).arg(&null).arg(&null).arg(&null);
+        }
+    }
+    args.arg(&max_pages).arg(&page_size).arg(&on);
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: block r < rows reads candidates [r, 0..blocks) (rows <= cand.rows) and writes
+    // index[r]; with advance it touches element r of the three arrays and table entries r *
+    // max_pages + i for i < max_pages (checked above); without, the null pointers are never read.
+    unsafe { args.launch(cfg) }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_and_groups() {
+        assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 896, &[0, 32, 16], Path::Auto).unwrap(), "dec_qkv_bf16_vec");
+        assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 897, &[0, 0], Path::Auto).unwrap(), "dec_qkv_bf16_scalar");
+        assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto).unwrap(), "dec_head_f32_scalar");
+        assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16), Err(Error::Alignment { .. })));
+        assert_eq!(groups(33).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
+        assert_eq!(groups(0).count(), 0);
+    }
+}
