@@ -29,7 +29,9 @@
 //
 // Launches: grid (ceil(units / 8), 1, 1), block (256, 1, 1); a unit is one output feature (a pair of
 // features for dec_qkv: i and i + d/2 of one head; for dec_gate_up: gate i and up i). The
-// norm prologue (every thread of the block) runs before any warp leaves. dec_finish: grid (rows, 1,
+// norm prologue (every thread of the block) runs before any warp leaves: it finds each row's
+// 1 / rms and stages the normalised rows in dynamic shared memory (rows * hidden elements), once
+// per block, which every warp's dot products then read. dec_finish: grid (rows, 1,
 // 1), block (256, 1, 1). Offsets are 64-bit.
 #include "argmax.cuh"
 #include "gemv.cuh"
@@ -62,7 +64,9 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
                                         int pos_limit, int n_slots, int page_size, long long page_stride,
                                         long long head_stride, long long row_stride) {
     __shared__ float inv[GEMV_MAX_ROWS];
+    T* xs = dynamic_shared<T>();  // rows * hidden normalised elements (the host sizes it)
     gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int unit = blockIdx.x * GEMV_WARPS + warp;
     if (unit >= (heads + 2 * kv_heads) * half) return;  // the whole warp
@@ -70,7 +74,7 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
     const long long n0 = static_cast<long long>(h) * d + i, n1 = n0 + half;
     const T* const wrow[2] = {w + n0 * hidden, w + n1 * hidden};
     float acc[2][GEMV_MAX_ROWS];
-    gemv_dots<T, VEC, true, 2>(x, w_norm, inv, wrow, rows, hidden, acc);
+    gemv_dots<T, VEC, 2>(xs, wrow, rows, hidden, acc);
     if (lane >= rows) return;
     const int r = lane;
     const int pos = positions[r], slot = slot_mapping[r];
@@ -112,7 +116,7 @@ __device__ __forceinline__ void dec_residual(const T* __restrict__ x, const T* _
     if (out >= n) return;
     const T* const wrow[1] = {w + static_cast<long long>(out) * k};
     float acc[1][GEMV_MAX_ROWS];
-    gemv_dots<T, VEC, false, 1>(x, nullptr, nullptr, wrow, rows, k, acc);
+    gemv_dots<T, VEC, 1>(x, wrow, rows, k, acc);
     if (lane >= rows) return;
     T* y = resid + static_cast<long long>(lane) * n + out;
     *y = from_float<T>(to_float(*y) + round_to<T>(row_of_lane(acc[0], lane)));
@@ -124,13 +128,15 @@ __device__ __forceinline__ void dec_gate_up(const T* __restrict__ x, const T* __
                                             const T* __restrict__ w, T* __restrict__ act, int rows, int hidden,
                                             int inter) {
     __shared__ float inv[GEMV_MAX_ROWS];
+    T* xs = dynamic_shared<T>();  // rows * hidden normalised elements (the host sizes it)
     gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int i = blockIdx.x * GEMV_WARPS + warp;
     if (i >= inter) return;
     const T* const wrow[2] = {w + static_cast<long long>(i) * hidden, w + static_cast<long long>(inter + i) * hidden};
     float acc[2][GEMV_MAX_ROWS];
-    gemv_dots<T, VEC, true, 2>(x, w_norm, inv, wrow, rows, hidden, acc);
+    gemv_dots<T, VEC, 2>(xs, wrow, rows, hidden, acc);
     if (lane >= rows) return;
     act[static_cast<long long>(lane) * inter + i] =
         swiglu_one(from_float<T>(row_of_lane(acc[0], lane)), from_float<T>(row_of_lane(acc[1], lane)));
@@ -146,14 +152,16 @@ __device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __res
     __shared__ float inv[GEMV_MAX_ROWS];
     __shared__ float s_v[GEMV_WARPS][GEMV_MAX_ROWS];
     __shared__ int s_i[GEMV_WARPS][GEMV_MAX_ROWS];
+    T* xs = dynamic_shared<T>();  // rows * hidden normalised elements (the host sizes it)
     gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
     ArgBest best{-INFINITY, INT_MAX, false};
     if (out < n) {  // uniform across the warp; every warp reaches the barrier below
         const T* const wrow[1] = {w + static_cast<long long>(out) * hidden};
         float acc[1][GEMV_MAX_ROWS];
-        gemv_dots<T, VEC, true, 1>(x, w_norm, inv, wrow, rows, hidden, acc);
+        gemv_dots<T, VEC, 1>(xs, wrow, rows, hidden, acc);
         if (lane < rows) {
             const float v = row_of_lane(acc[0], lane);
             logits[static_cast<long long>(lane) * n + out] = v;

@@ -28,7 +28,7 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
     if (out >= n) return;  // the whole warp: nothing below waits for the block
     const T* const wrow[1] = {w + static_cast<long long>(out) * k};
     float acc[1][GEMV_MAX_ROWS];
-    gemv_dots<T, VEC, false, 1>(x, nullptr, nullptr, wrow, rows, k, acc);
+    gemv_dots<T, VEC, 1>(x, wrow, rows, k, acc);
     const float bias = b == nullptr ? 0.0f : to_float(b[out]);
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; ++r) {

@@ -11,11 +11,12 @@
 // vector, or an unaligned base) maps element k to lane (k / VEC) % 32 and sums in increasing k as
 // well, so both paths give the same bits.
 //
-// With NORM, x is RMS-normalised on the fly as the dot product reads it: x'[r, k] =
-// T(w_norm[k] * T(x[r, k] * inv[r])), rmsnorm.cu's output exactly, with inv[r] from
-// gemv_norm_prologue. That prologue sums the squares in rmsnorm.cu's order (its block of
-// row_block_threads(items) threads, emulated here), so a fused kernel's normalised activations
-// equal the rmsnorm kernel's bit for bit, and a fused decode step equals the unfused one.
+// A fused kernel with a norm prologue first finds each row's 1 / rms (gemv_norm_prologue, which
+// sums the squares in rmsnorm.cu's order: its block of row_block_threads(items) threads, emulated
+// here), then writes the normalised rows x'[r, k] = T(w_norm[k] * T(x[r, k] * inv[r])) to shared
+// memory (gemv_stage_norm: rmsnorm.cu's output exactly, once per block, not once per output), and
+// gemv_dots reads them there. So its normalised activations equal the rmsnorm kernel's bit for
+// bit, and a fused decode step equals the unfused one.
 #pragma once
 
 #include "common.cuh"
@@ -26,16 +27,9 @@ constexpr int GEMV_MAX_ROWS = 16;
 constexpr int GEMV_WARPS = 8;
 constexpr int GEMV_THREADS = GEMV_WARPS * WARP;
 
-// x as the dot product reads it: as stored, or normalised (rmsnorm.cu's two roundings).
-template <typename T, bool NORM>
-__device__ __forceinline__ float gemv_x(T x, T w_norm, float inv) {
-    if (NORM) return round_to<T>(to_float(w_norm) * round_to<T>(to_float(x) * inv));
-    return to_float(x);
-}
-
-template <typename T, bool VEC, bool NORM, int NOUT>
-__device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* __restrict__ w_norm,
-                                          const float* inv, const T* const (&wrow)[NOUT], int rows, int k,
+// x may be global or shared memory (gemv_stage_norm's rows).
+template <typename T, bool VEC, int NOUT>
+__device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], int rows, int k,
                                           float (&acc)[NOUT][GEMV_MAX_ROWS]) {
     const int lane = threadIdx.x % WARP;
     constexpr int V = Vec16<T>::N;
@@ -50,16 +44,13 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* __re
             Vec16<T> wv[NOUT];
 #pragma unroll
             for (int j = 0; j < NOUT; ++j) wv[j] = load16(wrow[j] + v * V);
-            Vec16<T> nw;
-            if (NORM) nw = load16(w_norm + v * V);
 #pragma unroll
             for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
                 if (r < rows) {
                     const Vec16<T> xv = load16(x + static_cast<long long>(r) * k + v * V);
-                    const float ir = NORM ? inv[r] : 0.0f;
 #pragma unroll
                     for (int e = 0; e < V; ++e) {
-                        const float xe = gemv_x<T, NORM>(xv.v[e], NORM ? nw.v[e] : xv.v[e], ir);
+                        const float xe = to_float(xv.v[e]);
 #pragma unroll
                         for (int j = 0; j < NOUT; ++j) acc[j][r] = fmaf(xe, to_float(wv[j].v[e]), acc[j][r]);
                     }
@@ -74,11 +65,10 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* __re
                 float wk[NOUT];
 #pragma unroll
                 for (int j = 0; j < NOUT; ++j) wk[j] = to_float(wrow[j][kk]);
-                const T nk = NORM ? w_norm[kk] : T{};
 #pragma unroll
                 for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
                     if (r < rows) {
-                        const float xe = gemv_x<T, NORM>(x[static_cast<long long>(r) * k + kk], nk, NORM ? inv[r] : 0.0f);
+                        const float xe = to_float(x[static_cast<long long>(r) * k + kk]);
 #pragma unroll
                         for (int j = 0; j < NOUT; ++j) acc[j][r] = fmaf(xe, wk[j], acc[j][r]);
                     }
@@ -140,6 +130,30 @@ __device__ __forceinline__ void gemv_norm_prologue(const T* __restrict__ x, int 
         }
         __syncthreads();  // inv[r] is read by every warp; partial is rewritten for row r + 1
     }
+}
+
+// xs[r * k + i] = T(w_norm[i] * T(x[r, i] * inv[r])) for r < rows, i < k: the block's normalised
+// rows in shared memory (16-byte aligned; rows * k elements), visible to every thread on return.
+template <typename T, bool VEC>
+__device__ __forceinline__ void gemv_stage_norm(const T* __restrict__ x, const T* __restrict__ w_norm,
+                                                const float* inv, int rows, int k, T* xs) {
+    constexpr int V = VEC ? Vec16<T>::N : 1;
+    const int items = k / V;
+    for (int idx = threadIdx.x; idx < rows * items; idx += blockDim.x) {
+        const int r = idx / items, i = idx - r * items;
+        const long long at = static_cast<long long>(r) * k + static_cast<long long>(i) * V;
+        const float ir = inv[r];
+        if (VEC) {
+            const Vec16<T> xv = load16(x + at), wv = load16(w_norm + static_cast<long long>(i) * V);
+            Vec16<T> out;
+#pragma unroll
+            for (int e = 0; e < Vec16<T>::N; ++e) out.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(to_float(xv.v[e]) * ir));
+            *reinterpret_cast<Vec16<T>*>(xs + at) = out;
+        } else {
+            xs[at] = from_float<T>(to_float(w_norm[i]) * round_to<T>(to_float(x[at]) * ir));
+        }
+    }
+    __syncthreads();
 }
 
 }  // namespace qk

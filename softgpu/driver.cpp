@@ -577,6 +577,19 @@ QKSOFT_API CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
     }
     return CUDA_SUCCESS;
 }
+QKSOFT_API CUresult cuGraphGetNodes(CUgraph graph, CUgraphNode* nodes, size_t* num) {
+    if (!graph || !num) return CUDA_ERROR_INVALID_VALUE;
+    std::vector<Node>& all = reinterpret_cast<Graph*>(graph)->nodes;
+    if (!nodes) {
+        *num = all.size();
+        return CUDA_SUCCESS;
+    }
+    // As the driver: the first *num handles, the rest of a larger array null, *num the count written.
+    const size_t n = std::min(*num, all.size());
+    for (size_t i = 0; i < *num; ++i) nodes[i] = i < n ? reinterpret_cast<CUgraphNode>(&all[i]) : nullptr;
+    *num = n;
+    return CUDA_SUCCESS;
+}
 QKSOFT_API CUresult cuGraphUpload(CUgraphExec, CUstream) { return sticky(); }
 QKSOFT_API CUresult cuGraphExecDestroy(CUgraphExec exec) {
     delete reinterpret_cast<Graph*>(exec);

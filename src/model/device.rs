@@ -91,6 +91,7 @@ use crate::ops::sampling::{self as sampling_op, SamplingParams};
 use super::sampling::ModelSampling;
 use crate::model::cache::PagedCache;
 use crate::ops::attention::{self, AttentionStatus, PrefillPath};
+use crate::ops::decode::HeadCandidates;
 use crate::ops::embed::{self, EmbedStatus};
 use crate::ops::kv_cache::{KvCacheDims, KvCacheView, KvLayout, PagedBatch};
 use crate::ops::gemm::linear;
@@ -126,6 +127,9 @@ pub struct ModelOptions {
     pub num_pages: usize,
     /// Order of a page's dimensions.
     pub kv_layout: KvLayout,
+    /// How a decode step computes (`model/device/step.rs`): the fused GEMV kernels (the default)
+    /// or the unfused launches over cuBLAS.
+    pub decode_path: DecodePath,
 }
 
 impl ModelOptions {
@@ -143,6 +147,7 @@ impl ModelOptions {
             page_size: capacity.max(1),
             num_pages: slots,
             kv_layout: KvLayout::Hnd,
+            decode_path: DecodePath::Fused,
         }
     }
 
@@ -212,6 +217,8 @@ struct Workspace {
     dec_slot_mapping: CudaSlice<i32>,
     dec_tables: CudaSlice<i32>,
     argmax: ArgmaxOutput,
+    /// The fused head's per-block argmax candidates, [slots, vocab / 8].
+    head_cand: HeadCandidates,
 }
 
 impl Workspace {
@@ -281,7 +288,9 @@ pub struct DeviceTrace {
 
 mod engine;
 mod generate;
+mod step;
 pub use engine::{EnginePrefill, EngineStep};
+pub use step::DecodePath;
 pub use generate::Generation;
 
 fn bad(detail: String) -> Error {
@@ -516,6 +525,7 @@ impl DeviceModel {
             dec_slot_mapping: i32s(gpu, options.slots)?,
             dec_tables: i32s(gpu, options.slots * max_pages)?,
             argmax: ArgmaxOutput::new(gpu, options.slots)?,
+            head_cand: HeadCandidates::new(gpu, options.slots, c.vocab_size)?,
         };
         let bytes = |t: &DeviceTensor| t.layout().bytes();
         let weights = bytes(&embed)
@@ -532,7 +542,7 @@ impl DeviceModel {
                 .sum::<usize>();
         let kv_cache = cache.layers.iter().map(|c| c.bytes()).sum();
         let index_bytes = (3 * rows + 2 * options.slots * max_pages + 5 * options.slots + 1) * 4;
-        let argmax_bytes = 2 * options.slots * (8 + argmax::CHUNKS * 8);
+        let argmax_bytes = 2 * options.slots * (8 + argmax::CHUNKS * 8) + options.slots * c.vocab_size.div_ceil(8) * 8;
         let workspace = [&ws.resid, &ws.xn, &ws.qkv, &ws.q, &ws.attn, &ws.proj, &ws.gate_up, &ws.act, &ws.attn_ws, &ws.logits, &ws.prefill_logits]
             .into_iter()
             .map(bytes)
@@ -1086,22 +1096,6 @@ impl DeviceModel {
             self.lens[s] += 1;
         }
         Ok(())
-    }
-
-    fn enqueue_decode(&mut self, gpu: &Gpu, b: usize) -> Result<()> {
-        let tokens = self.ws.argmax.index().slice(0..b);
-        embed::embed(gpu, &self.embed.view(), &tokens, &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
-        for l in 0..self.layers.len() {
-            self.layer(gpu, l, b, Attend::Decode, None)?;
-        }
-        self.final_norm(gpu, b)?;
-        self.head(gpu, 0..b, Head::Decode)?;
-        if self.defect == Some(Defect::PositionStuckAtZero) {
-            return Ok(());
-        }
-        let max_pages = self.cache.max_pages;
-        let tables = self.ws.dec_tables.slice(0..b * max_pages);
-        embed::advance(gpu, &mut self.ws.dec_positions, &mut self.ws.dec_lens, &mut self.ws.dec_slot_mapping, &tables, max_pages, self.options.page_size, b)
     }
 
     /// The tokens the last prefill (1) or decode step (the batch) chose, after checking every

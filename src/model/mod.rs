@@ -7,5 +7,5 @@ pub mod device;
 pub mod weights;
 
 pub use config::Qwen2Config;
-pub use device::{DeviceModel, EnginePrefill, EngineStep, Generation, MemoryReport, ModelOptions};
+pub use device::{DecodePath, DeviceModel, EnginePrefill, EngineStep, Generation, MemoryReport, ModelOptions};
 pub use weights::ModelWeights;

@@ -623,6 +623,26 @@ pub fn decode(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, work
 /// As [`decode`], with `chunk` keys per split (a multiple of 64). A sequence's result depends on its
 /// own length and the chunk, never on the batch around it, nor on the page size or layout.
 pub fn decode_with_chunk(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize) -> Result<()> {
+    decode_launch(gpu, q, cache, batch, workspace, out, chunk, true)
+}
+
+/// Clear the status word of a decode workspace (element 0), on the stream.
+pub fn clear_decode_status(gpu: &Gpu, workspace: &mut ViewMut) -> Result<()> {
+    if workspace.layout().dtype != DType::F32 || workspace.layout().numel() == 0 {
+        return Err(Error::dtype(DECODE_OP, format!("workspace must be a non-empty f32 tensor, got {}", workspace.layout())));
+    }
+    gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")
+}
+
+/// As [`decode_with_chunk`], without clearing the status word first: the flags of several decodes
+/// sharing one workspace (the layers of a decode step) gather in it, and the caller clears it once
+/// before the first ([`clear_decode_status`]): one memset a step instead of one a layer.
+pub fn decode_gathering_status(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize) -> Result<()> {
+    decode_launch(gpu, q, cache, batch, workspace, out, chunk, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_launch(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize, clear_status: bool) -> Result<()> {
     let c = cache.dims(DECODE_OP)?;
     let offsets = [q.byte_offset(), cache.k.byte_offset(), cache.v.byte_offset(), out.byte_offset()];
     let dims = check_decode(
@@ -654,9 +674,12 @@ pub fn decode_with_chunk(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &Paged
     let scale = softmax_scale(c.head_dim);
     let null = 0u64;
 
-    // The status word (workspace element 0) reports this launch only: cleared on the stream first.
-    // The kernel finds it there (a null status pointer).
-    gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")?;
+    // The status word (workspace element 0) reports this launch only: cleared on the stream first
+    // (unless the caller gathers several launches' flags). The kernel finds it there (a null
+    // status pointer).
+    if clear_status {
+        gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")?;
+    }
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
     let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
     args.arg(&q.data).arg(&cache.k.data).arg(&cache.v.data).arg(&mut out.data).arg(&mut workspace.data).arg(&null);

@@ -18,7 +18,9 @@
 //! of unfused launches it replaces (`rmsnorm` -> `gemv` -> `rope_qkv`, ...), which the tests check,
 //! and a row's result never depends on the other rows of the launch.
 //!
-//! More than 16 rows are computed in groups of 16 (one launch each): the results are the same.
+//! More than 16 rows are computed in groups of 16 (one launch each; the norm kernels stage their
+//! normalised rows in at most 96 KiB of shared memory, so hidden sizes past 3072 in f32 take
+//! fewer rows a launch): the results are the same.
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
@@ -83,13 +85,38 @@ const KERNELS: &[&str] = &[
     "dec_head_f32_vec", "dec_head_f32_scalar", "dec_head_f16_vec", "dec_head_f16_scalar", "dec_head_bf16_vec", "dec_head_bf16_scalar",
 ];
 
-/// The row groups of a launch of `rows` rows: 0..16, 16..32, ...
-fn groups(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (0..rows).step_by(MAX_ROWS).map(move |r0| r0..(r0 + MAX_ROWS).min(rows))
+/// The row groups of `rows` rows, `per` at a time: 0..per, per..2 per, ...
+fn groups(rows: usize, per: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..rows).step_by(per).map(move |r0| r0..(r0 + per).min(rows))
 }
 
-fn config(units: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (units.div_ceil(UNITS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+fn config(units: usize, shared_bytes: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (units.div_ceil(UNITS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared_bytes as u32 }
+}
+
+/// Shared memory a kernel with a norm prologue may stage its normalised rows in: 96 KiB, under
+/// every target's opt-in limit (99 KiB on sm_86/89, more on sm_80/90) beside the kernels' own
+/// ~1 KiB. Past 40 KiB the launch raises the function's 48 KiB default.
+const STAGE_BYTES: usize = 96 * 1024;
+const DEFAULT_SHARED_BYTES: usize = 40 * 1024;
+
+/// Rows of x [.., hidden] one launch of a norm kernel stages: at most 16, at most 96 KiB.
+fn staged_rows(op: &'static str, hidden: usize, dtype: DType) -> Result<usize> {
+    let per = STAGE_BYTES / (hidden * dtype.size());
+    if per == 0 {
+        return Err(Error::unsupported(op, format!("hidden {hidden} of {dtype} is past one row of {STAGE_BYTES} bytes of shared memory")));
+    }
+    Ok(per.min(MAX_ROWS))
+}
+
+/// Allow `bytes` of dynamic shared memory for `f` where the default does not.
+fn allow_shared(f: &cudarc::driver::CudaFunction, name: &str, bytes: usize) -> Result<()> {
+    if bytes > DEFAULT_SHARED_BYTES {
+        use cudarc::driver::sys::CUfunction_attribute;
+        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .cuda(format!("cuFuncSetAttribute({name}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {bytes})"))?;
+    }
+    Ok(())
 }
 
 /// Check an input norm: x [R, H], its weight [H] in x's dtype, eps finite and >= 0.
@@ -174,7 +201,10 @@ pub fn qkv_with_path(
     let (inv_freq, status) = table.device_parts();
     let (hidden_i, heads_i, kv_i, half_i) = (i32_of(op, "hidden", hidden)?, heads as i32, kv_heads as i32, (d / 2) as i32);
     i32_of(op, "rows of w", width.saturating_mul(hidden))?;
-    for g in groups(rows) {
+    let per = staged_rows(op, hidden, x.layout().dtype)?;
+    allow_shared(&f, name, per.min(rows) * hidden * x.layout().dtype.size())?;
+    for g in groups(rows, per) {
+        let shared = g.len() * hidden * x.layout().dtype.size();
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let (pos, slots) = (positions.slice(g.clone()), slot_mapping.slice(g.clone()));
@@ -188,7 +218,7 @@ pub fn qkv_with_path(
         // d, of one dtype (checked above); the kernel reads x's rows of the group and w's rows of
         // its units (< width), and writes q_out's rows of the group and the cache only at a slot
         // checked on the device against num_pages * page_size, as rope_qkv (check_kv above).
-        unsafe { args.launch(config((heads + 2 * kv_heads) * d / 2)) }?;
+        unsafe { args.launch(config((heads + 2 * kv_heads) * d / 2, shared)) }?;
     }
     Ok(())
 }
@@ -214,7 +244,7 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
     let f = gpu.function(MODULE, name)?;
     let (k_i, n_i) = (i32_of(op, "K", k)?, i32_of(op, "N", n)?);
     i32_of(op, "elements of w", n.saturating_mul(k))?;
-    for g in groups(rows) {
+    for g in groups(rows, MAX_ROWS) {
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut rg = resid.rows_mut(g)?;
@@ -222,7 +252,7 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
         args.arg(&xg.data).arg(&w.data).arg(&mut rg.data).arg(&rows_i).arg(&k_i).arg(&n_i);
         // SAFETY: x's group holds rows * K, w N * K and resid's group rows * N elements of one
         // dtype (checked above); warp n reads w's row n < N and writes resid[r, n], r < rows.
-        unsafe { args.launch(config(n)) }?;
+        unsafe { args.launch(config(n, 0)) }?;
     }
     Ok(())
 }
@@ -249,7 +279,10 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
     let f = gpu.function(MODULE, name)?;
     let (hidden_i, inter_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "I", inter)?);
     i32_of(op, "elements of w", n.saturating_mul(hidden))?;
-    for g in groups(rows) {
+    let per = staged_rows(op, hidden, x.layout().dtype)?;
+    allow_shared(&f, name, per.min(rows) * hidden * x.layout().dtype.size())?;
+    for g in groups(rows, per) {
+        let shared = g.len() * hidden * x.layout().dtype.size();
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut ag = act.rows_mut(g)?;
@@ -257,7 +290,7 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
         args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&mut ag.data).arg(&rows_i).arg(&hidden_i).arg(&inter_i);
         // SAFETY: x's group holds rows * H, norm H, w 2I * H and act's group rows * I elements of
         // one dtype (checked above); warp i reads w's rows i and I + i and writes act[r, i].
-        unsafe { args.launch(config(inter)) }?;
+        unsafe { args.launch(config(inter, shared)) }?;
     }
     Ok(())
 }
@@ -325,7 +358,10 @@ pub fn head_with_path(
     let f = gpu.function(MODULE, name)?;
     let (hidden_i, vocab_i, valid_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "V", vocab)?, n_valid as i32);
     i32_of(op, "elements of w", vocab.saturating_mul(hidden))?;
-    for g in groups(rows) {
+    let per = staged_rows(op, hidden, x.layout().dtype)?;
+    allow_shared(&f, name, per.min(rows) * hidden * x.layout().dtype.size())?;
+    for g in groups(rows, per) {
+        let shared = g.len() * hidden * x.layout().dtype.size();
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut lg = logits.rows_mut(g.clone())?;
@@ -338,7 +374,7 @@ pub fn head_with_path(
         // SAFETY: x's group holds rows * H, norm H, w V * H of one dtype, logits' group rows * V
         // f32, the candidates rows * blocks each (checked above); block c writes candidate
         // [r, c] for r < rows, warp n < V reads w's row n and writes logits[r, n].
-        unsafe { args.launch(config(vocab)) }?;
+        unsafe { args.launch(config(vocab, shared)) }?;
     }
     Ok(())
 }
@@ -409,7 +445,13 @@ mod tests {
         assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 897, &[0, 0], Path::Auto).unwrap(), "dec_qkv_bf16_scalar");
         assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto).unwrap(), "dec_head_f32_scalar");
         assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16), Err(Error::Alignment { .. })));
-        assert_eq!(groups(33).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
-        assert_eq!(groups(0).count(), 0);
+        assert_eq!(groups(33, 16).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
+        assert_eq!(groups(0, 16).count(), 0);
+        // Staged rows: 16 of Qwen2.5-0.5B and VibeThinker-1.5B in bf16 and f32; 12 of hidden
+        // 2048 in f32 (96 KiB); none past 96 KiB a row.
+        assert_eq!(staged_rows(HEAD_OP, 896, DType::F32).unwrap(), 16);
+        assert_eq!(staged_rows(HEAD_OP, 1536, DType::F32).unwrap(), 16);
+        assert_eq!(staged_rows(HEAD_OP, 2048, DType::F32).unwrap(), 12);
+        assert!(matches!(staged_rows(HEAD_OP, 24577, DType::F32), Err(Error::Unsupported { .. })));
     }
 }

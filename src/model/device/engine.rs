@@ -1,7 +1,8 @@
 //! A decode step an engine describes in its own device arrays ([`EngineStep`]), on the model's
 //! weights and KV pages.
 
-use super::{bad, Attend, DeviceModel, Head, OP};
+use super::{bad, Attend, DecodePath, DeviceModel, Head, OP};
+use crate::ops::attention;
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
 use crate::ops::embed;
@@ -95,6 +96,9 @@ impl DeviceModel {
     /// [`DeviceModel::check_status`] reads.
     pub fn decode_with(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<()> {
         let b = self.engine_forward(gpu, step)?;
+        if self.options.decode_path == DecodePath::Fused {
+            return self.fused_head(gpu, b, false, false);
+        }
         // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
         // sampling.
         let sampled = std::mem::replace(&mut self.decode_sampled, false);
@@ -109,12 +113,17 @@ impl DeviceModel {
     /// stay in [`DeviceModel::logits`]. Graph-capturable as `decode_with` is.
     pub fn decode_with_sampling(&mut self, gpu: &Gpu, step: &EngineStep, rows: &mut SamplingRows, tokens: &mut CudaViewMut<i32>) -> Result<()> {
         let b = self.engine_forward(gpu, step)?;
-        self.lm_head_logits(gpu, 0..b, Head::Decode)?;
+        if self.options.decode_path == DecodePath::Fused {
+            self.fused_logits(gpu, b)?;
+        } else {
+            self.lm_head_logits(gpu, 0..b, Head::Decode)?;
+        }
         let n_valid = self.n_valid();
         sample_rows(gpu, &self.ws.logits.view().rows(0..b)?, n_valid, rows, 1, tokens)
     }
 
-    /// Every layer and the final norm over the engine's rows; returns the row count.
+    /// Every layer over the engine's rows (and, on the cuBLAS path, the final norm; the fused head
+    /// does its own); returns the row count.
     fn engine_forward(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<usize> {
         let b = step.tokens.len();
         let c = self.kv_cache_dims();
@@ -133,11 +142,21 @@ impl DeviceModel {
         if step.paged.max_pages > self.cache.max_pages {
             return Err(bad(format!("block tables of {} pages a row, past the model's {} (capacity {} in pages of {})", step.paged.max_pages, self.cache.max_pages, self.options.capacity, c.page_size)));
         }
+        let fused = self.options.decode_path == DecodePath::Fused;
+        if fused {
+            attention::clear_decode_status(gpu, &mut self.ws.attn_ws.view_mut())?;
+        }
         embed::embed(gpu, &self.embed.view(), &step.tokens.slice(0..b), &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
         for l in 0..self.layers.len() {
-            self.layer(gpu, l, b, Attend::Engine(step), None)?;
+            if fused {
+                self.fused_layer(gpu, l, b, Attend::Engine(step))?;
+            } else {
+                self.layer(gpu, l, b, Attend::Engine(step), None)?;
+            }
         }
-        self.final_norm(gpu, b)?;
+        if !fused {
+            self.final_norm(gpu, b)?;
+        }
         Ok(b)
     }
 }
