@@ -1,8 +1,9 @@
 //! Whole-model throughput (src/model/device.rs) for both models at their real sizes, bf16:
 //!
 //! - decode: tokens/s of one greedy step for a batch of 1, 8 and 32 sequences (each step: every
-//!   layer, the final norm, the lm_head, the argmax and the position update), with the step
-//!   replayed from its CUDA graph and launched directly. Every sequence holds 512 positions when a
+//!   layer, the final norm, the lm_head, the argmax and the position update) on both decode
+//!   paths (`fused`: the GEMV kernels of ops::decode, the default; `cublas`: the unfused
+//!   launches), each replayed from its CUDA graph, and the fused step launched directly. Every sequence holds 512 positions when a
 //!   timed run starts and at most 768 when it ends (runs longer than 256 steps are split, each
 //!   part rolled back to 512 first): the KV cache read per token is 512 to 768 positions.
 //! - prefill: tokens/s of one prompt of 512 and 4096 tokens (one chunk), up to its first token
@@ -23,7 +24,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
-use qwen_kernels::model::{DeviceModel, ModelOptions, Qwen2Config};
+use qwen_kernels::model::{DecodePath, DeviceModel, ModelOptions, Qwen2Config};
 use qwen_kernels::{telemetry, DType, DeviceTensor, Gpu};
 use std::time::{Duration, Instant};
 
@@ -122,10 +123,13 @@ fn bench(c: &mut Criterion) {
             m.prefill(&gpu, s, &vec![1u32; CONTEXT]).unwrap();
         }
         let floor = floor_step_seconds(&cfg, copy);
-        for graphs in [true, false] {
+        // Both decode paths in the same run (the fused GEMV kernels, the default, and the unfused
+        // launches over cuBLAS), from graphs; the fused path also launched directly.
+        for (path, graphs) in [(DecodePath::Fused, true), (DecodePath::Cublas, true), (DecodePath::Fused, false)] {
+            m.set_decode_path(path);
             m.set_graphs(graphs);
             for batch in BATCHES {
-                let case = format!("decode/{}/b{batch}/{}", cfg.name, if graphs { "graph" } else { "direct" });
+                let case = format!("decode/{}/b{batch}/{path}/{}", cfg.name, if graphs { "graph" } else { "direct" });
                 time_decode(&gpu, &mut m, batch, 8); // capture and warm up
                 group.throughput(Throughput::Elements(batch as u64));
                 group.bench_function(&case, |b| b.iter_custom(|iters| time_decode(&gpu, &mut m, batch, iters)));
@@ -154,7 +158,7 @@ fn bench(c: &mut Criterion) {
         i.compute_capability.1,
         common::commit()
     );
-    println!("{:<36} {:>11} {:>12} {:>14} {:>8}  telemetry", "case", "time_us", "tokens/s", "floor tok/s", "%floor");
+    println!("{:<44} {:>11} {:>12} {:>14} {:>8}  telemetry", "case", "time_us", "tokens/s", "floor tok/s", "%floor");
     for r in results {
         let rate = r.tokens_per_step as f64 / r.seconds;
         let (floor, pct) = match r.floor {
@@ -164,7 +168,7 @@ fn bench(c: &mut Criterion) {
             }
             None => ("-".to_string(), "-".to_string()),
         };
-        println!("{:<36} {:>11.1} {:>12.0} {:>14} {:>8}  {}", r.case, r.seconds * 1e6, rate, floor, pct, r.telemetry);
+        println!("{:<44} {:>11.1} {:>12.0} {:>14} {:>8}  {}", r.case, r.seconds * 1e6, rate, floor, pct, r.telemetry);
     }
 }
 

@@ -43,14 +43,6 @@
 
 namespace qk {
 
-// The value of row `lane` among the warp's totals (every lane holds every row's).
-__device__ __forceinline__ float row_of_lane(const float (&acc)[GEMV_MAX_ROWS], int lane) {
-    float out = 0.0f;
-#pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) out = r == lane ? acc[r] : out;
-    return out;
-}
-
 // q/k/v with the input norm, bias, RoPE and the cache write (rope.cu's rope_qkv semantics: a row
 // whose position is outside 0..pos_limit or whose slot is at or past n_slots is flagged in *status
 // and writes nothing; a negative slot skips the cache write only).
@@ -73,7 +65,7 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
     const int h = unit / half, i = unit % half, d = 2 * half;
     const long long n0 = static_cast<long long>(h) * d + i, n1 = n0 + half;
     const T* const wrow[2] = {w + n0 * hidden, w + n1 * hidden};
-    float acc[2][GEMV_MAX_ROWS];
+    float acc[2];
     gemv_dots<T, VEC, 2>(xs, wrow, rows, hidden, acc);
     if (lane >= rows) return;
     const int r = lane;
@@ -83,8 +75,8 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
         if (unit == 0) atomicOr(status, (bad_pos ? ROPE_BAD_POSITION : 0u) | (bad_slot ? ROPE_BAD_SLOT : 0u));
         return;
     }
-    const T y0 = from_float<T>(row_of_lane(acc[0], lane) + to_float(b[n0]));
-    const T y1 = from_float<T>(row_of_lane(acc[1], lane) + to_float(b[n1]));
+    const T y0 = from_float<T>(acc[0] + to_float(b[n0]));
+    const T y1 = from_float<T>(acc[1] + to_float(b[n1]));
     if (h < heads) {
         float c, s;
         rope_cos_sin<T>(pos, inv_freq[i], c, s);
@@ -115,11 +107,11 @@ __device__ __forceinline__ void dec_residual(const T* __restrict__ x, const T* _
     const int out = blockIdx.x * GEMV_WARPS + warp;
     if (out >= n) return;
     const T* const wrow[1] = {w + static_cast<long long>(out) * k};
-    float acc[1][GEMV_MAX_ROWS];
+    float acc[1];
     gemv_dots<T, VEC, 1>(x, wrow, rows, k, acc);
     if (lane >= rows) return;
     T* y = resid + static_cast<long long>(lane) * n + out;
-    *y = from_float<T>(to_float(*y) + round_to<T>(row_of_lane(acc[0], lane)));
+    *y = from_float<T>(to_float(*y) + round_to<T>(acc[0]));
 }
 
 // act[r, i] = swiglu(T(xn Wgu[i]^T), T(xn Wgu[I + i]^T)) with the post-attention norm, Wgu = [gate; up].
@@ -135,11 +127,10 @@ __device__ __forceinline__ void dec_gate_up(const T* __restrict__ x, const T* __
     const int i = blockIdx.x * GEMV_WARPS + warp;
     if (i >= inter) return;
     const T* const wrow[2] = {w + static_cast<long long>(i) * hidden, w + static_cast<long long>(inter + i) * hidden};
-    float acc[2][GEMV_MAX_ROWS];
+    float acc[2];
     gemv_dots<T, VEC, 2>(xs, wrow, rows, hidden, acc);
     if (lane >= rows) return;
-    act[static_cast<long long>(lane) * inter + i] =
-        swiglu_one(from_float<T>(row_of_lane(acc[0], lane)), from_float<T>(row_of_lane(acc[1], lane)));
+    act[static_cast<long long>(lane) * inter + i] = swiglu_one(from_float<T>(acc[0]), from_float<T>(acc[1]));
 }
 
 // logits[r, n] = sum_k xn[r, k] W[n, k] (FP32) with the final norm, and per block and row the
@@ -160,10 +151,10 @@ __device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __res
     ArgBest best{-INFINITY, INT_MAX, false};
     if (out < n) {  // uniform across the warp; every warp reaches the barrier below
         const T* const wrow[1] = {w + static_cast<long long>(out) * hidden};
-        float acc[1][GEMV_MAX_ROWS];
+        float acc[1];
         gemv_dots<T, VEC, 1>(xs, wrow, rows, hidden, acc);
         if (lane < rows) {
-            const float v = row_of_lane(acc[0], lane);
+            const float v = acc[0];
             logits[static_cast<long long>(lane) * n + out] = v;
             if (out < n_valid) argmax_take(best, v, out);
         }

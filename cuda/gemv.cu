@@ -8,8 +8,7 @@
 // the sums are gemv.cuh's gemv_dots. Lane l reads W[n, :] in 16-byte vectors l, l + 32, l + 64, ... (a warp reads 512 contiguous bytes
 // a step) and, for each row r, the x vector at the same k (x is at most 16 x K: cache-resident, read
 // by every warp), accumulating with one fmaf per product in increasing k. The 32 lane sums are then
-// added by a butterfly (xor 16, 8, 4, 2, 1), which leaves the sum in every lane; lane r stores row
-// r. Which products a lane sums, and the order of every addition, depend on K alone: never on R,
+// added in a butterfly's order (pairs 16 apart, then 8, 4, 2, 1) by lane r, which stores row r. Which products a lane sums, and the order of every addition, depend on K alone: never on R,
 // on the row's place among them or on the grid, so a row's y is the same bit for bit whatever the
 // batch (cuBLAS promises no such thing). A chain of at most ceil(K / 256) * 8 FMAs and a 5-level
 // tree is also more accurate than one long chain.
@@ -27,12 +26,11 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
     const int out = blockIdx.x * GEMV_WARPS + warp;
     if (out >= n) return;  // the whole warp: nothing below waits for the block
     const T* const wrow[1] = {w + static_cast<long long>(out) * k};
-    float acc[1][GEMV_MAX_ROWS];
-    gemv_dots<T, VEC, 1>(x, wrow, rows, k, acc);
-    const float bias = b == nullptr ? 0.0f : to_float(b[out]);
-#pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-        if (r < rows && lane == r) y[static_cast<long long>(r) * n + out] = from_float<TY>(acc[0][r] + bias);
+    float sum[1];
+    gemv_dots<T, VEC, 1>(x, wrow, rows, k, sum);
+    if (lane < rows) {
+        const float bias = b == nullptr ? 0.0f : to_float(b[out]);
+        y[static_cast<long long>(lane) * n + out] = from_float<TY>(sum[0] + bias);
     }
 }
 

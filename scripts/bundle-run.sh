@@ -39,7 +39,7 @@ now_ms() {
 start_ms=$(now_ms)
 
 here=$(cd "$(dirname "$0")" && pwd)
-require=0 sanitizers="" filter="rmsnorm swiglu argmax rope linear gemv:: attention::goldens attention::decode paged:: sampling::" bench=1 peers=1
+require=0 sanitizers="" filter="rmsnorm swiglu argmax rope linear gemv:: decode:: attention::goldens attention::decode paged:: sampling::" bench=1 peers=1
 lease="" device=${QK_DEVICE:-hardware} results=${QK_RESULTS_DIR:-} min_box="" golden="" filter_given=0
 while [ $# -gt 0 ]; do
     case "$1" in

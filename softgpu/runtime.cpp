@@ -423,7 +423,7 @@ void arrive(OpKind kind, int sub, unsigned mask, int operand, int width, const L
         op.width = width;
         op.file = file;
         op.line = line;
-    } else if (op.kind != kind || op.sub != sub || op.line != line || strcmp(op.file, file) != 0 || op.mask != mask ||
+    } else if (op.kind != kind || op.sub != sub || op.line != line || (op.file != file && strcmp(op.file, file) != 0) || op.mask != mask ||
                op.operand != operand || op.width != width) {
         fail_in_fiber(format("divergent warp: lane %d reaches %s at %s:%d (mask 0x%08x) while lanes %s wait at %s at "
                              "%s:%d (mask 0x%08x) (%s)",

@@ -12,7 +12,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwen_kernels::check::{self, Backend};
 use qwen_kernels::diff::{self, Forward};
-use qwen_kernels::model::{DeviceModel, ModelOptions, Qwen2Config};
+use qwen_kernels::model::{DecodePath, DeviceModel, ModelOptions, Qwen2Config};
 use qwen_kernels::ops::sampling::SamplingParams;
 use qwen_kernels::text::{Conversation, Tokenizer};
 use qwen_kernels::{kernels, DType, DeviceKind, Error, Gpu};
@@ -127,6 +127,10 @@ enum Command {
         /// each printed when all are done.
         #[arg(long, default_value_t = 1, value_name = "N")]
         samples: usize,
+        /// The decode step's kernels: fused (the GEMV kernels with their prologues and epilogues)
+        /// or cublas (the unfused launches).
+        #[arg(long, default_value = "fused", value_name = "PATH", value_parser = parse_decode_path)]
+        decode_path: DecodePath,
     },
     /// Profile one decode step of a preset model, node by node (bf16, zero weights).
     ///
@@ -134,7 +138,8 @@ enum Command {
     /// moves, the ideal of each byte once, their ratio, sectors per warp request, bank
     /// conflicts) and a modelled H200 time; these are counts and a model, not times. On a GPU:
     /// each node's measured time, and the whole step's from its graph. The last line is the
-    /// summary: `step: N nodes, R bytes read, W bytes written, ideal I bytes, ratio X, modelled T us (H200)`.
+    /// summary: `step: N nodes (G in the graph), R bytes read, W bytes written, ideal I bytes, ratio
+    /// X, modelled T us (H200)`.
     Profile {
         /// The preset model.
         #[arg(long, value_name = "M", value_parser = clap::builder::PossibleValuesParser::new(preset_names()))]
@@ -148,6 +153,10 @@ enum Command {
         /// Only the nodes whose kernel name contains NAME (e.g. add_rmsnorm, attn_split, cublasGemmEx).
         #[arg(long, value_name = "NAME")]
         op: Option<String>,
+        /// The decode step's kernels: fused (the GEMV kernels with their prologues and epilogues)
+        /// or cublas (the unfused launches).
+        #[arg(long, default_value = "fused", value_name = "PATH", value_parser = parse_decode_path)]
+        decode_path: DecodePath,
         /// The CUDA device ordinal.
         #[arg(long, default_value_t = 0, value_name = "N")]
         device: usize,
@@ -369,6 +378,7 @@ struct GenerateArgs<'a> {
     show_ids: bool,
     sampling: SamplingParams,
     samples: usize,
+    decode_path: DecodePath,
 }
 
 fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
@@ -403,7 +413,7 @@ fn run_generate(a: GenerateArgs) -> Result<ExitCode, Error> {
         return Err(Error::InvalidArgument { op: "generate", detail: "--samples 0: at least one continuation".into() });
     }
     a.sampling.validate()?;
-    let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), ..ModelOptions::new(a.dtype, a.samples, prompt.len() + max_new.max(1)) };
+    let options = ModelOptions { prefill_chunk: prompt.len().clamp(1, 512), decode_path: a.decode_path, ..ModelOptions::new(a.dtype, a.samples, prompt.len() + max_new.max(1)) };
     let mut model = DeviceModel::from_checkpoint(&gpu, a.checkpoint, options)?;
     let mem = model.memory();
     eprintln!(
@@ -474,11 +484,15 @@ fn human_bytes(n: usize) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
 }
 
-fn run_profile(model: &str, batch: usize, context: usize, op: Option<&str>, device: usize) -> Result<ExitCode, Error> {
+fn parse_decode_path(s: &str) -> Result<DecodePath, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+fn run_profile(model: &str, batch: usize, context: usize, op: Option<&str>, decode_path: DecodePath, device: usize) -> Result<ExitCode, Error> {
     let cfg = Qwen2Config::preset(model)
         .ok_or_else(|| Error::InvalidArgument { op: "--model", detail: format!("{model} is not one of {:?}", preset_names()) })?;
     let gpu = Gpu::any(device)?;
-    let profile = qwen_kernels::profile::decode_step(&gpu, &cfg, batch, context)?;
+    let profile = qwen_kernels::profile::decode_step(&gpu, &cfg, batch, context, decode_path)?;
     let profile = match op {
         Some(op) => profile.only(op),
         None => profile,
@@ -526,7 +540,7 @@ fn main() -> ExitCode {
     let (what, result) = match &cli.command {
         Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
         Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
-        Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids, temperature, top_k, top_p, min_p, seed, samples } => (
+        Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids, temperature, top_k, top_p, min_p, seed, samples, decode_path } => (
             "generate",
             run_generate(GenerateArgs {
                 sampling: if temperature.is_none() && top_k.is_none() && top_p.is_none() && min_p.is_none() {
@@ -535,6 +549,7 @@ fn main() -> ExitCode {
                     SamplingParams { temperature: temperature.unwrap_or(1.0), top_k: top_k.unwrap_or(0), top_p: top_p.unwrap_or(1.0), min_p: min_p.unwrap_or(0.0), seed: *seed }
                 },
                 samples: *samples,
+                decode_path: *decode_path,
                 checkpoint,
                 prompt: prompt.as_deref(),
                 messages: messages.as_deref(),
@@ -546,7 +561,7 @@ fn main() -> ExitCode {
                 show_ids: *show_ids,
             }),
         ),
-        Command::Profile { model, batch, context, op, device } => ("profile", run_profile(model, *batch, *context, op.as_deref(), *device)),
+        Command::Profile { model, batch, context, op, decode_path, device } => ("profile", run_profile(model, *batch, *context, op.as_deref(), *decode_path, *device)),
         Command::Info { device } => return run_info(*device),
     };
     result.unwrap_or_else(|e| {

@@ -24,7 +24,7 @@
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceKind, Gpu, SoftwareCounters};
-use crate::model::{DeviceModel, ModelOptions, Qwen2Config};
+use crate::model::{DecodePath, DeviceModel, ModelOptions, Qwen2Config};
 use crate::{DType, DeviceTensor};
 use std::fmt::Write as _;
 
@@ -93,6 +93,9 @@ pub struct Profile {
     pub context: usize,
     pub device: String,
     pub kind: DeviceKind,
+    pub path: DecodePath,
+    /// Nodes of the captured decode-step graph (cuGraphGetNodes).
+    pub graph_nodes: usize,
     pub nodes: Vec<Node>,
     /// On a GPU: the mean time of a whole step replayed from its graph.
     pub measured_step_us: Option<f64>,
@@ -122,7 +125,7 @@ impl Profile {
     pub fn report(&self) -> String {
         let mut s = String::new();
         let counted = self.kind == DeviceKind::Software;
-        writeln!(s, "profile: {} decode step, batch {}, context {}, bf16 on {}", self.model, self.batch, self.context, self.device).unwrap();
+        writeln!(s, "profile: {} decode step ({} path), batch {}, context {}, bf16 on {}", self.model, self.path, self.batch, self.context, self.device).unwrap();
         if counted {
             writeln!(s, "the software device: byte columns are counts (softgpu counters tool), times are a model, not measurements").unwrap();
         }
@@ -170,8 +173,9 @@ impl Profile {
         };
         writeln!(
             s,
-            "step: {} nodes, {r} bytes read, {w} bytes written, ideal {i} bytes, ratio {ratio:.3}, modelled {:.1} us (H200){measured}",
+            "step: {} nodes ({} in the graph), {r} bytes read, {w} bytes written, ideal {i} bytes, ratio {ratio:.3}, modelled {:.1} us (H200){measured}",
             self.nodes.len(),
+            self.graph_nodes,
             self.modelled_us()
         )
         .unwrap();
@@ -181,14 +185,14 @@ impl Profile {
 
 /// A zero-weight bf16 model of `cfg` with `batch` sequences of `context` cached positions,
 /// decoding (graphs on).
-fn model_at(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize) -> Result<DeviceModel> {
+fn model_at(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize, path: DecodePath) -> Result<DeviceModel> {
     if batch == 0 || context == 0 || context + 2 > cfg.max_position_embeddings {
         return Err(Error::InvalidArgument {
             op: "profile",
             detail: format!("batch {batch}, context {context}: need batch >= 1 and 1 <= context <= {}", cfg.max_position_embeddings - 2),
         });
     }
-    let options = ModelOptions::new(DType::BF16, batch, context + 2);
+    let options = ModelOptions { decode_path: path, ..ModelOptions::new(DType::BF16, batch, context + 2) };
     let mut m = DeviceModel::from_device_tensors(gpu, cfg, options, |_, dims| DeviceTensor::zeros(gpu, DType::BF16, dims))?;
     let slots: Vec<usize> = (0..batch).collect();
     for &s in &slots {
@@ -199,11 +203,12 @@ fn model_at(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize) -> Resul
 }
 
 /// Profile one decode step of `cfg` (module docs).
-pub fn decode_step(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize) -> Result<Profile> {
-    let mut m = model_at(gpu, cfg, batch, context)?;
+pub fn decode_step(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize, path: DecodePath) -> Result<Profile> {
+    let mut m = model_at(gpu, cfg, batch, context, path)?;
     // The first step captures the graph; the second is the one profiled.
     m.decode_step(gpu)?;
     gpu.synchronize()?;
+    let graph_nodes = m.decode_graph_nodes()?.unwrap_or(0);
     let registers = crate::kernels::resources();
     let regs = |name: &str| registers.iter().find(|r| r.kernel == name && r.target == "sm_90").map(|r| r.registers);
     let mut profile = Profile {
@@ -212,6 +217,8 @@ pub fn decode_step(gpu: &Gpu, cfg: &Qwen2Config, batch: usize, context: usize) -
         context,
         device: gpu.describe(),
         kind: gpu.info().kind,
+        path,
+        graph_nodes,
         nodes: Vec::new(),
         measured_step_us: None,
     };

@@ -14,7 +14,7 @@ use qwen_kernels::golden::metrics::{compare_scaled, Comparison, Tolerance};
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::model::device::Defect;
 use qwen_kernels::model::weights::{bf16_to_f32, LayerWeights, Linear, Matrix};
-use qwen_kernels::model::{DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
+use qwen_kernels::model::{DecodePath, DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
 use qwen_kernels::ops::sampling::SamplingParams;
 use qwen_kernels::reference::model::{self as model_ref, Act, KvCache};
 use qwen_kernels::{DType, Gpu, HostTensor};
@@ -25,6 +25,7 @@ pub const TESTS: &[GpuTest] = &[
     ("model::long_greedy_follows_the_cpu_reference", long_greedy_follows_the_cpu_reference),
     ("model::batch_of_different_lengths_equals_each_alone", batch_of_different_lengths_equals_each_alone),
     ("model::graph_replay_equals_direct_launches", graph_replay_equals_direct_launches),
+    ("model::decode_paths_agree_and_count_their_graph_nodes", decode_paths_agree_and_count_their_graph_nodes),
     ("model::chunked_prefill_equals_one_chunk", chunked_prefill_equals_one_chunk),
     ("model::rolled_back_run_equals_a_fresh_run_of_the_kept_tokens", rolled_back_run_equals_a_fresh_run_of_the_kept_tokens),
     ("model::reset_or_prefill_into_a_running_slot_equals_a_fresh_batch", reset_or_prefill_into_a_running_slot_equals_a_fresh_batch),
@@ -472,6 +473,46 @@ fn graph_replay_equals_direct_launches(gpu: &Gpu) {
     for (step, (d, r)) in direct.iter().zip(&replayed).enumerate() {
         assert_eq!(d.0, r.0, "step {step}: tokens");
         assert!(d.1 == r.1, "step {step}: logits differ between graph replay and direct launches");
+    }
+}
+
+/// The captured decode step's nodes (cuGraphGetNodes) are what `model/device/step.rs` says: on
+/// the fused path 5 a layer (6 once a row's context spans several attention splits: the combine)
+/// and 4 a step; on the cuBLAS path 12 a layer (11 without the combine) and 6 a step. Both paths
+/// give the same f32 greedy tokens, and the fused path the same tokens and logits at batch 3 as
+/// each row alone (its sums never depend on the batch).
+fn decode_paths_agree_and_count_their_graph_nodes(gpu: &Gpu) {
+    let w = random_model(19);
+    let layers = w.config.num_hidden_layers;
+    let prompts = [prompt(7, 5, 500), prompt(8, 9, 500), prompt(9, 2, 500)];
+    // decode_chunk 64 and 130 positions: up to 3 splits, so the combine is launched.
+    let run = |path: DecodePath, capacity: usize, slots: &[usize]| {
+        let options = ModelOptions { decode_path: path, decode_chunk: 64, ..ModelOptions::new(DType::F32, 3, capacity) };
+        let mut m = DeviceModel::new(gpu, &w, options).unwrap();
+        let firsts: Vec<u32> = slots.iter().map(|&s| m.prefill(gpu, s, &prompts[s]).unwrap()).collect();
+        m.begin_decode(gpu, slots, &firsts).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            m.decode_step(gpu).unwrap();
+            out.push((m.next_tokens(gpu).unwrap(), logit_bits(&m, gpu, slots.len())));
+        }
+        (out, m.decode_graph_nodes().unwrap().expect("graphs are on"))
+    };
+    for (capacity, combine) in [(48, 0), (130, 1)] {
+        let (fused, fused_nodes) = run(DecodePath::Fused, capacity, &[0, 1, 2]);
+        let (cublas, cublas_nodes) = run(DecodePath::Cublas, capacity, &[0, 1, 2]);
+        assert_eq!(fused_nodes, (5 + combine) * layers + 4, "fused path, capacity {capacity}");
+        assert_eq!(cublas_nodes, (11 + combine) * layers + 6, "cuBLAS path, capacity {capacity}");
+        for (step, (f, c)) in fused.iter().zip(&cublas).enumerate() {
+            assert_eq!(f.0, c.0, "capacity {capacity}, step {step}: fused and cuBLAS tokens");
+        }
+        for s in 0..3 {
+            let (alone, _) = run(DecodePath::Fused, capacity, &[s]);
+            for (step, (b, a)) in fused.iter().zip(&alone).enumerate() {
+                assert_eq!(b.0[s], a.0[0], "capacity {capacity}, row {s}, step {step}: token in a batch of 3 vs alone");
+                assert!(b.1[s] == a.1[0], "capacity {capacity}, row {s}, step {step}: logits in a batch of 3 differ from alone");
+            }
+        }
     }
 }
 
