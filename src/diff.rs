@@ -22,7 +22,7 @@ use crate::check::Row;
 use crate::error::{Error, Result};
 use crate::golden::metrics::{compare, compare_scaled, excess, Comparison, Excess, Tolerance};
 use crate::golden::GoldenFile;
-use crate::model::{DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
+use crate::model::{DecodePath, DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
 use crate::reference::model::{self as model_ref, Act, KvCache, U};
 use crate::{DType, Gpu, HostTensor};
 
@@ -31,7 +31,8 @@ use crate::{DType, Gpu, HostTensor};
 #[derive(Clone, Copy)]
 pub enum Forward<'a> {
     Cpu,
-    Device { gpu: &'a Gpu, dtype: DType },
+    /// The kernels on `gpu` in `dtype`, decode steps on `path` (model/device/step.rs).
+    Device { gpu: &'a Gpu, dtype: DType, path: DecodePath },
 }
 
 impl Forward<'_> {
@@ -45,7 +46,7 @@ impl Forward<'_> {
     fn describe(&self) -> String {
         match self {
             Forward::Cpu => "CPU reference, f32".to_string(),
-            Forward::Device { gpu, dtype } => format!("kernels on {}, {dtype}", gpu.describe()),
+            Forward::Device { gpu, dtype, path } => format!("kernels on {}, {dtype}, {path} decode", gpu.describe()),
         }
     }
 }
@@ -186,7 +187,7 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
                 forced: None,
             }
         }
-        Forward::Device { gpu, dtype } => device_run(gpu, dtype, w, &prompt, greedy_truth.len(), &truth)?,
+        Forward::Device { gpu, dtype, path } => device_run(gpu, dtype, path, w, &prompt, greedy_truth.len(), &truth)?,
     };
 
     let exact = Tolerance { atol: 0.0, rtol: 0.0 };
@@ -337,9 +338,9 @@ struct DeviceForced {
 /// The whole model on the device in `dtype`: a traced prefill of `prompt`, `steps` greedy tokens
 /// with the KV cache (decode steps replayed from a CUDA graph), and, in f32, every layer and the
 /// head teacher-forced.
-fn device_run(gpu: &Gpu, dtype: DType, w: &ModelWeights, prompt: &[u32], steps: usize, truth: &Truth) -> Result<Run> {
+fn device_run(gpu: &Gpu, dtype: DType, path: DecodePath, w: &ModelWeights, prompt: &[u32], steps: usize, truth: &Truth) -> Result<Run> {
     let (t, h) = (prompt.len(), w.config.hidden_size);
-    let options = ModelOptions { prefill_chunk: t.max(1), ..ModelOptions::new(dtype, 1, (t + steps).max(1)) };
+    let options = ModelOptions { prefill_chunk: t.max(1), decode_path: path, ..ModelOptions::new(dtype, 1, (t + steps).max(1)) };
     let mut m = DeviceModel::new(gpu, w, options)?;
     let (first, trace) = m.prefill_traced(gpu, 0, prompt)?;
     let logits = m.prefill_logits().to_host(gpu)?.into_data();

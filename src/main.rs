@@ -41,6 +41,9 @@ enum Command {
         /// when either is there, else cpu.
         #[arg(long, value_enum)]
         backend: Option<BackendArg>,
+        /// With --backend cuda: the decode step's kernels, fused (the default) or cublas.
+        #[arg(long, default_value = "fused", value_name = "PATH", value_parser = parse_decode_path)]
+        decode_path: DecodePath,
         /// The CUDA device ordinal.
         #[arg(long, default_value_t = 0, value_name = "N")]
         device: usize,
@@ -60,6 +63,9 @@ enum Command {
         /// With --backend cuda: the storage dtype of the device forward.
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DTypeArg,
+        /// With --backend cuda: the decode step's kernels, fused (the default) or cublas.
+        #[arg(long, default_value = "fused", value_name = "PATH", value_parser = parse_decode_path)]
+        decode_path: DecodePath,
         /// The CUDA device ordinal.
         #[arg(long, default_value_t = 0, value_name = "N")]
         device: usize,
@@ -250,7 +256,7 @@ fn open_device(device: usize) -> Result<(Gpu, Backend), Error> {
     Ok((gpu, backend))
 }
 
-fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Result<ExitCode, Error> {
+fn run_check(backend: Option<BackendArg>, path: DecodePath, device: usize, models: &Models) -> Result<ExitCode, Error> {
     if models.checkpoint.is_some() {
         let (gpu, backend) = match backend {
             Some(BackendArg::Cuda) => {
@@ -260,7 +266,7 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
             _ => (None, Backend::Cpu),
         };
         let forwards: Vec<Forward> = match &gpu {
-            Some(gpu) => DEVICE_MODEL_DTYPES.iter().map(|&dtype| Forward::Device { gpu, dtype }).collect(),
+            Some(gpu) => DEVICE_MODEL_DTYPES.iter().map(|&dtype| Forward::Device { gpu, dtype, path }).collect(),
             None => vec![Forward::Cpu],
         };
         let (mut rows, mut notes) = (Vec::new(), Vec::new());
@@ -312,7 +318,7 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
             // The whole model from the kernels, in f32 and bf16.
             for cfg in &presets {
                 for dtype in DEVICE_MODEL_DTYPES {
-                    let report = diff::analyse_on(cfg, Forward::Device { gpu, dtype })?;
+                    let report = diff::analyse_on(cfg, Forward::Device { gpu, dtype, path })?;
                     rows.extend(diff::rows(&report));
                     notes.push(diff::greedy_note(&report));
                 }
@@ -340,7 +346,7 @@ fn run_check(backend: Option<BackendArg>, device: usize, models: &Models) -> Res
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_diff(backend: BackendArg, dtype: DTypeArg, device: usize, models: &Models) -> Result<ExitCode, Error> {
+fn run_diff(backend: BackendArg, dtype: DTypeArg, path: DecodePath, device: usize, models: &Models) -> Result<ExitCode, Error> {
     let gpu = match backend {
         BackendArg::Cpu if !matches!(dtype, DTypeArg::F32) => {
             return Err(Error::InvalidArgument { op: "--dtype", detail: "the CPU reference runs in f32 only; use --backend cuda".into() });
@@ -349,7 +355,7 @@ fn run_diff(backend: BackendArg, dtype: DTypeArg, device: usize, models: &Models
         BackendArg::Cuda => Some(open_device(device)?.0),
     };
     let forward = match &gpu {
-        Some(gpu) => Forward::Device { gpu, dtype: dtype.dtype() },
+        Some(gpu) => Forward::Device { gpu, dtype: dtype.dtype(), path },
         None => Forward::Cpu,
     };
     let mut failed = false;
@@ -538,8 +544,8 @@ fn run_info(device: usize) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (what, result) = match &cli.command {
-        Command::Check { backend, device, models } => ("check", run_check(*backend, *device, models)),
-        Command::Diff { backend, dtype, device, models } => ("diff", run_diff(*backend, *dtype, *device, models)),
+        Command::Check { backend, decode_path, device, models } => ("check", run_check(*backend, *decode_path, *device, models)),
+        Command::Diff { backend, dtype, decode_path, device, models } => ("diff", run_diff(*backend, *dtype, *decode_path, *device, models)),
         Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids, temperature, top_k, top_p, min_p, seed, samples, decode_path } => (
             "generate",
             run_generate(GenerateArgs {

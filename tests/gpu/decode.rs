@@ -54,6 +54,7 @@ fn resid(r: &mut rand::rngs::StdRng, dtype: DType, rows: usize, hidden: usize) -
     HostTensor::from_f32(dtype, &[rows, hidden], x).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn qkv_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, heads: usize, kv_heads: usize, d: usize, path: Path, seed: u64) {
     let mut r = rng(seed);
     let width = (heads + 2 * kv_heads) * d;
@@ -169,6 +170,7 @@ fn gate_up_equals_rmsnorm_gemv_swiglu(gpu: &Gpu) {
 
 /// Logits with planted ties and NaNs: `tie` puts the row's maximum at two indices (the lower must
 /// win), `pad_max` the largest logit past n_valid (it must not win).
+#[allow(clippy::too_many_arguments)]
 fn head_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, vocab: usize, n_valid: usize, path: Path, seed: u64) {
     let mut r = rng(seed);
     let x = dev(gpu, &resid(&mut r, dtype, rows, hidden));
