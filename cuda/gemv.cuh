@@ -11,12 +11,8 @@
 // vector, or an unaligned base) maps element k to lane (k / VEC) % 32 and sums in increasing k as
 // well, so both paths give the same bits.
 //
-// A fused kernel with a norm prologue first finds each row's 1 / rms (gemv_norm_prologue, which
-// sums the squares in rmsnorm.cu's order: its block of row_block_threads(items) threads, emulated
-// here), then writes the normalised rows x'[r, k] = T(w_norm[k] * T(x[r, k] * inv[r])) to shared
-// memory (gemv_stage_norm: rmsnorm.cu's output exactly, once per block, not once per output), and
-// gemv_dots reads them there. So its normalised activations equal the rmsnorm kernel's bit for
-// bit, and a fused decode step equals the unfused one.
+// decode.cu's kernels with a norm prologue stage the normalised rows in shared memory and call
+// gemv_dots on them there.
 #pragma once
 
 #include "common.cuh"
@@ -108,77 +104,6 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* cons
         out[j] = lane < rows ? t[0] : 0.0f;
         __syncwarp();  // red is rewritten for the next output
     }
-}
-
-// inv[r] = 1 / sqrt(mean(x[r, :]^2) + eps) for r < rows (shared memory, read after the barrier this
-// ends with), summed exactly as rmsnorm.cu sums one row: its block of B = row_block_threads(items)
-// threads (items = K / VEC vectors on the vector path, K elements on the scalar one; B <= 1024)
-// each summing items t, t + B, ... with fmaf, then block_sum's order (a butterfly per warp, then the
-// warp sums by a butterfly in warp 0). This block of GEMV_THREADS plays B's thread t as thread
-// t % GEMV_THREADS in pass t / GEMV_THREADS. Every thread of the block must call it.
-template <typename T, bool VEC>
-__device__ __forceinline__ void gemv_norm_prologue(const T* __restrict__ x, int rows, int k, float eps,
-                                                   float* inv) {
-    __shared__ float partial[MAX_BLOCK / WARP];
-    constexpr int V = VEC ? Vec16<T>::N : 1;
-    const int items = k / V;
-    const int threads = min(max((items + WARP - 1) / WARP, 1), MAX_BLOCK / WARP) * WARP;
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    for (int r = 0; r < rows; ++r) {
-        const T* xr = x + static_cast<long long>(r) * k;
-        for (int base = 0; base < threads; base += GEMV_THREADS) {
-            const int t = base + static_cast<int>(threadIdx.x);
-            float s = 0.0f;
-            if (t < threads) {
-                for (int i = t; i < items; i += threads) {
-                    if (VEC) {
-                        const Vec16<T> xv = load16(xr + static_cast<long long>(i) * V);
-#pragma unroll
-                        for (int e = 0; e < Vec16<T>::N; ++e) {
-                            const float f = to_float(xv.v[e]);
-                            s = fmaf(f, f, s);
-                        }
-                    } else {
-                        const float f = to_float(xr[i]);
-                        s = fmaf(f, f, s);
-                    }
-                }
-            }
-            s = warp_sum(s);
-            if (lane == 0 && t < threads) partial[t / WARP] = s;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            float y = lane < threads / WARP ? partial[lane] : 0.0f;
-            y = warp_sum(y);
-            if (lane == 0) inv[r] = 1.0f / sqrtf(y / static_cast<float>(k) + eps);
-        }
-        __syncthreads();  // inv[r] is read by every warp; partial is rewritten for row r + 1
-    }
-}
-
-// xs[r * k + i] = T(w_norm[i] * T(x[r, i] * inv[r])) for r < rows, i < k: the block's normalised
-// rows in shared memory (16-byte aligned; rows * k elements), visible to every thread on return.
-template <typename T, bool VEC>
-__device__ __forceinline__ void gemv_stage_norm(const T* __restrict__ x, const T* __restrict__ w_norm,
-                                                const float* inv, int rows, int k, T* xs) {
-    constexpr int V = VEC ? Vec16<T>::N : 1;
-    const int items = k / V;
-    for (int idx = threadIdx.x; idx < rows * items; idx += blockDim.x) {
-        const int r = idx / items, i = idx - r * items;
-        const long long at = static_cast<long long>(r) * k + static_cast<long long>(i) * V;
-        const float ir = inv[r];
-        if (VEC) {
-            const Vec16<T> xv = load16(x + at), wv = load16(w_norm + static_cast<long long>(i) * V);
-            Vec16<T> out;
-#pragma unroll
-            for (int e = 0; e < Vec16<T>::N; ++e) out.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(to_float(xv.v[e]) * ir));
-            *reinterpret_cast<Vec16<T>*>(xs + at) = out;
-        } else {
-            xs[at] = from_float<T>(to_float(w_norm[i]) * round_to<T>(to_float(x[at]) * ir));
-        }
-    }
-    __syncthreads();
 }
 
 }  // namespace qk

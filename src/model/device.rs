@@ -15,7 +15,8 @@
 //!               act = silu(gu[:, :I]) * gu[:, I:];  down = act Wdown^T
 //!   xn = add_rmsnorm(down, resid, final norm); logits = xn[T-1] lm_head^T (f32); argmax
 //!
-//! decode step (B rows, row b continuing sequence batch[b]):
+//! decode step (B rows, row b continuing sequence batch[b]), on the cuBLAS path (the fused path,
+//! the default, computes the same in 5-6 launches a layer: device/step.rs):
 //!   the same with T = B, tokens = the previous step's argmax (on the device), rope_qkv at the
 //!   rows' device positions and slots, attention::decode through each row's block table and
 //!   length, logits [B, vocab] f32, the bounded argmax into the tokens of the next step, then
@@ -27,9 +28,9 @@
 //! over the same H products plus its own bias, so the merges are exact in the sense the crate's
 //! contract uses (what differs is cuBLAS' choice of kernel, which no contract pins). RoPE with the
 //! cache write (`rope::rope_qkv`) reads q, k, v from the merged rows; the fused SwiGLU reads the
-//! [gate | up] rows. A decode step is then 12 launches a layer (norm, bias fill, GEMM, RoPE, 3 for
-//! attention, GEMM, add-norm, GEMM, SwiGLU, GEMM) and 6 more (embedding, final norm, lm_head, 2 for
-//! the argmax, position update).
+//! [gate | up] rows. A cuBLAS decode step is then 12 launches a layer (norm, bias fill, GEMM, RoPE,
+//! 3 for attention, GEMM, add-norm, GEMM, SwiGLU, GEMM) and 6 more (embedding, final norm,
+//! lm_head, 2 for the argmax, position update); the fused step's plan is in device/step.rs.
 //!
 //! Dtypes: weights and activations share one storage dtype (f32, f16 or bf16; checkpoints hold
 //! bf16, which f32 holds exactly and f16 rounds), logits are f32, every op computes in FP32.

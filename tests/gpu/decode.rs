@@ -168,24 +168,19 @@ fn gate_up_equals_rmsnorm_gemv_swiglu(gpu: &Gpu) {
     gate_up_case(gpu, DType::BF16, 1, 896, 4864, Path::Auto, 980);
 }
 
-/// Logits with planted ties and NaNs: `tie` puts the row's maximum at two indices (the lower must
-/// win), `pad_max` the largest logit past n_valid (it must not win).
+/// Logits with a planted tie at each row's maximum (the lower index must win) and, when n_valid <
+/// vocab, the largest logit past n_valid (it must not win).
 #[allow(clippy::too_many_arguments)]
 fn head_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, vocab: usize, n_valid: usize, path: Path, seed: u64) {
     let mut r = rng(seed);
     let x = dev(gpu, &resid(&mut r, dtype, rows, hidden));
     let norm = dev(gpu, &uniform(&mut r, dtype, &[hidden], 0.5, 2.0));
     let mut wh = uniform(&mut r, dtype, &[vocab, hidden], -0.1, 0.1).into_data();
-    // Rows of W equal (a tie in every row's logits) and a large row past n_valid.
-    let (a, b) = (vocab / 3, vocab / 3 + 5);
-    if b < n_valid {
-        let row_a = wh[a * hidden..(a + 1) * hidden].to_vec();
-        wh[b * hidden..(b + 1) * hidden].copy_from_slice(&row_a);
-        for v in &mut wh[a * hidden..(a + 1) * hidden] {
-            *v *= 4.0;
-        }
-        let row_a = wh[a * hidden..(a + 1) * hidden].to_vec();
-        wh[b * hidden..(b + 1) * hidden].copy_from_slice(&row_a);
+    // Rows a and a + 1 of W equal and large (0.4 against +-0.1): every row's largest valid logit
+    // is a tie inside one block (a % 8 < 7), which the lower index must win.
+    let a = (vocab / 3) / 8 * 8;
+    if a + 1 < n_valid {
+        wh[a * hidden..(a + 2) * hidden].fill(0.4);
     }
     if n_valid < vocab {
         for v in &mut wh[(vocab - 1) * hidden..] {
@@ -202,6 +197,9 @@ fn head_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, vocab: usize, 
     let mut out = ArgmaxOutput::new(gpu, rows).unwrap();
     argmax(gpu, &l1.view(), n_valid, &mut out, false).unwrap();
     let want = gpu.stream().clone_dtoh(&out.index().slice(0..rows)).unwrap();
+    if a + 1 < n_valid {
+        assert!(want.iter().all(|&i| i == a as i32), "the planted tie at {a}, {} is not every row's maximum: {want:?}", a + 1);
+    }
     let mut l2 = DeviceTensor::zeros(gpu, DType::F32, &[rows, vocab]).unwrap();
     let mut cand = HeadCandidates::new(gpu, rows, vocab).unwrap();
     decode::head_with_path(gpu, &x.view(), &norm.view(), EPS, &w.view(), &mut l2.view_mut(), n_valid, &mut cand, path).unwrap();
