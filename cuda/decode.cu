@@ -120,6 +120,18 @@ __device__ __forceinline__ void gemv_stage_norm(const T* __restrict__ x, const T
 }
 
 
+// The whole norm prologue: rows 0..rows-1 of x normalised into dynamic shared memory (rows *
+// hidden elements; the host sizes it), visible to every thread on return. Every thread calls it.
+template <typename T, bool VEC>
+__device__ __forceinline__ const T* normed_rows(const T* __restrict__ x, const T* __restrict__ w_norm, float eps,
+                                                int rows, int hidden) {
+    __shared__ float inv[GEMV_MAX_ROWS];
+    T* xs = dynamic_shared<T>();
+    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
+    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
+    return xs;
+}
+
 // q/k/v with the input norm, bias, RoPE and the cache write (rope.cu's rope_qkv semantics: a row
 // whose position is outside 0..pos_limit or whose slot is at or past n_slots is flagged in *status
 // and writes nothing; a negative slot skips the cache write only).
@@ -132,10 +144,7 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
                                         T* __restrict__ q_out, T* __restrict__ k_cache, T* __restrict__ v_cache,
                                         int pos_limit, int n_slots, int page_size, long long page_stride,
                                         long long head_stride, long long row_stride) {
-    __shared__ float inv[GEMV_MAX_ROWS];
-    T* xs = dynamic_shared<T>();  // rows * hidden normalised elements (the host sizes it)
-    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
-    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
+    const T* xs = normed_rows<T, VEC>(x, w_norm, eps, rows, hidden);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int unit = blockIdx.x * GEMV_WARPS + warp;
     if (unit >= (heads + 2 * kv_heads) * half) return;  // the whole warp
@@ -194,10 +203,7 @@ template <typename T, bool VEC>
 __device__ __forceinline__ void dec_gate_up(const T* __restrict__ x, const T* __restrict__ w_norm, float eps,
                                             const T* __restrict__ w, T* __restrict__ act, int rows, int hidden,
                                             int inter) {
-    __shared__ float inv[GEMV_MAX_ROWS];
-    T* xs = dynamic_shared<T>();  // rows * hidden normalised elements (the host sizes it)
-    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
-    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
+    const T* xs = normed_rows<T, VEC>(x, w_norm, eps, rows, hidden);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int i = blockIdx.x * GEMV_WARPS + warp;
     if (i >= inter) return;
@@ -215,12 +221,9 @@ template <typename T, bool VEC>
 __device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __restrict__ w_norm, float eps,
                                          const T* __restrict__ w, float* __restrict__ logits, int rows, int hidden,
                                          int n, int n_valid, float* __restrict__ part_v, int* __restrict__ part_i) {
-    __shared__ float inv[GEMV_MAX_ROWS];
     __shared__ float s_v[GEMV_WARPS][GEMV_MAX_ROWS];
     __shared__ int s_i[GEMV_WARPS][GEMV_MAX_ROWS];
-    T* xs = dynamic_shared<T>();  // rows * hidden normalised elements (the host sizes it)
-    gemv_norm_prologue<T, VEC>(x, rows, hidden, eps, inv);
-    gemv_stage_norm<T, VEC>(x, w_norm, inv, rows, hidden, xs);
+    const T* xs = normed_rows<T, VEC>(x, w_norm, eps, rows, hidden);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
     ArgBest best{-INFINITY, INT_MAX, false};

@@ -68,13 +68,14 @@ fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
 fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize], path: Path) -> Result<&'static str> {
     let ok = (k * dtype.size()) % 16 == 0 && offsets.iter().all(|o| o % 16 == 0);
     let vec = path.vectorized(op, ok, || format!("16-byte vector path needs K ({k} of {dtype}) in whole vectors and aligned bases {offsets:?}"))?;
+    // KERNELS is ordered by kernel, then dtype (f32, f16, bf16), then path (vec, scalar).
+    let kernel = ["qkv", "residual", "gate_up", "head"].iter().position(|b| *b == base).expect("a kernel of decode.cu");
     let dt = match dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => 2,
     };
-    let name = format!("dec_{base}_{dt}_{}", if vec { "vec" } else { "scalar" });
-    Ok(KERNELS.iter().copied().find(|k| *k == name).expect("every (kernel, dtype, path) is compiled"))
+    Ok(KERNELS[kernel * 6 + dt * 2 + usize::from(!vec)])
 }
 
 /// The entry points of cuda/decode.cu but dec_finish.
@@ -444,6 +445,13 @@ mod tests {
         assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 896, &[0, 32, 16], Path::Auto).unwrap(), "dec_qkv_bf16_vec");
         assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 897, &[0, 0], Path::Auto).unwrap(), "dec_qkv_bf16_scalar");
         assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto).unwrap(), "dec_head_f32_scalar");
+        for base in ["qkv", "residual", "gate_up", "head"] {
+            for (dtype, dt) in [(DType::F32, "f32"), (DType::F16, "f16"), (DType::BF16, "bf16")] {
+                for (path, p) in [(Path::Vector16, "vec"), (Path::Scalar, "scalar")] {
+                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path).unwrap(), format!("dec_{base}_{dt}_{p}"));
+                }
+            }
+        }
         assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16), Err(Error::Alignment { .. })));
         assert_eq!(groups(33, 16).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
         assert_eq!(groups(0, 16).count(), 0);
