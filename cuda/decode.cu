@@ -37,6 +37,7 @@
 #include "gemv.cuh"
 #include "model.cuh"
 #include "rope.cuh"
+#include "rmsnorm.cuh"
 #include "swiglu.cuh"
 
 #include <limits.h>
@@ -89,7 +90,7 @@ __device__ __forceinline__ void gemv_norm_prologue(const T* __restrict__ x, int 
         if (warp == 0) {
             float y = lane < threads / WARP ? partial[lane] : 0.0f;
             y = warp_sum(y);
-            if (lane == 0) inv[r] = 1.0f / sqrtf(y / static_cast<float>(k) + eps);
+            if (lane == 0) inv[r] = inv_rms(y, k, eps);
         }
         __syncthreads();  // inv[r] is read by every warp; partial is rewritten for row r + 1
     }

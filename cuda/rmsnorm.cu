@@ -16,13 +16,13 @@
 //     y        [rows, hidden]   output
 //
 // Per row:  r = fused ? T(x + residual) : x                   (T(.) = round to nearest even in T)
-//           mean = (sum over the row of float(r)^2) / hidden  (FP32, one fmaf a square)
-//           inv = 1 / sqrt(mean + eps)                        (FP32, IEEE sqrt and division)
+//           sum = sum over the row of float(r)^2              (FP32, one fmaf a square)
+//           inv = 1 / sqrt(sum / hidden + eps)                (FP64, rounded once to FP32: rmsnorm.cuh)
 //           y = T(float(w) * float(T(float(r) * inv)))         (two roundings, as PyTorch does in 16-bit)
 // In f32 storage every T(.) is the identity.
 //
 // Overflow, as PyTorch: the sum of squares is an FP32 sum. When it passes FLT_MAX (at or above
-// 2^128 - 2^103 after rounding) it is +inf, mean = +inf, inv = 1 / sqrt(inf) = 0, and the row is
+// 2^128 - 2^103 after rounding) it is +inf, inv = 1 / sqrt(inf) = 0, and the row is
 // y = T(w * T(r * 0)) = +-0; a row holding an inf gives inf * 0 = NaN. transformers' FP32
 // pow(2).mean() does the same, so this is the contract, not a scaled sum that would stay finite
 // (src/spec/rmsnorm.rs gives the reasons and the boundary; the reference mirrors it). It takes an
@@ -35,7 +35,7 @@
 // bit-identical results whatever the number of rows in the launch. The vector path is used by the host
 // only when hidden * sizeof(T) is a multiple of 16 and every pointer is 16-byte aligned.
 // Row offsets are 64-bit (rows * hidden may pass 2^31).
-#include "common.cuh"
+#include "rmsnorm.cuh"
 
 namespace qk {
 
@@ -78,8 +78,7 @@ __device__ __forceinline__ void rmsnorm_row(const T* __restrict__ x, T* __restri
             sum_sq = fmaf(f, f, sum_sq);
         }
     }
-    const float mean = block_sum(sum_sq) / static_cast<float>(hidden);
-    const float inv = 1.0f / sqrtf(mean + eps);  // 0 when the FP32 sum overflowed (see the header)
+    const float inv = inv_rms(block_sum(sum_sq), hidden, eps);  // 0 when the FP32 sum overflowed
 
     // Pass 2: y = T(w * T(r * inv)). In the fused variant r is re-read from residual: each thread
     // reads back exactly the elements it wrote in pass 1, so no barrier is needed for them.

@@ -10,7 +10,9 @@
 
 No math is re-implemented here: each golden is the output of a transformers module (Qwen2RMSNorm, ...)
 run twice on the same inputs, once in float64 (the truth) and once at the storage dtype (what PyTorch
-itself gets, for the "PyTorch ratio": our error over PyTorch's, both against the truth).
+itself gets, for the "PyTorch ratio": our error over PyTorch's, both against the truth). One
+exception: Qwen2RMSNorm and eager attention's softmax compute in FP32 even in float64, so their
+float64 runs keep float64 (`_rmsnorm_forward_float64_truth`, `_softmax_float64_truth`, below).
 
 Inputs are drawn from golden/synth.py, whose bits src/synth.rs reproduces. For each storage dtype the
 inputs are first rounded to that dtype and the truth is computed from the rounded inputs, so the truth
@@ -23,6 +25,7 @@ config, seed, torch and transformers versions, the generating command). Tensor n
     <op>.<dtype>.<out>.torch   output of the module at <dtype> (stored in <dtype>)
 """
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -42,6 +45,44 @@ from transformers.models.qwen2.modeling_qwen2 import (
     eager_attention_forward,
 )
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+# The truth's RMSNorm. Qwen2RMSNorm.forward upcasts its input to torch.float32 whatever the module's
+# dtype, so the module run in float64 is an FP32 computation: its 1/rms carries FP32's rounding of the
+# mean, of the epsilon add, of the square root and of the division, and its x * (1/rms) is rounded to
+# FP32 (every row of such a "truth" equals w * FP32(x * r) for one FP32 r, checked row by row). A
+# kernel that is more accurate than PyTorch's FP32 would then score worse against it. For float64
+# inputs (the truth runs: op goldens, layer twins, the float64 model) the module's own lines run with
+# that upcast made to float64; at a storage dtype (PyTorch's own runs) transformers' forward runs as is.
+_TRANSFORMERS_RMSNORM_FORWARD = Qwen2RMSNorm.forward
+assert "hidden_states.to(torch.float32)" in inspect.getsource(_TRANSFORMERS_RMSNORM_FORWARD), \
+    "Qwen2RMSNorm.forward changed: check the float64 truth's norm below against it"
+
+
+def _rmsnorm_forward_float64_truth(self, hidden_states):
+    if hidden_states.dtype != torch.float64:
+        return _TRANSFORMERS_RMSNORM_FORWARD(self, hidden_states)
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+    return self.weight * hidden_states
+
+
+Qwen2RMSNorm.forward = _rmsnorm_forward_float64_truth
+
+# The truth's softmax. transformers' eager attention (the truth's attention) asks for
+# softmax(..., dtype=torch.float32) and casts back, so in float64 its weights were FP32 values. For
+# a float64 input the softmax stays in float64; every other call is torch's own.
+_TORCH_SOFTMAX = torch.nn.functional.softmax
+assert "softmax(attn_weights, dim=-1, dtype=torch.float32)" in inspect.getsource(eager_attention_forward), \
+    "eager_attention_forward changed: check the float64 truth's softmax below against it"
+
+
+def _softmax_float64_truth(input, dim=None, _stacklevel=3, dtype=None):
+    if input.dtype == torch.float64 and dtype == torch.float32:
+        dtype = torch.float64
+    return _TORCH_SOFTMAX(input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+
+
+torch.nn.functional.softmax = _softmax_float64_truth
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hazards  # noqa: E402
@@ -360,7 +401,7 @@ def attention_goldens(preset, config, out):
     """Attention as Qwen2Attention computes it: transformers' eager_attention_forward (q k^T in the
     storage dtype, scaled, additive causal mask, softmax in FP32, cast, p v) on given q [T, H, D]
     and k, v [S, KV, D] (after RoPE), and the SDPA path transformers uses by default. The truth is
-    eager attention in float64. Stored in our layouts; transformers works on [1, heads, tokens, D].
+    eager attention in float64, its softmax too (`_softmax_float64_truth`). Stored in our layouts; transformers works on [1, heads, tokens, D].
 
     Every case has an attention sink: key 0 aligned with every query, so the first token takes
     most of the weight, as in trained models. VibeThinker also gets `stress8`, its layer-0

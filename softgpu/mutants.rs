@@ -106,8 +106,8 @@ pub const MUTANTS: &[Mutant] = &[
     Mutant {
         name: "warp_exits_before_barrier",
         module: "rmsnorm",
-        find: "    const float mean = block_sum(sum_sq) / static_cast<float>(hidden);",
-        replace: "    if (blockDim.x > 32 && threadIdx.x / 32 == blockDim.x / 32 - 1) return;\n    const float mean = block_sum(sum_sq) / static_cast<float>(hidden);",
+        find: "    const float inv = inv_rms(block_sum(sum_sq), hidden, eps);",
+        replace: "    if (blockDim.x > 32 && threadIdx.x / 32 == blockDim.x / 32 - 1) return;\n    const float inv = inv_rms(block_sum(sum_sq), hidden, eps);",
         caught_by: &["rmsnorm::random_inputs_every_dtype_and_hidden_size"],
         says: "is never reached by 32 thread(s)",
         device_error: true,

@@ -197,8 +197,8 @@ fn overflow_boundary_is_f32_max_plus_half_an_ulp() {
             let (_, fused) = add_rmsnorm(&x, &host(dtype, &[1, width], &[0.0; 48]), &w, 1e-6).unwrap();
             assert_eq!(y.data(), fused.data(), "{name} {dtype}: fused with a zero residual");
             if finite {
-                // y = x / sqrt(sum / width): the f32 mean, sqrt and product each round once, then
-                // the dtype rounds once.
+                // y = x / sqrt(sum / width): inv (FP64 from the sum) and the product each round
+                // once to f32, then the dtype rounds once.
                 let rms = (sum / width as f64).sqrt();
                 let expected: Vec<f32> = row.iter().map(|&v| (v as f64 / rms) as f32).collect();
                 let tol = Tolerance { atol: 0.0, rtol: dtype.epsilon() / 2.0 + 2f32.powi(-21) };

@@ -17,11 +17,11 @@ pub fn subnormal_spacing(dtype: DType) -> f32 {
 
 /// RMSNorm kernel against the CPU reference (`reference::rmsnorm`), rows of `hidden` elements.
 ///
-/// Both compute the same formula in FP32 from the same inputs; they differ only in the order the
-/// sum of squares is added up. Any order of adding `hidden` non-negative terms is within
-/// (hidden - 1) * u32 of the exact sum (relative), the reference's mean is the exactly rounded one,
-/// so the two means differ by at most (hidden + 1) * u32; 1/sqrt halves that and adds 2 roundings
-/// (sqrt, divide), x * inv and w * (.) add 2 more: FP32 outputs agree to
+/// Both compute the same formula from the same inputs; they differ in the sum of squares: any FP32
+/// order of adding `hidden` non-negative terms is within (hidden - 1) * u32 of the exact sum the
+/// reference uses (relative). 1/sqrt halves that; each side computes inv in FP64 and rounds it
+/// to FP32 once (u32 each, the FP64 steps' 2^-53 terms inside the slack below); x * inv and
+/// w * (.) add 2 roundings more: FP32 outputs agree to ((hidden - 1) / 2 + 4) * u32, used as
 ///     rtol = ((hidden + 1) / 2 + 4) * u32.
 /// In f16/bf16 the intermediate T(x * inv) may then round to the neighbouring value (one eps_T
 /// relative), and w * (.) rounded again may land one more step away: rtol = 2 * eps_T plus the FP32

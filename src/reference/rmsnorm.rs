@@ -7,8 +7,10 @@
 //! hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
 //! return self.weight * hidden_states.to(input_dtype)
 //! ```
-//! The mean is accumulated in f64 (each f32 square is exact there) and rounded once to f32: the
-//! value every FP32 reduction order approximates, so the kernel's error against it is its own.
+//! The sum of squares is accumulated in f64 (each f32 square is exact there): the value every FP32
+//! reduction order approximates, so the kernel's error against it is its own. 1/rms is the
+//! kernel's (`cuda/rmsnorm.cuh`): 1 / sqrt(sum / hidden + eps) in f64, rounded once to f32, where
+//! PyTorch rounds the mean, the epsilon add, the square root and the division in FP32.
 //!
 //! Overflow: a row whose FP32 sum of squares passes f32's range comes out as zeros, as in
 //! PyTorch; [`crate::spec::rmsnorm`] gives the contract and its boundary, which
@@ -28,10 +30,19 @@ pub fn mean_of_squares(x: &[f32]) -> f32 {
     (sum_sq / x.len() as f64) as f32
 }
 
+/// `rsqrt(mean(x^2) + eps)` as the kernels compute it: in f64 from the sum of squares, rounded
+/// once to f32; 0 when the FP32 sum of squares overflows (`rsqrt(inf)`, `crate::spec::rmsnorm`).
+pub fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let sum_sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    if (sum_sq as f32).is_infinite() {
+        return 0.0;
+    }
+    (1.0 / (sum_sq / x.len() as f64 + eps as f64).sqrt()) as f32
+}
+
 /// One row: `w * T(x * rsqrt(mean(x^2) + eps))`, appended to `out`.
 fn normalize_row(x: &[f32], w: &[f32], eps: f32, dtype: crate::DType, out: &mut Vec<f32>) {
-    let variance = mean_of_squares(x); // pow(2).mean(-1) in FP32
-    let inv = 1.0f32 / (variance + eps).sqrt(); // torch.rsqrt(variance + eps)
+    let inv = inv_rms(x, eps); // torch.rsqrt(variance + eps), rounded once
     for (&xi, &wi) in x.iter().zip(w) {
         let normed = dtype.round(xi * inv); // hidden_states.to(input_dtype)
         out.push(dtype.round(wi * normed)); // self.weight * (...), in the input dtype

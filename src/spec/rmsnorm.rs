@@ -4,8 +4,11 @@
 //! rmsnorm:      y = w * T(x * rsqrt(mean(x^2) + eps))                 x, y [.., hidden], w [hidden]
 //! add_rmsnorm:  residual = T(x + residual); y = rmsnorm(residual)      residual updated in place
 //! ```
-//! with the mean, rsqrt and products in FP32 and T(.) rounding to the storage dtype exactly where
-//! transformers' Qwen2RMSNorm rounds. All leading dimensions are rows; zero rows are valid (nothing
+//! with the sum of squares in FP32 (PyTorch's, and its overflow), rsqrt(mean + eps) computed from
+//! that sum in FP64 and rounded once to FP32 (PyTorch rounds the mean, the epsilon add, the square
+//! root and the division in FP32: four errors common to the whole row, which made our f32 rows
+//! less accurate than PyTorch's against a float64 truth), the products in FP32, and T(.) rounding
+//! to the storage dtype exactly where transformers' Qwen2RMSNorm rounds. All leading dimensions are rows; zero rows are valid (nothing
 //! to do), a zero-width row is not.
 //!
 //! # Overflow: PyTorch's FP32 sum, not a scaled one
