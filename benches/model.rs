@@ -15,6 +15,11 @@
 //! arithmetic and the bytes moved do not depend on the values, and zeros cost nothing to make at
 //! 1.5B parameters). Beside each result, the GPU's clocks, power and throttle reasons (NVML).
 //!
+//! The decode cases are also drawn as a roofline, `model-roofline.svg` in criterion's folder
+//! ($CRITERION_HOME, else target/criterion): each case's bytes a step (the weights once and the KV
+//! cache read at the mean context) against its measured step time, with the copy bandwidth
+//! measured in the same run.
+//!
 //! `cargo bench --bench model`; without a GPU it prints the cases and their floors at the H200's
 //! measured 4.3 TB/s and exits successfully. The PyTorch peer (transformers' generate with a
 //! static cache, eager and SDPA attention) is benches/peers/model_torch.py, printing the same
@@ -105,7 +110,42 @@ struct Measured {
     tokens_per_step: usize,
     seconds: f64,
     floor: Option<f64>,
+    /// Decode: the bytes one step must read (the weights once, the KV cache at the mean context).
+    step_bytes: Option<f64>,
     telemetry: String,
+}
+
+/// Bytes one decode step of `batch` sequences must read at the mean context of a timed run: every
+/// parameter once (bf16) and each sequence's K and V of every layer.
+fn step_bytes(cfg: &Qwen2Config, batch: usize) -> f64 {
+    let context = CONTEXT as f64 + PART as f64 / 2.0;
+    let kv = (cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * DType::BF16.size()) as f64 * context * batch as f64;
+    (cfg.parameter_count() * DType::BF16.size()) as f64 + kv
+}
+
+/// The decode cases as a roofline SVG in criterion's folder.
+fn write_roofline(results: &[Measured], copy_gbps: f64, device: &str) {
+    let points = results
+        .iter()
+        .filter_map(|r| r.step_bytes.map(|bytes| qwen_kernels::plot::RooflinePoint { label: r.case.clone(), bytes, us: r.seconds * 1e6 }))
+        .collect();
+    let roofline = qwen_kernels::plot::Roofline {
+        title: format!("decode steps, bf16, context {CONTEXT}..{} on {device}, commit {}", CONTEXT + PART as usize, common::commit()),
+        times: "decode steps, measured",
+        bandwidth: copy_gbps * 1e9,
+        bandwidth_source: "copy, measured in this run".to_string(),
+        fixed_us: 0.0,
+        points,
+    };
+    let dir = std::env::var_os("CRITERION_HOME").map_or_else(|| std::path::PathBuf::from("target/criterion"), std::path::PathBuf::from);
+    let file = dir.join("model-roofline.svg");
+    match qwen_kernels::plot::roofline(&roofline).and_then(|svg| {
+        std::fs::create_dir_all(&dir).ok();
+        qwen_kernels::plot::write(&file, &svg)
+    }) {
+        Ok(()) => println!("roofline: {}", file.display()),
+        Err(e) => println!("roofline: not written ({e})"),
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -135,7 +175,7 @@ fn bench(c: &mut Criterion) {
                 group.bench_function(&case, |b| b.iter_custom(|iters| time_decode(&gpu, &mut m, batch, iters)));
                 let seconds = time_decode(&gpu, &mut m, batch, 2 * PART).as_secs_f64() / (2 * PART) as f64;
                 let telemetry = telemetry::read(&gpu).map_or_else(|why| format!("telemetry: none ({why})"), |t| t.to_string());
-                results.push(Measured { case, tokens_per_step: batch, seconds, floor: Some(floor), telemetry });
+                results.push(Measured { case, tokens_per_step: batch, seconds, floor: Some(floor), step_bytes: Some(step_bytes(&cfg, batch)), telemetry });
             }
         }
         for tokens in PROMPTS.into_iter().filter(|&t| t <= cfg.max_position_embeddings) {
@@ -145,7 +185,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function(&case, |b| b.iter_custom(|iters| (0..iters).map(|_| time_prefill(&gpu, &mut m, tokens)).sum()));
             let seconds = (0..3).map(|_| time_prefill(&gpu, &mut m, tokens).as_secs_f64()).sum::<f64>() / 3.0;
             let telemetry = telemetry::read(&gpu).map_or_else(|why| format!("telemetry: none ({why})"), |t| t.to_string());
-            results.push(Measured { case, tokens_per_step: tokens, seconds, floor: None, telemetry });
+            results.push(Measured { case, tokens_per_step: tokens, seconds, floor: None, step_bytes: None, telemetry });
         }
     }
     group.finish();
@@ -159,7 +199,7 @@ fn bench(c: &mut Criterion) {
         common::commit()
     );
     println!("{:<44} {:>11} {:>12} {:>14} {:>8}  telemetry", "case", "time_us", "tokens/s", "floor tok/s", "%floor");
-    for r in results {
+    for r in &results {
         let rate = r.tokens_per_step as f64 / r.seconds;
         let (floor, pct) = match r.floor {
             Some(f) => {
@@ -170,6 +210,7 @@ fn bench(c: &mut Criterion) {
         };
         println!("{:<44} {:>11.1} {:>12.0} {:>14} {:>8}  {}", r.case, r.seconds * 1e6, rate, floor, pct, r.telemetry);
     }
+    write_roofline(&results, copy, &i.name);
 }
 
 criterion_group! {

@@ -327,7 +327,7 @@ lease_command() {  # lease_command ID: sets cmd (array) and skip (the reason not
                 profile-1.5b-b1) model=vibethinker-1.5b batch=1 ;;
                 profile-1.5b-b32) model=vibethinker-1.5b batch=32 ;;
             esac
-            cmd=("$b/qwen-kernels" profile --model "$model" --batch "$batch" --context 512)
+            cmd=("$b/qwen-kernels" profile --model "$model" --batch "$batch" --context 512 --svg "$results/$1.svg")
             if [ -z "$lease_profile_ok" ]; then
                 if timeout 30 "$b/qwen-kernels" profile --help >/dev/null 2>&1; then lease_profile_ok=1; else lease_profile_ok=0; fi
             fi

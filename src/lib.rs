@@ -43,6 +43,7 @@ pub mod golden;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod plot;
 pub mod ops;
 pub mod profile;
 pub mod reference;

@@ -69,6 +69,11 @@ enum Command {
         /// The CUDA device ordinal.
         #[arg(long, default_value_t = 0, value_name = "N")]
         device: usize,
+        /// Also draw each model's per-layer error growth (ours and PyTorch's against the float64
+        /// truth) as an SVG: FILE for one model, FILE with the model's name before `.svg` for each
+        /// of several.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
         #[command(flatten)]
         models: Models,
     },
@@ -166,6 +171,10 @@ enum Command {
         /// The CUDA device ordinal.
         #[arg(long, default_value_t = 0, value_name = "N")]
         device: usize,
+        /// Also draw the step as a roofline SVG: each node's bytes moved against its time (the
+        /// model's on the software device), with the copy bandwidth's line and the per-node floor.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
     },
     /// Print the build targets, each kernel's registers and spills, and the device.
     Info {
@@ -346,7 +355,18 @@ fn run_check(backend: Option<BackendArg>, path: DecodePath, device: usize, model
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_diff(backend: BackendArg, dtype: DTypeArg, path: DecodePath, device: usize, models: &Models) -> Result<ExitCode, Error> {
+/// `--svg FILE` for the report of `model`, one of `count`: FILE itself for one report, else FILE
+/// with `-<model>` before its extension.
+fn svg_path(file: &std::path::Path, model: &str, count: usize) -> std::path::PathBuf {
+    if count <= 1 {
+        return file.to_path_buf();
+    }
+    let stem = file.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = file.extension().map_or_else(|| "svg".to_string(), |e| e.to_string_lossy().into_owned());
+    file.with_file_name(format!("{stem}-{model}.{ext}"))
+}
+
+fn run_diff(backend: BackendArg, dtype: DTypeArg, path: DecodePath, device: usize, svg: Option<&std::path::Path>, models: &Models) -> Result<ExitCode, Error> {
     let gpu = match backend {
         BackendArg::Cpu if !matches!(dtype, DTypeArg::F32) => {
             return Err(Error::InvalidArgument { op: "--dtype", detail: "the CPU reference runs in f32 only; use --backend cuda".into() });
@@ -363,9 +383,15 @@ fn run_diff(backend: BackendArg, dtype: DTypeArg, path: DecodePath, device: usiz
         Some(report) => vec![report],
         None => models.presets()?.iter().map(|cfg| diff::analyse_on(cfg, forward)).collect(),
     };
+    let count = reports.len();
     for report in reports {
         let report = report?;
         diff::print(&report);
+        if let Some(file) = svg {
+            let file = svg_path(file, &report.model, count);
+            qwen_kernels::plot::write(&file, &qwen_kernels::plot::error_growth(&report)?)?;
+            eprintln!("error growth: {}", file.display());
+        }
         failed |= diff::rows(&report).iter().any(|r| !r.comparison.passed());
         println!();
     }
@@ -494,7 +520,7 @@ fn parse_decode_path(s: &str) -> Result<DecodePath, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
-fn run_profile(model: &str, batch: usize, context: usize, op: Option<&str>, decode_path: DecodePath, device: usize) -> Result<ExitCode, Error> {
+fn run_profile(model: &str, batch: usize, context: usize, op: Option<&str>, decode_path: DecodePath, device: usize, svg: Option<&std::path::Path>) -> Result<ExitCode, Error> {
     let cfg = Qwen2Config::preset(model)
         .ok_or_else(|| Error::InvalidArgument { op: "--model", detail: format!("{model} is not one of {:?}", preset_names()) })?;
     let gpu = Gpu::any(device)?;
@@ -504,6 +530,10 @@ fn run_profile(model: &str, batch: usize, context: usize, op: Option<&str>, deco
         None => profile,
     };
     print!("{}", profile.report());
+    if let Some(file) = svg {
+        qwen_kernels::plot::write(file, &qwen_kernels::plot::roofline(&profile.roofline())?)?;
+        eprintln!("roofline: {}", file.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -545,7 +575,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (what, result) = match &cli.command {
         Command::Check { backend, decode_path, device, models } => ("check", run_check(*backend, *decode_path, *device, models)),
-        Command::Diff { backend, dtype, decode_path, device, models } => ("diff", run_diff(*backend, *dtype, *decode_path, *device, models)),
+        Command::Diff { backend, dtype, decode_path, device, svg, models } => ("diff", run_diff(*backend, *dtype, *decode_path, *device, svg.as_deref(), models)),
         Command::Generate { checkpoint, prompt, messages, system, max_tokens, chat, dtype, device, show_ids, temperature, top_k, top_p, min_p, seed, samples, decode_path } => (
             "generate",
             run_generate(GenerateArgs {
@@ -567,7 +597,9 @@ fn main() -> ExitCode {
                 show_ids: *show_ids,
             }),
         ),
-        Command::Profile { model, batch, context, op, decode_path, device } => ("profile", run_profile(model, *batch, *context, op.as_deref(), *decode_path, *device)),
+        Command::Profile { model, batch, context, op, decode_path, device, svg } => {
+            ("profile", run_profile(model, *batch, *context, op.as_deref(), *decode_path, *device, svg.as_deref()))
+        }
         Command::Info { device } => return run_info(*device),
     };
     result.unwrap_or_else(|e| {

@@ -115,6 +115,30 @@ impl Profile {
         self.nodes.iter().map(|n| n.modelled_us).sum()
     }
 
+    /// The step as a roofline (`qwen-kernels profile --svg`): each node's moved bytes against its
+    /// time, measured on a GPU (where no bytes are counted, so the nodes are left out of the
+    /// figure and only the lines and the caption remain), the model's on the software device.
+    pub fn roofline(&self) -> crate::plot::Roofline {
+        let measured = self.kind == DeviceKind::Hardware;
+        crate::plot::Roofline {
+            title: format!("{} decode step ({} path), batch {}, context {}, bf16", self.model, self.path, self.batch, self.context),
+            times: if measured { "nodes, measured on the GPU" } else { "nodes, modelled (software device: counted bytes)" },
+            bandwidth: H200_COPY_BYTES_PER_S,
+            bandwidth_source: "H200, measured copy".to_string(),
+            fixed_us: NODE_FIXED_US,
+            points: self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| crate::plot::RooflinePoint {
+                    label: format!("node {i} {}", n.name),
+                    bytes: (n.read_bytes + n.write_bytes) as f64,
+                    us: n.measured_us.unwrap_or(n.modelled_us),
+                })
+                .collect(),
+        }
+    }
+
     /// Keep the nodes whose name contains `op` (`--op`).
     pub fn only(mut self, op: &str) -> Profile {
         self.nodes.retain(|n| n.name.contains(op));

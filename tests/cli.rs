@@ -300,12 +300,22 @@ fn checkpoint_goldens_are_found_in_the_user_directory() {
         cmd.env_remove("QK_CHECKPOINT_GOLDEN_DIR").env_remove("XDG_CACHE_HOME").env("HOME", &home);
     };
 
+    let growth = tmp.0.join("growth.svg");
     for command in ["check", "diff"] {
         let mut cmd = qwen_kernels(&[command, "--checkpoint", ckpt_s, "--name", "tiny-qwen2"]);
+        if command == "diff" {
+            cmd.args(["--svg", growth.to_str().unwrap()]);
+        }
         user(&mut cmd);
         let (code, out, err) = run(&mut cmd);
         assert_eq!(code, 0, "{command} from ~/.cache: {out}{err}");
     }
+    // diff --svg: the error after each layer, ours and PyTorch's, a <desc> a layer.
+    let svg = std::fs::read_to_string(&growth).unwrap();
+    let config = std::fs::read_to_string(ckpt.join("config.json")).unwrap();
+    let layers = qwen_kernels::model::Qwen2Config::from_hf_json("tiny-qwen2", &config).unwrap().num_hidden_layers;
+    assert_eq!(svg.matches("<desc>layer ").count(), layers, "{svg}");
+    assert!(svg.contains("against the float64 truth") && svg.contains("PyTorch bf16") && svg.contains("ours ("), "{svg}");
     let mut cmd = qwen_kernels(&["check", "--checkpoint", ckpt_s, "--name", "tiny-qwen2"]);
     user(&mut cmd);
     cmd.env("QK_CHECKPOINT_GOLDEN_DIR", &elsewhere);
@@ -343,7 +353,9 @@ fn checkpoint_goldens_are_found_in_the_user_directory() {
 #[test]
 #[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
 fn profile_prints_every_node_of_a_decode_step_and_the_summary() {
-    let (code, out, err) = run(qwen_kernels(&["profile", "--model", "qwen2.5-0.5b", "--batch", "1", "--context", "512"]).env("QK_DEVICE", "emulated"));
+    let tmp = TempDir::new("profile-svg");
+    let svg = tmp.0.join("step.svg");
+    let (code, out, err) = run(qwen_kernels(&["profile", "--model", "qwen2.5-0.5b", "--batch", "1", "--context", "512", "--svg", svg.to_str().unwrap()]).env("QK_DEVICE", "emulated"));
     assert_eq!(code, 0, "{err}\n{out}");
     assert!(out.contains("counts (softgpu counters tool), times are a model, not measurements"), "{out}");
     let summary = out.lines().last().unwrap_or_default();
@@ -369,4 +381,12 @@ fn profile_prints_every_node_of_a_decode_step_and_the_summary() {
     // Each node moves at least its ideal (a sector holds the bytes it serves); the whole step,
     // almost all of it weights read once, within 5% of the ideal.
     assert!((1.0..=1.05).contains(&ratio), "moved over ideal {ratio}: {summary}");
+    // --svg: the roofline, one point (and one <desc>) a node, the copy line and the node floor.
+    let svg = std::fs::read_to_string(&svg).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert_eq!(svg.matches("<desc>node ").count(), nodes, "{svg}");
+    assert_eq!(svg.matches("<circle").count(), nodes + 1, "a point a node and the legend's: {svg}");
+    for words in ["copy bandwidth 4.30 TB/s", "per-node floor: bandwidth + 1.5 us a node", "nodes, modelled (software device: counted bytes)", "bytes moved", "time (us)"] {
+        assert!(svg.contains(words), "{words:?} in the SVG");
+    }
 }
