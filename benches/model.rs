@@ -6,6 +6,10 @@
 //!   launches), each replayed from its CUDA graph, and the fused step launched directly. Every sequence holds 512 positions when a
 //!   timed run starts and at most 768 when it ends (runs longer than 256 steps are split, each
 //!   part rolled back to 512 first): the KV cache read per token is 512 to 768 positions.
+//! - generate: tokens/s of `DeviceModel::generate` at batch 1 (fused path, graphs), wall clock:
+//!   the loop a caller runs, each token read back on the host (one packed copy a step, the next
+//!   step queued before the read: model/device/report.rs), against the bare replays above. The
+//!   prompt of 512 tokens is prefilled outside the time; runs of at most 256 steps.
 //! - prefill: tokens/s of one prompt of 512 and 4096 tokens (one chunk), up to its first token
 //!   read back on the host.
 //!
@@ -95,6 +99,22 @@ fn time_decode(gpu: &Gpu, m: &mut DeviceModel, batch: usize, steps: u64) -> Dura
     total
 }
 
+/// Wall-clock seconds of `steps` decode steps of `DeviceModel::generate` in slot 0 (each run: a
+/// prompt of CONTEXT tokens, prefilled outside the time, then at most PART steps).
+fn time_generate(m: &mut DeviceModel, gpu: &Gpu, steps: u64) -> Duration {
+    let prompt = vec![1u32; CONTEXT];
+    let mut total = Duration::ZERO;
+    let mut left = steps;
+    while left > 0 {
+        let n = left.min(PART);
+        let g = m.generate(gpu, 0, &prompt, n as usize + 1, &[], |_| Ok(())).unwrap();
+        assert_eq!(g.decode_steps() as u64, n, "zero weights choose token 0, never an EOS");
+        total += Duration::from_secs_f64(g.decode_seconds);
+        left -= n;
+    }
+    total
+}
+
 /// Wall-clock seconds of a prefill of `tokens` tokens into slot 0, to its token read back.
 fn time_prefill(gpu: &Gpu, m: &mut DeviceModel, tokens: usize) -> Duration {
     m.reset(0).unwrap();
@@ -178,6 +198,16 @@ fn bench(c: &mut Criterion) {
                 results.push(Measured { case, tokens_per_step: batch, seconds, floor: Some(floor), step_bytes: Some(step_bytes(&cfg, batch)), telemetry });
             }
         }
+        // The generate loop at batch 1, read back token by token as a caller does.
+        m.set_decode_path(DecodePath::Fused);
+        m.set_graphs(true);
+        let case = format!("generate/{}/b1/fused/graph", cfg.name);
+        time_generate(&mut m, &gpu, 8); // warm up
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(&case, |b| b.iter_custom(|iters| time_generate(&mut m, &gpu, iters)));
+        let seconds = time_generate(&mut m, &gpu, 2 * PART).as_secs_f64() / (2 * PART) as f64;
+        let telemetry = telemetry::read(&gpu).map_or_else(|why| format!("telemetry: none ({why})"), |t| t.to_string());
+        results.push(Measured { case, tokens_per_step: 1, seconds, floor: Some(floor), step_bytes: Some(step_bytes(&cfg, 1)), telemetry });
         for tokens in PROMPTS.into_iter().filter(|&t| t <= cfg.max_position_embeddings) {
             let case = format!("prefill/{}/T{tokens}", cfg.name);
             time_prefill(&gpu, &mut m, tokens); // warm up

@@ -14,7 +14,8 @@
 //   dec_head      xn = rmsnorm(resid) (the final norm), logits = xn lm_head^T (f32), and each
 //                 block's bounded argmax of its 8 logits per row (the argmax's first stage)
 //   dec_finish    the argmax's second stage over the blocks' candidates, then the row's position,
-//                 length and next cache slot (model.cu's decode_advance)
+//                 length and next cache slot (model.cu's decode_advance), and the step's report
+//                 (model.cuh: the tokens and status words, packed for one copy to the host)
 //
 // Rounding points, exactly transformers' Qwen2 code in the storage dtype T (and the unfused kernels'):
 //   xn      = T(w * T(r * inv))                    rmsnorm.cu; inv summed in rmsnorm.cu's order
@@ -258,12 +259,15 @@ __device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __res
 constexpr int FINISH_THREADS = 256;
 
 // Row blockIdx.x: the argmax over its `parts` candidates into index[r]; then, when `advance`, the
-// row's position, length and slot move on (decode_advance_row).
+// row's position, length and slot move on (decode_advance_row), and with `report` the row's part
+// of the step's report is written (step_report_row).
 __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, const int* __restrict__ part_i,
                                            int parts, int* __restrict__ index, int* __restrict__ positions,
                                            int* __restrict__ lens, int* __restrict__ slot_mapping,
                                            const int* __restrict__ block_tables, int max_pages, int page_size,
-                                           int advance) {
+                                           int advance, unsigned* __restrict__ report,
+                                           unsigned* __restrict__ embed_status, unsigned* __restrict__ rope_status,
+                                           const unsigned* __restrict__ decode_status) {
     __shared__ float s_v[FINISH_THREADS];
     __shared__ int s_i[FINISH_THREADS];
     __shared__ int s_nan[FINISH_THREADS];
@@ -289,8 +293,10 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
         __syncthreads();
     }
     if (t == 0) {
-        index[r] = s_nan[0] != 0 ? ARGMAX_NAN_ROW : s_i[0];
+        const int token = s_nan[0] != 0 ? ARGMAX_NAN_ROW : s_i[0];
+        index[r] = token;
         if (advance != 0) decode_advance_row(r, positions, lens, slot_mapping, block_tables, max_pages, page_size);
+        step_report_row(r, token, report, embed_status, rope_status, decode_status);
     }
 }
 
@@ -337,7 +343,9 @@ QK_DECODE_ENTRY(bf16_scalar, __nv_bfloat16, false)
 extern "C" __global__ void dec_finish(const float* __restrict__ part_v, const int* __restrict__ part_i, int parts,
                                       int* __restrict__ index, int* __restrict__ positions, int* __restrict__ lens,
                                       int* __restrict__ slot_mapping, const int* __restrict__ block_tables,
-                                      int max_pages, int page_size, int advance) {
+                                      int max_pages, int page_size, int advance, unsigned* __restrict__ report,
+                                      unsigned* __restrict__ embed_status, unsigned* __restrict__ rope_status,
+                                      const unsigned* __restrict__ decode_status) {
     qk::dec_finish(part_v, part_i, parts, index, positions, lens, slot_mapping, block_tables, max_pages, page_size,
-                   advance);
+                   advance, report, embed_status, rope_status, decode_status);
 }

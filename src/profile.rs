@@ -5,7 +5,8 @@
 //! positions (zeros: the cache is allocated zeroed), graphs on as in serving.
 //!
 //! - On the software device each node of the step (every kernel launch, copy, set and cuBLAS
-//!   call the captured graph replays) gets the `counters` tool's figures (softgpu/tools.cpp):
+//!   call the captured graph replays, and the copy of the step's report to the host that follows
+//!   the graph: model/device/report.rs) gets the `counters` tool's figures (softgpu/tools.cpp):
 //!   bytes as requested, the bytes a DRAM would move (distinct 32-byte sectors x 32, read and
 //!   written), the ideal (distinct bytes: each weight, input and output touched once), their
 //!   ratio, sectors per warp request and shared-memory bank conflicts. cuBLAS calls run on the

@@ -87,7 +87,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::model::weights::{bf16_to_f32, Checkpoint, ModelWeights};
 use crate::model::Qwen2Config;
-use crate::ops::argmax::{self, ArgmaxOutput, NAN_ROW};
+use crate::ops::argmax::{self, ArgmaxOutput};
 use crate::ops::sampling::{self as sampling_op, SamplingParams};
 use super::sampling::ModelSampling;
 use crate::model::cache::PagedCache;
@@ -101,7 +101,7 @@ use crate::ops::rope::{rope_qkv, RopeTable};
 use crate::ops::swiglu::swiglu_fused;
 use crate::tensor::{DeviceTensor, HostTensor, View};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, CudaView};
+use cudarc::driver::{CudaGraph, CudaSlice};
 use std::collections::HashMap;
 
 const OP: &str = "device model";
@@ -244,6 +244,9 @@ pub struct DeviceModel {
     embed_status: EmbedStatus,
     attn_status: AttentionStatus,
     ws: Workspace,
+    /// The decode steps' reports: the device buffer their last kernel packs, the pinned host
+    /// buffers and the steps not read yet (device/report.rs).
+    reports: report::StepReports,
     /// Valid positions of each slot: the one source of truth, with the cache's block tables. The
     /// device's copies for the decode batch (`ws.dec_positions`, `ws.dec_lens`,
     /// `ws.dec_slot_mapping`, `ws.dec_tables`) follow them: a decode step advances the first three
@@ -289,10 +292,12 @@ pub struct DeviceTrace {
 
 mod engine;
 mod generate;
+mod report;
 mod step;
 pub use engine::{EnginePrefill, EngineStep};
 pub use step::DecodePath;
 pub use generate::Generation;
+pub use report::IN_FLIGHT;
 
 fn bad(detail: String) -> Error {
     Error::invalid(OP, detail)
@@ -553,6 +558,8 @@ impl DeviceModel {
         let rope = RopeTable::new(gpu, c.rope_theta, d, c.max_position_embeddings)?;
         let embed_status = EmbedStatus::new(gpu)?;
         let attn_status = AttentionStatus::new(gpu)?;
+        let reports = report::StepReports::new(gpu, options.slots)?;
+        let workspace = workspace + reports.device_bytes();
         gpu.synchronize()?;
         Ok(DeviceModel {
             lens: vec![0; options.slots],
@@ -575,6 +582,7 @@ impl DeviceModel {
             embed_status,
             attn_status,
             ws,
+            reports,
         })
     }
 
@@ -1005,7 +1013,9 @@ impl DeviceModel {
     }
 
     /// Set the decode batch: row b continues the sequence in `slots[b]`, fed `tokens[b]` (usually
-    /// the token its prefill returned). Later steps feed each row its own previous argmax.
+    /// the token its prefill returned). Later steps feed each row its own previous argmax. Steps of
+    /// the previous batch not read yet are read first (their flags checked, their tokens dropped),
+    /// so [`DeviceModel::next_tokens`] reads this batch's steps.
     pub fn begin_decode(&mut self, gpu: &Gpu, slots: &[usize], tokens: &[u32]) -> Result<()> {
         if slots.is_empty() || slots.len() > self.options.slots || tokens.len() != slots.len() {
             return Err(bad(format!("a decode batch of {} slots and {} tokens (1..={} rows, one token each)", slots.len(), tokens.len(), self.options.slots)));
@@ -1017,6 +1027,9 @@ impl DeviceModel {
             }
         }
         embed::check_tokens(tokens, self.config.vocab_size)?;
+        while self.steps_in_flight() > 0 {
+            self.next_tokens(gpu)?;
+        }
         let b = slots.len();
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         gpu.stream().memcpy_htod(&ids, &mut self.ws.argmax.index_mut().slice_mut(0..b)).cuda("cuMemcpyHtoD(decode tokens)")?;
@@ -1049,11 +1062,12 @@ impl DeviceModel {
         Ok(())
     }
 
-    /// One decode step of the batch set by [`DeviceModel::begin_decode`]: every row's token through
-    /// every layer, the logits [B, vocab], the argmax (the next step's tokens, read with
-    /// [`DeviceModel::next_tokens`]) and the position update. Launched from a CUDA graph when
-    /// `options.graphs` (captured at the first step of each batch size), else directly. Neither
-    /// allocates nor synchronises.
+    /// Queue one decode step of the batch set by [`DeviceModel::begin_decode`]: every row's token
+    /// through every layer, the logits [B, vocab], the argmax (the next step's tokens, read with
+    /// [`DeviceModel::next_tokens`]), the position update, and the copy of the step's report to
+    /// the host (device/report.rs). Launched from a CUDA graph when `options.graphs` (captured at
+    /// the first step of each batch size), else directly. Neither allocates nor synchronises,
+    /// unless [`IN_FLIGHT`] steps are unread: then it first waits for the oldest and checks it.
     pub fn decode_step(&mut self, gpu: &Gpu) -> Result<()> {
         let b = self.batch.len();
         if b == 0 {
@@ -1062,6 +1076,7 @@ impl DeviceModel {
         if let Some(&s) = self.batch.iter().find(|&&s| self.lens[s] >= self.options.capacity) {
             return Err(bad(format!("slot {s} is full: {} positions of {}", self.lens[s], self.options.capacity)));
         }
+        self.make_room(gpu)?;
         // Pages for this step's position and the next one (the step computes the next step's slot
         // on the device, from the table it has); a shared page about to be written is copied.
         for &s in &self.batch {
@@ -1096,49 +1111,7 @@ impl DeviceModel {
         for &s in &self.batch {
             self.lens[s] += 1;
         }
-        Ok(())
-    }
-
-    /// The tokens the last prefill (1) or decode step (the batch) chose, after checking every
-    /// status word (synchronises): a NaN row, a bad token fed back, a bad position or slot on the
-    /// device is an error.
-    pub fn next_tokens(&mut self, gpu: &Gpu) -> Result<Vec<u32>> {
-        self.read_tokens(gpu, Head::Decode)
-    }
-
-    fn read_tokens(&mut self, gpu: &Gpu, from: Head) -> Result<Vec<u32>> {
-        // The indices only (the argmax runs without its max value): one small copy per step.
-        let (out, rows) = match from {
-            Head::Prefill(n) => (&self.ws.prefill_argmax, n),
-            Head::Decode => (&self.ws.argmax, self.batch.len()),
-        };
-        let index = gpu.stream().clone_dtoh(&out.index().slice(0..rows)).cuda("cuMemcpyDtoH(argmax index)")?;
-        self.check_status(gpu)?;
-        index
-            .iter()
-            .enumerate()
-            .map(|(r, &i)| match i {
-                NAN_ROW => Err(bad(format!("row {r}'s logits hold a NaN in the real vocabulary (or, sampled, a +inf or no finite value)"))),
-                i if i < 0 => Err(bad(format!("row {r} drew nothing: its sampling parameters are out of range ({i})"))),
-                i => Ok(i as u32),
-            })
-            .collect()
-    }
-
-    /// Read (and clear) the device-side status words: embedding, RoPE, decode attention.
-    pub fn check_status(&mut self, gpu: &Gpu) -> Result<()> {
-        self.embed_status.check(gpu)?;
-        self.rope.check_status(gpu)?;
-        self.attn_status.check(gpu)?;
-        // The last decode's word (zero until a decode has run; each decode clears it first).
-        attention::decode_status(gpu, &self.ws.attn_ws.view())
-    }
-
-    /// The bounded argmax of each row of the last decode step, on the device (i32 [slots]; rows
-    /// past the batch hold stale values; -1 marks a row whose logits held a NaN): an engine feeds
-    /// them to the next step without a copy to the host.
-    pub fn step_tokens(&self) -> CudaView<'_, i32> {
-        self.ws.argmax.index().slice(0..self.options.slots)
+        self.queue_report(gpu, b)
     }
 
     /// Layer `layer` alone on `x` [T, H] (positions 0..T of `slot`, which it resets), for

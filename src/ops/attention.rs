@@ -244,6 +244,11 @@ impl AttentionStatus {
     }
 }
 
+/// The error for the (non-zero) status `bits` of a decode ([`decode_status`]'s word).
+pub(crate) fn decode_status_error(bits: u32) -> Error {
+    status_error(DECODE_OP, bits)
+}
+
 fn status_error(op: &'static str, bits: u32) -> Error {
     let mut what = Vec::new();
     if bits & STATUS_BAD_PAGE != 0 {

@@ -8,7 +8,8 @@
 //! residual   resid = T(resid + T(x W^T))                     o_proj, down_proj
 //! gate_up    xn = rmsnorm(resid); act = silu(T(xn Wg^T)) * T(xn Wu^T)
 //! head       xn = rmsnorm(resid); logits = xn lm_head^T (f32); each block's bounded argmax
-//! finish     the argmax over the blocks' candidates; optionally positions, lengths, slots + 1
+//! finish     the argmax over the blocks' candidates; optionally positions, lengths, slots + 1,
+//!            and the step's report (tokens and status words packed for one copy: StepReport)
 //! ```
 //!
 //! Every rounding point is transformers' (and the unfused kernels'): the normalised activations
@@ -391,9 +392,59 @@ pub struct Advance<'a, 'b> {
     pub page_size: usize,
 }
 
+impl Advance<'_, '_> {
+    /// Sizes, before any launch: `op` names the caller in the error.
+    pub(crate) fn check(&self, op: &'static str, rows: usize) -> Result<()> {
+        if rows > self.positions.len() || rows > self.lens.len() || rows > self.slot_mapping.len() || Some(self.block_tables.len()) != rows.checked_mul(self.max_pages) {
+            return Err(Error::shape(
+                op,
+                format!("{rows} rows past {} positions / {} lens / {} slots, or {} block-table entries for {} pages a row", self.positions.len(), self.lens.len(), self.slot_mapping.len(), self.block_tables.len(), self.max_pages),
+            ));
+        }
+        if self.page_size == 0 || self.max_pages.checked_mul(self.page_size).is_none_or(|n| n > i32::MAX as usize) {
+            return Err(Error::invalid(op, format!("{} pages of {} positions", self.max_pages, self.page_size)));
+        }
+        Ok(())
+    }
+}
+
+/// Words before the tokens in a step's report (`cuda/model.cuh`'s REPORT_HEAD): the embedding's,
+/// RoPE's and decode attention's status words, in that order.
+pub const REPORT_HEAD: usize = 3;
+
+/// Where the last kernel of a decode step packs the step's report (`cuda/model.cuh`'s
+/// step_report_row), so that one copy brings back everything the host reads after a step:
+/// `out[0..3]` the three status words, `out[REPORT_HEAD + r]` row r's token. The embedding's and
+/// RoPE's words are moved into the report (cleared); the decode attention's is read.
+pub struct StepReport<'a> {
+    /// u32 [at least REPORT_HEAD + rows].
+    pub out: &'a mut CudaSlice<u32>,
+    /// The embedding's status word ([`crate::ops::embed::EmbedStatus`]).
+    pub embed_status: &'a mut CudaSlice<u32>,
+    /// RoPE's status word ([`RopeTable`]'s).
+    pub rope_status: &'a mut CudaSlice<u32>,
+    /// The decode attention's workspace (f32; its first word is the status).
+    pub decode_status: View<'a>,
+}
+
+impl StepReport<'_> {
+    /// Sizes, before any launch: `op` names the caller in the error.
+    pub(crate) fn check(&self, op: &'static str, rows: usize) -> Result<()> {
+        if self.out.len() < REPORT_HEAD + rows || self.embed_status.is_empty() || self.rope_status.is_empty() {
+            return Err(Error::shape(op, format!("a report of {} words for {rows} rows (needs {REPORT_HEAD} + rows), status words of {} and {}", self.out.len(), self.embed_status.len(), self.rope_status.len())));
+        }
+        let ws = self.decode_status.layout();
+        if ws.dtype != DType::F32 || ws.numel() == 0 {
+            return Err(Error::dtype(op, format!("the decode status must be a non-empty f32 workspace, got {ws}")));
+        }
+        Ok(())
+    }
+}
+
 /// The argmax of `rows` rows from the head's candidates into `index` (i32, -1 for a row with a NaN
-/// among its valid logits), then, with `advance`, each row's position, length and slot + 1.
-pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSlice<i32>, advance: Option<Advance>) -> Result<()> {
+/// among its valid logits), then, with `advance`, each row's position, length and slot + 1, and
+/// with `report`, the step's report.
+pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSlice<i32>, advance: Option<Advance>, mut report: Option<StepReport>) -> Result<()> {
     let op = HEAD_OP;
     if rows > cand.rows || rows > index.len() {
         return Err(Error::shape(op, format!("{rows} rows past the candidates' {} or the index's {}", cand.rows, index.len())));
@@ -401,16 +452,11 @@ pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSli
     let null = 0u64;
     let (mut max_pages, mut page_size, mut on) = (0i32, 1i32, 0i32);
     if let Some(a) = &advance {
-        if rows > a.positions.len() || rows > a.lens.len() || rows > a.slot_mapping.len() || Some(a.block_tables.len()) != rows.checked_mul(a.max_pages) {
-            return Err(Error::shape(
-                op,
-                format!("{rows} rows past {} positions / {} lens / {} slots, or {} block-table entries for {} pages a row", a.positions.len(), a.lens.len(), a.slot_mapping.len(), a.block_tables.len(), a.max_pages),
-            ));
-        }
-        if a.page_size == 0 || a.max_pages.checked_mul(a.page_size).is_none_or(|n| n > i32::MAX as usize) {
-            return Err(Error::invalid(op, format!("{} pages of {} positions", a.max_pages, a.page_size)));
-        }
+        a.check(op, rows)?;
         (max_pages, page_size, on) = (a.max_pages as i32, a.page_size as i32, 1);
+    }
+    if let Some(r) = &report {
+        r.check(op, rows)?;
     }
     if rows == 0 {
         return Ok(());
@@ -428,10 +474,20 @@ pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSli
         }
     }
     args.arg(&max_pages).arg(&page_size).arg(&on);
+    match &mut report {
+        Some(r) => {
+            args.arg(&mut *r.out).arg(&mut *r.embed_status).arg(&mut *r.rope_status).arg(&r.decode_status.data);
+        }
+        None => {
+            args.arg(&null).arg(&null).arg(&null).arg(&null);
+        }
+    }
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: block r < rows reads candidates [r, 0..blocks) (rows <= cand.rows) and writes
     // index[r]; with advance it touches element r of the three arrays and table entries r *
-    // max_pages + i for i < max_pages (checked above); without, the null pointers are never read.
+    // max_pages + i for i < max_pages (checked above); with a report it writes report word
+    // REPORT_HEAD + r (< out.len(), checked) and block 0 words 0..3 and the two one-word statuses,
+    // and reads the workspace's first word; the null pointers are never read.
     unsafe { args.launch(cfg) }?;
     Ok(())
 }

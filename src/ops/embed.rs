@@ -12,6 +12,7 @@
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
+use crate::ops::decode::{Advance, StepReport};
 use crate::tensor::{View, ViewMut};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
@@ -41,7 +42,17 @@ impl EmbedStatus {
             return Ok(());
         }
         gpu.stream().memset_zeros(&mut self.word).cuda("cuMemsetD8(embed status)")?;
-        Err(Error::invalid(OP, format!("a token id outside the vocabulary (or a NaN row's argmax, -1) was looked up; its row is NaN (status {bits:#x})")))
+        Err(Self::error(bits))
+    }
+
+    /// The error for the (non-zero) status `bits`.
+    pub(crate) fn error(bits: u32) -> Error {
+        Error::invalid(OP, format!("a token id outside the vocabulary (or a NaN row's argmax, -1) was looked up; its row is NaN (status {bits:#x})"))
+    }
+
+    /// The device word, for a step's report ([`crate::ops::decode::StepReport`]), which moves it out.
+    pub(crate) fn word_mut(&mut self) -> &mut CudaSlice<u32> {
+        &mut self.word
     }
 }
 
@@ -75,41 +86,55 @@ pub fn embed(gpu: &Gpu, table: &View, tokens: &CudaView<i32>, out: &mut ViewMut,
     Ok(())
 }
 
-/// `positions[b] += 1`, `lens[b] += 1` and `slot_mapping[b]` = the cache slot of the new position
-/// through row b of `block_tables` [batch, max_pages] (INT_MAX, refused by the next cache write,
-/// where the table has no page for it), for b < batch, on the stream (a decode step's last
-/// launch, so that a replayed graph reads the moved-on values).
-#[allow(clippy::too_many_arguments)]
-pub fn advance(
-    gpu: &Gpu,
-    positions: &mut CudaSlice<i32>,
-    lens: &mut CudaSlice<i32>,
-    slot_mapping: &mut CudaSlice<i32>,
-    block_tables: &CudaView<i32>,
-    max_pages: usize,
-    page_size: usize,
-    batch: usize,
-) -> Result<()> {
-    if batch > positions.len() || batch > lens.len() || batch > slot_mapping.len() || Some(block_tables.len()) != batch.checked_mul(max_pages) {
-        return Err(Error::shape(
-            "decode_advance",
-            format!("batch {batch} past {} positions / {} lens / {} slots, or {} block-table entries for {max_pages} pages a row", positions.len(), lens.len(), slot_mapping.len(), block_tables.len()),
-        ));
+/// The last launch of a decode step that does not end in the fused head (`cuda/model.cu`'s
+/// decode_advance), for b < batch: with `advance`, `positions[b] += 1`, `lens[b] += 1` and
+/// `slot_mapping[b]` = the cache slot of the new position through row b of the block tables
+/// (INT_MAX, refused by the next cache write, where the table has no page for it), so that a
+/// replayed graph reads the moved-on values; with `report`, the step's report from `index` (the
+/// step's tokens, i32 [at least batch]).
+pub fn advance(gpu: &Gpu, batch: usize, advance: Option<Advance>, mut report: Option<(&CudaView<i32>, StepReport)>) -> Result<()> {
+    let op = "decode_advance";
+    let null = 0u64;
+    let (mut max_pages, mut page_size, mut on) = (0i32, 1i32, 0i32);
+    if let Some(a) = &advance {
+        a.check(op, batch)?;
+        (max_pages, page_size, on) = (a.max_pages as i32, a.page_size as i32, 1);
     }
-    if page_size == 0 || max_pages.checked_mul(page_size).is_none_or(|n| n > i32::MAX as usize) {
-        return Err(Error::invalid("decode_advance", format!("{max_pages} pages of {page_size} positions")));
+    if let Some((index, r)) = &report {
+        r.check(op, batch)?;
+        if index.len() < batch {
+            return Err(Error::shape(op, format!("{} tokens for a batch of {batch}", index.len())));
+        }
     }
-    if batch == 0 {
+    if batch == 0 || (advance.is_none() && report.is_none()) {
         return Ok(());
     }
+    let batch_i = i32::try_from(batch).map_err(|_| Error::unsupported(op, format!("batch {batch} past i32")))?;
     let f = gpu.function(MODULE, "decode_advance")?;
-    let (batch_i, max_pages_i, page_size_i) = (batch as i32, max_pages as i32, page_size as i32);
     let mut args = gpu.launcher(&f, "decode_advance");
-    args.arg(positions).arg(lens).arg(slot_mapping).arg(block_tables).arg(&max_pages_i).arg(&page_size_i).arg(&batch_i);
+    match advance {
+        Some(a) => {
+            args.arg(&mut *a.positions).arg(&mut *a.lens).arg(&mut *a.slot_mapping).arg(a.block_tables);
+        }
+        None => {
+            args.arg(&null).arg(&null).arg(&null).arg(&null);
+        }
+    }
+    args.arg(&max_pages).arg(&page_size).arg(&batch_i).arg(&on);
+    match &mut report {
+        Some((index, r)) => {
+            args.arg(*index).arg(&mut *r.out).arg(&mut *r.embed_status).arg(&mut *r.rope_status).arg(&r.decode_status.data);
+        }
+        None => {
+            args.arg(&null).arg(&null).arg(&null).arg(&null).arg(&null);
+        }
+    }
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (super::row_block_threads(batch), 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: the three arrays hold at least `batch` i32 and the tables batch * max_pages (checked
-    // above); thread b touches index b (and b + blockDim.x, ... below batch), and reads table
-    // entry b * max_pages + i only for 0 <= i < max_pages.
+    // SAFETY: with advance the three arrays hold at least `batch` i32 and the tables batch *
+    // max_pages (checked above); thread b touches index b (and b + blockDim.x, ... below batch),
+    // and reads table entry b * max_pages + i only for 0 <= i < max_pages. With a report it reads
+    // index[b] (batch of them, checked) and writes report word REPORT_HEAD + b (checked), thread 0
+    // words 0..3 and the two one-word statuses. Null pointers are never read.
     unsafe { args.launch(cfg) }?;
     Ok(())
 }

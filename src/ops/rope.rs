@@ -103,6 +103,11 @@ impl RopeTable {
             return Ok(());
         }
         gpu.stream().memset_zeros(&mut self.status).cuda("cuMemsetD8(rope status)")?;
+        Err(self.status_error(bits))
+    }
+
+    /// The error for the (non-zero) status `bits`.
+    pub(crate) fn status_error(&self, bits: u32) -> Error {
         let mut what = Vec::new();
         if bits & STATUS_BAD_POSITION != 0 {
             what.push(format!("a position outside 0..{}", self.max_positions));
@@ -110,7 +115,7 @@ impl RopeTable {
         if bits & STATUS_BAD_SLOT != 0 {
             what.push("a slot past the cache's num_pages * page_size".to_string());
         }
-        Err(Error::invalid(OP, format!("tokens with {} were skipped (status {bits:#x})", what.join(" and "))))
+        Error::invalid(OP, format!("tokens with {} were skipped (status {bits:#x})", what.join(" and ")))
     }
 }
 

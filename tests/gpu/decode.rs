@@ -213,14 +213,69 @@ fn head_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, vocab: usize, 
     let (mut p1, mut n1, mut s1) = (gpu.stream().clone_htod(&starts).unwrap(), gpu.stream().clone_htod(&lens).unwrap(), gpu.stream().clone_htod(&vec![0i32; rows]).unwrap());
     let (mut p2, mut n2, mut s2) = (p1.clone(), n1.clone(), s1.clone());
     let tv = tab.slice(..);
-    embed::advance(gpu, &mut p1, &mut n1, &mut s1, &tv, max_pages, page, rows).unwrap();
+    // Each last kernel also packs the step's report: status words planted in the embedding's,
+    // RoPE's and decode attention's words come out in words 0..3 (the first two cleared, the third
+    // only read), the tokens after them; words past the rows are left alone.
+    let mut words = Words::new(gpu, decode::REPORT_HEAD + rows + 1);
+    let report = words.plant(gpu);
+    let adv = Advance { positions: &mut p1, lens: &mut n1, slot_mapping: &mut s1, block_tables: &tv, max_pages, page_size: page };
+    embed::advance(gpu, rows, Some(adv), Some((&out.index().slice(0..rows), report))).unwrap();
+    let from_advance = words.take(gpu);
+    let report = words.plant(gpu);
     let adv = Advance { positions: &mut p2, lens: &mut n2, slot_mapping: &mut s2, block_tables: &tv, max_pages, page_size: page };
-    decode::finish(gpu, &cand, rows, &mut got_index, Some(adv)).unwrap();
+    decode::finish(gpu, &cand, rows, &mut got_index, Some(adv), Some(report)).unwrap();
+    let from_finish = words.take(gpu);
     let what = format!("{dtype} rows {rows} hidden {hidden} vocab {vocab} (valid {n_valid}) {path:?}");
     assert_eq!(bits(gpu, &l1), bits(gpu, &l2), "{what}: logits");
     assert_eq!(gpu.stream().clone_dtoh(&got_index).unwrap(), want, "{what}: argmax");
     for (a, b, name) in [(&p1, &p2, "positions"), (&n1, &n2, "lens"), (&s1, &s2, "slots")] {
         assert_eq!(gpu.stream().clone_dtoh(a).unwrap(), gpu.stream().clone_dtoh(b).unwrap(), "{what}: {name}");
+    }
+    let mut expected: Vec<u32> = [Words::EMBED, Words::ROPE, Words::DECODE].into_iter().chain(want.iter().map(|&i| i as u32)).collect();
+    expected.push(Words::UNTOUCHED);
+    for (got, by) in [(from_advance, "decode_advance"), (from_finish, "dec_finish")] {
+        assert_eq!(got.0, expected, "{what}: {by}'s report");
+        assert_eq!(got.1, [0, 0, Words::DECODE], "{what}: {by} moves the embedding's and RoPE's words out, reads the decode word");
+    }
+}
+
+/// A step report's buffer and three status words with bits planted in them (tests of the last
+/// kernels' reports).
+struct Words {
+    out: cudarc::driver::CudaSlice<u32>,
+    embed: cudarc::driver::CudaSlice<u32>,
+    rope: cudarc::driver::CudaSlice<u32>,
+    decode_ws: DeviceTensor,
+}
+
+impl Words {
+    const EMBED: u32 = 0x1;
+    const ROPE: u32 = 0x6;
+    const DECODE: u32 = 0x5;
+    const UNTOUCHED: u32 = 0xdead_beef;
+
+    /// A report buffer of `len` words.
+    fn new(gpu: &Gpu, len: usize) -> Self {
+        let z = |n| gpu.stream().alloc_zeros::<u32>(n).unwrap();
+        Words { out: z(len), embed: z(1), rope: z(1), decode_ws: DeviceTensor::zeros(gpu, DType::F32, &[8]).unwrap() }
+    }
+
+    /// Plant the status bits and fill the report with a marker; the report's parts.
+    fn plant(&mut self, gpu: &Gpu) -> decode::StepReport<'_> {
+        let s = gpu.stream();
+        s.memcpy_htod(&vec![Self::UNTOUCHED; self.out.len()], &mut self.out).unwrap();
+        s.memcpy_htod(&[Self::EMBED], &mut self.embed).unwrap();
+        s.memcpy_htod(&[Self::ROPE], &mut self.rope).unwrap();
+        let ws = HostTensor::from_f32(DType::F32, &[8], vec![f32::from_bits(Self::DECODE), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).unwrap();
+        self.decode_ws.view_mut().upload(gpu, &ws).unwrap();
+        decode::StepReport { out: &mut self.out, embed_status: &mut self.embed, rope_status: &mut self.rope, decode_status: self.decode_ws.view() }
+    }
+
+    /// The report's words and the three status words after the launch.
+    fn take(&self, gpu: &Gpu) -> (Vec<u32>, [u32; 3]) {
+        let s = gpu.stream();
+        let decode = self.decode_ws.view().to_host(gpu).unwrap().into_data()[0].to_bits();
+        (s.clone_dtoh(&self.out).unwrap(), [s.clone_dtoh(&self.embed).unwrap()[0], s.clone_dtoh(&self.rope).unwrap()[0], decode])
     }
 }
 
@@ -310,6 +365,13 @@ fn bad_inputs_are_errors_before_launch(gpu: &Gpu) {
     assert!(e.to_string().contains('1') && e.to_string().contains("position"), "{e}");
     // finish: more rows than the candidates hold.
     let mut index = gpu.stream().clone_htod(&[0i32; 4]).unwrap();
-    let e = decode::finish(gpu, &cand, 3, &mut index, None).unwrap_err();
+    let e = decode::finish(gpu, &cand, 3, &mut index, None, None).unwrap_err();
     assert!(matches!(e, Error::Shape { op: decode::HEAD_OP, .. }), "{e}");
+    // A report too short for the rows, from either last kernel: refused before the launch.
+    let mut words = Words::new(gpu, decode::REPORT_HEAD);
+    let e = decode::finish(gpu, &cand, 1, &mut index, None, Some(words.plant(gpu))).unwrap_err();
+    assert!(matches!(e, Error::Shape { op: decode::HEAD_OP, .. }) && e.to_string().contains("report of 3 words for 1 rows"), "{e}");
+    let e = embed::advance(gpu, 2, None, Some((&index.slice(0..2), words.plant(gpu)))).unwrap_err();
+    assert!(e.to_string().contains("decode_advance") && e.to_string().contains("report of 3 words for 2 rows"), "{e}");
+    assert_eq!(words.take(gpu).0, vec![Words::UNTOUCHED; 3], "nothing was launched");
 }

@@ -30,6 +30,7 @@ mod model;
 mod mutants;
 mod negative;
 mod paged;
+mod pipeline;
 mod rmsnorm;
 mod rope;
 mod sampling;
@@ -127,6 +128,7 @@ fn main() -> ExitCode {
         negative::TESTS,
         bad_inputs::TESTS,
         model::TESTS,
+        pipeline::TESTS,
         tools::TESTS,
     ]
     .concat();

@@ -245,7 +245,7 @@ fn ids(file: &GoldenFile, name: &str) -> Vec<u32> {
 /// A random Qwen2 of the kernels' shapes: head_dim 64, 4 query / 2 KV heads, hidden 128, 2
 /// layers, vocab 512 of which 500 are real, an untied lm_head. Weights bf16, scaled so that
 /// activations neither vanish nor blow up; biases and norm weights random (a dropped one shows).
-fn random_model(seed: u64) -> ModelWeights {
+pub(crate) fn random_model(seed: u64) -> ModelWeights {
     let config = Qwen2Config {
         name: "random-d64",
         hidden_size: 128,
@@ -294,7 +294,7 @@ fn random_model(seed: u64) -> ModelWeights {
     ModelWeights { config, embed_tokens, layers, norm, lm_head }
 }
 
-fn prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
+pub(crate) fn prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
     let mut r = rng(seed);
     (0..len).map(|_| r.gen_range(0..vocab)).collect()
 }
@@ -682,7 +682,7 @@ fn engine_sampling_equals_the_models_own_sampled_decode(gpu: &Gpu) {
 
 /// The sampling the model tests run beside greedy: flat enough on the random models that the
 /// draws differ from the argmax.
-const SAMPLED: SamplingParams = SamplingParams { temperature: 1.5, top_k: 0, top_p: 0.95, min_p: 0.0, seed: 7 };
+pub(crate) const SAMPLED: SamplingParams = SamplingParams { temperature: 1.5, top_k: 0, top_p: 0.95, min_p: 0.0, seed: 7 };
 
 /// generate_sampled: the same seed gives the same tokens, another seed others; generate_samples:
 /// continuation i is the single run with seed + i (the prompt prefilled once, its pages shared).

@@ -97,7 +97,7 @@ impl DeviceModel {
     pub fn decode_with(&mut self, gpu: &Gpu, step: &EngineStep) -> Result<()> {
         let b = self.engine_forward(gpu, step)?;
         if self.options.decode_path == DecodePath::Fused {
-            return self.fused_head(gpu, b, false, false);
+            return self.fused_head(gpu, b, false, false, false);
         }
         // The engine's rows are not the model's batch: the bounded argmax, whatever the slots'
         // sampling.

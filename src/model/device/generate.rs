@@ -1,7 +1,7 @@
 //! The generate loops of [`DeviceModel`]: one prompt greedy or sampled, streaming its tokens, and
 //! n sampled continuations of one prompt sharing its pages.
 
-use super::{bad, DeviceModel, Head};
+use super::{bad, DeviceModel, Head, IN_FLIGHT};
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
 use crate::ops::sampling::{self as sampling_op, SamplingParams};
@@ -16,6 +16,10 @@ pub struct Generation {
     pub prefill_seconds: f64,
     /// The decode steps after it (each read back, as a streaming caller does).
     pub decode_seconds: f64,
+    /// Decode steps of this row queued while the step before them was still unread (the pipeline
+    /// at work: every step but the first, when nothing forced a wait). A step queued past the
+    /// EOS is counted here and dropped.
+    pub queued_ahead: usize,
 }
 
 impl Generation {
@@ -48,7 +52,7 @@ impl DeviceModel {
     ) -> Result<Generation> {
         self.reset(slot)?;
         self.set_sampling(slot, params)?;
-        let mut g = Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 };
+        let mut g = Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0, queued_ahead: 0 };
         if max_new == 0 {
             return Ok(g);
         }
@@ -56,23 +60,9 @@ impl DeviceModel {
         let first = self.prefill(gpu, slot, prompt)?;
         g.prefill_seconds = start.elapsed().as_secs_f64();
         let start = std::time::Instant::now();
-        let mut token = first;
-        loop {
-            g.tokens.push(token);
-            on_token(token)?;
-            if eos.contains(&token) {
-                g.stopped_at_eos = true;
-                break;
-            }
-            if g.tokens.len() == max_new {
-                break;
-            }
-            if g.tokens.len() == 1 {
-                self.begin_decode(gpu, &[slot], &[token])?;
-            }
-            self.decode_step(gpu)?;
-            token = self.next_tokens(gpu)?[0];
-        }
+        let mut gens = [g];
+        self.decode_rows(gpu, &[slot], &mut gens, &[first], max_new, eos, &mut |_, t| on_token(t))?;
+        let [mut g] = gens;
         g.decode_seconds = start.elapsed().as_secs_f64();
         Ok(g)
     }
@@ -96,7 +86,7 @@ impl DeviceModel {
         if n == 0 || n > self.options.slots {
             return Err(bad(format!("{n} samples for a model of {} slots", self.options.slots)));
         }
-        let mut out = vec![Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0 }; n];
+        let mut out = vec![Generation { tokens: Vec::new(), stopped_at_eos: false, prefill_seconds: 0.0, decode_seconds: 0.0, queued_ahead: 0 }; n];
         for i in 0..n {
             self.reset(i)?;
             self.set_sampling(i, SamplingParams { seed: params.seed.wrapping_add(i as u64), ..params })?;
@@ -123,44 +113,119 @@ impl DeviceModel {
         let firsts = self.read_tokens(gpu, Head::Prefill(n))?;
         let prefill_seconds = start.elapsed().as_secs_f64();
         let start = std::time::Instant::now();
-        let mut live: Vec<usize> = Vec::new();
-        for (i, &t) in firsts.iter().enumerate() {
-            out[i].prefill_seconds = prefill_seconds;
-            out[i].tokens.push(t);
-            on_token(i, t)?;
-            if eos.contains(&t) {
-                out[i].stopped_at_eos = true;
-            } else if max_new > 1 {
-                live.push(i);
-            }
+        for g in &mut out {
+            g.prefill_seconds = prefill_seconds;
         }
-        // Finished continuations leave the batch; the rest step together (the batch is set again,
-        // from the host's tokens, only when it shrinks).
-        let mut batch: Vec<usize> = Vec::new();
-        while !live.is_empty() {
-            if batch != live {
-                let tokens: Vec<u32> = live.iter().map(|&i| *out[i].tokens.last().unwrap()).collect();
-                self.begin_decode(gpu, &live, &tokens)?;
-                batch = live.clone();
-            }
-            self.decode_step(gpu)?;
-            let next = self.next_tokens(gpu)?;
-            let mut still = Vec::new();
-            for (&i, &t) in live.iter().zip(&next) {
-                out[i].tokens.push(t);
-                on_token(i, t)?;
-                if eos.contains(&t) {
-                    out[i].stopped_at_eos = true;
-                } else if out[i].tokens.len() < max_new {
-                    still.push(i);
-                }
-            }
-            live = still;
-        }
+        let slots: Vec<usize> = (0..n).collect();
+        self.decode_rows(gpu, &slots, &mut out, &firsts, max_new, eos, &mut on_token)?;
         let decode_seconds = start.elapsed().as_secs_f64();
         for g in &mut out {
             g.decode_seconds = decode_seconds;
         }
         Ok(out)
+    }
+
+    /// The decode loop of the generate calls: row i continues `slots[i]`, whose prefill chose
+    /// `firsts[i]`; every row stops at an `eos` id or `max_new` tokens, and the batch steps until
+    /// every row has (rows leave it as they stop). `on_token(i, token)` sees row i's tokens in
+    /// order, as they are read.
+    ///
+    /// Pipelined: step n+1 is queued before step n is read (its tokens are step n's argmax, on the
+    /// device already), so the GPU never waits for the host between steps; a step that would pass
+    /// `max_new` is never queued. A row that stopped at EOS while the next step was in flight had
+    /// that step computed for it: the step's token is dropped and the row's sequence truncated
+    /// back, so the slot ends exactly as an unpipelined loop leaves it (the same length, and the
+    /// same draws later: sampling depends on the position alone). A step that cannot be queued
+    /// ahead (a full slot, no free page) is tried again after the read, where its error, if the
+    /// step is still needed, is the caller's.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_rows(
+        &mut self,
+        gpu: &Gpu,
+        slots: &[usize],
+        gens: &mut [Generation],
+        firsts: &[u32],
+        max_new: usize,
+        eos: &[u32],
+        on_token: &mut dyn FnMut(usize, u32) -> Result<()>,
+    ) -> Result<()> {
+        // Rows still generating; each has produced `produced` tokens.
+        let mut live: Vec<usize> = Vec::new();
+        for (i, &t) in firsts.iter().enumerate() {
+            gens[i].tokens.push(t);
+            on_token(i, t)?;
+            if eos.contains(&t) {
+                gens[i].stopped_at_eos = true;
+            } else if max_new > 1 {
+                live.push(i);
+            }
+        }
+        let mut produced = 1;
+        // The rows of the device's batch, and how many of its steps are queued and unread.
+        let mut batch: Vec<usize> = Vec::new();
+        let mut queued = 0usize;
+        let result = (|| -> Result<()> {
+            loop {
+                if queued == 0 {
+                    if live.is_empty() {
+                        return Ok(());
+                    }
+                    if batch != live {
+                        // The batch is set again, from the host's tokens, only when it shrinks.
+                        let rows: Vec<usize> = live.iter().map(|&i| slots[i]).collect();
+                        let tokens: Vec<u32> = live.iter().map(|&i| *gens[i].tokens.last().unwrap()).collect();
+                        self.begin_decode(gpu, &rows, &tokens)?;
+                        batch = live.clone();
+                    }
+                }
+                while batch == live && queued < IN_FLIGHT && produced + queued < max_new {
+                    match self.decode_step(gpu) {
+                        Ok(()) => {
+                            if queued > 0 {
+                                for &i in &batch {
+                                    gens[i].queued_ahead += 1;
+                                }
+                            }
+                            queued += 1;
+                        }
+                        // Ahead of the read: tried again once the read says it is needed.
+                        Err(_) if queued > 0 => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                queued -= 1;
+                let next = self.next_tokens(gpu)?;
+                let mut still = Vec::new();
+                for (&i, &t) in batch.iter().zip(&next) {
+                    if !live.contains(&i) {
+                        // Stopped at an earlier step: this one ran ahead for it.
+                        self.truncate(slots[i], self.seq_len(slots[i]) - 1)?;
+                        continue;
+                    }
+                    gens[i].tokens.push(t);
+                    on_token(i, t)?;
+                    if eos.contains(&t) {
+                        gens[i].stopped_at_eos = true;
+                    } else if gens[i].tokens.len() < max_new {
+                        still.push(i);
+                    }
+                }
+                produced += 1;
+                live = still;
+            }
+        })();
+        if result.is_err() {
+            // An error (or on_token's) with steps in flight: they are read (their flags checked
+            // by the read, errors after the first dropped) and the rows truncated back, so no row
+            // holds a position its caller never saw.
+            for _ in 0..queued {
+                let _ = self.next_tokens(gpu);
+                for &i in &batch {
+                    let s = slots[i];
+                    let _ = self.truncate(s, self.seq_len(s).saturating_sub(1));
+                }
+            }
+        }
+        result
     }
 }

@@ -25,6 +25,7 @@
 
 use super::*;
 use crate::ops::decode::{self, Advance};
+use super::report;
 use std::str::FromStr;
 
 /// How a decode step computes (see the module documentation).
@@ -78,7 +79,7 @@ impl DeviceModel {
             for l in 0..self.layers.len() {
                 self.fused_layer(gpu, l, b, Attend::Decode)?;
             }
-            return self.fused_head(gpu, b, self.decode_sampled, advance);
+            return self.fused_head(gpu, b, self.decode_sampled, advance, true);
         }
         let tokens = self.ws.argmax.index().slice(0..b);
         embed::embed(gpu, &self.embed.view(), &tokens, &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
@@ -87,17 +88,27 @@ impl DeviceModel {
         }
         self.final_norm(gpu, b)?;
         self.head(gpu, 0..b, Head::Decode)?;
-        if !advance {
-            return Ok(());
-        }
-        self.advance(gpu, b)
+        self.finish_step(gpu, b, advance, true)
     }
 
-    /// The batch's positions, lengths and slots move on by one (cuda/model.cu's decode_advance).
-    fn advance(&mut self, gpu: &Gpu, b: usize) -> Result<()> {
+    /// The last launch of a step whose head does not end in `dec_finish` (cuda/model.cu's
+    /// decode_advance): with `advance`, the batch's positions, lengths and slots move on by one;
+    /// with `report`, the step's report is packed (device/report.rs).
+    fn finish_step(&mut self, gpu: &Gpu, b: usize, advance: bool, report: bool) -> Result<()> {
         let max_pages = self.cache.max_pages;
-        let tables = self.ws.dec_tables.slice(0..b * max_pages);
-        embed::advance(gpu, &mut self.ws.dec_positions, &mut self.ws.dec_lens, &mut self.ws.dec_slot_mapping, &tables, max_pages, self.options.page_size, b)
+        let ws = &mut self.ws;
+        let tables = ws.dec_tables.slice(0..b * max_pages);
+        let adv = advance.then_some(Advance {
+            positions: &mut ws.dec_positions,
+            lens: &mut ws.dec_lens,
+            slot_mapping: &mut ws.dec_slot_mapping,
+            block_tables: &tables,
+            max_pages,
+            page_size: self.options.page_size,
+        });
+        let index = ws.argmax.index().slice(0..b);
+        let report = report.then(|| (&index, report::parts(&mut self.reports, &mut self.embed_status, &mut self.rope, &ws.attn_ws)));
+        embed::advance(gpu, b, adv, report)
     }
 
     /// One decoder layer over the first `t` rows on the fused path: the residual stream in `resid`
@@ -139,14 +150,14 @@ impl DeviceModel {
     /// The fused head over rows 0..b of `resid` (after the last fused layer): the final norm, the
     /// logits ([`DeviceModel::logits`]) and the tokens into the decode argmax's index (the bounded
     /// argmax, or the decode sampler's draw when `sampled`); with `advance`, the batch's positions
-    /// move on.
-    pub(super) fn fused_head(&mut self, gpu: &Gpu, b: usize, sampled: bool, advance: bool) -> Result<()> {
+    /// move on; with `report`, the step's report is packed (device/report.rs).
+    pub(super) fn fused_head(&mut self, gpu: &Gpu, b: usize, sampled: bool, advance: bool, report: bool) -> Result<()> {
         self.fused_logits(gpu, b)?;
         let n_valid = self.n_valid();
         let ws = &mut self.ws;
         if sampled {
             sampling_op::sample_n(gpu, &ws.logits.view().rows(0..b)?, n_valid, &mut self.sampling.decode, 1, ws.argmax.index_mut())?;
-            return if advance { self.advance(gpu, b) } else { Ok(()) };
+            return self.finish_step(gpu, b, advance, report);
         }
         let max_pages = self.cache.max_pages;
         let tables = ws.dec_tables.slice(0..b * max_pages);
@@ -158,7 +169,8 @@ impl DeviceModel {
             max_pages,
             page_size: self.options.page_size,
         });
-        decode::finish(gpu, &ws.head_cand, b, ws.argmax.index_mut(), adv)
+        let report = report.then(|| report::parts(&mut self.reports, &mut self.embed_status, &mut self.rope, &ws.attn_ws));
+        decode::finish(gpu, &ws.head_cand, b, ws.argmax.index_mut(), adv, report)
     }
 
     /// The fused head's kernel alone: the final norm and the logits of rows 0..b (f32, into
