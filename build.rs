@@ -38,6 +38,13 @@ fn main() {
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    // libclang, for tests/kernel_args.rs only (bindgen at test time; the build never needs it).
+    println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
+    let toolchain_libclang = manifest.join(".toolchain/libclang/clang/native/libclang.so");
+    println!("cargo:rerun-if-changed={}", toolchain_libclang.display());
+    if env::var_os("LIBCLANG_PATH").is_none() && !toolchain_libclang.exists() {
+        println!("cargo:rustc-cfg=qk_no_libclang");
+    }
     let toolchain_nvcc = manifest.join(".toolchain/cuda/nvidia/cu13/bin/nvcc");
     println!("cargo:rerun-if-changed={}", toolchain_nvcc.display());
 
@@ -45,7 +52,7 @@ fn main() {
     for entry in fs::read_dir(&cuda_dir).expect("cuda/ directory") {
         let path = entry.unwrap().path();
         let ext = path.extension().and_then(|e| e.to_str());
-        if matches!(ext, Some("cu") | Some("cuh")) {
+        if matches!(ext, Some("cu") | Some("cuh") | Some("h")) {
             println!("cargo:rerun-if-changed={}", path.display());
         }
         if ext == Some("cu") {

@@ -34,6 +34,7 @@
 // 1 / rms and stages the normalised rows in dynamic shared memory (rows * hidden elements), once
 // per block, which every warp's dot products then read. dec_finish: grid (rows, 1,
 // 1), block (256, 1, 1). Offsets are 64-bit.
+#include "args.h"
 #include "argmax.cuh"
 #include "gemv.cuh"
 #include "model.cuh"
@@ -303,34 +304,30 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
 }  // namespace qk
 
 // Entry points: dec_<kernel>_<dtype>_<path>, path in {vec, scalar} (vec: every row of x and W and
-// the norm weight 16-byte aligned and K a multiple of the vector), and dec_finish.
-#define QK_DECODE_ENTRY(NAME, T, VEC)                                                                   \
-    extern "C" __global__ void dec_qkv_##NAME(                                                         \
-        const T* __restrict__ x, const T* __restrict__ w_norm, float eps, const T* __restrict__ w,     \
-        const T* __restrict__ b, int rows, int hidden, int heads, int kv_heads, int half,             \
-        const int* __restrict__ positions, const int* __restrict__ slot_mapping,                       \
-        const float* __restrict__ inv_freq, unsigned* __restrict__ status, T* __restrict__ q_out,      \
-        T* __restrict__ k_cache, T* __restrict__ v_cache, int pos_limit, int n_slots, int page_size,   \
-        long long page_stride, long long head_stride, long long row_stride) {                          \
-        qk::dec_qkv<T, VEC>(x, w_norm, eps, w, b, rows, hidden, heads, kv_heads, half, positions,       \
-                            slot_mapping, inv_freq, status, q_out, k_cache, v_cache, pos_limit, n_slots, \
-                            page_size, page_stride, head_stride, row_stride);                          \
-    }                                                                                                  \
-    extern "C" __global__ void dec_residual_##NAME(const T* __restrict__ x, const T* __restrict__ w,    \
-                                                   T* __restrict__ resid, int rows, int k, int n) {     \
-        qk::dec_residual<T, VEC>(x, w, resid, rows, k, n);                                             \
-    }                                                                                                  \
-    extern "C" __global__ void dec_gate_up_##NAME(const T* __restrict__ x, const T* __restrict__ w_norm, \
-                                                  float eps, const T* __restrict__ w, T* __restrict__ act, \
-                                                  int rows, int hidden, int inter) {                   \
-        qk::dec_gate_up<T, VEC>(x, w_norm, eps, w, act, rows, hidden, inter);                          \
-    }                                                                                                  \
-    extern "C" __global__ void dec_head_##NAME(const T* __restrict__ x, const T* __restrict__ w_norm,   \
-                                               float eps, const T* __restrict__ w,                     \
-                                               float* __restrict__ logits, int rows, int hidden, int n, \
-                                               int n_valid, float* __restrict__ part_v,                \
-                                               int* __restrict__ part_i) {                             \
-        qk::dec_head<T, VEC>(x, w_norm, eps, w, logits, rows, hidden, n, n_valid, part_v, part_i);      \
+// the norm weight 16-byte aligned and K a multiple of the vector), and dec_finish; each takes its
+// argument struct (args.h) by value.
+#define QK_DECODE_ENTRY(NAME, T, VEC)                                                                    \
+    extern "C" __global__ void dec_qkv_##NAME(const QkDecQkvArgs a) {                                   \
+        qk::dec_qkv<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,          \
+                            static_cast<const T*>(a.w), static_cast<const T*>(a.b), a.rows, a.hidden,     \
+                            a.heads, a.kv_heads, a.half, a.positions, a.slot_mapping, a.inv_freq, a.status, \
+                            static_cast<T*>(a.q_out), static_cast<T*>(a.k_cache), static_cast<T*>(a.v_cache), \
+                            a.cache.pos_limit, a.cache.n_slots, a.cache.page_size, a.cache.page_stride,   \
+                            a.cache.head_stride, a.cache.row_stride);                                     \
+    }                                                                                                   \
+    extern "C" __global__ void dec_residual_##NAME(const QkDecResidualArgs a) {                         \
+        qk::dec_residual<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w),                \
+                                 static_cast<T*>(a.resid), a.rows, a.k, a.n);                            \
+    }                                                                                                   \
+    extern "C" __global__ void dec_gate_up_##NAME(const QkDecGateUpArgs a) {                            \
+        qk::dec_gate_up<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,      \
+                                static_cast<const T*>(a.w), static_cast<T*>(a.act), a.rows, a.hidden,    \
+                                a.inter);                                                                \
+    }                                                                                                   \
+    extern "C" __global__ void dec_head_##NAME(const QkDecHeadArgs a) {                                 \
+        qk::dec_head<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,         \
+                             static_cast<const T*>(a.w), a.logits, a.rows, a.hidden, a.n, a.n_valid,      \
+                             a.part_v, a.part_i);                                                        \
     }
 
 QK_DECODE_ENTRY(f32_vec, float, true)
@@ -340,12 +337,8 @@ QK_DECODE_ENTRY(f16_scalar, __half, false)
 QK_DECODE_ENTRY(bf16_vec, __nv_bfloat16, true)
 QK_DECODE_ENTRY(bf16_scalar, __nv_bfloat16, false)
 
-extern "C" __global__ void dec_finish(const float* __restrict__ part_v, const int* __restrict__ part_i, int parts,
-                                      int* __restrict__ index, int* __restrict__ positions, int* __restrict__ lens,
-                                      int* __restrict__ slot_mapping, const int* __restrict__ block_tables,
-                                      int max_pages, int page_size, int advance, unsigned* __restrict__ report,
-                                      unsigned* __restrict__ embed_status, unsigned* __restrict__ rope_status,
-                                      const unsigned* __restrict__ decode_status) {
-    qk::dec_finish(part_v, part_i, parts, index, positions, lens, slot_mapping, block_tables, max_pages, page_size,
-                   advance, report, embed_status, rope_status, decode_status);
+extern "C" __global__ void dec_finish(const QkDecFinishArgs a) {
+    qk::dec_finish(a.part_v, a.part_i, a.parts, a.index, a.adv.positions, a.adv.lens, a.adv.slot_mapping,
+                   a.adv.block_tables, a.adv.max_pages, a.adv.page_size, a.advance, a.report.out,
+                   a.report.embed_status, a.report.rope_status, a.report.decode_status);
 }

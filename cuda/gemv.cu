@@ -15,6 +15,7 @@
 //
 // The scalar path (K not a multiple of the vector, or an unaligned base) maps element k to lane
 // (k / VEC) % 32 and sums in increasing k as well: the two paths give the same bits.
+#include "args.h"
 #include "gemv.cuh"
 
 namespace qk {
@@ -36,14 +37,14 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
 
 }  // namespace qk
 
-// Entry points: gemv_<dtype>_<out>_<path>, grid (ceil(N / 8), 1, 1), block (256, 1, 1); `b` may be
-// null; rows in 1..=16. No __launch_bounds__: with it ptxas holds the f32 vector variant to 64
-// registers on sm_80 and spills 8 bytes (tests/kernels_build.rs); without, 64-72 and no spill.
+// Entry points: gemv_<dtype>_<out>_<path>(QkGemvArgs: args.h), grid (ceil(N / 8), 1, 1), block
+// (256, 1, 1); `b` may be null; rows in 1..=16. No __launch_bounds__: with it ptxas holds the f32
+// vector variant to 64 registers on sm_80 and spills 8 bytes (tests/kernels_build.rs); without,
+// 64-72 and no spill.
 #define QK_GEMV_ENTRY(NAME, T, TY, VEC)                                                                   \
-    extern "C" __global__ void gemv_##NAME(const T* __restrict__ x, const T* __restrict__ w,             \
-                                           const T* __restrict__ b, TY* __restrict__ y, int rows, int k, \
-                                           int n) {                                                      \
-        qk::gemv<T, TY, VEC>(x, w, b, y, rows, k, n);                                                     \
+    extern "C" __global__ void gemv_##NAME(const QkGemvArgs a) {                                          \
+        qk::gemv<T, TY, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w),                      \
+                             static_cast<const T*>(a.b), static_cast<TY*>(a.y), a.rows, a.k, a.n);        \
     }
 
 QK_GEMV_ENTRY(f32_f32_vec, float, float, true)

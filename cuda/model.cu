@@ -13,9 +13,10 @@
 //    position % page_size. Kept on the device so that a captured decode step replays without the
 //    host (the next replay reads the new values). A position past the table or a page not given
 //    (negative) yields INT_MAX, which the next cache write refuses and flags: never a silent skip.
-//    With `report` (not null) it also packs the step's report (model.cuh's step_report_row) from
-//    index[b]; `advance` 0 writes the report alone. grid = (1, 1, 1), block = batch rounded up to
-//    32 threads, looping for larger batches.
+//    With a report (args.h's QkDecodeAdvanceArgs) it also packs the step's report (model.cuh's
+//    step_report_row) from index[b]; `advance` 0 writes the report alone. grid = (1, 1, 1), block =
+//    batch rounded up to 32 threads, looping for larger batches.
+#include "args.h"
 #include "model.cuh"
 
 namespace qk {
@@ -51,14 +52,15 @@ QK_EMBED_ENTRY(f32, float)
 QK_EMBED_ENTRY(f16, __half)
 QK_EMBED_ENTRY(bf16, __nv_bfloat16)
 
-extern "C" __global__ void decode_advance(int* __restrict__ positions, int* __restrict__ lens,
-                                          int* __restrict__ slot_mapping, const int* __restrict__ block_tables,
-                                          int max_pages, int page_size, int batch, int advance,
-                                          const int* __restrict__ index, unsigned* __restrict__ report,
-                                          unsigned* __restrict__ embed_status, unsigned* __restrict__ rope_status,
-                                          const unsigned* __restrict__ decode_status) {
-    for (int b = threadIdx.x; b < batch; b += blockDim.x) {
-        if (advance != 0) qk::decode_advance_row(b, positions, lens, slot_mapping, block_tables, max_pages, page_size);
-        if (report != nullptr) qk::step_report_row(b, index[b], report, embed_status, rope_status, decode_status);
+extern "C" __global__ void decode_advance(const QkDecodeAdvanceArgs a) {
+    for (int b = threadIdx.x; b < a.batch; b += blockDim.x) {
+        if (a.advance != 0) {
+            qk::decode_advance_row(b, a.adv.positions, a.adv.lens, a.adv.slot_mapping, a.adv.block_tables,
+                                   a.adv.max_pages, a.adv.page_size);
+        }
+        if (a.report.out != nullptr) {
+            qk::step_report_row(b, a.index[b], a.report.out, a.report.embed_status, a.report.rope_status,
+                                a.report.decode_status);
+        }
     }
 }

@@ -187,6 +187,44 @@ impl<T> KernelArg for &mut CudaViewMut<'_, T> {
     const BYTES: usize = 8;
 }
 
+/// The argument structs of `cuda/args.h` (src/kernel_args.rs), each passed by value as its
+/// kernel's one parameter: the launch copies the struct's bytes, as many as the kernel declares.
+macro_rules! struct_args {
+    ($($t:ident),*) => {$(
+        impl KernelArg for &crate::kernel_args::$t {
+            const BYTES: usize = std::mem::size_of::<crate::kernel_args::$t>();
+        }
+        // SAFETY: a #[repr(C)] struct of integers, floats and device addresses, laid out as nvcc
+        // lays out the same C declaration (bindgen's layout tests pin every offset).
+        unsafe impl cudarc::driver::DeviceRepr for crate::kernel_args::$t {}
+    )*};
+}
+struct_args!(QkGemvArgs, QkDecQkvArgs, QkDecResidualArgs, QkDecGateUpArgs, QkDecHeadArgs, QkDecFinishArgs, QkDecodeAdvanceArgs);
+
+/// Device addresses for an argument struct (`cuda/args.h`), each with cudarc's record of the
+/// buffer's use on the stream, kept until this is dropped: create it before the struct and the
+/// launch, so that it outlives both.
+pub struct Addresses<'a> {
+    stream: &'a CudaStream,
+    guards: Vec<cudarc::driver::SyncOnDrop<'a>>,
+}
+
+impl<'a> Addresses<'a> {
+    /// The address of a buffer the kernel reads.
+    pub fn read<T>(&mut self, buf: &'a impl cudarc::driver::DevicePtr<T>) -> *const std::ffi::c_void {
+        let (ptr, guard) = buf.device_ptr(self.stream);
+        self.guards.push(guard);
+        ptr as usize as *const std::ffi::c_void
+    }
+
+    /// The address of a buffer the kernel writes.
+    pub fn write<T>(&mut self, buf: &'a mut impl DevicePtrMut<T>) -> *mut std::ffi::c_void {
+        let (ptr, guard) = buf.device_ptr_mut(self.stream);
+        self.guards.push(guard);
+        ptr as usize as *mut std::ffi::c_void
+    }
+}
+
 /// A kernel launch being assembled (see [`Gpu::launcher`]).
 pub struct KernelLaunch<'a> {
     gpu: &'a Gpu,
@@ -639,6 +677,11 @@ impl Gpu {
     /// The cuBLAS handle (bound to this `Gpu`'s stream, math mode [`CUBLAS_MATH_MODE`]).
     pub fn blas(&self) -> Result<&CudaBlas> {
         self.blas.as_ref().map(|b| &b.handle).map_err(|reason| Error::CublasNotFound { reason: reason.clone() })
+    }
+
+    /// A collector of device addresses for an argument struct on this GPU's stream ([`Addresses`]).
+    pub fn addresses(&self) -> Addresses<'_> {
+        Addresses { stream: &self.stream, guards: Vec::new() }
     }
 
     /// A launch of `func` (kernel `name`) on this Gpu's stream whose arguments are checked, before

@@ -41,6 +41,9 @@ pub mod dtype;
 pub mod error;
 pub mod golden;
 pub mod gpu;
+/// The kernels' argument structs (bindgen's translation of `cuda/args.h`; see that header).
+#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
+pub mod kernel_args;
 pub mod kernels;
 pub mod model;
 pub mod plot;

@@ -25,11 +25,13 @@
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Addresses, Gpu};
+use crate::kernel_args::{QkAdvance, QkDecFinishArgs, QkDecGateUpArgs, QkDecHeadArgs, QkDecQkvArgs, QkDecResidualArgs, QkReport};
 use crate::ops::kv_cache::KvCacheViewMut;
 use crate::ops::rope::{check_kv, check_qk, CacheArgs, RopeTable};
 use crate::tensor::{Layout, View, ViewMut};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use std::ptr::{null, null_mut};
 
 pub use super::Path;
 const MODULE: &str = "decode";
@@ -211,11 +213,29 @@ pub fn qkv_with_path(
         let xg = x.rows(g.clone())?;
         let (pos, slots) = (positions.slice(g.clone()), slot_mapping.slice(g.clone()));
         let mut qg = q_out.rows_mut(g.clone())?;
+        let mut p = gpu.addresses();
+        let a = QkDecQkvArgs {
+            x: p.read(&xg.data),
+            w_norm: p.read(&norm.data),
+            eps,
+            w: p.read(&w.data),
+            b: p.read(&b.data),
+            rows: rows_i,
+            hidden: hidden_i,
+            heads: heads_i,
+            kv_heads: kv_i,
+            half: half_i,
+            positions: p.read(&pos).cast(),
+            slot_mapping: p.read(&slots).cast(),
+            inv_freq: p.read(inv_freq).cast(),
+            status: p.write(&mut *status).cast(),
+            q_out: p.write(&mut qg.data),
+            k_cache: p.write(&mut cache.k.data),
+            v_cache: p.write(&mut cache.v.data),
+            cache: geometry.geometry(),
+        };
         let mut args = gpu.launcher(&f, name);
-        args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&b.data).arg(&rows_i).arg(&hidden_i);
-        args.arg(&heads_i).arg(&kv_i).arg(&half_i).arg(&pos).arg(&slots).arg(inv_freq).arg(&mut *status);
-        args.arg(&mut qg.data).arg(&mut cache.k.data).arg(&mut cache.v.data);
-        geometry.push(&mut args);
+        args.arg(&a);
         // SAFETY: x holds rows * H, norm H, w width * H, b width elements and q_out rows * heads *
         // d, of one dtype (checked above); the kernel reads x's rows of the group and w's rows of
         // its units (< width), and writes q_out's rows of the group and the cache only at a slot
@@ -250,8 +270,10 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut rg = resid.rows_mut(g)?;
+        let mut p = gpu.addresses();
+        let a = QkDecResidualArgs { x: p.read(&xg.data), w: p.read(&w.data), resid: p.write(&mut rg.data), rows: rows_i, k: k_i, n: n_i };
         let mut args = gpu.launcher(&f, name);
-        args.arg(&xg.data).arg(&w.data).arg(&mut rg.data).arg(&rows_i).arg(&k_i).arg(&n_i);
+        args.arg(&a);
         // SAFETY: x's group holds rows * K, w N * K and resid's group rows * N elements of one
         // dtype (checked above); warp n reads w's row n < N and writes resid[r, n], r < rows.
         unsafe { args.launch(config(n, 0)) }?;
@@ -288,8 +310,19 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut ag = act.rows_mut(g)?;
+        let mut p = gpu.addresses();
+        let a = QkDecGateUpArgs {
+            x: p.read(&xg.data),
+            w_norm: p.read(&norm.data),
+            eps,
+            w: p.read(&w.data),
+            act: p.write(&mut ag.data),
+            rows: rows_i,
+            hidden: hidden_i,
+            inter: inter_i,
+        };
         let mut args = gpu.launcher(&f, name);
-        args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&mut ag.data).arg(&rows_i).arg(&hidden_i).arg(&inter_i);
+        args.arg(&a);
         // SAFETY: x's group holds rows * H, norm H, w 2I * H and act's group rows * I elements of
         // one dtype (checked above); warp i reads w's rows i and I + i and writes act[r, i].
         unsafe { args.launch(config(inter, shared)) }?;
@@ -370,9 +403,22 @@ pub fn head_with_path(
         let part = g.start * blocks..g.end * blocks;
         let mut pv = cand.part_v.slice_mut(part.clone());
         let mut pi = cand.part_i.slice_mut(part);
+        let mut p = gpu.addresses();
+        let a = QkDecHeadArgs {
+            x: p.read(&xg.data),
+            w_norm: p.read(&norm.data),
+            eps,
+            w: p.read(&w.data),
+            logits: p.write(&mut lg.data).cast(),
+            rows: rows_i,
+            hidden: hidden_i,
+            n: vocab_i,
+            n_valid: valid_i,
+            part_v: p.write(&mut pv).cast(),
+            part_i: p.write(&mut pi).cast(),
+        };
         let mut args = gpu.launcher(&f, name);
-        args.arg(&xg.data).arg(&norm.data).arg(&eps).arg(&w.data).arg(&mut lg.data).arg(&rows_i).arg(&hidden_i);
-        args.arg(&vocab_i).arg(&valid_i).arg(&mut pv).arg(&mut pi);
+        args.arg(&a);
         // SAFETY: x's group holds rows * H, norm H, w V * H of one dtype, logits' group rows * V
         // f32, the candidates rows * blocks each (checked above); block c writes candidate
         // [r, c] for r < rows, warp n < V reads w's row n and writes logits[r, n].
@@ -441,6 +487,35 @@ impl StepReport<'_> {
     }
 }
 
+/// An advance's part of an argument struct (all null without one).
+pub(crate) fn advance_args<'a>(p: &mut Addresses<'a>, advance: Option<Advance<'a, '_>>) -> QkAdvance {
+    match advance {
+        Some(a) => QkAdvance {
+            positions: p.write(a.positions).cast(),
+            lens: p.write(a.lens).cast(),
+            slot_mapping: p.write(a.slot_mapping).cast(),
+            block_tables: p.read(a.block_tables).cast(),
+            // Checked against i32 by Advance::check.
+            max_pages: a.max_pages as i32,
+            page_size: a.page_size as i32,
+        },
+        None => QkAdvance { positions: null_mut(), lens: null_mut(), slot_mapping: null_mut(), block_tables: null(), max_pages: 0, page_size: 1 },
+    }
+}
+
+/// A report's part of an argument struct (all null without one).
+pub(crate) fn report_args<'a>(p: &mut Addresses<'a>, report: Option<&'a mut StepReport<'_>>) -> QkReport {
+    match report {
+        Some(r) => QkReport {
+            out: p.write(&mut *r.out).cast(),
+            embed_status: p.write(&mut *r.embed_status).cast(),
+            rope_status: p.write(&mut *r.rope_status).cast(),
+            decode_status: p.read(&r.decode_status.data).cast(),
+        },
+        None => QkReport { out: null_mut(), embed_status: null_mut(), rope_status: null_mut(), decode_status: null() },
+    }
+}
+
 /// The argmax of `rows` rows from the head's candidates into `index` (i32, -1 for a row with a NaN
 /// among its valid logits), then, with `advance`, each row's position, length and slot + 1, and
 /// with `report`, the step's report.
@@ -449,11 +524,8 @@ pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSli
     if rows > cand.rows || rows > index.len() {
         return Err(Error::shape(op, format!("{rows} rows past the candidates' {} or the index's {}", cand.rows, index.len())));
     }
-    let null = 0u64;
-    let (mut max_pages, mut page_size, mut on) = (0i32, 1i32, 0i32);
     if let Some(a) = &advance {
         a.check(op, rows)?;
-        (max_pages, page_size, on) = (a.max_pages as i32, a.page_size as i32, 1);
     }
     if let Some(r) = &report {
         r.check(op, rows)?;
@@ -463,25 +535,18 @@ pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSli
     }
     let f = gpu.function(MODULE, "dec_finish")?;
     let parts = i32_of(op, "blocks", cand.blocks)?;
+    let mut p = gpu.addresses();
+    let a = QkDecFinishArgs {
+        part_v: p.read(&cand.part_v).cast(),
+        part_i: p.read(&cand.part_i).cast(),
+        parts,
+        index: p.write(index).cast(),
+        advance: advance.is_some() as i32,
+        adv: advance_args(&mut p, advance),
+        report: report_args(&mut p, report.as_mut()),
+    };
     let mut args = gpu.launcher(&f, "dec_finish");
-    args.arg(&cand.part_v).arg(&cand.part_i).arg(&parts).arg(&mut *index);
-    match advance {
-        Some(a) => {
-            args.arg(&mut *a.positions).arg(&mut *a.lens).arg(&mut *a.slot_mapping).arg(a.block_tables);
-        }
-        None => {
-            args.arg(&null).arg(&null).arg(&null).arg(&null);
-        }
-    }
-    args.arg(&max_pages).arg(&page_size).arg(&on);
-    match &mut report {
-        Some(r) => {
-            args.arg(&mut *r.out).arg(&mut *r.embed_status).arg(&mut *r.rope_status).arg(&r.decode_status.data);
-        }
-        None => {
-            args.arg(&null).arg(&null).arg(&null).arg(&null);
-        }
-    }
+    args.arg(&a);
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: block r < rows reads candidates [r, 0..blocks) (rows <= cand.rows) and writes
     // index[r]; with advance it touches element r of the three arrays and table entries r *

@@ -12,7 +12,8 @@
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::ops::decode::{Advance, StepReport};
+use crate::kernel_args::QkDecodeAdvanceArgs;
+use crate::ops::decode::{advance_args, report_args, Advance, StepReport};
 use crate::tensor::{View, ViewMut};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
@@ -94,11 +95,8 @@ pub fn embed(gpu: &Gpu, table: &View, tokens: &CudaView<i32>, out: &mut ViewMut,
 /// step's tokens, i32 [at least batch]).
 pub fn advance(gpu: &Gpu, batch: usize, advance: Option<Advance>, mut report: Option<(&CudaView<i32>, StepReport)>) -> Result<()> {
     let op = "decode_advance";
-    let null = 0u64;
-    let (mut max_pages, mut page_size, mut on) = (0i32, 1i32, 0i32);
     if let Some(a) = &advance {
         a.check(op, batch)?;
-        (max_pages, page_size, on) = (a.max_pages as i32, a.page_size as i32, 1);
     }
     if let Some((index, r)) = &report {
         r.check(op, batch)?;
@@ -111,24 +109,14 @@ pub fn advance(gpu: &Gpu, batch: usize, advance: Option<Advance>, mut report: Op
     }
     let batch_i = i32::try_from(batch).map_err(|_| Error::unsupported(op, format!("batch {batch} past i32")))?;
     let f = gpu.function(MODULE, "decode_advance")?;
+    let mut p = gpu.addresses();
+    let (index, report) = match report.as_mut() {
+        Some((index, r)) => (p.read(*index).cast(), Some(r)),
+        None => (std::ptr::null(), None),
+    };
+    let a = QkDecodeAdvanceArgs { batch: batch_i, advance: advance.is_some() as i32, adv: advance_args(&mut p, advance), index, report: report_args(&mut p, report) };
     let mut args = gpu.launcher(&f, "decode_advance");
-    match advance {
-        Some(a) => {
-            args.arg(&mut *a.positions).arg(&mut *a.lens).arg(&mut *a.slot_mapping).arg(a.block_tables);
-        }
-        None => {
-            args.arg(&null).arg(&null).arg(&null).arg(&null);
-        }
-    }
-    args.arg(&max_pages).arg(&page_size).arg(&batch_i).arg(&on);
-    match &mut report {
-        Some((index, r)) => {
-            args.arg(*index).arg(&mut *r.out).arg(&mut *r.embed_status).arg(&mut *r.rope_status).arg(&r.decode_status.data);
-        }
-        None => {
-            args.arg(&null).arg(&null).arg(&null).arg(&null).arg(&null);
-        }
-    }
+    args.arg(&a);
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (super::row_block_threads(batch), 1, 1), shared_mem_bytes: 0 };
     // SAFETY: with advance the three arrays hold at least `batch` i32 and the tables batch *
     // max_pages (checked above); thread b touches index b (and b + blockDim.x, ... below batch),

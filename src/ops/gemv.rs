@@ -12,6 +12,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernel_args::QkGemvArgs;
 use crate::tensor::{View, ViewMut};
 use cudarc::driver::LaunchConfig;
 
@@ -63,14 +64,18 @@ pub fn gemv_with_path(gpu: &Gpu, x: &View, w: &View, b: Option<&View>, y: &mut V
     let (name, _) = plan(dims, x.layout().dtype, y.layout().dtype, aligned16, path)?;
     let f = gpu.function(MODULE, name)?;
     let (rows, k, n) = (dims.rows as i32, dims.in_features as i32, dims.out_features as i32);
-    let null = 0u64;
-    let mut args = gpu.launcher(&f, name);
-    args.arg(&x.data).arg(&w.data);
-    match b {
-        Some(b) => args.arg(&b.data),
-        None => args.arg(&null),
+    let mut p = gpu.addresses();
+    let a = QkGemvArgs {
+        x: p.read(&x.data),
+        w: p.read(&w.data),
+        b: b.map_or(std::ptr::null(), |b| p.read(&b.data)),
+        y: p.write(&mut y.data),
+        rows,
+        k,
+        n,
     };
-    args.arg(&mut y.data).arg(&rows).arg(&k).arg(&n);
+    let mut args = gpu.launcher(&f, name);
+    args.arg(&a);
     let blocks = dims.out_features.div_ceil(FEATURES_PER_BLOCK) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: x holds rows * K, W N * K and b (when given) N elements of the dtype, y rows * N of

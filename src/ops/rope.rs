@@ -223,6 +223,18 @@ impl CacheArgs {
         }
     }
 
+    /// The same, as the argument structs' field (`cuda/args.h`'s QkCacheGeometry).
+    pub(crate) fn geometry(&self) -> crate::kernel_args::QkCacheGeometry {
+        crate::kernel_args::QkCacheGeometry {
+            pos_limit: self.pos_limit,
+            n_slots: self.n_slots,
+            page_size: self.page_size,
+            page_stride: self.page_stride,
+            head_stride: self.head_stride,
+            row_stride: self.row_stride,
+        }
+    }
+
     pub(crate) fn push<'a>(&'a self, args: &mut crate::gpu::KernelLaunch<'a>) {
         args.arg(&self.pos_limit).arg(&self.n_slots).arg(&self.page_size);
         args.arg(&self.page_stride).arg(&self.head_stride).arg(&self.row_stride);
