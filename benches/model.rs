@@ -3,7 +3,9 @@
 //! - decode: tokens/s of one greedy step for a batch of 1, 8 and 32 sequences (each step: every
 //!   layer, the final norm, the lm_head, the argmax and the position update) on both decode
 //!   paths (`fused`: the GEMV kernels of ops::decode, the default; `cublas`: the unfused
-//!   launches), each replayed from its CUDA graph, and the fused step launched directly. Every sequence holds 512 positions when a
+//!   launches), each replayed from its CUDA graph, the fused step launched directly, and the
+//!   fused graph with programmatic dependent launches (`/pdl`: each kernel may start while the
+//!   one before it finishes, sm_90). Every sequence holds 512 positions when a
 //!   timed run starts and at most 768 when it ends (runs longer than 256 steps are split, each
 //!   part rolled back to 512 first): the KV cache read per token is 512 to 768 positions.
 //! - generate: tokens/s of `DeviceModel::generate` at batch 1 (fused path, graphs), wall clock:
@@ -184,12 +186,14 @@ fn bench(c: &mut Criterion) {
         }
         let floor = floor_step_seconds(&cfg, copy);
         // Both decode paths in the same run (the fused GEMV kernels, the default, and the unfused
-        // launches over cuBLAS), from graphs; the fused path also launched directly.
-        for (path, graphs) in [(DecodePath::Fused, true), (DecodePath::Cublas, true), (DecodePath::Fused, false)] {
+        // launches over cuBLAS), from graphs; the fused path also launched directly, and from its
+        // graph with programmatic dependent launches (PDL).
+        for (path, graphs, pdl) in [(DecodePath::Fused, true, false), (DecodePath::Cublas, true, false), (DecodePath::Fused, false, false), (DecodePath::Fused, true, true)] {
             m.set_decode_path(path);
             m.set_graphs(graphs);
+            m.set_pdl(pdl);
             for batch in BATCHES {
-                let case = format!("decode/{}/b{batch}/{path}/{}", cfg.name, if graphs { "graph" } else { "direct" });
+                let case = format!("decode/{}/b{batch}/{path}/{}{}", cfg.name, if graphs { "graph" } else { "direct" }, if pdl { "/pdl" } else { "" });
                 time_decode(&gpu, &mut m, batch, 8); // capture and warm up
                 group.throughput(Throughput::Elements(batch as u64));
                 group.bench_function(&case, |b| b.iter_custom(|iters| time_decode(&gpu, &mut m, batch, iters)));
@@ -201,6 +205,7 @@ fn bench(c: &mut Criterion) {
         // The generate loop at batch 1, read back token by token as a caller does.
         m.set_decode_path(DecodePath::Fused);
         m.set_graphs(true);
+        m.set_pdl(false);
         let case = format!("generate/{}/b1/fused/graph", cfg.name);
         time_generate(&mut m, &gpu, 8); // warm up
         group.throughput(Throughput::Elements(1));

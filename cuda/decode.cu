@@ -305,9 +305,12 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
 
 // Entry points: dec_<kernel>_<dtype>_<path>, path in {vec, scalar} (vec: every row of x and W and
 // the norm weight 16-byte aligned and K a multiple of the vector), and dec_finish; each takes its
-// argument struct (args.h) by value.
+// argument struct (args.h) by value, and each may be a programmatic dependent launch (ptx.cuh):
+// every thread waits for the kernel before it first thing, then lets the next one start.
 #define QK_DECODE_ENTRY(NAME, T, VEC)                                                                    \
     extern "C" __global__ void dec_qkv_##NAME(const QkDecQkvArgs a) {                                   \
+        qk::grid_dependency_wait();                                                                     \
+        qk::grid_dependents_launch();                                                                   \
         qk::dec_qkv<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,          \
                             static_cast<const T*>(a.w), static_cast<const T*>(a.b), a.rows, a.hidden,     \
                             a.heads, a.kv_heads, a.half, a.positions, a.slot_mapping, a.inv_freq, a.status, \
@@ -316,15 +319,21 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
                             a.cache.head_stride, a.cache.row_stride);                                     \
     }                                                                                                   \
     extern "C" __global__ void dec_residual_##NAME(const QkDecResidualArgs a) {                         \
+        qk::grid_dependency_wait();                                                                     \
+        qk::grid_dependents_launch();                                                                   \
         qk::dec_residual<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w),                \
                                  static_cast<T*>(a.resid), a.rows, a.k, a.n);                            \
     }                                                                                                   \
     extern "C" __global__ void dec_gate_up_##NAME(const QkDecGateUpArgs a) {                            \
+        qk::grid_dependency_wait();                                                                     \
+        qk::grid_dependents_launch();                                                                   \
         qk::dec_gate_up<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,      \
                                 static_cast<const T*>(a.w), static_cast<T*>(a.act), a.rows, a.hidden,    \
                                 a.inter);                                                                \
     }                                                                                                   \
     extern "C" __global__ void dec_head_##NAME(const QkDecHeadArgs a) {                                 \
+        qk::grid_dependency_wait();                                                                     \
+        qk::grid_dependents_launch();                                                                   \
         qk::dec_head<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,         \
                              static_cast<const T*>(a.w), a.logits, a.rows, a.hidden, a.n, a.n_valid,      \
                              a.part_v, a.part_i);                                                        \
@@ -338,6 +347,8 @@ QK_DECODE_ENTRY(bf16_vec, __nv_bfloat16, true)
 QK_DECODE_ENTRY(bf16_scalar, __nv_bfloat16, false)
 
 extern "C" __global__ void dec_finish(const QkDecFinishArgs a) {
+    qk::grid_dependency_wait();
+    qk::grid_dependents_launch();
     qk::dec_finish(a.part_v, a.part_i, a.parts, a.index, a.adv.positions, a.adv.lens, a.adv.slot_mapping,
                    a.adv.block_tables, a.adv.max_pages, a.adv.page_size, a.advance, a.report.out,
                    a.report.embed_status, a.report.rope_status, a.report.decode_status);

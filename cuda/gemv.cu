@@ -38,11 +38,14 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
 }  // namespace qk
 
 // Entry points: gemv_<dtype>_<out>_<path>(QkGemvArgs: args.h), grid (ceil(N / 8), 1, 1), block
-// (256, 1, 1); `b` may be null; rows in 1..=16. No __launch_bounds__: with it ptxas holds the f32
+// (256, 1, 1); `b` may be null; rows in 1..=16; a programmatic dependent launch is allowed
+// (ptx.cuh: each thread waits for the kernel before it first). No __launch_bounds__: with it ptxas holds the f32
 // vector variant to 64 registers on sm_80 and spills 8 bytes (tests/kernels_build.rs); without,
 // 64-72 and no spill.
 #define QK_GEMV_ENTRY(NAME, T, TY, VEC)                                                                   \
     extern "C" __global__ void gemv_##NAME(const QkGemvArgs a) {                                          \
+        qk::grid_dependency_wait();                                                                       \
+        qk::grid_dependents_launch();                                                                     \
         qk::gemv<T, TY, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w),                      \
                              static_cast<const T*>(a.b), static_cast<TY*>(a.y), a.rows, a.k, a.n);        \
     }

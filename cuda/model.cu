@@ -14,8 +14,9 @@
 //    host (the next replay reads the new values). A position past the table or a page not given
 //    (negative) yields INT_MAX, which the next cache write refuses and flags: never a silent skip.
 //    With a report (args.h's QkDecodeAdvanceArgs) it also packs the step's report (model.cuh's
-//    step_report_row) from index[b]; `advance` 0 writes the report alone. grid = (1, 1, 1), block =
-//    batch rounded up to 32 threads, looping for larger batches.
+//    step_report_row) from index[b]; `advance` 0 writes the report alone. A programmatic dependent
+//    launch is allowed (ptx.cuh: each thread waits first). grid = (1, 1, 1), block = batch rounded
+//    up to 32 threads, looping for larger batches.
 #include "args.h"
 #include "model.cuh"
 
@@ -53,6 +54,8 @@ QK_EMBED_ENTRY(f16, __half)
 QK_EMBED_ENTRY(bf16, __nv_bfloat16)
 
 extern "C" __global__ void decode_advance(const QkDecodeAdvanceArgs a) {
+    qk::grid_dependency_wait();
+    qk::grid_dependents_launch();
     for (int b = threadIdx.x; b < a.batch; b += blockDim.x) {
         if (a.advance != 0) {
             qk::decode_advance_row(b, a.adv.positions, a.adv.lens, a.adv.slot_mapping, a.adv.block_tables,

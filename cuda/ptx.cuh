@@ -85,6 +85,9 @@ template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[
 template <typename T> __device__ __forceinline__ T* dynamic_shared() {
     return static_cast<T*>(::qksoft::dynamic_shared());
 }
+// Programmatic dependent launch (see the GPU versions below).
+__device__ __forceinline__ void grid_dependency_wait() { ::qksoft::ptx_griddepcontrol_wait(); }
+__device__ __forceinline__ void grid_dependents_launch() { ::qksoft::ptx_griddepcontrol_launch_dependents(); }
 
 #else
 
@@ -129,6 +132,23 @@ template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[
 template <typename T> __device__ __forceinline__ T* dynamic_shared() {
     extern __shared__ __align__(16) unsigned char qk_dynamic_shared[];
     return reinterpret_cast<T*>(qk_dynamic_shared);
+}
+// Programmatic dependent launch (PTX ISA "griddepcontrol", sm_90). A kernel launched with the
+// programmatic-stream-serialization attribute may start while the kernel before it on the stream
+// is still running: grid_dependency_wait() returns once that kernel has completed and its memory
+// writes are visible, so a thread calls it before it touches anything that kernel (or an earlier
+// one) wrote. grid_dependents_launch() lets the next programmatic launch start now rather than at
+// this grid's end. Without the attribute (or below sm_90, where the instructions do not exist and
+// these compile to nothing) the launch waits for its predecessor anyway, and both are no-ops.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependents_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 
 #endif

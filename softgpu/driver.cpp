@@ -704,8 +704,8 @@ QKSOFT_API CUresult cuFuncIsLoaded(CUfunctionLoadingState* state, CUfunction fun
     return CUDA_SUCCESS;
 }
 
-QKSOFT_API CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                                   unsigned bz, unsigned shared, CUstream s, void** params, void** extra) {
+static CUresult launch(CUfunction function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                       unsigned shared, CUstream s, void** params, void** extra, bool programmatic) {
     Function* f = reinterpret_cast<Function*>(function);
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     f->loaded = true;
@@ -734,11 +734,37 @@ QKSOFT_API CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy
     Node n;
     n.kind = Node::Kernel;
     n.function = f;
-    n.dims = LaunchDims{gx, gy, gz, bx, by, bz, shared};
+    n.dims = LaunchDims{gx, gy, gz, bx, by, bz, shared, programmatic};
     n.params.assign(f->kernel->param_bytes + 1, 0);
     for (int i = 0; i < f->kernel->n_params; ++i) {
         if (!params[i]) return CUDA_ERROR_INVALID_VALUE;
         memcpy(n.params.data() + f->kernel->offsets[i], params[i], f->kernel->sizes[i]);
     }
     return submit(s, std::move(n));
+}
+
+QKSOFT_API CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                   unsigned bz, unsigned shared, CUstream s, void** params, void** extra) {
+    return launch(function, gx, gy, gz, bx, by, bz, shared, s, params, extra, false);
+}
+
+// cuLaunchKernelEx: the one attribute this project uses, programmatic stream serialization (PDL);
+// any other is refused, never ignored. Launches run one after another here, so the overlap a GPU
+// allows never happens; what a programmatic launch promises is checked instead: each of its
+// threads passes griddepcontrol.wait before touching device memory (tools.cpp).
+QKSOFT_API CUresult cuLaunchKernelEx(const CUlaunchConfig* config, CUfunction function, void** params, void** extra) {
+    if (!config) return CUDA_ERROR_INVALID_VALUE;
+    bool programmatic = false;
+    for (unsigned i = 0; i < config->numAttrs; ++i) {
+        const CUlaunchAttribute& a = config->attrs[i];
+        if (a.id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) {
+            programmatic = a.value.programmaticStreamSerializationAllowed != 0;
+        } else {
+            return note(CUDA_ERROR_NOT_SUPPORTED,
+                        "cuLaunchKernelEx: launch attribute " + std::to_string(static_cast<int>(a.id)) +
+                            " is not supported by the software device (only programmatic stream serialization)");
+        }
+    }
+    return launch(function, config->gridDimX, config->gridDimY, config->gridDimZ, config->blockDimX, config->blockDimY,
+                  config->blockDimZ, config->sharedMemBytes, config->hStream, params, extra, programmatic);
 }

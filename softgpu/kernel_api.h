@@ -29,6 +29,11 @@ void ptx_cp_async_wait(int pending, const char* file, int line);
 void ptx_mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
                       const char* file, int line);
 void ptx_ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row, const char* file, int line);
+// griddepcontrol.wait / .launch_dependents (programmatic dependent launch). Launches run one after
+// another here, so the wait is already true; it is recorded, and a thread of a programmatic launch
+// that touches device memory before it is reported (tools.cpp). The trigger has nothing to do.
+void ptx_griddepcontrol_wait();
+void ptx_griddepcontrol_launch_dependents();
 void* dynamic_shared();
 // One 16-byte vector load / store (ld/st .v4): checked and counted as one aligned access.
 void ptx_ld16(void* out, const void* src);

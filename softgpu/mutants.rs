@@ -279,4 +279,18 @@ pub const MUTANTS: &[Mutant] = &[
         device_error: false,
         at: None,
     },
+    Mutant {
+        name: "residual_reads_before_its_wait",
+        module: "decode",
+        // The o/down projection kernel without griddepcontrol.wait: launched programmatically,
+        // it would read the residual stream while the kernel before it may still write it. The
+        // software device runs launches one after another, so the result is right; what the
+        // launch promised is checked instead, at the kernel's first access.
+        find: "dec_residual_##NAME(const QkDecResidualArgs a) {                         \\\n        qk::grid_dependency_wait();",
+        replace: "dec_residual_##NAME(const QkDecResidualArgs a) { /* no wait */ \\\n",
+        caught_by: &["pdl::programmatic_launches_change_nothing_but_the_launch"],
+        says: "before this thread's griddepcontrol.wait",
+        device_error: true,
+        at: None,
+    },
 ];

@@ -1115,6 +1115,12 @@ void ptx_ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row, const char* 
     memcpy(r, me().out, sizeof r);
 }
 
+void ptx_griddepcontrol_wait() {
+    if (g_running.active) tools::dependency_waited(g_running.thread);
+}
+
+void ptx_griddepcontrol_launch_dependents() {}
+
 void ptx_ld16(void* out, const void* src) {
     tools::vector_access(src, false, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
     memcpy(out, src, 16);

@@ -86,6 +86,10 @@ void shadow_copy(uint8_t* map, uint64_t dst, uint64_t src, size_t bytes);
 struct LaunchDims {
     unsigned gx, gy, gz, bx, by, bz;
     unsigned dynamic_shared;
+    // Launched with programmatic stream serialization (cuLaunchKernelEx's PDL attribute): on a GPU
+    // it may start while the kernel before it finishes, so every thread must pass
+    // griddepcontrol.wait before it touches device memory (tools.cpp checks).
+    bool programmatic = false;
 };
 
 // Run one launch to completion on the calling thread. Returns CUDA_SUCCESS or the error a GPU would
@@ -147,6 +151,8 @@ void launch_end();
 void block_begin();
 void block_end();
 void barrier_released();
+// griddepcontrol.wait by thread `thread` of the running block.
+void dependency_waited(int thread);
 void warp_synced(int warp);
 // A 16-byte vector access of the running thread, `site` the return address in the kernel.
 void vector_access(const void* p, bool write, uintptr_t site);

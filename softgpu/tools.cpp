@@ -259,7 +259,7 @@ struct Counters {
     uint32_t kind;  // 0 kernel, 1 copy or set, 2 cuBLAS
     uint32_t grid[3], block[3];
     uint32_t dynamic_shared, static_shared;
-    uint32_t reserved;
+    uint32_t flags;  // bit 0: a programmatic launch (PDL)
     uint64_t global_read_bytes, global_write_bytes;        // as requested, summed over accesses
     uint64_t global_read_requests, global_write_requests;  // warp-level requests
     uint64_t global_read_sectors, global_write_sectors;    // summed over requests
@@ -379,8 +379,19 @@ size_t first_clear(const uint8_t* map, uint64_t p, unsigned n) {
     return shadow_first_clear(map, p, n);
 }
 
+// Threads of the running block that passed griddepcontrol.wait (programmatic launches only).
+std::vector<uint8_t> g_dependency_waited;
+
 inline void global_access(uint64_t p, unsigned n, bool write, bool atomic, bool aligned, uintptr_t site, int thread) {
     const unsigned tools = g_tools;
+    if (g_running.dims.programmatic && !g_dependency_waited[thread]) {
+        // Always on, whatever the tools: the contract of the launch, not a tool's finding.
+        report("programmatic launch",
+               format("a %u-byte %s%s at 0x%llx (%s) before this thread's griddepcontrol.wait: the launch may overlap the "
+                      "kernel before it, whose writes are visible only after the wait",
+                      n, atomic ? "atomic " : "", kind_text(write), (unsigned long long)p, alloc_text(p).c_str()),
+               site, thread);
+    }
     if (tools & TOOL_MEMCHECK) {
         const bool inside = n <= 16 ? shadow_all_set(g_addressable, p, n) : first_clear(g_addressable, p, n) == n;
         if (!inside) {
@@ -488,6 +499,7 @@ void launch_begin() {
         g_current.block[0] = R.dims.bx, g_current.block[1] = R.dims.by, g_current.block[2] = R.dims.bz;
         g_current.dynamic_shared = R.dims.dynamic_shared;
         g_current.static_shared = static_cast<uint32_t>(R.stat_bytes);
+        g_current.flags = R.dims.programmatic ? 1u : 0u;
         g_sectors.clear();
         g_requests.clear();
         g_executions.clear();
@@ -513,6 +525,7 @@ void launch_end() {
 void block_begin() {
     ++g_interval;
     if (g_interval == 0) ++g_interval;  // 0 marks "no access"
+    if (g_running.dims.programmatic) g_dependency_waited.assign(g_running.threads, 0);
     const size_t warps = (g_running.threads + 31) / 32;
     if (g_wepoch.size() < warps) g_wepoch.resize(warps);
 }
@@ -520,6 +533,10 @@ void block_begin() {
 void block_end() {
     // Requests pair executions within a warp of one block.
     if (g_tools & TOOL_COUNTERS) flush_requests();
+}
+
+void dependency_waited(int thread) {
+    if (g_running.dims.programmatic) g_dependency_waited[thread] = 1;
 }
 
 void barrier_released() {

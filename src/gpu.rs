@@ -71,6 +71,8 @@ pub struct Gpu {
     blas: std::result::Result<Blas, String>,
     /// While node timing is on: an event recorded after each launch (kernel or cuBLAS call).
     node_marks: Mutex<Option<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
+    /// Launch the kernels that allow it as programmatic dependent launches ([`Gpu::launch_struct`]).
+    programmatic: std::sync::atomic::AtomicBool,
     // Declared last: dropped after everything allocated from it.
     _ctx: Arc<CudaContext>,
 }
@@ -187,13 +189,12 @@ impl<T> KernelArg for &mut CudaViewMut<'_, T> {
     const BYTES: usize = 8;
 }
 
-/// The argument structs of `cuda/args.h` (src/kernel_args.rs), each passed by value as its
-/// kernel's one parameter: the launch copies the struct's bytes, as many as the kernel declares.
+/// An argument struct of `cuda/args.h` (src/kernel_args.rs), passed by value as its kernel's one
+/// parameter ([`Gpu::launch_struct`]).
+pub trait KernelStruct: cudarc::driver::DeviceRepr {}
 macro_rules! struct_args {
     ($($t:ident),*) => {$(
-        impl KernelArg for &crate::kernel_args::$t {
-            const BYTES: usize = std::mem::size_of::<crate::kernel_args::$t>();
-        }
+        impl KernelStruct for crate::kernel_args::$t {}
         // SAFETY: a #[repr(C)] struct of integers, floats and device addresses, laid out as nvcc
         // lays out the same C declaration (bindgen's layout tests pin every offset).
         unsafe impl cudarc::driver::DeviceRepr for crate::kernel_args::$t {}
@@ -275,7 +276,8 @@ pub struct SoftwareCounters {
     pub block: [u32; 3],
     pub dynamic_shared: u32,
     pub static_shared: u32,
-    reserved: u32,
+    /// Bit 0: a programmatic dependent launch ([`Gpu::launch_struct`]).
+    pub flags: u32,
     pub global_read_bytes: u64,
     pub global_write_bytes: u64,
     pub global_read_requests: u64,
@@ -490,6 +492,7 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             params: Mutex::new(HashMap::new()),
             node_marks: Mutex::new(None),
+            programmatic: std::sync::atomic::AtomicBool::new(false),
             blas,
             _ctx: ctx,
         })
@@ -514,6 +517,7 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             params: Mutex::new(HashMap::new()),
             node_marks: Mutex::new(None),
+            programmatic: std::sync::atomic::AtomicBool::new(false),
             blas,
             _ctx: self._ctx.clone(),
         })
@@ -677,6 +681,74 @@ impl Gpu {
     /// The cuBLAS handle (bound to this `Gpu`'s stream, math mode [`CUBLAS_MATH_MODE`]).
     pub fn blas(&self) -> Result<&CudaBlas> {
         self.blas.as_ref().map(|b| &b.handle).map_err(|reason| Error::CublasNotFound { reason: reason.clone() })
+    }
+
+    /// Launch `func` (kernel `name`), whose one parameter is the argument struct `args`
+    /// (`cuda/args.h`), checked like [`Gpu::launcher`]'s launches. With programmatic launches on
+    /// ([`Gpu::set_programmatic_launches`]) and supported ([`Gpu::programmatic_launches_supported`])
+    /// it is a programmatic dependent launch (cuLaunchKernelEx with programmatic stream
+    /// serialization; inside a captured graph, a programmatic edge): it may start while the kernel
+    /// before it finishes, which these kernels allow by waiting for it first (`cuda/ptx.cuh`'s
+    /// grid_dependency_wait).
+    ///
+    /// # Safety
+    /// As [`KernelLaunch::launch`]: the kernel stays in bounds of every buffer `args` points to.
+    pub unsafe fn launch_struct<S: KernelStruct>(&self, func: &CudaFunction, name: &'static str, args: &S, cfg: LaunchConfig) -> Result<()> {
+        self.check_arguments(name, func, &[std::mem::size_of::<S>()])?;
+        let call = || format!("cuLaunchKernelEx({name})");
+        if self.programmatic.load(std::sync::atomic::Ordering::Relaxed) && self.programmatic_launches_supported() {
+            use cudarc::driver::sys;
+            self._ctx.bind_to_thread().map_err(|source| Error::Cuda { call: call(), source })?;
+            // SAFETY: zero is a valid bit pattern of the attribute (an id and a union of integers).
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig {
+                gridDimX: cfg.grid_dim.0,
+                gridDimY: cfg.grid_dim.1,
+                gridDimZ: cfg.grid_dim.2,
+                blockDimX: cfg.block_dim.0,
+                blockDimY: cfg.block_dim.1,
+                blockDimZ: cfg.block_dim.2,
+                sharedMemBytes: cfg.shared_mem_bytes,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            let mut params = [args as *const S as *mut std::ffi::c_void];
+            // SAFETY: the config, attribute and parameter array outlive the call, which copies
+            // them; the one parameter is `args`, of the size the kernel declares (checked above);
+            // the caller's contract covers what the kernel does.
+            unsafe { sys::cuLaunchKernelEx(&config, func.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }
+                .result()
+                .map_err(|source| Error::Cuda { call: call(), source })?;
+        } else {
+            let mut launch = self.stream.launch_builder(func);
+            launch.arg(args);
+            // SAFETY: the caller's contract (above).
+            unsafe { launch.launch(cfg) }.map_err(|source| Error::Cuda { call: format!("cuLaunchKernel({name})"), source })?;
+        }
+        self.mark_node(name)
+    }
+
+    /// Launch the kernels that allow it ([`Gpu::launch_struct`]) as programmatic dependent
+    /// launches from now on (`on`), or not; returns the previous setting. Off by default.
+    pub fn set_programmatic_launches(&self, on: bool) -> bool {
+        self.programmatic.swap(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether programmatic dependent launches are used when asked for: on a GPU of compute
+    /// capability 9.0 or later whose SASS this build holds (the PTX fallback is compiled for sm_80,
+    /// where the kernels' griddepcontrol.wait is compiled out, so a GPU running it JIT-compiled
+    /// must not overlap them), and on the software device, which checks what such a launch
+    /// promises (each thread waits before it touches device memory).
+    pub fn programmatic_launches_supported(&self) -> bool {
+        let (major, minor) = self.info.compute_capability;
+        let cc = (major * 10 + minor) as u32;
+        match self.info.kind {
+            DeviceKind::Software => true,
+            DeviceKind::Hardware => cc >= 90 && kernels::SASS_TARGETS.contains(&cc),
+        }
     }
 
     /// A collector of device addresses for an argument struct on this GPU's stream ([`Addresses`]).

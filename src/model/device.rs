@@ -131,6 +131,10 @@ pub struct ModelOptions {
     /// How a decode step computes (`model/device/step.rs`): the fused GEMV kernels (the default)
     /// or the unfused launches over cuBLAS.
     pub decode_path: DecodePath,
+    /// Launch the fused decode kernels as programmatic dependent launches (PDL, sm_90: each may
+    /// start while the kernel before it finishes; [`Gpu::launch_struct`]), inside the captured
+    /// graph too. Off by default until a GPU has measured it; the results are the same either way.
+    pub pdl: bool,
 }
 
 impl ModelOptions {
@@ -149,6 +153,7 @@ impl ModelOptions {
             num_pages: slots,
             kv_layout: KvLayout::Hnd,
             decode_path: DecodePath::Fused,
+            pdl: false,
         }
     }
 

@@ -234,13 +234,11 @@ pub fn qkv_with_path(
             v_cache: p.write(&mut cache.v.data),
             cache: geometry.geometry(),
         };
-        let mut args = gpu.launcher(&f, name);
-        args.arg(&a);
         // SAFETY: x holds rows * H, norm H, w width * H, b width elements and q_out rows * heads *
         // d, of one dtype (checked above); the kernel reads x's rows of the group and w's rows of
         // its units (< width), and writes q_out's rows of the group and the cache only at a slot
         // checked on the device against num_pages * page_size, as rope_qkv (check_kv above).
-        unsafe { args.launch(config((heads + 2 * kv_heads) * d / 2, shared)) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config((heads + 2 * kv_heads) * d / 2, shared)) }?;
     }
     Ok(())
 }
@@ -272,11 +270,9 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
         let mut rg = resid.rows_mut(g)?;
         let mut p = gpu.addresses();
         let a = QkDecResidualArgs { x: p.read(&xg.data), w: p.read(&w.data), resid: p.write(&mut rg.data), rows: rows_i, k: k_i, n: n_i };
-        let mut args = gpu.launcher(&f, name);
-        args.arg(&a);
         // SAFETY: x's group holds rows * K, w N * K and resid's group rows * N elements of one
         // dtype (checked above); warp n reads w's row n < N and writes resid[r, n], r < rows.
-        unsafe { args.launch(config(n, 0)) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config(n, 0)) }?;
     }
     Ok(())
 }
@@ -321,11 +317,9 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
             hidden: hidden_i,
             inter: inter_i,
         };
-        let mut args = gpu.launcher(&f, name);
-        args.arg(&a);
         // SAFETY: x's group holds rows * H, norm H, w 2I * H and act's group rows * I elements of
         // one dtype (checked above); warp i reads w's rows i and I + i and writes act[r, i].
-        unsafe { args.launch(config(inter, shared)) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config(inter, shared)) }?;
     }
     Ok(())
 }
@@ -417,12 +411,10 @@ pub fn head_with_path(
             part_v: p.write(&mut pv).cast(),
             part_i: p.write(&mut pi).cast(),
         };
-        let mut args = gpu.launcher(&f, name);
-        args.arg(&a);
         // SAFETY: x's group holds rows * H, norm H, w V * H of one dtype, logits' group rows * V
         // f32, the candidates rows * blocks each (checked above); block c writes candidate
         // [r, c] for r < rows, warp n < V reads w's row n and writes logits[r, n].
-        unsafe { args.launch(config(vocab, shared)) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config(vocab, shared)) }?;
     }
     Ok(())
 }
@@ -545,15 +537,13 @@ pub fn finish(gpu: &Gpu, cand: &HeadCandidates, rows: usize, index: &mut CudaSli
         adv: advance_args(&mut p, advance),
         report: report_args(&mut p, report.as_mut()),
     };
-    let mut args = gpu.launcher(&f, "dec_finish");
-    args.arg(&a);
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: block r < rows reads candidates [r, 0..blocks) (rows <= cand.rows) and writes
     // index[r]; with advance it touches element r of the three arrays and table entries r *
     // max_pages + i for i < max_pages (checked above); with a report it writes report word
     // REPORT_HEAD + r (< out.len(), checked) and block 0 words 0..3 and the two one-word statuses,
     // and reads the workspace's first word; the null pointers are never read.
-    unsafe { args.launch(cfg) }?;
+    unsafe { gpu.launch_struct(&f, "dec_finish", &a, cfg) }?;
     Ok(())
 }
 

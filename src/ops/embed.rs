@@ -115,14 +115,12 @@ pub fn advance(gpu: &Gpu, batch: usize, advance: Option<Advance>, mut report: Op
         None => (std::ptr::null(), None),
     };
     let a = QkDecodeAdvanceArgs { batch: batch_i, advance: advance.is_some() as i32, adv: advance_args(&mut p, advance), index, report: report_args(&mut p, report) };
-    let mut args = gpu.launcher(&f, "decode_advance");
-    args.arg(&a);
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (super::row_block_threads(batch), 1, 1), shared_mem_bytes: 0 };
     // SAFETY: with advance the three arrays hold at least `batch` i32 and the tables batch *
     // max_pages (checked above); thread b touches index b (and b + blockDim.x, ... below batch),
     // and reads table entry b * max_pages + i only for 0 <= i < max_pages. With a report it reads
     // index[b] (batch of them, checked) and writes report word REPORT_HEAD + b (checked), thread 0
     // words 0..3 and the two one-word statuses. Null pointers are never read.
-    unsafe { args.launch(cfg) }?;
+    unsafe { gpu.launch_struct(&f, "decode_advance", &a, cfg) }?;
     Ok(())
 }

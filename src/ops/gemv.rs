@@ -74,15 +74,13 @@ pub fn gemv_with_path(gpu: &Gpu, x: &View, w: &View, b: Option<&View>, y: &mut V
         k,
         n,
     };
-    let mut args = gpu.launcher(&f, name);
-    args.arg(&a);
     let blocks = dims.out_features.div_ceil(FEATURES_PER_BLOCK) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: x holds rows * K, W N * K and b (when given) N elements of the dtype, y rows * N of
     // its own (check_linear, check_output); warp (block, w) computes feature block * 8 + w < N only,
     // reading W's row of it and x's rows (16-byte vectors only when every row start is aligned)
     // and writing y[r, feature] for r < rows <= 16. The null bias pointer is never dereferenced.
-    unsafe { args.launch(cfg) }?;
+    unsafe { gpu.launch_struct(&f, name, &a, cfg) }?;
     Ok(())
 }
 

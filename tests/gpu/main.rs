@@ -30,6 +30,7 @@ mod model;
 mod mutants;
 mod negative;
 mod paged;
+mod pdl;
 mod pipeline;
 mod rmsnorm;
 mod rope;
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
         bad_inputs::TESTS,
         model::TESTS,
         pipeline::TESTS,
+        pdl::TESTS,
         tools::TESTS,
     ]
     .concat();

@@ -19,6 +19,11 @@
 //! bit for bit (tests/gpu/decode.rs), so both paths give the same tokens whenever cuBLAS' sums
 //! round the same way; the fused path's results are also the same whatever the batch.
 //!
+//! With `ModelOptions::pdl` the fused kernels are programmatic dependent launches (sm_90; kept
+//! in the captured graph as programmatic edges): each may start while the kernel before it
+//! finishes, and waits for it (griddepcontrol.wait) before touching anything; the attention and
+//! embedding kernels are launched as usual. The nodes and the results are the same.
+//!
 //! Cublas: the prefill's launches at B rows, 12 a layer (norm, bias fill, GEMM, RoPE, status clear,
 //! split, combine, GEMM, add-norm, GEMM, SwiGLU, GEMM) and 6 a step; kept for comparison
 //! (`--decode-path cublas`).
@@ -68,9 +73,26 @@ impl DeviceModel {
         }
     }
 
+    /// Launch the fused decode kernels as programmatic dependent launches, or not (the captured
+    /// graphs are dropped: the next step captures anew).
+    pub fn set_pdl(&mut self, on: bool) {
+        if on != self.options.pdl {
+            self.options.pdl = on;
+            self.graphs.clear();
+        }
+    }
+
     /// The launches of one decode step of the model's batch (`b` rows): captured by
-    /// [`DeviceModel::decode_step`] or launched directly.
+    /// [`DeviceModel::decode_step`] or launched directly; the fused kernels as programmatic
+    /// dependent launches with `options.pdl`.
     pub(super) fn enqueue_decode(&mut self, gpu: &Gpu, b: usize) -> Result<()> {
+        let before = gpu.set_programmatic_launches(self.options.pdl);
+        let enqueued = self.enqueue_decode_launches(gpu, b);
+        gpu.set_programmatic_launches(before);
+        enqueued
+    }
+
+    fn enqueue_decode_launches(&mut self, gpu: &Gpu, b: usize) -> Result<()> {
         let advance = self.defect != Some(Defect::PositionStuckAtZero);
         if self.options.decode_path == DecodePath::Fused {
             let tokens = self.ws.argmax.index().slice(0..b);
