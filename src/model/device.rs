@@ -544,11 +544,11 @@ impl DeviceModel {
         let n_valid = self.n_valid();
         let ws = &mut self.ws;
         let (logits, out) = match to {
-            Head::Prefill(_) => (&mut ws.prefill_logits, &mut ws.prefill_argmax),
+            Head::Prefill => (&mut ws.prefill_logits, &mut ws.prefill_argmax),
             Head::Decode => (&mut ws.logits, &mut ws.argmax),
         };
         let (sampled, sampler) = match to {
-            Head::Prefill(_) => (self.prefill_sampled, &mut self.sampling.prefill),
+            Head::Prefill => (self.prefill_sampled, &mut self.sampling.prefill),
             Head::Decode => (self.decode_sampled, &mut self.sampling.decode),
         };
         if sampled {
@@ -565,7 +565,7 @@ impl DeviceModel {
         let n = rows.len();
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let logits = match to {
-            Head::Prefill(_) => &mut self.ws.prefill_logits,
+            Head::Prefill => &mut self.ws.prefill_logits,
             Head::Decode => &mut self.ws.logits,
         };
         linear(gpu, &self.ws.xn.view().rows(rows)?, &head.view(), None, &mut logits.view_mut().rows_mut(0..n)?)
@@ -738,9 +738,9 @@ impl DeviceModel {
         self.ws.resid.view_mut().rows_mut(0..t)?.upload(gpu, x)?;
         gpu.stream().memset_zeros(&mut self.ws.proj.view_mut().rows_mut(0..t)?.data).cuda("cuMemsetD8(proj)")?;
         self.final_norm(gpu, t)?;
-        self.head(gpu, t - 1..t, Head::Prefill(1))?;
+        self.head(gpu, t - 1..t, Head::Prefill)?;
         let logits = self.ws.prefill_logits.view().rows(0..1)?.to_host(gpu)?;
-        Ok((logits.into_data(), self.read_tokens(gpu, Head::Prefill(1))?[0]))
+        Ok((logits.into_data(), self.read_prefill_tokens(gpu, 1)?[0]))
     }
 
     /// Greedy generation for one sequence in `slot` (reset first): prefill `prompt`, then `steps - 1`
@@ -761,10 +761,10 @@ impl DeviceModel {
     }
 }
 
-/// Which logits and argmax a head writes (and how many rows a prefill's has).
+/// Which logits and argmax a head writes.
 #[derive(Clone, Copy)]
 enum Head {
-    Prefill(usize),
+    Prefill,
     Decode,
 }
 

@@ -1,7 +1,7 @@
 //! The generate loops of [`DeviceModel`]: one prompt greedy or sampled, streaming its tokens, and
 //! n sampled continuations of one prompt sharing its pages.
 
-use super::{bad, DeviceModel, Head, IN_FLIGHT};
+use super::{bad, DeviceModel, IN_FLIGHT};
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
 use crate::ops::sampling::{self as sampling_op, SamplingParams};
@@ -110,7 +110,7 @@ impl DeviceModel {
         self.sampling.upload(gpu, false, &rows)?;
         let n_valid = self.config.real_vocab_size;
         sampling_op::sample_n(gpu, &self.ws.logits.view().rows(0..n)?, n_valid, &mut self.sampling.prefill, 1, self.ws.prefill_argmax.index_mut())?;
-        let firsts = self.read_tokens(gpu, Head::Prefill(n))?;
+        let firsts = self.read_prefill_tokens(gpu, n)?;
         let prefill_seconds = start.elapsed().as_secs_f64();
         let start = std::time::Instant::now();
         for g in &mut out {

@@ -49,7 +49,7 @@ impl DeviceModel {
                 }
             }
             let finished = self.prefill_pass(gpu, seqs, &parts, None)?;
-            let chosen = self.read_tokens(gpu, Head::Prefill(finished.len()))?;
+            let chosen = self.read_prefill_tokens(gpu, finished.len())?;
             for (&i, &token) in finished.iter().zip(&chosen) {
                 firsts[i] = token;
             }
@@ -74,7 +74,7 @@ impl DeviceModel {
         }
         let mut trace = DeviceTrace::default();
         self.prefill_pass(gpu, &[(slot, tokens)], &[(0, 0, tokens.len())], Some(&mut trace))?;
-        Ok((self.read_tokens(gpu, Head::Prefill(1))?[0], trace))
+        Ok((self.read_prefill_tokens(gpu, 1)?[0], trace))
     }
 
     /// One ragged pass: `parts` (sequence index into `seqs`, first token, count) in row order.
@@ -123,7 +123,7 @@ impl DeviceModel {
             if self.prefill_sampled {
                 self.sampling.upload(gpu, false, &rows)?;
             }
-            self.head(gpu, 0..n, Head::Prefill(n))?;
+            self.head(gpu, 0..n, Head::Prefill)?;
         }
         Ok(finished)
     }

@@ -19,7 +19,7 @@
 //! The host buffers are pinned without write-combining (the host reads them; write-combined
 //! memory is for buffers the host only writes).
 
-use super::{bad, DeviceModel, Head};
+use super::{bad, DeviceModel};
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
 use crate::ops::argmax::NAN_ROW;
@@ -176,14 +176,10 @@ impl DeviceModel {
         Ok(())
     }
 
-    /// The tokens of the last prefill's head: its argmax (or draws) read back after every status
-    /// word (synchronises).
-    pub(super) fn read_tokens(&mut self, gpu: &Gpu, from: Head) -> Result<Vec<u32>> {
-        let (out, rows) = match from {
-            Head::Prefill(n) => (&self.ws.prefill_argmax, n),
-            Head::Decode => (&self.ws.argmax, self.batch.len()),
-        };
-        let index = gpu.stream().clone_dtoh(&out.index().slice(0..rows)).cuda("cuMemcpyDtoH(argmax index)")?;
+    /// The tokens of the last prefill's head (its first `rows` rows): its argmax (or draws) read
+    /// back after every status word (synchronises). Decode steps are read from their reports.
+    pub(super) fn read_prefill_tokens(&mut self, gpu: &Gpu, rows: usize) -> Result<Vec<u32>> {
+        let index = gpu.stream().clone_dtoh(&self.ws.prefill_argmax.index().slice(0..rows)).cuda("cuMemcpyDtoH(argmax index)")?;
         self.check_status(gpu)?;
         tokens(&index)
     }
