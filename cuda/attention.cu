@@ -31,18 +31,23 @@
 // Two kernel families:
 //
 // 1. attn_split_* (SIMT, any dtype, D 64/128, any group): flash-decoding. grid = (rows, kv_heads *
-//    head_blocks, max_splits), 128 threads. A block takes one row (sequence or query token), up to
-//    8 query heads of one kv head (the whole group for group <= 8, so each K/V row is read once for
-//    it) and one split of `chunk` keys. Inside, tiles of 64 keys: q.k by groups of lanes (16-byte K
-//    loads, shuffle reduction), logits to shared memory, online softmax (running max, sum, and a
-//    rescaled FP32 p.v accumulator per output element). A row with one split writes o directly;
-//    otherwise each split writes (max, sum, unnormalised acc) in FP32 to the workspace and
-//    attn_combine_* merges them: M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i - M).
-//    The split structure is a function of the row's own length and `chunk` only (never of the batch),
-//    and every sum runs in a fixed order: a row's result does not depend on the launch it is in.
+//    head_blocks, max_splits), 128 threads. A block takes one row (sequence or query token),
+//    `heads_per_block` query heads of one kv head (up to 8: the whole group for group <= 8, so
+//    each K/V row is read once for it; a decode with few blocks takes 1, so that batch 1 spreads
+//    over more SMs) and one split of `chunk` keys. Inside, tiles of 64 keys: q.k by groups of
+//    lanes (16-byte K loads, four passes' loads issued before their math, shuffle reduction),
+//    logits to shared memory, online softmax (running max, sum, and a rescaled FP32 p.v
+//    accumulator per output element). A row with one split writes o directly; otherwise each
+//    split writes (max, sum, unnormalised acc) in FP32 to the workspace, and the split that
+//    finishes last (a counter per row and head block, in the workspace) merges them in split
+//    order: M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i - M). One launch, no
+//    combine kernel. The split structure is a function of the row's own length and `chunk` only
+//    (never of the batch or heads_per_block), and every sum runs in a fixed order: a row's result
+//    does not depend on the launch it is in.
 //    Decode: row b reads seq_lens[b] (the new token's key is at len - 1) and its block table
-//    row; the status word is ws[0] (the host clears it before each decode and reads it with
-//    attention::decode_status). Per 64-key tile, 64 threads translate the tile's keys through the
+//    row; the status word is ws[0] and the split counters follow it (the host clears both before
+//    each decode step; the last split leaves its counter at zero again) and the host reads the
+//    word with attention::decode_status. Per 64-key tile, 64 threads translate the tile's keys through the
 //    block table into shared memory first (one division and one table read per key), so the q.k
 //    and p.v loops read rows by offset whatever the page size: the sums, and so the results, are
 //    bit-identical for every page size and layout.
@@ -146,6 +151,22 @@ __device__ __forceinline__ int row_meta(const int* block_tables, const int* seq_
     return 0;
 }
 
+// Element d of one head's output from its splits' partials (acc [splits, D], (max, sum)
+// [splits, 2]): M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i - M), summed in split
+// order. Loads through L2 (__ldcg): other blocks of the launch wrote them.
+template <int D>
+__device__ __forceinline__ float combine_splits(const float* ws_acc, const float* ws_ml, int n_splits, int d) {
+    float m = -INFINITY;
+    for (int i = 0; i < n_splits; ++i) m = fmaxf(m, __ldcg(ws_ml + i * 2));
+    float total = 0.0f, acc = 0.0f;
+    for (int i = 0; i < n_splits; ++i) {
+        const float w = expf(__ldcg(ws_ml + i * 2) - m);
+        total = fmaf(__ldcg(ws_ml + i * 2 + 1), w, total);
+        acc = fmaf(__ldcg(ws_acc + static_cast<size_t>(i) * D + d), w, acc);
+    }
+    return acc / total;
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __restrict__ k,
                                            const T* __restrict__ v, T* __restrict__ o,
@@ -156,13 +177,16 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
                                            int group, int num_pages, int page_size, int max_pages,
                                            int context, int tokens, long long page_stride,
                                            long long head_stride, long long row_stride, int chunk,
-                                           int max_splits, float scale) {
+                                           int max_splits, int heads_per_block, float scale) {
     constexpr int VEC = Vec16<T>::N;               // elements per 16-byte load
     constexpr int LANES_PER_KEY = D / VEC;          // 8..32 lanes cover one K row
     constexpr int KEYS_PER_PASS = SPLIT_THREADS / LANES_PER_KEY;
     constexpr int KEY_PARTS = SPLIT_THREADS / D;    // p.v: threads per output element (1 or 2)
+    constexpr int PASSES = SPLIT_TILE / KEYS_PER_PASS;   // q.k passes a tile (4..16)
+    constexpr int KEY_LOADS = PASSES < 4 ? PASSES : 4;   // K loads in flight a thread
     static_assert(LANES_PER_KEY <= WARP && WARP % LANES_PER_KEY == 0, "a K row within one warp");
     static_assert(SPLIT_TILE % KEYS_PER_PASS == 0 && SPLIT_TILE % KEY_PARTS == 0, "tile shape");
+    static_assert(PASSES % KEY_LOADS == 0, "whole groups of passes");
     static_assert(SPLIT_THREADS % D == 0, "p.v mapping");
 
     __shared__ float s_p[MAX_HEADS_PER_BLOCK][SPLIT_TILE];   // logits, then weights, of one tile
@@ -172,12 +196,15 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     __shared__ float s_red[MAX_HEADS_PER_BLOCK][D];
     __shared__ long long s_row[SPLIT_TILE];   // element offset of each key row of the tile
     __shared__ unsigned s_bad;                      // a key of this split had a page outside the cache
+    __shared__ unsigned s_last;                     // this block is its heads' last split to finish
 
     const int row = blockIdx.x;
-    const int head_blocks = (group + MAX_HEADS_PER_BLOCK - 1) / MAX_HEADS_PER_BLOCK;
+    // heads_per_block (1..MAX_HEADS_PER_BLOCK, the launch's choice) changes which block computes
+    // a head, never how: every per-head sum below runs the same lanes in the same order.
+    const int head_blocks = (group + heads_per_block - 1) / heads_per_block;
     const int kv_head = blockIdx.y / head_blocks;
-    const int g0 = (blockIdx.y % head_blocks) * MAX_HEADS_PER_BLOCK;   // first head within the group
-    const int n_heads = min(MAX_HEADS_PER_BLOCK, group - g0);
+    const int g0 = (blockIdx.y % head_blocks) * heads_per_block;   // first head within the group
+    const int n_heads = min(heads_per_block, group - g0);
     const int split = blockIdx.z;
     const int tid = threadIdx.x;
 
@@ -246,30 +273,34 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
         }
         __syncthreads();
         if (s_bad != 0) break;   // uniform: read after the barrier by every thread
-        // Logits of the tile (keys past tile_n: -inf). Every lane runs every pass (shuffles).
+        // Logits of the tile (keys past tile_n: -inf). Every lane runs every pass (shuffles). The
+        // K rows of KEY_LOADS passes are loaded before any of their dot products, so that many
+        // 16-byte loads a thread are in flight at once instead of one.
 #pragma unroll 1
-        for (int kl = key_slot; kl < SPLIT_TILE; kl += KEYS_PER_PASS) {
-            float dot[MAX_HEADS_PER_BLOCK];
-            Vec16<T> kx;
-            if (kl < tile_n) {
-                kx = load16(k_head + s_row[kl] + part * VEC);
-            } else {
+        for (int kl0 = key_slot; kl0 < SPLIT_TILE; kl0 += KEY_LOADS * KEYS_PER_PASS) {
+            Vec16<T> kx[KEY_LOADS];
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) kx.v[e] = from_float<T>(0.0f);
+            for (int p = 0; p < KEY_LOADS; ++p) {
+                const int kl = kl0 + p * KEYS_PER_PASS;
+                if (kl < tile_n) {
+                    kx[p] = load16(k_head + s_row[kl] + part * VEC);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) kx[p].v[e] = from_float<T>(0.0f);
+                }
             }
 #pragma unroll
-            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
-                float s = 0.0f;
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) s = fmaf(qr[j][e], to_float(kx.v[e]), s);
-#pragma unroll
-                for (int off = LANES_PER_KEY / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-                dot[j] = s;
-            }
-            if (part == 0) {
+            for (int p = 0; p < KEY_LOADS; ++p) {
+                const int kl = kl0 + p * KEYS_PER_PASS;
 #pragma unroll
                 for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
-                    if (j < n_heads) s_p[j][kl] = kl < tile_n ? dot[j] * scale : -INFINITY;
+                    if (j >= n_heads) break;   // uniform over the block: the shuffles stay whole
+                    float s = 0.0f;
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) s = fmaf(qr[j][e], to_float(kx[p].v[e]), s);
+#pragma unroll
+                    for (int off = LANES_PER_KEY / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+                    if (part == 0) s_p[j][kl] = kl < tile_n ? s * scale : -INFINITY;
                 }
             }
         }
@@ -300,7 +331,8 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
         // acc = acc * alpha + sum over the tile's keys of p v (V rows read once for all heads).
 #pragma unroll
         for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] *= j < n_heads ? s_alpha[j] : 0.0f;
-        for (int kl = kp; kl < tile_n; kl += KEY_PARTS) {
+#pragma unroll 8
+        for (int kl = kp; kl < tile_n; kl += KEY_PARTS) {   // unrolled: 8 V loads in flight
             const float x = to_float(v_head[s_row[kl] + d]);
 #pragma unroll
             for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
@@ -316,9 +348,10 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
             for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) s_red[j][d] = acc[j];
         }
         __syncthreads();
-        if (kp != 0) return;
+        if (kp == 0) {
 #pragma unroll
-        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] += s_red[j][d];
+            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] += s_red[j][d];
+        }
     }
     // A key with a page outside the cache: nothing past it was read; the split's result (and so
     // the row's, through the combine) is NaN.
@@ -326,53 +359,51 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     if (bad && tid == 0) atomicOr(status, STATUS_BAD_PAGE);
     const float nan = __int_as_float(0x7fc00000);
     if (n_splits == 1) {
+        if (kp != 0) return;
 #pragma unroll
         for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
             if (j < n_heads) o[(head0 + j) * D + d] = from_float<T>(bad ? nan : acc[j] / s_sum[j]);
         }
         return;
     }
-    // Workspace (FP32): the status word, acc [rows, heads, max_splits, D], then (max, sum)
-    // [rows, heads, max_splits, 2].
+    // Workspace (FP32; decode_workspace_len): the status word, one counter per (row, head)
+    // [rows, heads] (u32, zero between launches), acc [rows, heads, max_splits, D], then (max,
+    // sum) [rows, heads, max_splits, 2].
     const size_t rows = gridDim.x;
-    float* ws_acc = ws + 1;
+    unsigned* counters = reinterpret_cast<unsigned*>(ws + 1);
+    float* ws_acc = ws + 1 + rows * heads;
     float* ws_ml = ws_acc + rows * heads * max_splits * D;
+    if (kp == 0) {
 #pragma unroll
-    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
-        if (j >= n_heads) break;
-        const size_t part_index = (head0 + j) * max_splits + split;
-        ws_acc[part_index * D + d] = bad ? nan : acc[j];
-        if (d == 0) {
-            ws_ml[part_index * 2] = bad ? nan : s_max[j];
-            ws_ml[part_index * 2 + 1] = bad ? nan : s_sum[j];
+        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+            if (j >= n_heads) break;
+            const size_t part_index = (head0 + j) * max_splits + split;
+            ws_acc[part_index * D + d] = bad ? nan : acc[j];
+            if (d == 0) {
+                ws_ml[part_index * 2] = bad ? nan : s_max[j];
+                ws_ml[part_index * 2 + 1] = bad ? nan : s_sum[j];
+            }
         }
     }
-}
-
-// grid = (rows, heads), block = D threads. Merges the splits of decode rows that have more than
-// one (the split kernel wrote NaN to the output of an invalid row, which has one split).
-template <typename T, int D>
-__device__ __forceinline__ void attn_combine(const float* __restrict__ ws, T* __restrict__ o,
-                                             const int* __restrict__ seq_lens, int heads, int max_len,
-                                             int chunk, int max_splits) {
-    const int row = blockIdx.x;
-    const int len = seq_lens[row];
-    if (len < 1 || len > max_len) return;
-    const int n_splits = (len + chunk - 1) / chunk;
-    if (n_splits == 1) return;
-    const size_t rows = gridDim.x;
-    const size_t head = static_cast<size_t>(row) * heads + blockIdx.y;
-    const float* ws_acc = ws + 1 + head * max_splits * D;   // ws[0] is the status word
-    const float* ws_ml = ws + 1 + rows * heads * max_splits * D + head * max_splits * 2;
-    float m = -INFINITY;
-    for (int i = 0; i < n_splits; ++i) m = fmaxf(m, ws_ml[i * 2]);
-    float total = 0.0f, acc = 0.0f;
-    for (int i = 0; i < n_splits; ++i) {
-        const float w = expf(ws_ml[i * 2] - m);
-        total = fmaf(ws_ml[i * 2 + 1], w, total);
-        acc = fmaf(ws_acc[static_cast<size_t>(i) * D + threadIdx.x], w, acc);
+    // The last of the row's splits to finish merges them (no combine launch): each block makes
+    // its partials visible device-wide, then counts itself on its first head's counter; the
+    // block that completes the count reads every split's partials (through L2: other blocks
+    // wrote them) and resets the counter for the next launch. The merge runs in split order,
+    // so which block comes last changes nothing.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        const unsigned done = atomicAdd(counters + head0, 1u) + 1u;
+        s_last = done == static_cast<unsigned>(n_splits);
+        if (s_last) atomicExch(counters + head0, 0u);
     }
-    o[head * D + threadIdx.x] = from_float<T>(acc / total);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int i = tid; i < n_heads * D; i += SPLIT_THREADS) {
+        const size_t head = head0 + i / D;
+        o[head * D + i % D] = from_float<T>(combine_splits<D>(ws_acc + head * max_splits * D, ws_ml + head * max_splits * 2, n_splits, i % D));
+    }
 }
 
 // ================================================================================================
@@ -683,7 +714,7 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
 
 }  // namespace qk
 
-// Entry points: attn_split_<dtype>_d<D>, attn_combine_<dtype>_d<D>, attn_prefill_mma_<dtype>_d<D>.
+// Entry points: attn_split_<dtype>_d<D>, attn_prefill_mma_<dtype>_d<D>.
 #define QK_ATTN_SPLIT_ENTRY(NAME, T, D)                                                              \
     extern "C" __global__ void __launch_bounds__(qk::SPLIT_THREADS, 1) attn_split_##NAME(                \
         const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o, \
@@ -691,15 +722,11 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
         const int* __restrict__ seq_lens, const int* __restrict__ cu_seqlens, int batch, int heads,   \
         int group, int num_pages, int page_size, int max_pages, int context, int tokens,              \
         long long page_stride, long long head_stride, long long row_stride, int chunk,                \
-        int max_splits, float scale) {                                                                \
+        int max_splits, int heads_per_block, float scale) {                                           \
         qk::attn_split<T, D>(q, k, v, o, ws, status, block_tables, seq_lens, cu_seqlens, batch,       \
                              heads, group, num_pages, page_size, max_pages, context, tokens,          \
-                             page_stride, head_stride, row_stride, chunk, max_splits, scale);         \
-    }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(D) attn_combine_##NAME(                              \
-        const float* __restrict__ ws, T* __restrict__ o, const int* __restrict__ seq_lens, int heads, \
-        int max_len, int chunk, int max_splits) {                                                     \
-        qk::attn_combine<T, D>(ws, o, seq_lens, heads, max_len, chunk, max_splits);                   \
+                             page_stride, head_stride, row_stride, chunk, max_splits,                 \
+                             heads_per_block, scale);                                                 \
     }
 
 #define QK_ATTN_MMA_ENTRY(NAME, T, D)                                                                \

@@ -12,7 +12,9 @@
 //   threadIdx, blockIdx, blockDim, gridDim the running fiber's (one fiber per CUDA thread)
 //   __syncthreads, __syncwarp, __shfl_*    switch points of the fiber scheduler, with the source line
 //                                          for the reports
-//   atomicOr, atomicAdd, atomicMax         host atomics (max: a compare-exchange loop)
+//   atomicOr, atomicAdd, atomicMax,        host atomics (max: a compare-exchange loop)
+//   atomicExch
+//   __threadfence, __ldcg                  nothing, a plain load (blocks run one at a time)
 //   expf, sincosf, sqrtf, fmaf, ...        the C library's (not CUDA's ulp-for-ulp: see softgpu/README.md)
 // Inline PTX lives in cuda/ptx.cuh, whose host branch calls the ptx_* functions declared here.
 #pragma once
@@ -71,6 +73,13 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline unsigned atomicOr(unsigned* p, unsigned v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+// Blocks run one at a time and a block's threads switch only at its barriers and collectives, so
+// every store is seen by every later load: the fence's ordering holds without doing anything, and
+// a load through L2 (__ldcg) is a plain load.
+inline void __threadfence() {}
+template <typename T> inline T __ldcg(const T* p) { return *p; }
 template <typename T> inline T qksoft_atomic_max(T* p, T v) {
     T old = __atomic_load_n(p, __ATOMIC_RELAXED);
     while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {

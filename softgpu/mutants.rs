@@ -148,12 +148,12 @@ pub const MUTANTS: &[Mutant] = &[
     Mutant {
         name: "split_leaves_a_partial_unwritten",
         module: "attention",
-        find: "        if (d == 0) {\n            ws_ml[part_index * 2] = bad ? nan : s_max[j];",
-        replace: "        if (d == 0 && split != 1) {\n            ws_ml[part_index * 2] = bad ? nan : s_max[j];",
+        find: "            if (d == 0) {\n                ws_ml[part_index * 2] = bad ? nan : s_max[j];",
+        replace: "            if (d == 0 && split != 1) {\n                ws_ml[part_index * 2] = bad ? nan : s_max[j];",
         caught_by: &["tools::decode_reads_only_the_workspace_it_writes"],
         says: "initcheck: 4-byte read",
         device_error: true,
-        at: Some("for (int i = 0; i < n_splits; ++i) m = fmaxf(m, ws_ml[i * 2]);"),
+        at: Some("for (int i = 0; i < n_splits; ++i) m = fmaxf(m, __ldcg(ws_ml + i * 2));"),
     },
     Mutant {
         name: "rmsnorm_reads_one_before",

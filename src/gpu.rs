@@ -56,6 +56,8 @@ pub struct DeviceInfo {
     pub ordinal: usize,
     pub name: String,
     pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors: launch planning (decode attention) spreads small grids over them.
+    pub multiprocessors: usize,
     pub total_memory_bytes: usize,
     pub driver_version: i32,
     pub kind: DeviceKind,
@@ -458,6 +460,10 @@ impl Gpu {
             ordinal,
             name: ctx.name().cuda("cuDeviceGetName")?,
             compute_capability: ctx.compute_capability().cuda("cuDeviceGetAttribute(COMPUTE_CAPABILITY)")?,
+            multiprocessors: ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .cuda("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)")?
+                .max(1) as usize,
             total_memory_bytes: ctx.total_mem().cuda("cuDeviceTotalMem")?,
             driver_version: driver_version()?,
             kind,

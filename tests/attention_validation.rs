@@ -3,7 +3,7 @@
 //! tensor-core error term.
 
 use qwen_kernels::ops::attention::{
-    check_decode, decode_splits, decode_workspace_len, mma_extra_error, plan_prefill, plan_prefill_paged, DecodeDims, PrefillPath, DECODE_OP,
+    check_decode, decode_header_len, decode_heads_per_block, decode_splits, decode_workspace_len, mma_extra_error, plan_prefill, plan_prefill_paged, DecodeDims, PrefillPath, DECODE_OP,
     DEFAULT_DECODE_CHUNK, MMA_BLOCK_M,
 };
 use qwen_kernels::ops::kv_cache::{self, KvLayout};
@@ -104,12 +104,30 @@ fn decode_workspace_is_sized_by_shapes_only() {
     assert_eq!(decode_splits(32768, 256), 128);
     assert_eq!(decode_splits(1, 256), 1);
     assert_eq!(decode_splits(257, 256), 2);
-    assert_eq!(decode_workspace_len(64, 14, 64, 32768, 256), 1 + 64 * 14 * 128 * 66); // status word + partials
+    // Status word and one split counter per (sequence, head), then the partials.
+    assert_eq!(decode_header_len(64, 14), 1 + 64 * 14);
+    assert_eq!(decode_workspace_len(64, 14, 64, 32768, 256), 1 + 64 * 14 + 64 * 14 * 128 * 66);
+    assert_eq!(DEFAULT_DECODE_CHUNK, 64);
     let bf = DType::BF16;
     let (q, cache) = (l(bf, &[3, 12, 128]), l(bf, &[5, 2, 4096, 128]));
     let need = decode_workspace_len(3, 12, 128, 4096, DEFAULT_DECODE_CHUNK);
     let dims = decode_at(q, cache, cache, q, 3, 3, l(DType::F32, &[need]), DEFAULT_DECODE_CHUNK, ALIGNED).unwrap();
-    assert_eq!((dims.batch, dims.group(), dims.max_splits(), dims.max_len()), (3, 6, 16, 4096));
+    assert_eq!((dims.batch, dims.group(), dims.max_splits(), dims.max_len()), (3, 6, 64, 4096));
+}
+
+/// One head a decode block while the grid would leave SMs idle, else the whole group (at most 8).
+#[test]
+fn decode_heads_per_block_spreads_small_grids() {
+    // Batch 1 of Qwen2.5-0.5B (2 kv heads, group 7) at 512 keys, 64-key splits, 132 SMs: 16 blocks
+    // with the group, so one head each (112 blocks).
+    assert_eq!(decode_heads_per_block(1, 2, 7, 8, 132), 1);
+    // Batch 8: 128 blocks, still under 132; batch 9: 144, the whole group.
+    assert_eq!(decode_heads_per_block(8, 2, 7, 8, 132), 1);
+    assert_eq!(decode_heads_per_block(9, 2, 7, 8, 132), 7);
+    // A long row alone: 2 kv heads x 512 splits.
+    assert_eq!(decode_heads_per_block(1, 2, 6, 512, 132), 6);
+    // Groups past 8 heads keep blocks of 8 (the kernel's register arrays).
+    assert_eq!(decode_heads_per_block(64, 1, 16, 64, 132), 8);
 }
 
 #[test]
@@ -210,7 +228,6 @@ fn every_attention_kernel_is_built_without_spills() {
     for dtype in ["f32", "f16", "bf16"] {
         for d in [64, 128] {
             names.push(format!("attn_split_{dtype}_d{d}"));
-            names.push(format!("attn_combine_{dtype}_d{d}"));
             if dtype != "f32" {
                 names.push(format!("attn_prefill_mma_{dtype}_d{d}"));
             }

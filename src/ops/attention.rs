@@ -20,10 +20,12 @@
 //!   FP32 accuracy ([`mma_extra_error`]). Ragged: one block per (64 new tokens, head, sequence).
 //! - prefill f32 (and `PrefillPath::Simt` for any dtype): the SIMT kernel below, one block per query
 //!   token and kv head, no workspace.
-//! - decode: SIMT flash-decoding. Each block reads the K/V rows of one (sequence, kv head, split of
-//!   `chunk` keys) once for the whole query group; partial (max, sum, acc) go to a caller-provided
-//!   FP32 workspace ([`decode_workspace_len`]) and a second kernel merges them. Nothing is allocated
-//!   and nothing synchronises: a decode step can be captured in a CUDA graph.
+//! - decode: SIMT flash-decoding, one launch. Each block reads the K/V rows of one (sequence, kv
+//!   head, split of `chunk` keys) once for the query heads it serves (the whole group, or one head
+//!   when the grid would leave most SMs idle: [`decode_heads_per_block`]); partial (max, sum, acc)
+//!   go to a caller-provided FP32 workspace ([`decode_workspace_len`]) and the row's last split to
+//!   finish merges them. Nothing is allocated and nothing synchronises: a decode step can be
+//!   captured in a CUDA graph.
 //!
 //! Batch invariance: a row's result depends on its own length (and, in decode, the chunk), never on
 //! the rows around it, the page size or the layout. The SIMT prefill's row t and a one-split decode
@@ -55,9 +57,13 @@ pub const HEAD_DIMS: [usize; 2] = [64, 128];
 pub const SPLIT_TILE: usize = 64;
 /// Query heads one SIMT block serves (`MAX_HEADS_PER_BLOCK`): the whole group for group <= 8.
 pub const HEADS_PER_BLOCK: usize = 8;
-/// Keys per decode split unless the caller chooses: 32k contexts become 128 splits per
-/// (sequence, kv head), so one long sequence fills the GPU.
-pub const DEFAULT_DECODE_CHUNK: usize = 256;
+/// Keys per decode split unless the caller chooses: one tile, so a block's critical path is one K
+/// and one V round trip (plus the merge in the last split), and a single sequence of 256 keys
+/// already makes 4 splits per query head (56 blocks for Qwen2.5-0.5B's 14 heads, 112 at 512 keys;
+/// 1024 keys and more fill an H200's 132 SMs). Longer rows cost only workspace: 32k keys are 512
+/// splits of (head_dim + 2) FP32 each per head. Fixed in keys, so a row's result never depends
+/// on the batch.
+pub const DEFAULT_DECODE_CHUNK: usize = 64;
 /// Query rows per block of the tensor-core prefill (`BLOCK_M`).
 pub const MMA_BLOCK_M: usize = 64;
 /// Keys per tile of the tensor-core prefill (`BLOCK_N`), double-buffered (`STAGES`).
@@ -174,17 +180,6 @@ fn split_kernel(dtype: DType, d128: bool) -> &'static str {
         (DType::F16, true) => "attn_split_f16_d128",
         (DType::BF16, false) => "attn_split_bf16_d64",
         (DType::BF16, true) => "attn_split_bf16_d128",
-    }
-}
-
-fn combine_kernel(dtype: DType, d128: bool) -> &'static str {
-    match (dtype, d128) {
-        (DType::F32, false) => "attn_combine_f32_d64",
-        (DType::F32, true) => "attn_combine_f32_d128",
-        (DType::F16, false) => "attn_combine_f16_d64",
-        (DType::F16, true) => "attn_combine_f16_d128",
-        (DType::BF16, false) => "attn_combine_bf16_d64",
-        (DType::BF16, true) => "attn_combine_bf16_d128",
     }
 }
 
@@ -433,6 +428,7 @@ fn launch_prefill(
     args.arg(&q.data).arg(k).arg(v).arg(&mut out.data);
     let chunk = meta.max_pages.saturating_mul(meta.page_size);
     let one = 1i32;
+    let per_block = HEADS_PER_BLOCK as i32; // the whole group (grid.y counts head blocks of 8)
     if launch.kernel.starts_with("attn_prefill_mma") {
         match status {
             Some(s) => args.arg(s),
@@ -457,7 +453,7 @@ fn launch_prefill(
         arg_or_null(&mut args, meta.cu_seqlens, &null);
         args.arg(&meta.batch).arg(&heads).arg(&group).arg(&meta.num_pages).arg(&meta.page_size).arg(&meta.max_pages);
         args.arg(&meta.context).arg(&meta.tokens).arg(&meta.page_stride).arg(&meta.head_stride).arg(&meta.row_stride);
-        args.arg(&chunk).arg(&one).arg(&scale);
+        args.arg(&chunk).arg(&one).arg(&per_block).arg(&scale);
     }
     // SAFETY: q and out hold rows * heads * D elements of the kernel's dtype, 16-byte aligned
     // (checked by the plans), and each block reads q rows and writes out rows of its own tokens
@@ -508,11 +504,36 @@ pub fn decode_splits(len: usize, chunk: usize) -> usize {
 }
 
 /// FP32 elements of the decode workspace for `batch` sequences of at most `max_len` positions
-/// (`max_pages * page_size`): the status word (element 0, see [`decode_status`]), then per
-/// (sequence, head, split) the unnormalised accumulator (head_dim) and the running max and sum
-/// (2). Depends only on shapes, so one buffer allocated up front serves every step.
+/// (`max_pages * page_size`): the status word (element 0, see [`decode_status`]), one u32 split
+/// counter per (sequence, head) ([`decode_header_len`] with the word), then per (sequence, head,
+/// split) the unnormalised accumulator (head_dim) and the running max and sum (2). Depends only on
+/// shapes, so one buffer allocated up front serves every step.
 pub fn decode_workspace_len(batch: usize, heads: usize, head_dim: usize, max_len: usize, chunk: usize) -> usize {
-    1 + batch * heads * decode_splits(max_len, chunk) * (head_dim + 2)
+    decode_header_len(batch, heads) + batch * heads * decode_splits(max_len, chunk) * (head_dim + 2)
+}
+
+/// The workspace's first elements that must be zero before a decode: the status word and the
+/// split counters of `batch` sequences of `heads` query heads. [`decode`] clears them itself;
+/// [`clear_decode_status`] clears them once for several [`decode_gathering_status`] launches.
+/// (Each launch also leaves every counter at zero: the last split of a row resets its own.)
+pub fn decode_header_len(batch: usize, heads: usize) -> usize {
+    1 + batch * heads
+}
+
+/// Query heads one decode block serves: the whole group (up to [`HEADS_PER_BLOCK`]), so each K/V
+/// row is read once for all of them, unless the grid would then have fewer blocks than the GPU
+/// has SMs (`multiprocessors`): then one, which multiplies the blocks by the group size (K/V rows
+/// are read once per head, the repeats from L2). Batch 1 of Qwen2.5-0.5B at 512 keys: 2 kv heads x
+/// 8 splits = 16 blocks with the group, 112 with one head each. Only the launch's shape changes:
+/// every head's sums run the same lanes in the same order either way, so the results are
+/// bit-identical (`attention::decode_head_blocks_change_nothing`).
+pub fn decode_heads_per_block(batch: usize, kv_heads: usize, group: usize, max_splits: usize, multiprocessors: usize) -> usize {
+    let whole = group.clamp(1, HEADS_PER_BLOCK);
+    if batch.saturating_mul(kv_heads).saturating_mul(max_splits) < multiprocessors {
+        1
+    } else {
+        whole
+    }
 }
 
 /// Status bit: some key's page was outside the cache (its row's output is NaN).
@@ -628,26 +649,59 @@ pub fn decode(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, work
 /// As [`decode`], with `chunk` keys per split (a multiple of 64). A sequence's result depends on its
 /// own length and the chunk, never on the batch around it, nor on the page size or layout.
 pub fn decode_with_chunk(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize) -> Result<()> {
-    decode_launch(gpu, q, cache, batch, workspace, out, chunk, true)
+    decode_launch(gpu, q, cache, batch, workspace, out, chunk, None, true)
 }
 
-/// Clear the status word of a decode workspace (element 0), on the stream.
-pub fn clear_decode_status(gpu: &Gpu, workspace: &mut ViewMut) -> Result<()> {
-    if workspace.layout().dtype != DType::F32 || workspace.layout().numel() == 0 {
-        return Err(Error::dtype(DECODE_OP, format!("workspace must be a non-empty f32 tensor, got {}", workspace.layout())));
+/// Clear the status word and the split counters of a decode workspace for up to `batch`
+/// sequences of `heads` query heads (the first [`decode_header_len`] elements), on the stream:
+/// one memset.
+pub fn clear_decode_status(gpu: &Gpu, workspace: &mut ViewMut, batch: usize, heads: usize) -> Result<()> {
+    let n = decode_header_len(batch, heads);
+    if workspace.layout().dtype != DType::F32 || workspace.layout().numel() < n {
+        return Err(Error::dtype(DECODE_OP, format!("workspace must be an f32 tensor of at least {n} elements (decode_header_len({batch}, {heads})), got {}", workspace.layout())));
     }
-    gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")
+    gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4 * n)).cuda("cuMemsetD8Async(decode status and split counters)")
 }
 
 /// As [`decode_with_chunk`], without clearing the status word first: the flags of several decodes
-/// sharing one workspace (the layers of a decode step) gather in it, and the caller clears it once
-/// before the first ([`clear_decode_status`]): one memset a step instead of one a layer.
+/// sharing one workspace (the layers of a decode step) gather in it, and the caller clears it
+/// (with the split counters) once before the first ([`clear_decode_status`]): one memset a step
+/// instead of one a layer.
 pub fn decode_gathering_status(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize) -> Result<()> {
-    decode_launch(gpu, q, cache, batch, workspace, out, chunk, false)
+    decode_launch(gpu, q, cache, batch, workspace, out, chunk, None, false)
+}
+
+/// As [`decode_with_chunk`], with `heads_per_block` (1..=[`HEADS_PER_BLOCK`]) query heads a block
+/// instead of [`decode_heads_per_block`]'s choice: the launch's shape only, never its results.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_with_heads_per_block(
+    gpu: &Gpu,
+    q: &View,
+    cache: &KvCacheView,
+    batch: &PagedBatch,
+    workspace: &mut ViewMut,
+    out: &mut ViewMut,
+    chunk: usize,
+    heads_per_block: usize,
+) -> Result<()> {
+    if !(1..=HEADS_PER_BLOCK).contains(&heads_per_block) {
+        return Err(Error::invalid(DECODE_OP, format!("heads_per_block {heads_per_block} must be in 1..={HEADS_PER_BLOCK}")));
+    }
+    decode_launch(gpu, q, cache, batch, workspace, out, chunk, Some(heads_per_block), true)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn decode_launch(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, workspace: &mut ViewMut, out: &mut ViewMut, chunk: usize, clear_status: bool) -> Result<()> {
+fn decode_launch(
+    gpu: &Gpu,
+    q: &View,
+    cache: &KvCacheView,
+    batch: &PagedBatch,
+    workspace: &mut ViewMut,
+    out: &mut ViewMut,
+    chunk: usize,
+    heads_per_block: Option<usize>,
+    clear_status: bool,
+) -> Result<()> {
     let c = cache.dims(DECODE_OP)?;
     let offsets = [q.byte_offset(), cache.k.byte_offset(), cache.v.byte_offset(), out.byte_offset()];
     let dims = check_decode(
@@ -668,9 +722,10 @@ fn decode_launch(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, w
     let dtype = q.layout().dtype;
     let d128 = c.head_dim == 128;
     let group = dims.group();
-    let grid_y = (c.kv_heads * group.div_ceil(HEADS_PER_BLOCK)) as u32;
+    let per_block = heads_per_block.unwrap_or_else(|| decode_heads_per_block(dims.batch, c.kv_heads, group, dims.max_splits(), gpu.info().multiprocessors));
+    let grid_y = (c.kv_heads * group.div_ceil(per_block)) as u32;
     let max_splits = dims.max_splits() as i32;
-    let max_len = dims.max_len() as i32;
+    let per_block_i = per_block as i32;
     let (batch_i, heads, group_i) = (dims.batch as i32, dims.heads as i32, group as i32);
     let (num_pages, page_size, max_pages) = (c.num_pages as i32, c.page_size as i32, dims.max_pages as i32);
     let (context, tokens) = (0i32, 0i32); // contiguous-prefill arguments, unused with a table
@@ -679,18 +734,18 @@ fn decode_launch(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, w
     let scale = softmax_scale(c.head_dim);
     let null = 0u64;
 
-    // The status word (workspace element 0) reports this launch only: cleared on the stream first
-    // (unless the caller gathers several launches' flags). The kernel finds it there (a null
-    // status pointer).
+    // The status word (workspace element 0) reports this launch only: cleared on the stream first,
+    // with the split counters after it (unless the caller gathers several launches' flags and
+    // cleared both once). The kernel finds the word there (a null status pointer).
     if clear_status {
-        gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4)).cuda("cuMemsetD8Async(decode status)")?;
+        clear_decode_status(gpu, workspace, dims.batch, dims.heads)?;
     }
     let split = gpu.function(MODULE, split_kernel(dtype, d128))?;
     let mut args = gpu.launcher(&split, split_kernel(dtype, d128));
     args.arg(&q.data).arg(&cache.k.data).arg(&cache.v.data).arg(&mut out.data).arg(&mut workspace.data).arg(&null);
     args.arg(batch.block_tables).arg(batch.seq_lens).arg(&null).arg(&batch_i).arg(&heads).arg(&group_i);
     args.arg(&num_pages).arg(&page_size).arg(&max_pages).arg(&context).arg(&tokens);
-    args.arg(&page_stride).arg(&head_stride).arg(&row_stride).arg(&chunk_i).arg(&max_splits).arg(&scale);
+    args.arg(&page_stride).arg(&head_stride).arg(&row_stride).arg(&chunk_i).arg(&max_splits).arg(&per_block_i).arg(&scale);
     let config = LaunchConfig { grid_dim: (dims.batch as u32, grid_y, max_splits as u32), block_dim: (SPLIT_THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: q and out hold B * heads * D elements and each cache num_pages * page_stride, of
     // the kernel's dtype, 16-byte aligned; the block tables hold B * max_pages and seq_lens B i32
@@ -698,20 +753,11 @@ fn decode_launch(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &PagedBatch, w
     // 1..=max_pages * page_size; keys < len are read through table entries < ceil(len /
     // page_size) <= max_pages, each checked in 0..num_pages before its row (offset < page_size) is
     // read. Splits >= ceil(len / chunk) <= max_splits exit; an invalid row touches only its output
-    // and the status word. The workspace holds decode_workspace_len(..) f32 = 1 + B * heads *
-    // max_splits * (D + 2), the largest index written plus one.
-    unsafe { args.launch(config) }?;
-
-    if max_splits > 1 {
-        let combine = gpu.function(MODULE, combine_kernel(dtype, d128))?;
-        let mut args = gpu.launcher(&combine, combine_kernel(dtype, d128));
-        args.arg(&mut workspace.data).arg(&mut out.data).arg(batch.seq_lens).arg(&heads).arg(&max_len).arg(&chunk_i).arg(&max_splits);
-        let config = LaunchConfig { grid_dim: (dims.batch as u32, dims.heads as u32, 1), block_dim: (c.head_dim as u32, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: reads the workspace entries the split kernel wrote for rows with a valid len and
-        // more than one split (same len rule, same index formula), writes those rows of out.
-        unsafe { args.launch(config) }?;
-    }
-    Ok(())
+    // and the status word. The workspace holds decode_workspace_len(..) f32 = 1 + B * heads (the
+    // counters, zeroed above or by the caller's clear_decode_status) + B * heads * max_splits *
+    // (D + 2), the largest index written plus one; a row's last split reads back only partials
+    // this launch's blocks of that row wrote (each counted after its writes and a fence).
+    unsafe { args.launch(config) }
 }
 
 /// Per-element tolerance scale (units of u32) of a prefill of q [T, heads, D] over k, v: the FP32

@@ -17,7 +17,7 @@ use qwen_kernels::golden::metrics::compare_scaled;
 use qwen_kernels::golden::tolerance::table;
 use qwen_kernels::golden::GoldenFile;
 use qwen_kernels::ops::attention::{
-    decode, decode_with_chunk, decode_workspace_len, prefill, prefill_error_scale, prefill_with_path, PrefillPath,
+    decode, decode_with_chunk, decode_with_heads_per_block, decode_workspace_len, HEADS_PER_BLOCK, prefill, prefill_error_scale, prefill_with_path, PrefillPath,
     DEFAULT_DECODE_CHUNK,
 };
 use qwen_kernels::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
@@ -36,6 +36,7 @@ pub const TESTS: &[GpuTest] = &[
     ("attention::prefill_rows_are_chunk_invariant", prefill_rows_are_chunk_invariant),
     ("attention::simt_prefill_row_equals_decode_bitwise", simt_prefill_row_equals_decode_bitwise),
     ("attention::decode_is_batch_invariant", decode_is_batch_invariant),
+    ("attention::decode_head_blocks_change_nothing", decode_head_blocks_change_nothing),
     ("attention::long_context_prefill_and_decode", long_context_prefill_and_decode),
     ("attention::decode_and_prefill_replay_from_a_cuda_graph", decode_and_prefill_replay_from_a_cuda_graph),
     ("attention::empty_prefill_is_a_no_op", empty_prefill_is_a_no_op),
@@ -587,6 +588,42 @@ fn decode_is_batch_invariant(gpu: &Gpu) {
                 );
             }
         }
+    }
+}
+
+/// The query heads a decode block serves (`heads_per_block`: 1 spreads batch 1 over the SMs, the
+/// whole group reads K/V once for it) change the launch's shape only: every head's output is
+/// bit-identical for 1, 2, 3 and 8 heads a block, with groups of 7 and 6 (Qwen2.5-0.5B's and
+/// VibeThinker-1.5B's, so head blocks end part-full), one split and several (the last split's
+/// merge), and the policy's own choice at batch 1 and at a batch past the SM count.
+fn decode_head_blocks_change_nothing(gpu: &Gpu) {
+    let mut r = rng(23);
+    for (dtype, heads, kv_heads, dim) in [(DType::BF16, 14, 2, 64), (DType::F32, 12, 2, 128), (DType::F16, 14, 2, 64)] {
+        let lens = [1usize, 64, 65, 300];
+        let capacity = 320;
+        let slots = lens.len();
+        let kc = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[slots, kv_heads, capacity, dim], -2.0, 2.0)).unwrap();
+        let vc = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[slots, kv_heads, capacity, dim], -2.0, 2.0)).unwrap();
+        let q = DeviceTensor::from_host(gpu, &uniform(&mut r, dtype, &[slots, heads, dim], -2.0, 2.0)).unwrap();
+        let tables = device_i32(gpu, &(0..slots as i32).collect::<Vec<_>>());
+        let lens_d = device_i32(gpu, &lens.iter().map(|&l| l as i32).collect::<Vec<_>>());
+        let run = |per_block: Option<usize>| {
+            let mut ws = DeviceTensor::zeros(gpu, DType::F32, &[decode_workspace_len(slots, heads, dim, capacity, 64)]).unwrap();
+            let mut out = DeviceTensor::zeros(gpu, dtype, &[slots, heads, dim]).unwrap();
+            let (t, l) = (tables.slice(..), lens_d.slice(..));
+            let paged = PagedBatch { block_tables: &t, max_pages: 1, seq_lens: &l };
+            let cache = slot_cache(&kc, &vc);
+            match per_block {
+                Some(h) => decode_with_heads_per_block(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut out.view_mut(), 64, h).unwrap(),
+                None => decode_with_chunk(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut out.view_mut(), 64).unwrap(),
+            }
+            out.to_host(gpu).unwrap().into_data().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        let whole = run(Some(HEADS_PER_BLOCK));
+        for h in [1, 2, 3] {
+            assert_eq!(run(Some(h)), whole, "{dtype} heads {heads}: {h} heads a block != {HEADS_PER_BLOCK}");
+        }
+        assert_eq!(run(None), whole, "{dtype} heads {heads}: the policy's choice");
     }
 }
 

@@ -91,7 +91,7 @@ const RACECHECK: &[&str] = &[
 ];
 
 /// Kernel tests left out of racecheck to keep CI within its time: the four longest attention
-/// tests, whose kernels (tensor-core and SIMT prefill, split and combine) racecheck sees in the
+/// tests, whose kernels (tensor-core and SIMT prefill, split decode and its merge) racecheck sees in the
 /// other attention tests (goldens, chunk invariance, many sequences, the SIMT row, graph replay)
 /// and in schedules::attention_*.
 const RACECHECK_SKIP: &[&str] = &[

@@ -487,15 +487,15 @@ fn graph_replay_equals_direct_launches(gpu: &Gpu) {
 }
 
 /// The captured decode step's nodes (cuGraphGetNodes) are what `model/device/step.rs` says: on
-/// the fused path 5 a layer (6 once a row's context spans several attention splits: the combine)
-/// and 4 a step; on the cuBLAS path 12 a layer (11 without the combine) and 6 a step. Both paths
-/// give the same f32 greedy tokens, and the fused path the same tokens and logits at batch 3 as
-/// each row alone (its sums never depend on the batch).
+/// the fused path 5 a layer and 4 a step; on the cuBLAS path 11 a layer and 6 a step, whether a
+/// row's context fits one attention split or spans several (their merge is inside the attention
+/// launch). Both paths give the same f32 greedy tokens, and the fused path the same tokens and
+/// logits at batch 3 as each row alone (its sums never depend on the batch).
 fn decode_paths_agree_and_count_their_graph_nodes(gpu: &Gpu) {
     let w = random_model(19);
     let layers = w.config.num_hidden_layers;
     let prompts = [prompt(7, 5, 500), prompt(8, 9, 500), prompt(9, 2, 500)];
-    // decode_chunk 64 and 130 positions: up to 3 splits, so the combine is launched.
+    // decode_chunk 64 and 130 positions: up to 3 splits, merged by the last split of each row.
     let run = |path: DecodePath, capacity: usize, slots: &[usize]| {
         let options = ModelOptions { decode_path: path, decode_chunk: 64, ..ModelOptions::new(DType::F32, 3, capacity) };
         let mut m = DeviceModel::new(gpu, &w, options).unwrap();
@@ -508,11 +508,11 @@ fn decode_paths_agree_and_count_their_graph_nodes(gpu: &Gpu) {
         }
         (out, m.decode_graph_nodes().unwrap().expect("graphs are on"))
     };
-    for (capacity, combine) in [(48, 0), (130, 1)] {
+    for capacity in [48, 130] {
         let (fused, fused_nodes) = run(DecodePath::Fused, capacity, &[0, 1, 2]);
         let (cublas, cublas_nodes) = run(DecodePath::Cublas, capacity, &[0, 1, 2]);
-        assert_eq!(fused_nodes, (5 + combine) * layers + 4, "fused path, capacity {capacity}");
-        assert_eq!(cublas_nodes, (11 + combine) * layers + 6, "cuBLAS path, capacity {capacity}");
+        assert_eq!(fused_nodes, 5 * layers + 4, "fused path, capacity {capacity}");
+        assert_eq!(cublas_nodes, 11 * layers + 6, "cuBLAS path, capacity {capacity}");
         for (step, (f, c)) in fused.iter().zip(&cublas).enumerate() {
             assert_eq!(f.0, c.0, "capacity {capacity}, step {step}: fused and cuBLAS tokens");
         }

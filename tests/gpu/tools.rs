@@ -98,10 +98,10 @@ fn counters_of_copies_sets_and_gemms(gpu: &Gpu) {
     assert_eq!((g[0].global_read_bytes, g[0].global_write_bytes), (3 * 40 * 2 + 16 * 40 * 2, 3 * 16 * 4), "{:?}", g[0]);
 }
 
-/// Split-KV decode attention reads back from its FP32 workspace only what the same launch pair
-/// wrote: with a workspace nothing has written (fresh device memory, not even poison; the op
-/// clears the status word itself), initcheck would stop the combine at the first partial it reads
-/// unwritten. The output equals the one over a NaN-poisoned workspace, bit for bit. Sequences of
+/// Split-KV decode attention reads back from its FP32 workspace only what the same launch wrote:
+/// with a workspace nothing has written (fresh device memory, not even poison; the op clears the
+/// status word and split counters itself), initcheck would stop the last split's merge at the
+/// first partial it reads unwritten. The output equals the one over a NaN-poisoned workspace, bit for bit. Sequences of
 /// 1 to 300 keys in chunks of 64: up to 5 splits a row.
 fn decode_reads_only_the_workspace_it_writes(gpu: &Gpu) {
     let mut r = rng(41);

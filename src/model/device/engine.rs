@@ -144,7 +144,7 @@ impl DeviceModel {
         }
         let fused = self.options.decode_path == DecodePath::Fused;
         if fused {
-            attention::clear_decode_status(gpu, &mut self.ws.attn_ws.view_mut())?;
+            attention::clear_decode_status(gpu, &mut self.ws.attn_ws.view_mut(), b, self.config.num_attention_heads)?;
         }
         embed::embed(gpu, &self.embed.view(), &step.tokens.slice(0..b), &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
         for l in 0..self.layers.len() {

@@ -2,20 +2,19 @@
 //!
 //! ```text
 //! Fused (the default; ops::decode, cuda/decode.cu), B <= 16 rows a launch:
-//!   clear the attention status word                         1 (a memset)
+//!   clear the attention status word and split counters      1 (a memset)
 //!   resid = embed[tokens]                                    1
 //!   per layer:  qkv: rmsnorm + [q|k|v] GEMV + bias + RoPE + cache write      1
-//!               attention split (+ combine when a row has several splits)   1 (+1)
+//!               attention (the last split of a row merges the row's splits) 1
 //!               residual: resid += attn Wo^T                                1
 //!               gate_up: rmsnorm + [gate|up] GEMV + SwiGLU                  1
 //!               residual: resid += act Wdown^T                              1
 //!   head: final norm + lm_head GEMV (f32 logits) + each block's argmax       1
 //!   finish: the argmax + positions, lengths, slots + 1                       1
 //! ```
-//! So 5 launches a layer (6 once a row's context passes one split, `decode_chunk` keys) and 4 a
-//! step: Qwen2.5-0.5B (24 layers) is 124 nodes, 148 with the combine. Sampled rows replace the
-//! finish with the sampling kernel and the position update (one node more). Batches past 16 rows
-//! launch each GEMV kernel once per 16 rows. Every kernel equals the unfused launches it replaces
+//! So 5 launches a layer and 4 a step, whatever the context: Qwen2.5-0.5B (24 layers) is 124
+//! nodes. Sampled rows replace the finish with the sampling kernel and the position update (one
+//! node more). Batches past 16 rows launch each GEMV kernel once per 16 rows. Every kernel equals the unfused launches it replaces
 //! bit for bit (tests/gpu/decode.rs), so both paths give the same tokens whenever cuBLAS' sums
 //! round the same way; the fused path's results are also the same whatever the batch.
 //!
@@ -24,8 +23,8 @@
 //! finishes, and waits for it (griddepcontrol.wait) before touching anything; the attention and
 //! embedding kernels are launched as usual. The nodes and the results are the same.
 //!
-//! Cublas: the prefill's launches at B rows, 12 a layer (norm, bias fill, GEMM, RoPE, status clear,
-//! split, combine, GEMM, add-norm, GEMM, SwiGLU, GEMM) and 6 a step; kept for comparison
+//! Cublas: the prefill's launches at B rows, 11 a layer (norm, bias fill, GEMM, RoPE, status clear,
+//! attention, GEMM, add-norm, GEMM, SwiGLU, GEMM) and 6 a step; kept for comparison
 //! (`--decode-path cublas`).
 
 use super::*;
@@ -39,7 +38,7 @@ pub enum DecodePath {
     /// The fused GEMV kernels of [`crate::ops::decode`]: 5-6 launches a layer.
     #[default]
     Fused,
-    /// The unfused launches with cuBLAS projections: 12 a layer.
+    /// The unfused launches with cuBLAS projections: 11 a layer.
     Cublas,
 }
 
@@ -96,7 +95,7 @@ impl DeviceModel {
         let advance = self.defect != Some(Defect::PositionStuckAtZero);
         if self.options.decode_path == DecodePath::Fused {
             let tokens = self.ws.argmax.index().slice(0..b);
-            attention::clear_decode_status(gpu, &mut self.ws.attn_ws.view_mut())?;
+            attention::clear_decode_status(gpu, &mut self.ws.attn_ws.view_mut(), b, self.config.num_attention_heads)?;
             embed::embed(gpu, &self.embed.view(), &tokens, &mut self.ws.resid.view_mut().rows_mut(0..b)?, &mut self.embed_status)?;
             for l in 0..self.layers.len() {
                 self.fused_layer(gpu, l, b, Attend::Decode)?;
