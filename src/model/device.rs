@@ -92,6 +92,7 @@ use crate::ops::sampling::{self as sampling_op, SamplingParams};
 use super::sampling::ModelSampling;
 use crate::model::cache::PagedCache;
 use crate::ops::attention::{self, AttentionStatus, PrefillPath};
+use crate::ops::decode::Advance;
 use crate::ops::decode::HeadCandidates;
 use crate::ops::embed::{self, EmbedStatus};
 use crate::ops::kv_cache::{KvCacheDims, KvCacheView, KvLayout, PagedBatch};
@@ -101,7 +102,7 @@ use crate::ops::rope::{rope_qkv, RopeTable};
 use crate::ops::swiglu::swiglu_fused;
 use crate::tensor::{DeviceTensor, HostTensor, View};
 use cudarc::driver::sys::{CUgraphInstantiate_flags_enum, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaView};
 use std::collections::HashMap;
 
 const OP: &str = "device model";
@@ -216,15 +217,28 @@ struct Workspace {
     pre_table: CudaSlice<i32>,
     pre_len: CudaSlice<i32>,
     pre_cu: CudaSlice<i32>,
-    /// Decode: each row's position, length (position + 1), cache slot and block table row [slots,
-    /// max_pages]; the tokens are `argmax`'s index.
-    dec_positions: CudaSlice<i32>,
-    dec_lens: CudaSlice<i32>,
-    dec_slot_mapping: CudaSlice<i32>,
+    /// Decode: each row's position, length (position + 1) and cache slot, and its block table row
+    /// [slots, max_pages]; the tokens are `argmax`'s index.
+    dec: DecodeRows,
     dec_tables: CudaSlice<i32>,
     argmax: ArgmaxOutput,
     /// The fused head's per-block argmax candidates, [slots, vocab / 8].
     head_cand: HeadCandidates,
+}
+
+/// The decode batch's per-row metadata that a step advances on the device ([`Advance`]).
+struct DecodeRows {
+    positions: CudaSlice<i32>,
+    lens: CudaSlice<i32>,
+    slot_mapping: CudaSlice<i32>,
+}
+
+impl DecodeRows {
+    /// The update of rows 0..b by the step's last kernel: `tables` is the first b rows of the
+    /// decode block tables (a view the caller keeps until the launch).
+    fn advance<'a, 'b>(&'a mut self, tables: &'a CudaView<'b, i32>, max_pages: usize, page_size: usize) -> Advance<'a, 'b> {
+        Advance { positions: &mut self.positions, lens: &mut self.lens, slot_mapping: &mut self.slot_mapping, block_tables: tables, max_pages, page_size }
+    }
 }
 
 impl Workspace {
@@ -253,8 +267,8 @@ pub struct DeviceModel {
     /// buffers and the steps not read yet (device/report.rs).
     reports: report::StepReports,
     /// Valid positions of each slot: the one source of truth, with the cache's block tables. The
-    /// device's copies for the decode batch (`ws.dec_positions`, `ws.dec_lens`,
-    /// `ws.dec_slot_mapping`, `ws.dec_tables`) follow them: a decode step advances the first three
+    /// device's copies for the decode batch (`ws.dec.positions`, `ws.dec.lens`,
+    /// `ws.dec.slot_mapping`, `ws.dec_tables`) follow them: a decode step advances the first three
     /// itself, and anything else that changes a length or a table (truncate, reset, prefill,
     /// forward_layer, a page taken) sets `device_lens_stale`, so the next step uploads them again
     /// before it runs.
@@ -480,7 +494,7 @@ impl DeviceModel {
         linear(gpu, &ws.xn.view().rows(0..t)?, &lw.qkv.view(), Some(&lw.qkv_bias.view()), &mut ws.qkv.view_mut().rows_mut(0..t)?)?;
         let (positions, slots) = match attend {
             Attend::Prefill { .. } => (ws.positions.slice(0..t), ws.slot_mapping.slice(0..t)),
-            Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slot_mapping.slice(0..t)),
+            Attend::Decode => (ws.dec.positions.slice(0..t), ws.dec.slot_mapping.slice(0..t)),
             Attend::Engine(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
             Attend::EnginePrefill(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
         };
@@ -493,7 +507,7 @@ impl DeviceModel {
                 attention::prefill_paged(gpu, &q, &cache.view(), &batch, &cu, max_q, &mut self.attn_status, &mut ws.attn.view_mut().rows_mut(0..t)?, PrefillPath::Auto)?
             }
             Attend::Decode => {
-                let (table, lens) = (ws.dec_tables.slice(0..t * max_pages), ws.dec_lens.slice(0..t));
+                let (table, lens) = (ws.dec_tables.slice(0..t * max_pages), ws.dec.lens.slice(0..t));
                 let batch = PagedBatch { block_tables: &table, max_pages, seq_lens: &lens };
                 let q = ws.q.view().rows(0..t)?;
                 attention::decode_with_chunk(gpu, &q, &cache.view(), &batch, &mut ws.attn_ws.view_mut(), &mut ws.attn.view_mut().rows_mut(0..t)?, self.options.decode_chunk)?
@@ -628,9 +642,9 @@ impl DeviceModel {
         let slots: Vec<i32> = self.batch.iter().zip(&positions).map(|(&s, &p)| self.cache.slot(s, p as usize)).collect();
         let tables: Vec<i32> = self.batch.iter().flat_map(|&s| self.cache.table_row(s)).collect();
         let stream = gpu.stream();
-        stream.memcpy_htod(&positions, &mut self.ws.dec_positions.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode positions)")?;
-        stream.memcpy_htod(&lens, &mut self.ws.dec_lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
-        stream.memcpy_htod(&slots, &mut self.ws.dec_slot_mapping.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slot mapping)")?;
+        stream.memcpy_htod(&positions, &mut self.ws.dec.positions.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode positions)")?;
+        stream.memcpy_htod(&lens, &mut self.ws.dec.lens.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode lens)")?;
+        stream.memcpy_htod(&slots, &mut self.ws.dec.slot_mapping.slice_mut(0..b)).cuda("cuMemcpyHtoD(decode slot mapping)")?;
         stream.memcpy_htod(&tables, &mut self.ws.dec_tables.slice_mut(0..tables.len())).cuda("cuMemcpyHtoD(decode block tables)")?;
         // Each row draws the position after the one it feeds.
         self.decode_sampled = self.sampling.any(self.batch.iter().copied());

@@ -28,7 +28,7 @@
 //! (`--decode-path cublas`).
 
 use super::*;
-use crate::ops::decode::{self, Advance};
+use crate::ops::decode;
 use super::report;
 use std::str::FromStr;
 
@@ -119,14 +119,7 @@ impl DeviceModel {
         let max_pages = self.cache.max_pages;
         let ws = &mut self.ws;
         let tables = ws.dec_tables.slice(0..b * max_pages);
-        let adv = advance.then_some(Advance {
-            positions: &mut ws.dec_positions,
-            lens: &mut ws.dec_lens,
-            slot_mapping: &mut ws.dec_slot_mapping,
-            block_tables: &tables,
-            max_pages,
-            page_size: self.options.page_size,
-        });
+        let adv = advance.then(|| ws.dec.advance(&tables, max_pages, self.options.page_size));
         let index = ws.argmax.index().slice(0..b);
         let report = report.then(|| (&index, report::parts(&mut self.reports, &mut self.embed_status, &mut self.rope, &ws.attn_ws)));
         embed::advance(gpu, b, adv, report)
@@ -144,7 +137,7 @@ impl DeviceModel {
         let cache = &mut self.cache.layers[l];
         let max_pages = self.cache.max_pages;
         let (positions, slots) = match attend {
-            Attend::Decode => (ws.dec_positions.slice(0..t), ws.dec_slot_mapping.slice(0..t)),
+            Attend::Decode => (ws.dec.positions.slice(0..t), ws.dec.slot_mapping.slice(0..t)),
             Attend::Engine(step) => (step.positions.slice(0..t), step.slot_mapping.slice(0..t)),
             Attend::Prefill { .. } | Attend::EnginePrefill(_) => return Err(bad("the fused decode layer runs decode rows only".into())),
         };
@@ -157,7 +150,7 @@ impl DeviceModel {
             match attend {
                 Attend::Engine(step) => attention::decode_gathering_status(gpu, &q, &cache.view(), &step.paged, &mut ws.attn_ws.view_mut(), &mut out, chunk)?,
                 _ => {
-                    let (table, lens) = (ws.dec_tables.slice(0..t * max_pages), ws.dec_lens.slice(0..t));
+                    let (table, lens) = (ws.dec_tables.slice(0..t * max_pages), ws.dec.lens.slice(0..t));
                     let batch = PagedBatch { block_tables: &table, max_pages, seq_lens: &lens };
                     attention::decode_gathering_status(gpu, &q, &cache.view(), &batch, &mut ws.attn_ws.view_mut(), &mut out, chunk)?
                 }
@@ -182,14 +175,7 @@ impl DeviceModel {
         }
         let max_pages = self.cache.max_pages;
         let tables = ws.dec_tables.slice(0..b * max_pages);
-        let adv = advance.then_some(Advance {
-            positions: &mut ws.dec_positions,
-            lens: &mut ws.dec_lens,
-            slot_mapping: &mut ws.dec_slot_mapping,
-            block_tables: &tables,
-            max_pages,
-            page_size: self.options.page_size,
-        });
+        let adv = advance.then(|| ws.dec.advance(&tables, max_pages, self.options.page_size));
         let report = report.then(|| report::parts(&mut self.reports, &mut self.embed_status, &mut self.rope, &ws.attn_ws));
         decode::finish(gpu, &ws.head_cand, b, ws.argmax.index_mut(), adv, report)
     }
