@@ -458,6 +458,80 @@ pub fn golden_rows(gpu: Option<&Gpu>) -> Result<Vec<Row>> {
         }
         out.extend(argmax_rows);
         out.extend(sampling_rows(gpu, cfg.name)?);
+        if let Some(gpu) = gpu {
+            out.extend(layer_gemv_rows(gpu, &cfg)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The decode GEMVs of the projections the ops file leaves out, at the model's shapes, on layer
+/// 0's own inputs (`layer0.safetensors`: each fed the bf16 tensor PyTorch's layer gave it, 4
+/// rows): `gemv.v_proj` [kv_heads * D, H] with its bias, `gemv.gate_up` (gate and up as one GEMV
+/// over [gate; up], [2I, H], as the fused decode reads them) and `gemv.down_proj` [H, I]. In f32
+/// against PyTorch's FP32 module on the same inputs (`<stage>.f32.out`) and in bf16 against its
+/// bf16 layer (`<stage>.out`); the truth is the float64 module's (`<stage>.truth`). The weights
+/// are layer 0's synthetic ones (recipes in the file).
+fn layer_gemv_rows(gpu: &Gpu, cfg: &Qwen2Config) -> Result<Vec<Row>> {
+    let file = GoldenFile::open(cfg.name, "layer0")?;
+    let weight = |stage: &str| file.synth_weight(&format!("golden.{}.layer0.{stage}.weight", cfg.name));
+    let values = |name: &str| -> Result<Vec<f64>> { Ok(file.tensor(name)?.values) };
+    // [gate | up] row by row: the GEMV's output rows over [gate; up].
+    let concat_rows = |a: Vec<f64>, b: Vec<f64>, width: usize| -> Vec<f64> {
+        a.chunks(width).zip(b.chunks(width)).flat_map(|(x, y)| x.iter().chain(y).copied()).collect()
+    };
+    let inter = cfg.intermediate_size;
+    let mut out = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        // (row name, input, weight, bias, truth, PyTorch's output at this dtype)
+        let peer = |stage: &str| if dtype == DType::F32 { format!("{stage}.f32.out") } else { format!("{stage}.out") };
+        let (gate, up) = (weight("mlp.gate_proj")?, weight("mlp.up_proj")?);
+        let mut gate_up = gate.data().to_vec();
+        gate_up.extend_from_slice(up.data());
+        let cases = [
+            (
+                "v_proj",
+                file.host("input_layernorm.out")?,
+                weight("self_attn.v_proj")?,
+                Some(file.host("self_attn.v_proj.bias")?),
+                values("self_attn.v_proj.truth")?,
+                values(&peer("self_attn.v_proj"))?,
+            ),
+            (
+                "gate_up",
+                file.host("post_attention_layernorm.out")?,
+                HostTensor::from_f32(DType::BF16, &[2 * inter, cfg.hidden_size], gate_up)?,
+                None,
+                concat_rows(values("mlp.gate_proj.truth")?, values("mlp.up_proj.truth")?, inter),
+                concat_rows(values(&peer("mlp.gate_proj"))?, values(&peer("mlp.up_proj"))?, inter),
+            ),
+            (
+                "down_proj",
+                file.host("swiglu.out")?,
+                weight("mlp.down_proj")?,
+                None,
+                values("mlp.down_proj.truth")?,
+                values(&peer("mlp.down_proj"))?,
+            ),
+        ];
+        for (proj, x, w, b, truth, torch) in cases {
+            // bf16 values are exact in f32: the f32 rows see the same inputs as PyTorch's.
+            let cast = |t: &HostTensor| HostTensor::from_f32(dtype, t.dims(), t.data().to_vec());
+            let (x, w, b) = (cast(&x)?, cast(&w)?, b.as_ref().map(cast).transpose()?);
+            let tolerance = table::linear(dtype, *x.dims().last().unwrap(), max_abs(&abs_dot_bound(&x, &w, b.as_ref())?));
+            let ours = run_gemv(gpu, &x, &w, b.as_ref())?;
+            let truth = in_range(dtype, truth);
+            let torch: Vec<f32> = torch.iter().map(|&v| v as f32).collect();
+            out.push(Row {
+                op: format!("gemv.{proj}"),
+                case: format!("{} layer0", cfg.name),
+                dtype,
+                against: "pytorch f64",
+                tolerance,
+                comparison: compare_scaled(ours.data(), &truth, tolerance, None),
+                pytorch: Some(compare_scaled(&torch, &truth, tolerance, None)),
+            });
+        }
     }
     Ok(out)
 }
