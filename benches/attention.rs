@@ -17,7 +17,10 @@
 //! passes 256 MiB: bytes come from DRAM, as in a model. `decode/...` is a cache of one page of
 //! `len` positions per sequence (the slot cache); `decode-pN/...` the same sequences in pages of N
 //! positions (1, 16, 64, 256), handed out in a shuffled order as an engine's allocator would after
-//! a while, to price the block-table indirection. GB/s is 1e9 bytes/s, beside the device's copy
+//! a while, to price the block-table indirection. `decode/.../ctxN/cChK` (N of 256, 512 and 2048
+//! at batch 1 and 16) forces the launch's shape: splits of C keys, K query heads a block, beside
+//! the defaults (64-key splits; one head a block while the grid has fewer blocks than SMs) under
+//! the plain name: at short contexts the time is latency, not bytes. GB/s is 1e9 bytes/s, beside the device's copy
 //! bandwidth (cuMemcpyDtoD, read + write) measured in the same run.
 //!
 //! Ragged prefill (`ragged/.../sN/T...`): N sequences of T new tokens each over a paged cache
@@ -32,7 +35,9 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
-use qwen_kernels::ops::attention::{decode, decode_workspace_len, prefill_paged, prefill_with_path, AttentionStatus, PrefillPath, DEFAULT_DECODE_CHUNK};
+use qwen_kernels::ops::attention::{
+    decode, decode_with_heads_per_block, decode_workspace_len, prefill_paged, prefill_with_path, AttentionStatus, PrefillPath, DEFAULT_DECODE_CHUNK,
+};
 use qwen_kernels::ops::kv_cache::{KvCacheView, KvLayout, PagedBatch};
 use qwen_kernels::{DType, DeviceTensor, Gpu};
 use std::time::Duration;
@@ -43,8 +48,9 @@ const MODELS: [(&str, usize, usize, usize); 2] = [("qwen2.5-0.5b", 14, 2, 64), (
 #[derive(Clone, Copy)]
 enum Kind {
     Prefill { tokens: usize, path: PrefillPath },
-    /// `page`: None for one page of `len` positions per sequence.
-    Decode { batch: usize, len: usize, page: Option<usize> },
+    /// `page`: None for one page of `len` positions per sequence. `shape`: the launch's split
+    /// length and query heads a block, None for the defaults (DEFAULT_DECODE_CHUNK, the policy).
+    Decode { batch: usize, len: usize, page: Option<usize>, shape: Option<(usize, usize)> },
     Ragged { seqs: usize, tokens: usize },
 }
 
@@ -69,8 +75,11 @@ impl Case {
                 };
                 format!("prefill{path}/{}/{}/b1/T{tokens}", self.model, self.dtype)
             }
-            Kind::Decode { batch, len, page: None } => format!("decode/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
-            Kind::Decode { batch, len, page: Some(p) } => format!("decode-p{p}/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
+            Kind::Decode { batch, len, page: None, shape: None } => format!("decode/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
+            Kind::Decode { batch, len, page: None, shape: Some((chunk, heads)) } => {
+                format!("decode/{}/{}/b{batch}/ctx{len}/c{chunk}h{heads}", self.model, self.dtype)
+            }
+            Kind::Decode { batch, len, page: Some(p), .. } => format!("decode-p{p}/{}/{}/b{batch}/ctx{len}", self.model, self.dtype),
             Kind::Ragged { seqs, tokens } => format!("ragged/{}/{}/s{seqs}/T{tokens}", self.model, self.dtype),
         }
     }
@@ -87,6 +96,22 @@ impl Case {
 
 fn cases() -> Vec<Case> {
     let mut v = Vec::new();
+    // First (a short lease runs the cases in order and may stop early): short contexts, where the
+    // launch's shape decides the time, at batch 1 then 16. The defaults (64-key splits, one head a
+    // block while the grid has fewer blocks than SMs) beside one head a block, the whole group a
+    // block and the earlier 256-key splits with the whole group.
+    for batch in [1, 16] {
+        for (model, heads, kv_heads, dim) in MODELS {
+            let group = heads / kv_heads;
+            for len in [256, 512, 2048] {
+                v.push(Case { model, heads, kv_heads, dim, dtype: DType::BF16, kind: Kind::Decode { batch, len, page: None, shape: None } });
+                for shape in [(64, 1), (64, group), (256, group)] {
+                    let kind = Kind::Decode { batch, len, page: None, shape: Some(shape) };
+                    v.push(Case { model, heads, kv_heads, dim, dtype: DType::BF16, kind });
+                }
+            }
+        }
+    }
     for (model, heads, kv_heads, dim) in MODELS {
         let case = |dtype, kind| Case { model, heads, kv_heads, dim, dtype, kind };
         for tokens in [1024, 4096, 16384, 32768] {
@@ -96,12 +121,12 @@ fn cases() -> Vec<Case> {
         v.push(case(DType::BF16, Kind::Prefill { tokens: 4096, path: PrefillPath::Simt }));
         for batch in [1, 8, 64] {
             for len in [1024, 4096, 16384, 32768] {
-                v.push(case(DType::BF16, Kind::Decode { batch, len, page: None }));
+                v.push(case(DType::BF16, Kind::Decode { batch, len, page: None, shape: None }));
             }
         }
         for batch in [1, 8] {
             for page in [1, 16, 64, 256] {
-                v.push(case(DType::BF16, Kind::Decode { batch, len: 4096, page: Some(page) }));
+                v.push(case(DType::BF16, Kind::Decode { batch, len: 4096, page: Some(page), shape: None }));
             }
         }
         v.push(case(DType::BF16, Kind::Ragged { seqs: 4, tokens: 1024 }));
@@ -121,6 +146,7 @@ enum Buffers {
         tables: Vec<CudaSlice<i32>>,
         max_pages: usize,
         lens: CudaSlice<i32>,
+        shape: Option<(usize, usize)>,
     },
     Ragged {
         q: DeviceTensor,
@@ -161,14 +187,15 @@ impl Buffers {
                 o: t(&[tokens, case.heads, case.dim]),
                 path,
             },
-            Kind::Decode { batch, len, page } => {
+            Kind::Decode { batch, len, page, shape } => {
                 let windows = ROTATE_BYTES.div_ceil(case.work() as usize).max(2);
                 let page = page.unwrap_or(len);
                 let max_pages = len.div_ceil(page);
                 let pages = batch * windows * max_pages;
                 // One page per sequence: pages in order (the slot cache); smaller pages: shuffled.
                 let order: Vec<i32> = if max_pages == 1 { (0..pages as i32).collect() } else { shuffled(pages) };
-                let ws_len = decode_workspace_len(batch, case.heads, case.dim, max_pages * page, DEFAULT_DECODE_CHUNK);
+                let chunk = shape.map_or(DEFAULT_DECODE_CHUNK, |(c, _)| c);
+                let ws_len = decode_workspace_len(batch, case.heads, case.dim, max_pages * page, chunk);
                 Buffers::Decode {
                     q: t(&[batch, case.heads, case.dim]),
                     k: t(&[pages, case.kv_heads, page, case.dim]),
@@ -178,6 +205,7 @@ impl Buffers {
                     tables: order.chunks(batch * max_pages).map(|w| gpu.stream().clone_htod(w).unwrap()).collect(),
                     max_pages,
                     lens: gpu.stream().clone_htod(&vec![len as i32; batch]).unwrap(),
+                    shape,
                 }
             }
             Kind::Ragged { seqs, tokens } => {
@@ -206,11 +234,16 @@ impl Buffers {
             Buffers::Prefill { q, k, v, o, path } => {
                 prefill_with_path(gpu, &q.view(), &k.view(), &v.view(), &mut o.view_mut(), *path).unwrap();
             }
-            Buffers::Decode { q, k, v, o, ws, tables, max_pages, lens } => {
+            Buffers::Decode { q, k, v, o, ws, tables, max_pages, lens, shape } => {
                 let (table, lens) = (tables[i % tables.len()].slice(..), lens.slice(..));
                 let batch = PagedBatch { block_tables: &table, max_pages: *max_pages, seq_lens: &lens };
                 let cache = KvCacheView { k: k.view(), v: v.view(), layout: KvLayout::Hnd };
-                decode(gpu, &q.view(), &cache, &batch, &mut ws.view_mut(), &mut o.view_mut()).unwrap();
+                match *shape {
+                    None => decode(gpu, &q.view(), &cache, &batch, &mut ws.view_mut(), &mut o.view_mut()).unwrap(),
+                    Some((chunk, heads)) => {
+                        decode_with_heads_per_block(gpu, &q.view(), &cache, &batch, &mut ws.view_mut(), &mut o.view_mut(), chunk, heads).unwrap()
+                    }
+                }
             }
             Buffers::Ragged { q, k, v, o, table, max_pages, lens, cu, max_q, status } => {
                 let (table, lens, cu) = (table.slice(..), lens.slice(..), cu.slice(..));

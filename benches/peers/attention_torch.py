@@ -83,27 +83,29 @@ def main():
                 tflops = flops / seconds / 1e12
                 print(f"{name:<48} {flops:>13} FL {seconds * 1e6:>11.1f} {tflops:>9.1f} {'-':>9} {'-':>8}{note}")
             del q, k, v
-        for batch in (1, 8, 64):
-            for length in (1024, 4096, 16384, 32768):
-                nbytes = batch * 2 * kv_heads * length * dim * 2
-                windows = max(2, -(-ROTATE_BYTES // nbytes))
-                q = torch.randn(batch, heads, 1, dim, dtype=torch.bfloat16, device="cuda")
-                k = [torch.randn(batch, kv_heads, length, dim, dtype=torch.bfloat16, device="cuda") for _ in range(windows)]
-                v = [torch.randn_like(x) for x in k]
-                for bname, backend in backends:
-                    name = f"decode/sdpa-{bname}/{model}/bf16/b{batch}/ctx{length}"
-                    try:
-                        fn, note = sdpa_call(backend, q, k, v, causal=False)
-                    except RuntimeError as e:
-                        print(f"{name:<48} unsupported: {e}")
-                        continue
-                    iters = max(1, min(500, int(0.02 / (nbytes / 2e12 + 5e-6))))
-                    seconds = time_per_call(fn, windows, iters, batches=5, warmup=3)
-                    gbps = nbytes / seconds / 1e9
-                    print(f"{name:<48} {nbytes:>13} B  {seconds * 1e6:>11.1f} {'-':>9} {gbps:>9.1f} "
-                          f"{100 * gbps / copy:>7.1f}%{note}")
-                del q, k, v
-                torch.cuda.empty_cache()
+        # Decode: the short contexts (batch 1 and 16) first, then the long ones.
+        shapes = [(b, n) for b in (1, 16) for n in (256, 512, 2048)]
+        shapes += [(b, n) for b in (1, 8, 64) for n in (1024, 4096, 16384, 32768)]
+        for batch, length in shapes:
+            nbytes = batch * 2 * kv_heads * length * dim * 2
+            windows = max(2, -(-ROTATE_BYTES // nbytes))
+            q = torch.randn(batch, heads, 1, dim, dtype=torch.bfloat16, device="cuda")
+            k = [torch.randn(batch, kv_heads, length, dim, dtype=torch.bfloat16, device="cuda") for _ in range(windows)]
+            v = [torch.randn_like(x) for x in k]
+            for bname, backend in backends:
+                name = f"decode/sdpa-{bname}/{model}/bf16/b{batch}/ctx{length}"
+                try:
+                    fn, note = sdpa_call(backend, q, k, v, causal=False)
+                except RuntimeError as e:
+                    print(f"{name:<48} unsupported: {e}")
+                    continue
+                iters = max(1, min(500, int(0.02 / (nbytes / 2e12 + 5e-6))))
+                seconds = time_per_call(fn, windows, iters, batches=5, warmup=3)
+                gbps = nbytes / seconds / 1e9
+                print(f"{name:<48} {nbytes:>13} B  {seconds * 1e6:>11.1f} {'-':>9} {gbps:>9.1f} "
+                      f"{100 * gbps / copy:>7.1f}%{note}")
+            del q, k, v
+            torch.cuda.empty_cache()
     return 0
 
 
