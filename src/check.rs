@@ -524,7 +524,7 @@ fn layer_gemv_rows(gpu: &Gpu, cfg: &Qwen2Config) -> Result<Vec<Row>> {
             let torch: Vec<f32> = torch.iter().map(|&v| v as f32).collect();
             out.push(Row {
                 op: format!("gemv.{proj}"),
-                case: format!("{} layer0", cfg.name),
+                case: format!("{}/layer0", cfg.name),
                 dtype,
                 against: "pytorch f64",
                 tolerance,
