@@ -36,21 +36,23 @@
 //    each K/V row is read once for it; a decode with few blocks takes 1, so that batch 1 spreads
 //    over more SMs) and one split of `chunk` keys. Inside, tiles of 64 keys: q.k by groups of
 //    lanes (16-byte K loads, four passes' loads issued before their math, shuffle reduction),
-//    logits to shared memory, online softmax (running max, sum, and a rescaled FP32 p.v
-//    accumulator per output element). A row with one split writes o directly; otherwise each
-//    split writes (max, sum, unnormalised acc) in FP32 to the workspace, and the split that
-//    finishes last (a counter per row and head block, in the workspace) merges them in split
-//    order: M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i e^(m_i - M). One launch, no
-//    combine kernel. The split structure is a function of the row's own length and `chunk` only
+//    logits to shared memory, online softmax (running max and sum), then p.v with 16-byte V
+//    loads: each thread keeps rescaled FP32 sums of 16 bytes' worth of output elements over its
+//    share of the tile's keys (a tile's loads independent, in flight together), folded once at
+//    the end in a fixed order (a butterfly inside each warp, then warp by warp). A row with one
+//    split writes o directly; otherwise each split writes (max, sum, unnormalised acc) in FP32 to
+//    the workspace, and the split that finishes last (a counter per row and head block, in the
+//    workspace) merges them in split order: M = max m_i, o = sum_i acc_i e^(m_i - M) / sum_i l_i
+//    e^(m_i - M). One launch, no combine kernel. The split structure is a function of the row's own length and `chunk` only
 //    (never of the batch or heads_per_block), and every sum runs in a fixed order: a row's result
 //    does not depend on the launch it is in.
 //    Decode: row b reads seq_lens[b] (the new token's key is at len - 1) and its block table
 //    row; the status word is ws[0] and the split counters follow it (the host clears both before
-//    each decode step; the last split leaves its counter at zero again) and the host reads the
-//    word with attention::decode_status. Per 64-key tile, 64 threads translate the tile's keys through the
-//    block table into shared memory first (one division and one table read per key), so the q.k
-//    and p.v loops read rows by offset whatever the page size: the sums, and so the results, are
-//    bit-identical for every page size and layout.
+//    each decode step; the last split leaves its counter at zero again), and the host reads the
+//    word with attention::decode_status. Per 64-key tile, 64 threads translate the tile's keys
+//    through the block table into shared memory first (one division and one table read per key),
+//    so the q.k and p.v loops read rows by offset whatever the page size: the sums, and so the
+//    results, are bit-identical for every page size and layout.
 //    Ragged prefill (cu_seqlens given; the SIMT path for f32): row t is a new token of the
 //    sequence b with cu_seqlens[b] <= t < cu_seqlens[b + 1], at position seq_lens[b] -
 //    (cu_seqlens[b + 1] - t); rows at or past cu_seqlens[batch] are padding, left as they are.
@@ -181,11 +183,13 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     constexpr int VEC = Vec16<T>::N;               // elements per 16-byte load
     constexpr int LANES_PER_KEY = D / VEC;          // 8..32 lanes cover one K row
     constexpr int KEYS_PER_PASS = SPLIT_THREADS / LANES_PER_KEY;
-    constexpr int KEY_PARTS = SPLIT_THREADS / D;    // p.v: threads per output element (1 or 2)
+    constexpr int V_LANES = D / VEC;                // p.v: threads covering one V row (4..32)
+    constexpr int V_PARTS = SPLIT_THREADS / V_LANES;   // p.v: key parts of a tile (4..32)
     constexpr int PASSES = SPLIT_TILE / KEYS_PER_PASS;   // q.k passes a tile (4..16)
     constexpr int KEY_LOADS = PASSES < 4 ? PASSES : 4;   // K loads in flight a thread
     static_assert(LANES_PER_KEY <= WARP && WARP % LANES_PER_KEY == 0, "a K row within one warp");
-    static_assert(SPLIT_TILE % KEYS_PER_PASS == 0 && SPLIT_TILE % KEY_PARTS == 0, "tile shape");
+    static_assert(SPLIT_TILE % KEYS_PER_PASS == 0 && SPLIT_TILE % V_PARTS == 0, "tile shape");
+    static_assert(V_LANES <= WARP && WARP % V_LANES == 0, "a V row within one warp");
     static_assert(PASSES % KEY_LOADS == 0, "whole groups of passes");
     static_assert(SPLIT_THREADS % D == 0, "p.v mapping");
 
@@ -193,7 +197,7 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     __shared__ float s_max[MAX_HEADS_PER_BLOCK];
     __shared__ float s_sum[MAX_HEADS_PER_BLOCK];
     __shared__ float s_alpha[MAX_HEADS_PER_BLOCK];
-    __shared__ float s_red[MAX_HEADS_PER_BLOCK][D];
+    __shared__ float s_red[SPLIT_THREADS / WARP][MAX_HEADS_PER_BLOCK][D];   // p.v: each warp's sums
     __shared__ long long s_row[SPLIT_TILE];   // element offset of each key row of the tile
     __shared__ unsigned s_bad;                      // a key of this split had a page outside the cache
     __shared__ unsigned s_last;                     // this block is its heads' last split to finish
@@ -253,12 +257,16 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     }
     if (tid == 0) s_bad = 0;
     __syncthreads();   // s_bad is raised by any thread below
-    // p.v: thread owns output element d of every head, keys kp, kp + KEY_PARTS, ... of each tile.
-    const int d = tid % D;
-    const int kp = tid / D;
-    float acc[MAX_HEADS_PER_BLOCK];
+    // p.v: thread owns output elements d0 .. d0 + VEC - 1 of every head (one 16-byte V load a
+    // key) and keys vp, vp + V_PARTS, ... of each tile; the parts are folded at the end.
+    const int d0 = (tid % V_LANES) * VEC;
+    const int vp = tid / V_LANES;
+    float pv[MAX_HEADS_PER_BLOCK][VEC];
 #pragma unroll
-    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] = 0.0f;
+    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) pv[j][e] = 0.0f;
+    }
 
     const int warp = tid / WARP;
     const int lane = tid % WARP;
@@ -328,29 +336,62 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
             }
         }
         __syncthreads();
-        // acc = acc * alpha + sum over the tile's keys of p v (V rows read once for all heads).
+        // pv = pv * alpha + sum over the part's keys of the tile of p v (V rows read once for all
+        // heads, 16 bytes a load; a tile's loads of one thread are independent: in flight together).
 #pragma unroll
-        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] *= j < n_heads ? s_alpha[j] : 0.0f;
-#pragma unroll 8
-        for (int kl = kp; kl < tile_n; kl += KEY_PARTS) {   // unrolled: 8 V loads in flight
-            const float x = to_float(v_head[s_row[kl] + d]);
+        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+            const float alpha = j < n_heads ? s_alpha[j] : 0.0f;
 #pragma unroll
-            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
-                if (j < n_heads) acc[j] = fmaf(s_p[j][kl], x, acc[j]);
+            for (int e = 0; e < VEC; ++e) pv[j][e] *= alpha;
+        }
+#pragma unroll
+        for (int i = 0; i < SPLIT_TILE / V_PARTS; ++i) {
+            const int kl = vp + i * V_PARTS;
+            if (kl < tile_n) {
+                const Vec16<T> x = load16(v_head + s_row[kl] + d0);
+#pragma unroll
+                for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+                    if (j >= n_heads) break;
+                    const float p = s_p[j][kl];
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) pv[j][e] = fmaf(p, to_float(x.v[e]), pv[j][e]);
+                }
             }
         }
         __syncthreads();   // s_p is rewritten by the next tile
     }
-    if (KEY_PARTS > 1) {
-        // Fold the key parts: part 1 hands its sums to part 0 (fixed order).
-        if (kp == 1) {
+    // Fold the key parts in a fixed order: inside each warp by a butterfly over the parts (lanes
+    // V_LANES, 2 V_LANES, ... apart; both partners get the same sum), then the warps' sums through
+    // shared memory, warp 0 + warp 1 + ... by thread d of output element d.
 #pragma unroll
-            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) s_red[j][d] = acc[j];
+    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+        if (j >= n_heads) break;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+#pragma unroll
+            for (int off = V_LANES; off < WARP; off *= 2) pv[j][e] += __shfl_xor_sync(0xffffffffu, pv[j][e], off);
         }
-        __syncthreads();
-        if (kp == 0) {
+    }
+    if ((tid % WARP) < V_LANES) {   // the warp's first part holds its sums
 #pragma unroll
-            for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) acc[j] += s_red[j][d];
+        for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+            if (j >= n_heads) break;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) s_red[tid / WARP][j][d0 + e] = pv[j][e];
+        }
+    }
+    __syncthreads();
+    // From here thread d < D owns output element d of every head (kp == 0; the others only
+    // take part in the barriers).
+    const int d = tid % D;
+    const int kp = tid / D;
+    float acc[MAX_HEADS_PER_BLOCK];
+#pragma unroll
+    for (int j = 0; j < MAX_HEADS_PER_BLOCK; ++j) {
+        acc[j] = 0.0f;
+        if (j < n_heads) {
+#pragma unroll
+            for (int w = 0; w < SPLIT_THREADS / WARP; ++w) acc[j] += s_red[w][j][d];
         }
     }
     // A key with a page outside the cache: nothing past it was read; the split's result (and so
