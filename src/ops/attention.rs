@@ -657,8 +657,11 @@ pub fn decode_with_chunk(gpu: &Gpu, q: &View, cache: &KvCacheView, batch: &Paged
 /// one memset.
 pub fn clear_decode_status(gpu: &Gpu, workspace: &mut ViewMut, batch: usize, heads: usize) -> Result<()> {
     let n = decode_header_len(batch, heads);
-    if workspace.layout().dtype != DType::F32 || workspace.layout().numel() < n {
-        return Err(Error::dtype(DECODE_OP, format!("workspace must be an f32 tensor of at least {n} elements (decode_header_len({batch}, {heads})), got {}", workspace.layout())));
+    if workspace.layout().dtype != DType::F32 {
+        return Err(Error::dtype(DECODE_OP, format!("workspace must be f32, got {}", workspace.layout())));
+    }
+    if workspace.layout().numel() < n {
+        return Err(Error::shape(DECODE_OP, format!("workspace must hold at least {n} elements (decode_header_len({batch}, {heads})), got {}", workspace.layout())));
     }
     gpu.stream().memset_zeros(&mut workspace.data.slice_mut(0..4 * n)).cuda("cuMemsetD8Async(decode status and split counters)")
 }

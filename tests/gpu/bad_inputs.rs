@@ -30,7 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub const TESTS: &[GpuTest] = &[("bad_inputs::device_table", device_table)];
 
 /// Rows of the table below (the README's count adds them to tests/bad_inputs.rs's).
-pub const DEVICE_ROWS: usize = 38;
+pub const DEVICE_ROWS: usize = 40;
 
 enum Expect {
     /// The call returns this error variant, its message holding each substring.
@@ -215,6 +215,18 @@ fn table() -> Vec<Row> {
             let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
             let cache = KvCacheView { k: kc.view(), v: vc.view(), layout: KvLayout::Hnd };
             decode(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut zeros(gpu, F16, &[2, 4, 64]).view_mut())
+        }),
+        err("a status clear past the workspace (word + 2 x 4 counters > 8 f32)", "attention::clear_decode_status", "Shape", &["attention_decode", "at least 9 elements", "decode_header_len(2, 4)"], |gpu| {
+            attention::clear_decode_status(gpu, &mut zeros(gpu, F32, &[8]).view_mut(), 2, 4)
+        }),
+        err("9 query heads a decode block", "attention::decode_with_heads_per_block", "InvalidArgument", &["attention_decode", "heads_per_block 9", "1..=8"], |gpu| {
+            let (q, kc, vc) = (zeros(gpu, F16, &[2, 4, 64]), zeros(gpu, F16, &[2, 2, 100, 64]), zeros(gpu, F16, &[2, 2, 100, 64]));
+            let (tables, lens) = (gpu.stream().clone_htod(&[0, 1]).unwrap(), gpu.stream().clone_htod(&[1, 1]).unwrap());
+            let mut ws = zeros(gpu, F32, &[decode_workspace_len(2, 4, 64, 100, 64)]);
+            let (tables, lens) = (tables.slice(..), lens.slice(..));
+            let paged = PagedBatch { block_tables: &tables, max_pages: 1, seq_lens: &lens };
+            let cache = KvCacheView { k: kc.view(), v: vc.view(), layout: KvLayout::Hnd };
+            attention::decode_with_heads_per_block(gpu, &q.view(), &cache, &paged, &mut ws.view_mut(), &mut zeros(gpu, F16, &[2, 4, 64]).view_mut(), 64, 9)
         }),
     ];
 
