@@ -191,7 +191,7 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
     static_assert(SPLIT_TILE % KEYS_PER_PASS == 0 && SPLIT_TILE % V_PARTS == 0, "tile shape");
     static_assert(V_LANES <= WARP && WARP % V_LANES == 0, "a V row within one warp");
     static_assert(PASSES % KEY_LOADS == 0, "whole groups of passes");
-    static_assert(SPLIT_THREADS % D == 0, "p.v mapping");
+    static_assert(SPLIT_THREADS % D == 0, "the output mapping: thread d of element d");
 
     __shared__ float s_p[MAX_HEADS_PER_BLOCK][SPLIT_TILE];   // logits, then weights, of one tile
     __shared__ float s_max[MAX_HEADS_PER_BLOCK];
@@ -395,7 +395,7 @@ __device__ __forceinline__ void attn_split(const T* __restrict__ q, const T* __r
         }
     }
     // A key with a page outside the cache: nothing past it was read; the split's result (and so
-    // the row's, through the combine) is NaN.
+    // the row's, through the merge) is NaN.
     const bool bad = s_bad != 0;
     if (bad && tid == 0) atomicOr(status, STATUS_BAD_PAGE);
     const float nan = __int_as_float(0x7fc00000);
