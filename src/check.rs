@@ -339,17 +339,23 @@ fn golden_row(
     ours: &HostTensor,
     scale: Option<&[f32]>,
 ) -> Result<Row> {
-    let truth = in_range(dtype, file.tensor(truth)?.values);
-    let torch = file.host(torch)?;
-    Ok(Row {
+    Ok(truth_row(label, model, dtype, file.tensor(truth)?.values, file.host(torch)?.data(), tolerance, ours, scale))
+}
+
+/// A row of `ours` against a float64 `truth` (clamped to the dtype's range), PyTorch's output at
+/// the same dtype (`torch`) against the same truth beside it.
+#[allow(clippy::too_many_arguments)]
+fn truth_row(label: &str, case: &str, dtype: DType, truth: Vec<f64>, torch: &[f32], tolerance: Tolerance, ours: &HostTensor, scale: Option<&[f32]>) -> Row {
+    let truth = in_range(dtype, truth);
+    Row {
         op: label.to_string(),
-        case: model.to_string(),
+        case: case.to_string(),
         dtype,
         against: "pytorch f64",
         tolerance,
         comparison: compare_scaled(ours.data(), &truth, tolerance, scale),
-        pytorch: Some(compare_scaled(torch.data(), &truth, tolerance, scale)),
-    })
+        pytorch: Some(compare_scaled(torch, &truth, tolerance, scale)),
+    }
 }
 
 /// Each op against the PyTorch goldens of both models: the CPU reference when `gpu` is `None`,
@@ -481,56 +487,39 @@ fn layer_gemv_rows(gpu: &Gpu, cfg: &Qwen2Config) -> Result<Vec<Row>> {
         a.chunks(width).zip(b.chunks(width)).flat_map(|(x, y)| x.iter().chain(y).copied()).collect()
     };
     let inter = cfg.intermediate_size;
+    let (gate, up) = (weight("mlp.gate_proj")?, weight("mlp.up_proj")?);
+    let mut gate_up = gate.into_data();
+    gate_up.extend_from_slice(up.data());
+    // (row name, input, weight, bias, stage names of the truth and of PyTorch's output): bf16.
+    let cases = [
+        ("v_proj", file.host("input_layernorm.out")?, weight("self_attn.v_proj")?, Some(file.host("self_attn.v_proj.bias")?), &["self_attn.v_proj"][..]),
+        (
+            "gate_up",
+            file.host("post_attention_layernorm.out")?,
+            HostTensor::from_f32(DType::BF16, &[2 * inter, cfg.hidden_size], gate_up)?,
+            None,
+            &["mlp.gate_proj", "mlp.up_proj"],
+        ),
+        ("down_proj", file.host("swiglu.out")?, weight("mlp.down_proj")?, None, &["mlp.down_proj"]),
+    ];
+    let case = format!("{}/layer0", cfg.name);
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::BF16] {
-        // (row name, input, weight, bias, truth, PyTorch's output at this dtype)
-        let peer = |stage: &str| if dtype == DType::F32 { format!("{stage}.f32.out") } else { format!("{stage}.out") };
-        let (gate, up) = (weight("mlp.gate_proj")?, weight("mlp.up_proj")?);
-        let mut gate_up = gate.data().to_vec();
-        gate_up.extend_from_slice(up.data());
-        let cases = [
-            (
-                "v_proj",
-                file.host("input_layernorm.out")?,
-                weight("self_attn.v_proj")?,
-                Some(file.host("self_attn.v_proj.bias")?),
-                values("self_attn.v_proj.truth")?,
-                values(&peer("self_attn.v_proj"))?,
-            ),
-            (
-                "gate_up",
-                file.host("post_attention_layernorm.out")?,
-                HostTensor::from_f32(DType::BF16, &[2 * inter, cfg.hidden_size], gate_up)?,
-                None,
-                concat_rows(values("mlp.gate_proj.truth")?, values("mlp.up_proj.truth")?, inter),
-                concat_rows(values(&peer("mlp.gate_proj"))?, values(&peer("mlp.up_proj"))?, inter),
-            ),
-            (
-                "down_proj",
-                file.host("swiglu.out")?,
-                weight("mlp.down_proj")?,
-                None,
-                values("mlp.down_proj.truth")?,
-                values(&peer("mlp.down_proj"))?,
-            ),
-        ];
-        for (proj, x, w, b, truth, torch) in cases {
+        for (proj, x, w, b, stages) in &cases {
+            // The stages' outputs side by side, row by row ([gate | up]: the GEMV's rows over [gate; up]).
+            let joined = |suffix: &str| -> Result<Vec<f64>> {
+                let mut parts = stages.iter().map(|st| values(&format!("{st}.{suffix}")));
+                let first = parts.next().expect("a stage")?;
+                parts.try_fold(first, |acc, p| Ok(concat_rows(acc, p?, inter)))
+            };
+            let truth = joined("truth")?;
+            let torch: Vec<f32> = joined(if dtype == DType::F32 { "f32.out" } else { "out" })?.iter().map(|&v| v as f32).collect();
             // bf16 values are exact in f32: the f32 rows see the same inputs as PyTorch's.
             let cast = |t: &HostTensor| HostTensor::from_f32(dtype, t.dims(), t.data().to_vec());
-            let (x, w, b) = (cast(&x)?, cast(&w)?, b.as_ref().map(cast).transpose()?);
+            let (x, w, b) = (cast(x)?, cast(w)?, b.as_ref().map(cast).transpose()?);
             let tolerance = table::linear(dtype, *x.dims().last().unwrap(), max_abs(&abs_dot_bound(&x, &w, b.as_ref())?));
             let ours = run_gemv(gpu, &x, &w, b.as_ref())?;
-            let truth = in_range(dtype, truth);
-            let torch: Vec<f32> = torch.iter().map(|&v| v as f32).collect();
-            out.push(Row {
-                op: format!("gemv.{proj}"),
-                case: format!("{}/layer0", cfg.name),
-                dtype,
-                against: "pytorch f64",
-                tolerance,
-                comparison: compare_scaled(ours.data(), &truth, tolerance, None),
-                pytorch: Some(compare_scaled(&torch, &truth, tolerance, None)),
-            });
+            out.push(truth_row(&format!("gemv.{proj}"), &case, dtype, truth, &torch, tolerance, &ours, None));
         }
     }
     Ok(out)

@@ -14,9 +14,10 @@
 //! ```
 //! So 5 launches a layer and 4 a step, whatever the context: Qwen2.5-0.5B (24 layers) is 124
 //! nodes. Sampled rows replace the finish with the sampling kernel and the position update (one
-//! node more). Batches past 16 rows launch each GEMV kernel once per 16 rows. Every kernel equals the unfused launches it replaces
-//! bit for bit (tests/gpu/decode.rs), so both paths give the same tokens whenever cuBLAS' sums
-//! round the same way; the fused path's results are also the same whatever the batch.
+//! node more). Batches past 16 rows launch each GEMV kernel once per 16 rows. Every kernel equals
+//! the unfused launches it replaces bit for bit (tests/gpu/decode.rs), so both paths give the same
+//! tokens whenever cuBLAS' sums round the same way; the fused path's results are also the same
+//! whatever the batch.
 //!
 //! With `ModelOptions::pdl` the fused kernels are programmatic dependent launches (sm_90; kept
 //! in the captured graph as programmatic edges): each may start while the kernel before it
