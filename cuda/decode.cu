@@ -1,6 +1,7 @@
-// decode.cu: the fused decode step. Each kernel is a GEMV of gemv.cuh (one warp per output, up to
-// GEMV_MAX_ROWS = 16 rows of x, every weight byte read once for all rows, the reduction order fixed
-// by K alone) with the work around it folded into a prologue and an epilogue, so that a decoder
+// decode.cu: the fused decode step. Each kernel is a GEMV of gemv.cuh (8 output units a block, up to
+// 32 rows of x on tensor cores for f16/bf16 and 16 on CUDA cores for f32, every weight byte read
+// once for all rows, the reduction order fixed by K alone) with the work around it folded into a
+// prologue and an epilogue, so that a decoder
 // layer is five or six launches instead of twelve:
 //
 //   dec_qkv       xn = rmsnorm(resid) on the fly (input_layernorm), [q|k|v] = xn Wqkv^T + b, RoPE
@@ -32,8 +33,11 @@
 // features for dec_qkv: i and i + d/2 of one head; for dec_gate_up: gate i and up i). The
 // norm prologue (every thread of the block) runs before any warp leaves: it finds each row's
 // 1 / rms and stages the normalised rows in dynamic shared memory (rows * hidden elements), once
-// per block, which every warp's dot products then read. dec_finish: grid (rows, 1,
-// 1), block (256, 1, 1). Offsets are 64-bit.
+// per block, which every warp's dot products then read. Dynamic shared memory: those rows, and at
+// least gemv_mma_exchange_bytes(NOUT) for f16/bf16 (the warps' partials, written over the staged
+// rows once every warp has read them; NOUT = 2 for dec_qkv and dec_gate_up, 1 otherwise). Every
+// warp of a block takes part in its dot products, a warp past the last unit with no weight row.
+// dec_finish: grid (rows, 1, 1), block (256, 1, 1). Offsets are 64-bit.
 #include "args.h"
 #include "argmax.cuh"
 #include "gemv.cuh"
@@ -50,7 +54,7 @@ namespace qk {
 // sums the squares in rmsnorm.cu's order: its block of row_block_threads(items) threads, emulated
 // here), then writes the normalised rows x'[r, k] = T(w_norm[k] * T(x[r, k] * inv[r])) to shared
 // memory (gemv_stage_norm: rmsnorm.cu's output exactly, once per block, not once per output),
-// where gemv_dots reads them. So its normalised activations equal the rmsnorm kernel's bit for bit.
+// where gemv_block_dots reads them. So its normalised activations equal the rmsnorm kernel's bit for bit.
 // inv[r] = 1 / sqrt(mean(x[r, :]^2) + eps) for r < rows (shared memory, read after the barrier this
 // ends with), summed exactly as rmsnorm.cu sums one row: its block of B = row_block_threads(items)
 // threads (items = K / VEC vectors on the vector path, K elements on the scalar one; B <= 1024)
@@ -150,13 +154,13 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
     const T* xs = normed_rows<T, VEC>(x, w_norm, eps, rows, hidden);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int unit = blockIdx.x * GEMV_WARPS + warp;
-    if (unit >= (heads + 2 * kv_heads) * half) return;  // the whole warp
+    const bool valid = unit < (heads + 2 * kv_heads) * half;  // past the last, the warp only takes part
     const int h = unit / half, i = unit % half, d = 2 * half;
     const long long n0 = static_cast<long long>(h) * d + i, n1 = n0 + half;
-    const T* const wrow[2] = {w + n0 * hidden, w + n1 * hidden};
+    const T* const wrow[2] = {valid ? w + n0 * hidden : nullptr, valid ? w + n1 * hidden : nullptr};
     float acc[2];
-    gemv_dots<T, VEC, 2>(xs, wrow, rows, hidden, acc);
-    if (lane >= rows) return;
+    gemv_block_dots<T, VEC, 2>(xs, wrow, valid, rows, hidden, acc);
+    if (!valid || lane >= rows) return;
     const int r = lane;
     const int pos = positions[r], slot = slot_mapping[r];
     const bool bad_pos = pos < 0 || pos >= pos_limit, bad_slot = slot >= n_slots;
@@ -192,11 +196,11 @@ __device__ __forceinline__ void dec_residual(const T* __restrict__ x, const T* _
                                              T* __restrict__ resid, int rows, int k, int n) {
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
-    if (out >= n) return;
-    const T* const wrow[1] = {w + static_cast<long long>(out) * k};
+    const bool valid = out < n;
+    const T* const wrow[1] = {valid ? w + static_cast<long long>(out) * k : nullptr};
     float acc[1];
-    gemv_dots<T, VEC, 1>(x, wrow, rows, k, acc);
-    if (lane >= rows) return;
+    gemv_block_dots<T, VEC, 1>(x, wrow, valid, rows, k, acc);
+    if (!valid || lane >= rows) return;
     T* y = resid + static_cast<long long>(lane) * n + out;
     *y = from_float<T>(to_float(*y) + round_to<T>(acc[0]));
 }
@@ -209,11 +213,12 @@ __device__ __forceinline__ void dec_gate_up(const T* __restrict__ x, const T* __
     const T* xs = normed_rows<T, VEC>(x, w_norm, eps, rows, hidden);
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int i = blockIdx.x * GEMV_WARPS + warp;
-    if (i >= inter) return;
-    const T* const wrow[2] = {w + static_cast<long long>(i) * hidden, w + static_cast<long long>(inter + i) * hidden};
+    const bool valid = i < inter;
+    const T* const wrow[2] = {valid ? w + static_cast<long long>(i) * hidden : nullptr,
+                              valid ? w + static_cast<long long>(inter + i) * hidden : nullptr};
     float acc[2];
-    gemv_dots<T, VEC, 2>(xs, wrow, rows, hidden, acc);
-    if (lane >= rows) return;
+    gemv_block_dots<T, VEC, 2>(xs, wrow, valid, rows, hidden, acc);
+    if (!valid || lane >= rows) return;
     act[static_cast<long long>(lane) * inter + i] = swiglu_one(from_float<T>(acc[0]), from_float<T>(acc[1]));
 }
 
@@ -230,15 +235,14 @@ __device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __res
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
     ArgBest best{-INFINITY, INT_MAX, false};
-    if (out < n) {  // uniform across the warp; every warp reaches the barrier below
-        const T* const wrow[1] = {w + static_cast<long long>(out) * hidden};
-        float acc[1];
-        gemv_dots<T, VEC, 1>(xs, wrow, rows, hidden, acc);
-        if (lane < rows) {
-            const float v = acc[0];
-            logits[static_cast<long long>(lane) * n + out] = v;
-            if (out < n_valid) argmax_take(best, v, out);
-        }
+    const bool valid = out < n;  // every warp takes part in the dot products and the barrier below
+    const T* const wrow[1] = {valid ? w + static_cast<long long>(out) * hidden : nullptr};
+    float acc[1];
+    gemv_block_dots<T, VEC, 1>(xs, wrow, valid, rows, hidden, acc);
+    if (valid && lane < rows) {
+        const float v = acc[0];
+        logits[static_cast<long long>(lane) * n + out] = v;
+        if (out < n_valid) argmax_take(best, v, out);
     }
     if (lane < rows) {
         s_v[warp][lane] = best.v;

@@ -1,20 +1,16 @@
-// gemv.cu: the decode projections, y = x W^T (+ b), for up to GEMV_MAX_ROWS (16) rows of x in one
-// launch, every weight byte read once for all of them.
+// gemv.cu: the decode projections, y = x W^T (+ b), for up to 32 rows of x (f16, bf16; 16 for f32)
+// in one launch, every weight byte read once for all of them.
 //
 //   x [R, K] (T), W [N, K] (T, Hugging Face's [out, in]), b [N] (T, optional), y [R, N] (T, or f32)
 //   y[r, n] = round_y( sum_k x[r, k] W[n, k]  +  b[n] )     FP32 products and sums, one rounding
 //
-// One warp per output feature n: blockDim 256 (GEMV_WARPS = 8 features a block), grid ceil(N / 8);
-// the sums are gemv.cuh's gemv_dots. Lane l reads W[n, :] in 16-byte vectors l, l + 32, l + 64, ... (a warp reads 512 contiguous bytes
-// a step) and, for each row r, the x vector at the same k (x is at most 16 x K: cache-resident, read
-// by every warp), accumulating with one fmaf per product in increasing k. The 32 lane sums are then
-// added in a butterfly's order (pairs 16 apart, then 8, 4, 2, 1) by lane r, which stores row r. Which products a lane sums, and the order of every addition, depend on K alone: never on R,
-// on the row's place among them or on the grid, so a row's y is the same bit for bit whatever the
-// batch (cuBLAS promises no such thing). A chain of at most ceil(K / 256) * 8 FMAs and a 5-level
-// tree is also more accurate than one long chain.
-//
-// The scalar path (K not a multiple of the vector, or an unaligned base) maps element k to lane
-// (k / VEC) % 32 and sums in increasing k as well: the two paths give the same bits.
+// Block 256 (GEMV_WARPS = 8 features a block, warp u's feature blockIdx.x * 8 + u), grid
+// ceil(N / 8); the sums are gemv.cuh's gemv_block_dots: tensor cores for f16/bf16 (the warps split
+// K, their partials meet in a fixed tree), CUDA cores for f32 (one warp a feature, lanes split K,
+// a butterfly's order). The order of every addition depends on K alone, never on R, on the row's
+// place among them or on the grid, so a row's y is the same bit for bit whatever the batch (cuBLAS
+// promises no such thing). f16/bf16 launches take gemv_mma_exchange_bytes(1) = 9,216 bytes of
+// dynamic shared memory.
 #include "args.h"
 #include "gemv.cuh"
 
@@ -25,11 +21,11 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
                                      TY* __restrict__ y, int rows, int k, int n) {
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
-    if (out >= n) return;  // the whole warp: nothing below waits for the block
-    const T* const wrow[1] = {w + static_cast<long long>(out) * k};
+    const bool valid = out < n;  // past N a warp still takes part in the block's exchange
+    const T* const wrow[1] = {valid ? w + static_cast<long long>(out) * k : nullptr};
     float sum[1];
-    gemv_dots<T, VEC, 1>(x, wrow, rows, k, sum);
-    if (lane < rows) {
+    gemv_block_dots<T, VEC, 1>(x, wrow, valid, rows, k, sum);
+    if (valid && lane < rows) {
         const float bias = b == nullptr ? 0.0f : to_float(b[out]);
         y[static_cast<long long>(lane) * n + out] = from_float<TY>(sum[0] + bias);
     }
@@ -38,7 +34,8 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
 }  // namespace qk
 
 // Entry points: gemv_<dtype>_<out>_<path>(QkGemvArgs: args.h), grid (ceil(N / 8), 1, 1), block
-// (256, 1, 1); `b` may be null; rows in 1..=16; a programmatic dependent launch is allowed
+// (256, 1, 1), dynamic shared memory 9,216 bytes for f16/bf16; `b` may be null; rows in 1..=32
+// (f32: 1..=16); a programmatic dependent launch is allowed
 // (ptx.cuh: each thread waits for the kernel before it first). No __launch_bounds__: with it ptxas holds the f32
 // vector variant to 64 registers on sm_80 and spills 8 bytes (tests/kernels_build.rs); without,
 // 64-72 and no spill.

@@ -1,40 +1,73 @@
 // gemv.cuh: the decode GEMV's core, shared by gemv.cu (the plain projection) and decode.cu (the
 // fused decode-step kernels), so that every one of them sums a row's products in the same order.
 //
-// gemv_dots: one warp computes NOUT output features (weight rows wrow[j], [K] each, Hugging Face's
-// [out, in] layout) for rows 0..rows-1 of x [rows, K]. Lane l reads each weight row in 16-byte
-// vectors l, l + 32, l + 64, ... and, for each row r, x's vector at the same k, accumulating with
-// one fmaf per product in increasing k; the 32 lane sums are then added in a butterfly's order
-// (pairs 16 apart, then 8, 4, 2, 1), by lane r for row r. Which products a lane sums and the order of every
-// addition depend on K alone, never on the number of rows or a row's place among them: a row's
-// result is the same bit for bit whatever the batch. The scalar path (K not a multiple of the
-// vector, or an unaligned base) maps element k to lane (k / VEC) % 32 and sums in increasing k as
-// well, so both paths give the same bits.
+// A block of GEMV_WARPS (8) warps computes 8 units; a unit is NOUT output features (weight rows
+// wrow[j], [K] each, Hugging Face's [out, in] layout), for rows 0..rows-1 of x [rows, K]. Every
+// warp calls gemv_block_dots with its own unit (valid false past the last one: it then reads no
+// weight) and gets back, in lane r < rows, the unit's total for row r in out[j]. Two cores:
 //
-// decode.cu's kernels with a norm prologue stage the normalised rows in shared memory and call
-// gemv_dots on them there.
+// gemv_mma_dots (f16, bf16; up to GEMV_MMA_MAX_ROWS = 32 rows): tensor cores. The block's 8 units
+// are the n = 8 columns of mma.m16n8k16, x's rows its m = 16 rows (one or two m tiles), and K is
+// cut in chunks of 32 that the warps take in turn (warp w: chunks w, w + 8, ...). In a chunk,
+// thread (g = lane / 4, t = lane % 4) loads 16 bytes of unit g's weight row and of x rows g and
+// g + 8 at the same k = 32 c + 8 t, and the chunk is two mma: the first multiplies elements
+// 8t + 0..3 of the 32, the second 8t + 4..7 (the mma's k order is a permutation of the chunk's,
+// the same for x and W, so each mma still sums 16 true products). Each warp accumulates its chunks
+// in its FP32 accumulators; the 8 warps' partials then meet in shared memory, where lane r of
+// warp u adds unit u's 8 partials for row r in a fixed tree. Which products an mma sums, the
+// order of the mma and of the tree depend on K alone: never on the number of rows, a row's place
+// among them or the grid, so a row's result is the same bit for bit whatever the batch (the mma
+// computes each output element from its own row and column; its rounding inside is the
+// hardware's, the same for every row). With tensor cores the products of 32 rows cost next to
+// nothing: the weights are read once a launch and the launch stays bound by their bytes.
+//
+// gemv_fma_dots (f32, where a tensor core would round x and W to tf32; up to GEMV_FMA_MAX_ROWS =
+// 16 rows): one warp per unit on CUDA cores. Lane l reads each weight row in 16-byte vectors l,
+// l + 32, l + 64, ... and, for each row r, x's vector at the same k, accumulating with one fmaf
+// per product in increasing k; the 32 lane sums are then added in a butterfly's order (pairs 16
+// apart, then 8, 4, 2, 1), by lane r for row r. Again the order depends on K alone.
+//
+// Both have a scalar path (K not a multiple of the vector, or an unaligned base) that puts each
+// element where the vector path puts it and sums in the same order, so the paths give the same
+// bits. decode.cu's kernels with a norm prologue stage the normalised rows in shared memory and
+// call gemv_block_dots on them there.
 #pragma once
 
 #include "common.cuh"
 
 namespace qk {
 
-constexpr int GEMV_MAX_ROWS = 16;
 constexpr int GEMV_WARPS = 8;
 constexpr int GEMV_THREADS = GEMV_WARPS * WARP;
+constexpr int GEMV_FMA_MAX_ROWS = 16;
+constexpr int GEMV_MMA_MAX_ROWS = 32;
+// Rows one launch of any dtype takes at most (shared arrays indexed by row are this long).
+constexpr int GEMV_MAX_ROWS = GEMV_MMA_MAX_ROWS;
+
+template <typename T> struct GemvMaxRows { static constexpr int value = GEMV_MMA_MAX_ROWS; };
+template <> struct GemvMaxRows<float> { static constexpr int value = GEMV_FMA_MAX_ROWS; };
+
+// The shared memory gemv_mma_dots exchanges the warps' partials through, at the start of the
+// launch's dynamic shared memory: [warp][j][unit][MMA_ROW_STRIDE] floats. A unit's 32 rows are
+// padded to 36 floats, so that the fragment stores (unit 2t or 2t + 1, row g: bank 8t + g) and the
+// lane-per-row reads are free of bank conflicts.
+constexpr int MMA_ROW_STRIDE = 36;
+constexpr int gemv_mma_exchange_bytes(int nout) { return GEMV_WARPS * nout * GEMV_WARPS * MMA_ROW_STRIDE * 4; }
+
+// ---- f32: CUDA cores ----------------------------------------------------------------------------
 
 // x may be global or shared memory (gemv_stage_norm's rows). On return, out[j] in lane r < rows is
 // the total of output j for row r.
 template <typename T, bool VEC, int NOUT>
-__device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], int rows, int k,
-                                          float (&out)[NOUT]) {
+__device__ __forceinline__ void gemv_fma_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], int rows, int k,
+                                              float (&out)[NOUT]) {
     const int lane = threadIdx.x % WARP;
     constexpr int V = Vec16<T>::N;
-    float acc[NOUT][GEMV_MAX_ROWS];
+    float acc[NOUT][GEMV_FMA_MAX_ROWS];
 #pragma unroll
     for (int j = 0; j < NOUT; ++j) {
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) acc[j][r] = 0.0f;
+        for (int r = 0; r < GEMV_FMA_MAX_ROWS; ++r) acc[j][r] = 0.0f;
     }
     if (VEC) {
         const int nv = k / V;
@@ -43,7 +76,7 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* cons
 #pragma unroll
             for (int j = 0; j < NOUT; ++j) wv[j] = load16(wrow[j] + v * V);
 #pragma unroll
-            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            for (int r = 0; r < GEMV_FMA_MAX_ROWS; ++r) {
                 if (r < rows) {
                     const Vec16<T> xv = load16(x + static_cast<long long>(r) * k + v * V);
 #pragma unroll
@@ -64,7 +97,7 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* cons
 #pragma unroll
                 for (int j = 0; j < NOUT; ++j) wk[j] = to_float(wrow[j][kk]);
 #pragma unroll
-                for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                for (int r = 0; r < GEMV_FMA_MAX_ROWS; ++r) {
                     if (r < rows) {
                         const float xe = to_float(x[static_cast<long long>(r) * k + kk]);
 #pragma unroll
@@ -78,12 +111,12 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* cons
     // order (pairs 16 apart, then 8, 4, 2, 1: the bits warp_sum would leave in every lane), so
     // one warp barrier a output replaces 5 shuffles a row and output. Rows padded to 33 floats:
     // the writes (one row, 32 lanes) and the reads (32 rows, one element) are conflict free.
-    __shared__ float red[GEMV_WARPS][GEMV_MAX_ROWS][WARP + 1];
+    __shared__ float red[GEMV_WARPS][GEMV_FMA_MAX_ROWS][WARP + 1];
     const int warp = threadIdx.x / WARP;
 #pragma unroll
     for (int j = 0; j < NOUT; ++j) {
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+        for (int r = 0; r < GEMV_FMA_MAX_ROWS; ++r) {
             if (r < rows) red[warp][r][lane] = acc[j][r];
         }
         __syncwarp();
@@ -103,6 +136,142 @@ __device__ __forceinline__ void gemv_dots(const T* __restrict__ x, const T* cons
         }
         out[j] = lane < rows ? t[0] : 0.0f;
         __syncwarp();  // red is rewritten for the next output
+    }
+}
+
+// ---- f16 / bf16: tensor cores -------------------------------------------------------------------
+
+__device__ __forceinline__ void mma_16816(__half*, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    mma_m16n8k16_f16(c, a, b0, b1);
+}
+__device__ __forceinline__ void mma_16816(__nv_bfloat16*, float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+    mma_m16n8k16_bf16(c, a, b0, b1);
+}
+
+// Elements k0 .. k0 + 7 of `row` as four 32-bit words (element 2i in word i's low half), zero
+// where k0 + e >= k or row is null. The vector path needs k a multiple of 8 (so a vector is all
+// inside or all past k) and a 16-byte aligned row.
+template <typename T, bool VEC>
+__device__ __forceinline__ void load8(const T* __restrict__ row, int k0, int k, uint32_t (&w)[4]) {
+    static_assert(sizeof(T) == 2, "16-bit elements");
+    if (VEC) {
+        if (row != nullptr && k0 < k) {
+            const Vec16<T> v = load16(row + k0);
+            memcpy(w, &v, 16);
+        } else {
+            w[0] = w[1] = w[2] = w[3] = 0u;
+        }
+    } else {
+        T e[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) e[i] = row != nullptr && k0 + i < k ? row[k0 + i] : from_float<T>(0.0f);
+        memcpy(w, e, 16);
+    }
+}
+
+// The block's 8 units on tensor cores (header). Every thread of the block must call it (it has two
+// block barriers); `red` is dynamic shared memory of gemv_mma_exchange_bytes(NOUT) bytes, which
+// may be the memory x is staged in (x is last read before the first barrier here).
+template <typename T, bool VEC, int NOUT>
+__device__ __forceinline__ void gemv_mma_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], bool valid,
+                                              int rows, int k, float* red, float (&out)[NOUT]) {
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int g = lane / 4, t = lane % 4;
+    // Every warp needs every unit's rows: warp u publishes unit u's.
+    __shared__ const T* s_wrow[GEMV_WARPS][NOUT];
+    if (lane == 0) {
+#pragma unroll
+        for (int j = 0; j < NOUT; ++j) s_wrow[warp][j] = valid ? wrow[j] : nullptr;
+    }
+    __syncthreads();
+    const T* wg[NOUT];
+#pragma unroll
+    for (int j = 0; j < NOUT; ++j) wg[j] = s_wrow[g][j];
+    const int mtiles = rows > 16 ? 2 : 1;
+    float acc[NOUT][2][4];
+#pragma unroll
+    for (int j = 0; j < NOUT; ++j) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m) acc[j][m][0] = acc[j][m][1] = acc[j][m][2] = acc[j][m][3] = 0.0f;
+    }
+    const int chunks = (k + 31) / 32;
+    for (int c = warp; c < chunks; c += GEMV_WARPS) {
+        const int k0 = c * 32 + 8 * t;
+        uint32_t wv[NOUT][4], xv[2][2][4];  // [m tile][row g, g + 8]
+#pragma unroll
+        for (int j = 0; j < NOUT; ++j) load8<T, VEC>(wg[j], k0, k, wv[j]);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            if (m < mtiles) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = m * 16 + h * 8 + g;
+                    load8<T, VEC>(r < rows ? x + static_cast<long long>(r) * k : nullptr, k0, k, xv[m][h]);
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            if (m < mtiles) {
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {  // elements 8t + 4 half + 0..3
+                    const uint32_t a[4] = {xv[m][0][2 * half], xv[m][1][2 * half], xv[m][0][2 * half + 1],
+                                           xv[m][1][2 * half + 1]};
+#pragma unroll
+                    for (int j = 0; j < NOUT; ++j) mma_16816(static_cast<T*>(nullptr), acc[j][m], a, wv[j][2 * half], wv[j][2 * half + 1]);
+                }
+            }
+        }
+    }
+    __syncthreads();  // every warp is past its reads of x, which may share red's memory
+    // Fragment c: c[0], c[1] = (row g, units 2t, 2t + 1); c[2], c[3] = (row g + 8, the same units).
+#pragma unroll
+    for (int j = 0; j < NOUT; ++j) {
+        float* part = red + (warp * NOUT + j) * GEMV_WARPS * MMA_ROW_STRIDE;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            if (m < mtiles) {
+                const int r = m * 16 + g;
+                part[(2 * t) * MMA_ROW_STRIDE + r] = acc[j][m][0];
+                part[(2 * t + 1) * MMA_ROW_STRIDE + r] = acc[j][m][1];
+                part[(2 * t) * MMA_ROW_STRIDE + r + 8] = acc[j][m][2];
+                part[(2 * t + 1) * MMA_ROW_STRIDE + r + 8] = acc[j][m][3];
+            }
+        }
+    }
+    __syncthreads();
+    // Lane r of warp u: unit u's 8 partials for row r, added in a fixed tree (4 apart, 2, 1).
+#pragma unroll
+    for (int j = 0; j < NOUT; ++j) {
+        float p[GEMV_WARPS];
+        if (lane < rows) {
+#pragma unroll
+            for (int w = 0; w < GEMV_WARPS; ++w) p[w] = red[((w * NOUT + j) * GEMV_WARPS + warp) * MMA_ROW_STRIDE + lane];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) p[i] += p[i + 4];
+            p[0] += p[2];
+            p[1] += p[3];
+            p[0] += p[1];
+        }
+        out[j] = lane < rows ? p[0] : 0.0f;
+    }
+}
+
+// ---- the one entry ------------------------------------------------------------------------------
+
+// Warp u's unit (wrow; valid false: none, past the last unit) for rows 0..rows-1 of x; out[j] in
+// lane r < rows. Every thread of the block must call it. f16/bf16 read gemv_mma_exchange_bytes(NOUT)
+// bytes of dynamic shared memory.
+template <typename T, bool VEC, int NOUT>
+__device__ __forceinline__ void gemv_block_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], bool valid,
+                                                int rows, int k, float (&out)[NOUT]) {
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int j = 0; j < NOUT; ++j) out[j] = 0.0f;
+        if (valid) gemv_fma_dots<T, VEC, NOUT>(x, wrow, rows, k, out);
+    } else {
+        gemv_mma_dots<T, VEC, NOUT>(x, wrow, valid, rows, k, dynamic_shared<float>(), out);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The fused decode step (`cuda/decode.cu`): GEMVs of up to 16 rows ([`crate::ops::gemv`]'s
-//! core: every weight byte read once for all rows, a reduction order fixed by the row length) with
+//! The fused decode step (`cuda/decode.cu`): GEMVs of up to 32 rows in f16/bf16 (tensor cores) or
+//! 16 in f32 ([`crate::ops::gemv`]'s core: every weight byte read once for all rows, a reduction
+//! order fixed by the row length) with
 //! the work around each projection folded in, so a decoder layer is five launches plus attention's
 //! one or two, instead of twelve:
 //!
@@ -19,9 +20,9 @@
 //! of unfused launches it replaces (`rmsnorm` -> `gemv` -> `rope_qkv`, ...), which the tests check,
 //! and a row's result never depends on the other rows of the launch.
 //!
-//! More than 16 rows are computed in groups of 16 (one launch each; the norm kernels stage their
-//! normalised rows in at most 80 KiB of shared memory, so VibeThinker-1.5B in f32 takes 13
-//! rows a launch): the results are the same.
+//! More rows than a launch takes ([`crate::ops::gemv::max_rows`]) are computed in groups (one
+//! launch each; the norm kernels stage their normalised rows in at most 80 KiB of shared memory, so
+//! VibeThinker-1.5B takes 26 rows a launch in bf16 and 13 in f32): the results are the same.
 
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
@@ -40,8 +41,7 @@ pub const RESIDUAL_OP: &str = "decode residual";
 pub const GATE_UP_OP: &str = "decode gate_up";
 pub const HEAD_OP: &str = "decode head";
 
-/// Rows one launch takes (the kernels' GEMV_MAX_ROWS); more are done in groups of this many.
-pub const MAX_ROWS: usize = super::gemv::MAX_ROWS;
+use super::gemv::{exchange_bytes, max_rows};
 /// Units (output features, or feature pairs) a block computes: one per warp of 256 threads.
 const UNITS_PER_BLOCK: usize = 8;
 const THREADS: u32 = 256;
@@ -99,18 +99,26 @@ fn config(units: usize, shared_bytes: usize) -> LaunchConfig {
 }
 
 /// Shared memory a kernel with a norm prologue may stage its normalised rows in: 80 KiB, under
-/// every target's opt-in limit (99 KiB on sm_86/89, more on sm_80/90) beside the kernels' own
-/// ~18 KiB (the lane sums' exchange). Past 24 KiB the launch raises the function's 48 KiB default.
+/// every target's opt-in limit (99 KiB on sm_86/89, more on sm_80/90) beside the kernels' static
+/// shared memory (f32: ~18 KiB, the lane sums' exchange; f16/bf16: ~3 KiB, their exchange of the
+/// warps' partials reuses the staged rows' memory once they are read). Past 24 KiB the launch
+/// raises the function's 48 KiB default.
 const STAGE_BYTES: usize = 80 * 1024;
 const DEFAULT_SHARED_BYTES: usize = 24 * 1024;
 
-/// Rows of x [.., hidden] one launch of a norm kernel stages: at most 16, at most 80 KiB.
+/// Rows of x [.., hidden] one launch of a norm kernel stages: at most `max_rows`, at most 80 KiB.
 fn staged_rows(op: &'static str, hidden: usize, dtype: DType) -> Result<usize> {
     let per = STAGE_BYTES / (hidden * dtype.size());
     if per == 0 {
         return Err(Error::unsupported(op, format!("hidden {hidden} of {dtype} is past one row of {STAGE_BYTES} bytes of shared memory")));
     }
-    Ok(per.min(MAX_ROWS))
+    Ok(per.min(max_rows(dtype)))
+}
+
+/// Dynamic shared memory of a norm kernel's launch of `rows` rows: the staged rows, or the tensor
+/// cores' exchange of `units_out` outputs a unit where that is larger (it reuses their memory).
+fn staged_bytes(rows: usize, hidden: usize, dtype: DType, units_out: usize) -> usize {
+    (rows * hidden * dtype.size()).max(exchange_bytes(dtype, units_out))
 }
 
 /// Allow `bytes` of dynamic shared memory for `f` where the default does not.
@@ -206,9 +214,10 @@ pub fn qkv_with_path(
     let (hidden_i, heads_i, kv_i, half_i) = (i32_of(op, "hidden", hidden)?, heads as i32, kv_heads as i32, (d / 2) as i32);
     i32_of(op, "rows of w", width.saturating_mul(hidden))?;
     let per = staged_rows(op, hidden, x.layout().dtype)?;
-    allow_shared(&f, name, per.min(rows) * hidden * x.layout().dtype.size())?;
+    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 2);
+    allow_shared(&f, name, shared_for(per.min(rows)))?;
     for g in groups(rows, per) {
-        let shared = g.len() * hidden * x.layout().dtype.size();
+        let shared = shared_for(g.len());
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let (pos, slots) = (positions.slice(g.clone()), slot_mapping.slice(g.clone()));
@@ -264,7 +273,7 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
     let f = gpu.function(MODULE, name)?;
     let (k_i, n_i) = (i32_of(op, "K", k)?, i32_of(op, "N", n)?);
     i32_of(op, "elements of w", n.saturating_mul(k))?;
-    for g in groups(rows, MAX_ROWS) {
+    for g in groups(rows, max_rows(x.layout().dtype)) {
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut rg = resid.rows_mut(g)?;
@@ -272,7 +281,7 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
         let a = QkDecResidualArgs { x: p.read(&xg.data), w: p.read(&w.data), resid: p.write(&mut rg.data), rows: rows_i, k: k_i, n: n_i };
         // SAFETY: x's group holds rows * K, w N * K and resid's group rows * N elements of one
         // dtype (checked above); warp n reads w's row n < N and writes resid[r, n], r < rows.
-        unsafe { gpu.launch_struct(&f, name, &a, config(n, 0)) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config(n, exchange_bytes(x.layout().dtype, 1))) }?;
     }
     Ok(())
 }
@@ -300,9 +309,10 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
     let (hidden_i, inter_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "I", inter)?);
     i32_of(op, "elements of w", n.saturating_mul(hidden))?;
     let per = staged_rows(op, hidden, x.layout().dtype)?;
-    allow_shared(&f, name, per.min(rows) * hidden * x.layout().dtype.size())?;
+    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 2);
+    allow_shared(&f, name, shared_for(per.min(rows)))?;
     for g in groups(rows, per) {
-        let shared = g.len() * hidden * x.layout().dtype.size();
+        let shared = shared_for(g.len());
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut ag = act.rows_mut(g)?;
@@ -388,9 +398,10 @@ pub fn head_with_path(
     let (hidden_i, vocab_i, valid_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "V", vocab)?, n_valid as i32);
     i32_of(op, "elements of w", vocab.saturating_mul(hidden))?;
     let per = staged_rows(op, hidden, x.layout().dtype)?;
-    allow_shared(&f, name, per.min(rows) * hidden * x.layout().dtype.size())?;
+    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 1);
+    allow_shared(&f, name, shared_for(per.min(rows)))?;
     for g in groups(rows, per) {
-        let shared = g.len() * hidden * x.layout().dtype.size();
+        let shared = shared_for(g.len());
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut lg = logits.rows_mut(g.clone())?;

@@ -1,8 +1,9 @@
 //! The fused decode-step kernels (`ops::decode`) against the unfused launches they replace, bit for
 //! bit: rmsnorm -> gemv -> rope_qkv, gemv -> the residual add, rmsnorm -> gemv -> swiglu_fused,
 //! rmsnorm -> gemv (f32) -> argmax, decode_advance. Each unfused op is checked against its CPU
-//! reference by its own tests; equality here carries those checks over to the fused path. Rows 1..19
-//! (past one launch's 16), every dtype, the vector and scalar paths, odd sizes and the models'.
+//! reference by its own tests; equality here carries those checks over to the fused path. Rows 1..34
+//! (past one launch's 16 in f32 and 32 in f16/bf16; the unfused GEMVs run 16 rows a launch), every
+//! dtype, the vector and scalar paths, odd sizes and the models'.
 
 use crate::common::{rng, uniform};
 use crate::GpuTest;
@@ -94,7 +95,7 @@ fn qkv_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, heads: usize, k
 fn qkv_equals_rmsnorm_gemv_rope_qkv(gpu: &Gpu) {
     let mut seed = 900;
     for dtype in DTYPES {
-        for &(rows, hidden, path) in &[(1, 64, Path::Auto), (3, 72, Path::Auto), (16, 64, Path::Auto), (19, 40, Path::Scalar), (2, 37, Path::Auto)] {
+        for &(rows, hidden, path) in &[(1, 64, Path::Auto), (3, 72, Path::Auto), (16, 64, Path::Auto), (19, 40, Path::Scalar), (2, 37, Path::Auto), (34, 48, Path::Auto)] {
             seed += 1;
             qkv_case(gpu, dtype, rows, hidden, 4, 2, 16, path, seed);
         }
@@ -129,7 +130,7 @@ fn residual_case(gpu: &Gpu, dtype: DType, rows: usize, k: usize, n: usize, path:
 fn residual_equals_gemv_and_the_add(gpu: &Gpu) {
     let mut seed = 950;
     for dtype in DTYPES {
-        for &(rows, k, n, path) in &[(1, 64, 24, Path::Auto), (5, 896, 40, Path::Auto), (16, 33, 17, Path::Auto), (18, 64, 9, Path::Scalar)] {
+        for &(rows, k, n, path) in &[(1, 64, 24, Path::Auto), (5, 896, 40, Path::Auto), (16, 33, 17, Path::Auto), (18, 64, 9, Path::Scalar), (33, 40, 12, Path::Auto)] {
             seed += 1;
             residual_case(gpu, dtype, rows, k, n, path, seed);
         }
@@ -160,7 +161,7 @@ fn gate_up_case(gpu: &Gpu, dtype: DType, rows: usize, hidden: usize, inter: usiz
 fn gate_up_equals_rmsnorm_gemv_swiglu(gpu: &Gpu) {
     let mut seed = 970;
     for dtype in DTYPES {
-        for &(rows, hidden, inter, path) in &[(1, 64, 40, Path::Auto), (7, 72, 9, Path::Auto), (17, 64, 16, Path::Scalar), (2, 13, 5, Path::Auto)] {
+        for &(rows, hidden, inter, path) in &[(1, 64, 40, Path::Auto), (7, 72, 9, Path::Auto), (17, 64, 16, Path::Scalar), (2, 13, 5, Path::Auto), (32, 64, 10, Path::Auto)] {
             seed += 1;
             gate_up_case(gpu, dtype, rows, hidden, inter, path, seed);
         }
@@ -282,7 +283,7 @@ impl Words {
 fn head_equals_rmsnorm_gemv_argmax_and_advance(gpu: &Gpu) {
     let mut seed = 990;
     for dtype in DTYPES {
-        for &(rows, hidden, vocab, n_valid, path) in &[(1, 64, 300, 290, Path::Auto), (5, 72, 77, 77, Path::Auto), (18, 40, 130, 128, Path::Scalar), (3, 9, 1, 1, Path::Auto)] {
+        for &(rows, hidden, vocab, n_valid, path) in &[(1, 64, 300, 290, Path::Auto), (5, 72, 77, 77, Path::Auto), (18, 40, 130, 128, Path::Scalar), (3, 9, 1, 1, Path::Auto), (33, 24, 50, 49, Path::Auto)] {
             seed += 1;
             head_case(gpu, dtype, rows, hidden, vocab, n_valid, path, seed);
         }
@@ -292,11 +293,12 @@ fn head_equals_rmsnorm_gemv_argmax_and_advance(gpu: &Gpu) {
     head_case(gpu, DType::BF16, 1, cfg.hidden_size, cfg.vocab_size, cfg.real_vocab_size, Path::Auto, 999);
 }
 
-/// Row r of a launch of 16 rows equals row r launched alone, bit for bit (qkv's q and the head's
+/// Row r of a launch of 32 rows equals row r launched alone, bit for bit (qkv's q and the head's
 /// logits; the others share the same core).
 fn rows_are_batch_invariant(gpu: &Gpu) {
     let mut r = rng(1001);
-    let (rows, hidden, heads, kv, d, vocab) = (16, 64, 4, 2, 16, 100);
+    // 32 rows: one launch in bf16, both of the tensor cores' m tiles.
+    let (rows, hidden, heads, kv, d, vocab) = (32, 64, 4, 2, 16, 100);
     let dtype = DType::BF16;
     let x = dev(gpu, &resid(&mut r, dtype, rows, hidden));
     let norm = dev(gpu, &uniform(&mut r, dtype, &[hidden], 0.5, 2.0));
@@ -320,8 +322,8 @@ fn rows_are_batch_invariant(gpu: &Gpu) {
         decode::qkv(gpu, &xr, &norm.view(), EPS, &w.view(), &b.view(), &mut table, &pos.slice(row..row + 1), &sl.slice(row..row + 1), &mut q1.view_mut(), &mut cache.view_mut()).unwrap();
         let mut l1 = DeviceTensor::zeros(gpu, DType::F32, &[1, vocab]).unwrap();
         decode::head(gpu, &xr, &norm.view(), EPS, &wh.view(), &mut l1.view_mut(), vocab, &mut cand).unwrap();
-        assert_eq!(bits(gpu, &q1)[..], q_all[row * heads * d..(row + 1) * heads * d], "row {row}: q alone vs in 16");
-        assert_eq!(bits(gpu, &l1)[..], l_all[row * vocab..(row + 1) * vocab], "row {row}: logits alone vs in 16");
+        assert_eq!(bits(gpu, &q1)[..], q_all[row * heads * d..(row + 1) * heads * d], "row {row}: q alone vs in 32");
+        assert_eq!(bits(gpu, &l1)[..], l_all[row * vocab..(row + 1) * vocab], "row {row}: logits alone vs in 32");
     }
 }
 
