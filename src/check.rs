@@ -168,7 +168,7 @@ fn run_linear(gpu: Option<&Gpu>, x: &HostTensor, w: &HostTensor, b: Option<&Host
     y.to_host(gpu)
 }
 
-/// The decode GEMV (at most 16 rows) of x W^T + b on the device, into y of x's shape and dtype.
+/// The decode GEMV (at most `ops::gemv::max_rows` rows) of x W^T + b on the device, into y of x's shape and dtype.
 fn run_gemv(gpu: &Gpu, x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor> {
     let (dx, dw) = (DeviceTensor::from_host(gpu, x)?, DeviceTensor::from_host(gpu, w)?);
     let db = b.map(|b| DeviceTensor::from_host(gpu, b)).transpose()?;

@@ -36,6 +36,8 @@ pub struct KernelResources {
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
     pub stack_frame_bytes: u32,
+    /// Static shared memory ("bytes smem").
+    pub static_shared_bytes: u32,
 }
 
 /// Parse ptxas' verbose report into one entry per (kernel, target).
@@ -69,6 +71,7 @@ pub fn parse_ptxas_report(report: &str) -> Vec<KernelResources> {
                 spill_store_bytes: 0,
                 spill_load_bytes: 0,
                 stack_frame_bytes: 0,
+                static_shared_bytes: 0,
             });
         } else if let Some(cur) = current.as_mut() {
             if line.contains("bytes stack frame") {
@@ -77,6 +80,7 @@ pub fn parse_ptxas_report(report: &str) -> Vec<KernelResources> {
                 cur.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
             } else if line.contains("Used") && line.contains("registers") {
                 cur.registers = number_before(line, "registers").unwrap_or(0);
+                cur.static_shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
             }
         }
     }

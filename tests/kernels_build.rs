@@ -69,6 +69,30 @@ fn no_kernel_spills_registers() {
     }
 }
 
+/// The decode GEMV kernels' shared memory fits the smallest opt-in limit of the built targets:
+/// static (ptxas) plus the most dynamic memory a launch asks for (the staged normalised rows, or
+/// the tensor cores' exchange of partials, src/ops/decode.rs and src/ops/gemv.rs).
+#[test]
+fn decode_kernels_fit_their_shared_memory() {
+    use qwen_kernels::ops::{decode, gemv};
+    use qwen_kernels::DType;
+    let mut seen = 0;
+    for r in kernels::resources() {
+        let Some(dtype) = [("_f32_", DType::F32), ("_f16_", DType::F16), ("_bf16_", DType::BF16)].into_iter().find(|(s, _)| r.kernel.contains(s)).map(|(_, d)| d) else { continue };
+        let dynamic = if ["dec_qkv_", "dec_gate_up_", "dec_head_"].iter().any(|p| r.kernel.starts_with(p)) {
+            decode::stage_bytes(dtype).max(gemv::exchange_bytes(dtype, 2))
+        } else if r.kernel.starts_with("dec_residual_") || r.kernel.starts_with("gemv_") {
+            gemv::exchange_bytes(dtype, 1)
+        } else {
+            continue;
+        };
+        seen += 1;
+        let total = r.static_shared_bytes as usize + dynamic;
+        assert!(total <= decode::SHARED_LIMIT_BYTES, "{} on {}: {} static + {dynamic} dynamic bytes of shared memory > {}", r.kernel, r.target, r.static_shared_bytes, decode::SHARED_LIMIT_BYTES);
+    }
+    assert!(seen > 0 || !kernels::built(), "no decode kernel in the ptxas report");
+}
+
 #[test]
 fn ptxas_report_parser_reads_nvcc_13_output() {
     let report = "ptxas info    : Compiling entry function 'rmsnorm_f32_vec' for 'sm_90'\n\
@@ -81,4 +105,5 @@ fn ptxas_report_parser_reads_nvcc_13_output() {
         (r[0].kernel.as_str(), r[0].target.as_str(), r[0].registers, r[0].stack_frame_bytes, r[0].spill_store_bytes, r[0].spill_load_bytes),
         ("rmsnorm_f32_vec", "sm_90", 29, 8, 4, 12)
     );
+    assert_eq!(r[0].static_shared_bytes, 132);
 }
