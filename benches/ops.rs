@@ -12,8 +12,8 @@
 //!                                    positions and slots:                            (2 T H d + 4 T KH d) s + 8 T
 //!   linear (rows R, in K, out N)     read W, x (and b), write y:                     (N K + R K + N) s + R N s_y
 //!                                    FLOPs: 2 R K N (two per multiply-add); cuBLAS is the kernel.
-//!   gemv (the same, R <= 16)         the decode GEMV (ops::gemv) at the same shapes and counts,
-//!                                    beside linear at 1 and 16 rows (the peer: F.linear)
+//!   gemv (the same, R <= 32)         the decode GEMV (ops::gemv) at the same shapes and counts,
+//!                                    beside linear at 1, 16 and 32 rows (the peer: F.linear)
 //! Timing: CUDA events around batches of launches after warm-up; inputs and outputs rotate through
 //! windows of at least 256 MiB in all (more than any L2 we run on), so bytes come from DRAM, except
 //! for the smallest decode cases, capped at 4096 windows (rope_kv at 1 token: 4096 x ~4 KB stays in
@@ -123,13 +123,13 @@ fn cases() -> Vec<Case> {
         }
         v.push(Case { model, op: Op::Rope { kv: false }, rows: 4096, dtype: bf16 });
         let (h, i, qkv) = (model.hidden, model.intermediate, (model.heads + 2 * model.kv_heads) * model.head_dim);
-        for rows in [1, 16] {
+        for rows in [1, 16, 32] {
             v.push(Case { model, op: Op::Gemv { name: "qkv", k: h, n: qkv, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Gemv { name: "gate_up", k: h, n: 2 * i, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Gemv { name: "down", k: i, n: h, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Gemv { name: "lm_head", k: h, n: VOCAB, f32_out: true }, rows, dtype: bf16 });
         }
-        for rows in [1, 16, 64, 4096] {
+        for rows in [1, 16, 32, 64, 4096] {
             v.push(Case { model, op: Op::Linear { name: "qkv", k: h, n: qkv, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Linear { name: "gate_up", k: h, n: 2 * i, f32_out: false }, rows, dtype: bf16 });
             v.push(Case { model, op: Op::Linear { name: "down", k: i, n: h, f32_out: false }, rows, dtype: bf16 });

@@ -41,6 +41,7 @@ constexpr int GEMV_WARPS = 8;
 constexpr int GEMV_THREADS = GEMV_WARPS * WARP;
 constexpr int GEMV_FMA_MAX_ROWS = 16;
 constexpr int GEMV_MMA_MAX_ROWS = 32;
+constexpr int GEMV_BATCH = 4;  // chunks of 32 k whose loads a warp issues together (tensor cores)
 // Rows one launch of any dtype takes at most (shared arrays indexed by row are this long).
 constexpr int GEMV_MAX_ROWS = GEMV_MMA_MAX_ROWS;
 
@@ -170,6 +171,51 @@ __device__ __forceinline__ void load8(const T* __restrict__ row, int k0, int k, 
     }
 }
 
+// A warp's chunks of 32 k (w, w + 8, w + 16, ...) for MT m tiles of rows (2 past 16 rows; a
+// template, so that the unrolled loops test nothing per tile).
+template <typename T, bool VEC, int NOUT, int MT>
+__device__ __forceinline__ void mma_chunks(const T* __restrict__ x, const T* const (&wg)[NOUT], int rows, int k,
+                                           float (&acc)[NOUT][2][4]) {
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int g = lane / 4, t = lane % 4;
+    // GEMV_BATCH chunks a pass: all their loads are issued before the first of their mma, so a warp
+    // has GEMV_BATCH chunks of weights in flight (one alone would leave the DRAM stream waiting on
+    // each round trip). The chunks still meet the accumulators in order: w, w + 8, w + 16, ...
+    const int chunks = (k + 31) / 32;
+    for (int c0 = warp; c0 < chunks; c0 += GEMV_BATCH * GEMV_WARPS) {
+        uint32_t wv[GEMV_BATCH][NOUT][4], xv[GEMV_BATCH][MT][2][4];  // [chunk][m tile][row g, g + 8]
+#pragma unroll
+        for (int u = 0; u < GEMV_BATCH; ++u) {
+            const int k0 = (c0 + u * GEMV_WARPS) * 32 + 8 * t;  // past k: zeros, nothing read
+#pragma unroll
+            for (int j = 0; j < NOUT; ++j) load8<T, VEC>(wg[j], k0, k, wv[u][j]);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = m * 16 + h * 8 + g;
+                    load8<T, VEC>(r < rows ? x + static_cast<long long>(r) * k : nullptr, k0, k, xv[u][m][h]);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_BATCH; ++u) {
+            if (c0 + u * GEMV_WARPS >= chunks) break;  // the warp's last chunks: uniform
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {  // elements 8t + 4 half + 0..3
+                    const uint32_t a[4] = {xv[u][m][0][2 * half], xv[u][m][1][2 * half], xv[u][m][0][2 * half + 1],
+                                           xv[u][m][1][2 * half + 1]};
+#pragma unroll
+                    for (int j = 0; j < NOUT; ++j)
+                        mma_16816(static_cast<T*>(nullptr), acc[j][m], a, wv[u][j][2 * half], wv[u][j][2 * half + 1]);
+                }
+            }
+        }
+    }
+}
+
 // The block's 8 units on tensor cores (header). Every thread of the block must call it (it has two
 // block barriers); `red` is dynamic shared memory of gemv_mma_exchange_bytes(NOUT) bytes, which
 // may be the memory x is staged in (x is last read before the first barrier here).
@@ -195,34 +241,10 @@ __device__ __forceinline__ void gemv_mma_dots(const T* __restrict__ x, const T* 
 #pragma unroll
         for (int m = 0; m < 2; ++m) acc[j][m][0] = acc[j][m][1] = acc[j][m][2] = acc[j][m][3] = 0.0f;
     }
-    const int chunks = (k + 31) / 32;
-    for (int c = warp; c < chunks; c += GEMV_WARPS) {
-        const int k0 = c * 32 + 8 * t;
-        uint32_t wv[NOUT][4], xv[2][2][4];  // [m tile][row g, g + 8]
-#pragma unroll
-        for (int j = 0; j < NOUT; ++j) load8<T, VEC>(wg[j], k0, k, wv[j]);
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            if (m < mtiles) {
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int r = m * 16 + h * 8 + g;
-                    load8<T, VEC>(r < rows ? x + static_cast<long long>(r) * k : nullptr, k0, k, xv[m][h]);
-                }
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            if (m < mtiles) {
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {  // elements 8t + 4 half + 0..3
-                    const uint32_t a[4] = {xv[m][0][2 * half], xv[m][1][2 * half], xv[m][0][2 * half + 1],
-                                           xv[m][1][2 * half + 1]};
-#pragma unroll
-                    for (int j = 0; j < NOUT; ++j) mma_16816(static_cast<T*>(nullptr), acc[j][m], a, wv[j][2 * half], wv[j][2 * half + 1]);
-                }
-            }
-        }
+    if (mtiles == 2) {
+        mma_chunks<T, VEC, NOUT, 2>(x, wg, rows, k, acc);
+    } else {
+        mma_chunks<T, VEC, NOUT, 1>(x, wg, rows, k, acc);
     }
     __syncthreads();  // every warp is past its reads of x, which may share red's memory
     // Fragment c: c[0], c[1] = (row g, units 2t, 2t + 1); c[2], c[3] = (row g + 8, the same units).

@@ -55,7 +55,7 @@ def cases():
             nbytes = ((2 * rows * h * d + 4 * rows * kvh * d) * 2 + 8 * rows) if kv else (2 * rows * (h + kvh) * d * 2 + 4 * rows)
             yield m, "rope_kv" if kv else "rope", rows, dict(kv=kv), nbytes, None
         qkv = (m["heads"] + 2 * m["kv"]) * m["d"]
-        for rows in (1, 16, 64, 4096):
+        for rows in (1, 16, 32, 64, 4096):
             for name, k, n in (("qkv", m["hidden"], qkv), ("gate_up", m["hidden"], 2 * m["inter"]), ("down", m["inter"], m["hidden"])):
                 yield m, f"linear/{name}", rows, dict(k=k, n=n, f32=False), (n * k + rows * k + n) * 2 + rows * n * 2, 2 * rows * k * n
         for rows in (1, 64):
