@@ -589,11 +589,19 @@ mod tests {
         assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16), Err(Error::Alignment { .. })));
         assert_eq!(groups(33, 16).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
         assert_eq!(groups(0, 16).count(), 0);
-        // Staged rows: 16 of Qwen2.5-0.5B in f32 and of VibeThinker-1.5B in bf16, 13 of
-        // VibeThinker-1.5B in f32 (78 KiB); none past 80 KiB a row.
+        // Staged rows: 16 of Qwen2.5-0.5B in f32 (CUDA cores), 32 of both models in bf16 (96 KiB
+        // for VibeThinker-1.5B), 13 of VibeThinker-1.5B in f32 (78 KiB); none past a row of 80 KiB
+        // (f32) or 96 KiB (f16/bf16).
         assert_eq!(staged_rows(HEAD_OP, 896, DType::F32).unwrap(), 16);
-        assert_eq!(staged_rows(HEAD_OP, 1536, DType::BF16).unwrap(), 16);
+        assert_eq!(staged_rows(HEAD_OP, 896, DType::BF16).unwrap(), 32);
+        assert_eq!(staged_rows(HEAD_OP, 1536, DType::BF16).unwrap(), 32);
         assert_eq!(staged_rows(HEAD_OP, 1536, DType::F32).unwrap(), 13);
+        assert_eq!(staged_rows(HEAD_OP, 1537, DType::BF16).unwrap(), 31);
         assert!(matches!(staged_rows(HEAD_OP, 20481, DType::F32), Err(Error::UnsupportedSize { .. })));
+        assert!(matches!(staged_rows(HEAD_OP, 49153, DType::BF16), Err(Error::UnsupportedSize { .. })));
+        // The exchange of partials fits under the staged rows' memory at one row of either model.
+        assert_eq!(staged_bytes(1, 896, DType::BF16, 2), 18432);
+        assert_eq!(staged_bytes(32, 1536, DType::BF16, 2), 98304);
+        assert_eq!(staged_bytes(3, 896, DType::F32, 2), 10752);
     }
 }
