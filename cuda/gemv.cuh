@@ -45,9 +45,6 @@ constexpr int GEMV_BATCH = 4;  // chunks of 32 k whose loads a warp issues toget
 // Rows one launch of any dtype takes at most (shared arrays indexed by row are this long).
 constexpr int GEMV_MAX_ROWS = GEMV_MMA_MAX_ROWS;
 
-template <typename T> struct GemvMaxRows { static constexpr int value = GEMV_MMA_MAX_ROWS; };
-template <> struct GemvMaxRows<float> { static constexpr int value = GEMV_FMA_MAX_ROWS; };
-
 // The shared memory gemv_mma_dots exchanges the warps' partials through, at the start of the
 // launch's dynamic shared memory: [warp][j][unit][MMA_ROW_STRIDE] floats. A unit's 32 rows are
 // padded to 36 floats, so that the fragment stores (unit 2t or 2t + 1, row g: bank 8t + g) and the
