@@ -305,14 +305,32 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
     }
 }
 
+// The weight rows each kernel's block reads, hinted into L2 before its wait (prefetch_rows_l2).
+// dec_qkv: the pairs (n0, n0 + d/2) of the block's first unit onwards (a block whose units cross
+// a head hints some rows it does not read: a hint, never a read).
+template <typename T> __device__ __forceinline__ void prefetch_qkv(const QkDecQkvArgs& a) {
+    const long long unit = static_cast<long long>(blockIdx.x) * GEMV_WARPS, d = 2LL * a.half;
+    const long long n0 = unit / a.half * d + unit % a.half, width = (a.heads + 2LL * a.kv_heads) * d;
+    prefetch_rows_l2(static_cast<const T*>(a.w), n0, GEMV_WARPS, width, a.hidden);
+    prefetch_rows_l2(static_cast<const T*>(a.w), n0 + a.half, GEMV_WARPS, width, a.hidden);
+}
+template <typename T> __device__ __forceinline__ void prefetch_gate_up(const QkDecGateUpArgs& a) {
+    const T* w = static_cast<const T*>(a.w);
+    const long long first = static_cast<long long>(blockIdx.x) * GEMV_WARPS;
+    prefetch_rows_l2(w, first, GEMV_WARPS, a.inter, a.hidden);
+    prefetch_rows_l2(w + static_cast<long long>(a.inter) * a.hidden, first, GEMV_WARPS, a.inter, a.hidden);
+}
+
 }  // namespace qk
 
 // Entry points: dec_<kernel>_<dtype>_<path>, path in {vec, scalar} (vec: every row of x and W and
 // the norm weight 16-byte aligned and K a multiple of the vector), and dec_finish; each takes its
 // argument struct (args.h) by value, and each may be a programmatic dependent launch (ptx.cuh):
-// every thread waits for the kernel before it first thing, then lets the next one start.
+// every thread first hints its block's weight rows into L2 (they are nobody's output), then waits
+// for the kernel before it, then lets the next one start.
 #define QK_DECODE_ENTRY(NAME, T, VEC)                                                                    \
     extern "C" __global__ void dec_qkv_##NAME(const QkDecQkvArgs a) {                                   \
+        qk::prefetch_qkv<T>(a);                                                                         \
         qk::grid_dependency_wait();                                                                     \
         qk::grid_dependents_launch();                                                                   \
         qk::dec_qkv<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,          \
@@ -323,12 +341,14 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
                             a.cache.head_stride, a.cache.row_stride);                                     \
     }                                                                                                   \
     extern "C" __global__ void dec_residual_##NAME(const QkDecResidualArgs a) {                         \
+        qk::prefetch_rows_l2(static_cast<const T*>(a.w), blockIdx.x * 8LL, qk::GEMV_WARPS, a.n, a.k);   \
         qk::grid_dependency_wait();                                                                     \
         qk::grid_dependents_launch();                                                                   \
         qk::dec_residual<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w),                \
                                  static_cast<T*>(a.resid), a.rows, a.k, a.n);                            \
     }                                                                                                   \
     extern "C" __global__ void dec_gate_up_##NAME(const QkDecGateUpArgs a) {                            \
+        qk::prefetch_gate_up<T>(a);                                                                     \
         qk::grid_dependency_wait();                                                                     \
         qk::grid_dependents_launch();                                                                   \
         qk::dec_gate_up<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,      \
@@ -336,6 +356,7 @@ __device__ __forceinline__ void dec_finish(const float* __restrict__ part_v, con
                                 a.inter);                                                                \
     }                                                                                                   \
     extern "C" __global__ void dec_head_##NAME(const QkDecHeadArgs a) {                                 \
+        qk::prefetch_rows_l2(static_cast<const T*>(a.w), blockIdx.x * 8LL, qk::GEMV_WARPS, a.n, a.hidden); \
         qk::grid_dependency_wait();                                                                     \
         qk::grid_dependents_launch();                                                                   \
         qk::dec_head<T, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w_norm), a.eps,         \

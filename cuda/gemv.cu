@@ -36,11 +36,13 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
 // Entry points: gemv_<dtype>_<out>_<path>(QkGemvArgs: args.h), grid (ceil(N / 8), 1, 1), block
 // (256, 1, 1), dynamic shared memory 9,216 bytes for f16/bf16; `b` may be null; rows in 1..=32
 // (f32: 1..=16); a programmatic dependent launch is allowed
-// (ptx.cuh: each thread waits for the kernel before it first). No __launch_bounds__: with it ptxas holds the f32
+// (ptx.cuh: each thread hints its block's weight rows into L2, then waits for the kernel before
+// it). No __launch_bounds__: with it ptxas holds the f32
 // vector variant to 64 registers on sm_80 and spills 8 bytes (tests/kernels_build.rs); without,
 // 64-72 and no spill.
 #define QK_GEMV_ENTRY(NAME, T, TY, VEC)                                                                   \
     extern "C" __global__ void gemv_##NAME(const QkGemvArgs a) {                                          \
+        qk::prefetch_rows_l2(static_cast<const T*>(a.w), blockIdx.x * 8LL, qk::GEMV_WARPS, a.n, a.k);     \
         qk::grid_dependency_wait();                                                                       \
         qk::grid_dependents_launch();                                                                     \
         qk::gemv<T, TY, VEC>(static_cast<const T*>(a.x), static_cast<const T*>(a.w),                      \

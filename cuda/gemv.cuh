@@ -277,6 +277,21 @@ __device__ __forceinline__ void gemv_mma_dots(const T* __restrict__ x, const T* 
     }
 }
 
+// ---- the weights ahead of the wait --------------------------------------------------------------
+
+// The L2 lines of weight rows [first, first + rows) of a [n, k] matrix (clamped to n), the block's
+// threads taking every blockDim.x-th 128-byte line. A kernel calls it before it waits for the
+// kernel ahead (griddepcontrol.wait): no kernel writes a weight, so the hint is safe while that
+// kernel runs, and under a programmatic launch the weights' DRAM reads overlap its tail.
+template <typename T>
+__device__ __forceinline__ void prefetch_rows_l2(const T* w, long long first, int rows, long long n, long long k) {
+    const long long last = min(first + rows, n);
+    if (w == nullptr || first >= last) return;
+    const char* p = reinterpret_cast<const char*>(w + first * k);
+    const long long bytes = (last - first) * k * static_cast<long long>(sizeof(T));
+    for (long long off = 128LL * threadIdx.x; off < bytes; off += 128LL * blockDim.x) prefetch_l2(p + off);
+}
+
 // ---- the one entry ------------------------------------------------------------------------------
 
 // Warp u's unit (wrow; valid false: none, past the last unit) for rows 0..rows-1 of x; out[j] in

@@ -85,6 +85,8 @@ template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[
 template <typename T> __device__ __forceinline__ T* dynamic_shared() {
     return static_cast<T*>(::qksoft::dynamic_shared());
 }
+// A hint: bring the L2 line of global address p in (see the GPU version below).
+__device__ __forceinline__ void prefetch_l2(const void* p) { ::qksoft::ptx_prefetch_l2(p); }
 // Programmatic dependent launch (see the GPU versions below).
 __device__ __forceinline__ void grid_dependency_wait() { ::qksoft::ptx_griddepcontrol_wait(); }
 __device__ __forceinline__ void grid_dependents_launch() { ::qksoft::ptx_griddepcontrol_launch_dependents(); }
@@ -133,6 +135,9 @@ template <typename T> __device__ __forceinline__ T* dynamic_shared() {
     extern __shared__ __align__(16) unsigned char qk_dynamic_shared[];
     return reinterpret_cast<T*>(qk_dynamic_shared);
 }
+// prefetch.global.L2: a hint that the line of global address p will be read soon; it reads nothing
+// the kernel sees, so it may run before griddepcontrol.wait.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 // Programmatic dependent launch (PTX ISA "griddepcontrol", sm_90). A kernel launched with the
 // programmatic-stream-serialization attribute may start while the kernel before it on the stream
 // is still running: grid_dependency_wait() returns once that kernel has completed and its memory

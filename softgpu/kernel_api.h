@@ -38,6 +38,9 @@ void* dynamic_shared();
 // One 16-byte vector load / store (ld/st .v4): checked and counted as one aligned access.
 void ptx_ld16(void* out, const void* src);
 void ptx_st16(void* dst, const void* in);
+// prefetch.global.L2: a hint, moving nothing a kernel sees; not counted, and allowed before
+// griddepcontrol.wait. memcheck still requires the address to lie in a device allocation.
+void ptx_prefetch_l2(const void* p);
 
 template <typename T> inline T shfl_typed(Shfl kind, unsigned mask, T value, int operand, int width,
                                           const char* file, int line) {

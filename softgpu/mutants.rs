@@ -280,14 +280,28 @@ pub const MUTANTS: &[Mutant] = &[
         at: None,
     },
     Mutant {
+        name: "gemv_prefetch_past_the_matrix",
+        module: "gemv",
+        // The L2 hint ahead of the wait told the matrix holds 8 rows more than it does: the last
+        // block hints lines past the weight's allocation. A GPU ignores such a hint; memcheck
+        // holds the hint's address to the allocation all the same, since the arithmetic that
+        // made it is wrong.
+        find: "qk::GEMV_WARPS, a.n, a.k);",
+        replace: "qk::GEMV_WARPS, a.n + qk::GEMV_WARPS, a.k);",
+        caught_by: &["gemv::odd_sizes_every_dtype_against_the_reference"],
+        says: "prefetch.global.L2 of",
+        device_error: true,
+        at: None,
+    },
+    Mutant {
         name: "residual_reads_before_its_wait",
         module: "decode",
         // The o/down projection kernel without griddepcontrol.wait: launched programmatically,
         // it would read the residual stream while the kernel before it may still write it. The
         // software device runs launches one after another, so the result is right; what the
         // launch promised is checked instead, at the kernel's first access.
-        find: "dec_residual_##NAME(const QkDecResidualArgs a) {                         \\\n        qk::grid_dependency_wait();",
-        replace: "dec_residual_##NAME(const QkDecResidualArgs a) { /* no wait */ \\\n",
+        find: "qk::GEMV_WARPS, a.n, a.k);   \\\n        qk::grid_dependency_wait();",
+        replace: "qk::GEMV_WARPS, a.n, a.k);   /* no wait */ \\\n",
         caught_by: &["pdl::programmatic_launches_change_nothing_but_the_launch"],
         says: "before this thread's griddepcontrol.wait",
         device_error: true,

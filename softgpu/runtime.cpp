@@ -1131,6 +1131,10 @@ void ptx_st16(void* dst, const void* in) {
     memcpy(dst, in, 16);
 }
 
+void ptx_prefetch_l2(const void* p) {
+    tools::prefetch(p, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+}
+
 void* dynamic_shared() {
     Launch& L = *g_launch;
     // With no dynamic shared memory this is the guard page: any access faults.

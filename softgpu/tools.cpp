@@ -548,6 +548,16 @@ void warp_synced(int warp) { ++g_wepoch[warp]; }
 
 void vector_access(const void* a, bool write, uintptr_t site) { access(a, 16, write, false, true, site); }
 
+void prefetch(const void* a, uintptr_t site) {
+    if (!g_running.active || !(g_tools & TOOL_MEMCHECK)) return;
+    const uint64_t p = reinterpret_cast<uint64_t>(a);
+    if (!in_arena(p) || !shadow_all_set(g_addressable, p, 1)) {
+        report("memcheck", format("prefetch.global.L2 of 0x%llx, which is not in a device allocation (%s)", (unsigned long long)p,
+                                  alloc_text(p).c_str()),
+               site, g_running.thread);
+    }
+}
+
 void runtime_access(int thread, const void* a, unsigned n, bool write, const char* file, int line) {
     if (!g_running.active || !(g_tools & (TOOL_MEMCHECK | TOOL_INITCHECK | TOOL_RACECHECK | TOOL_COUNTERS))) return;
     const uint64_t p = reinterpret_cast<uint64_t>(a);
