@@ -473,10 +473,6 @@ template <> struct Mma<__half> {
     __device__ __forceinline__ static float2 unpack(uint32_t x) {
         return __half22float2(*reinterpret_cast<__half2*>(&x));
     }
-    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
-                                               QK_CALL_SITE) {
-        mma_m16n8k16_f16(c, a, b0, b1 QK_AT_CALL_SITE);
-    }
 };
 
 template <> struct Mma<__nv_bfloat16> {
@@ -487,10 +483,6 @@ template <> struct Mma<__nv_bfloat16> {
     }
     __device__ __forceinline__ static float2 unpack(uint32_t x) {
         return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
-    }
-    __device__ __forceinline__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
-                                               QK_CALL_SITE) {
-        mma_m16n8k16_bf16(c, a, b0, b1 QK_AT_CALL_SITE);
     }
 };
 
@@ -641,8 +633,8 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
                 const T* src = s_k + (nb * 8 + mat_row) * LD + (ks + (mat >> 1)) * 16 + (mat & 1) * 8;
                 uint32_t b[4];
                 ldmatrix_x4<false>(b, src);
-                Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);
-                Mma<T>::mma(s[nb], qf[ks + 1], b[2], b[3]);
+                mma_m16n8k16<T>(s[nb], qf[ks], b[0], b[1]);
+                mma_m16n8k16<T>(s[nb], qf[ks + 1], b[2], b[3]);
             }
         }
         float tile_max_a = -INFINITY, tile_max_b = -INFINITY;
@@ -719,8 +711,8 @@ __device__ __forceinline__ void attn_prefill_mma(const T* __restrict__ q, const 
                 ldmatrix_x4<true>(b, src);
 #pragma unroll
                 for (int term = 0; term < Mma<T>::P_TERMS; ++term) {
-                    Mma<T>::mma(acc[n], pf[term], b[0], b[1]);
-                    Mma<T>::mma(acc[n + 1], pf[term], b[2], b[3]);
+                    mma_m16n8k16<T>(acc[n], pf[term], b[0], b[1]);
+                    mma_m16n8k16<T>(acc[n + 1], pf[term], b[2], b[3]);
                 }
             }
         }

@@ -52,6 +52,23 @@ template <typename T> __device__ __forceinline__ void store16(T* p, const Vec16<
     st16(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&v));
 }
 
+// ---- tensor cores -------------------------------------------------------------------------------
+
+__device__ __forceinline__ void mma_m16n8k16_of(__half*, float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1 QK_CALL_SITE) {
+    mma_m16n8k16_f16(c, a, b0, b1 QK_AT_CALL_SITE);
+}
+__device__ __forceinline__ void mma_m16n8k16_of(__nv_bfloat16*, float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1 QK_CALL_SITE) {
+    mma_m16n8k16_bf16(c, a, b0, b1 QK_AT_CALL_SITE);
+}
+// D = A B + C, mma.sync m16n8k16 with 16-bit inputs of T (__half or __nv_bfloat16) and FP32
+// accumulation (ptx.cuh: c is C on entry, D on return; the software device reports the caller's line).
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1 QK_CALL_SITE) {
+    mma_m16n8k16_of(static_cast<T*>(nullptr), c, a, b0, b1 QK_AT_CALL_SITE);
+}
+
 // ---- reductions ---------------------------------------------------------------------------------
 
 constexpr int WARP = 32;

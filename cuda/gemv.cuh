@@ -139,14 +139,6 @@ __device__ __forceinline__ void gemv_fma_dots(const T* __restrict__ x, const T* 
 
 // ---- f16 / bf16: tensor cores -------------------------------------------------------------------
 
-__device__ __forceinline__ void mma_16816(__half*, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    mma_m16n8k16_f16(c, a, b0, b1);
-}
-__device__ __forceinline__ void mma_16816(__nv_bfloat16*, float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1) {
-    mma_m16n8k16_bf16(c, a, b0, b1);
-}
-
 // Elements k0 .. k0 + 7 of `row` as four 32-bit words (element 2i in word i's low half), zero
 // where k0 + e >= k or row is null. The vector path needs k a multiple of 8 (so a vector is all
 // inside or all past k) and a 16-byte aligned row.
@@ -206,7 +198,7 @@ __device__ __forceinline__ void mma_chunks(const T* __restrict__ x, const T* con
                                            xv[u][m][1][2 * half + 1]};
 #pragma unroll
                     for (int j = 0; j < NOUT; ++j)
-                        mma_16816(static_cast<T*>(nullptr), acc[j][m], a, wv[u][j][2 * half], wv[u][j][2 * half + 1]);
+                        mma_m16n8k16<T>(acc[j][m], a, wv[u][j][2 * half], wv[u][j][2 * half + 1]);
                 }
             }
         }

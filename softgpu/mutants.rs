@@ -188,8 +188,8 @@ pub const MUTANTS: &[Mutant] = &[
     Mutant {
         name: "mma_half_warp_at_another_line",
         module: "attention",
-        find: "Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);",
-        replace: "if (lane < 16) Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);\n                else Mma<T>::mma(s[nb], qf[ks], b[0], b[1]);",
+        find: "mma_m16n8k16<T>(s[nb], qf[ks], b[0], b[1]);",
+        replace: "if (lane < 16) mma_m16n8k16<T>(s[nb], qf[ks], b[0], b[1]);\n                else mma_m16n8k16<T>(s[nb], qf[ks], b[0], b[1]);",
         caught_by: &["attention::tensor_core_weights_keep_fp32_accuracy_under_cancellation"],
         says: "divergent warp: lane 16 reaches mma.sync.m16n8k16.bf16 at mutants/mma_half_warp_at_another_line.attention.cu:",
         device_error: true,
