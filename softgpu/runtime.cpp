@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -82,7 +83,10 @@ size_t round_up(size_t x, size_t to) { return (x + to - 1) / to * to; }
 // ---- context switch ------------------------------------------------------------------------------
 //
 // x86-64: a hand-written switch saves the six callee-saved registers, MXCSR and the x87 control
-// word on the old stack and swaps stack pointers (no system call). Elsewhere: ucontext, whose
+// word on the old stack and swaps stack pointers (no system call); it loads the new stack's MXCSR
+// and control word only when their control bits differ from the running ones (ldmxcsr and fldcw
+// serialise the pipeline; the kernels never change rounding or masks, so the loads are rare; the
+// sticky exception flags, which nothing reads, are left as they are). Elsewhere: ucontext, whose
 // swapcontext makes a sigprocmask system call per switch (measure_switch compares the two).
 
 #if defined(__x86_64__)
@@ -103,10 +107,18 @@ qksoft_switch:
     subq $8, %rsp
     stmxcsr (%rsp)
     fnstcw 4(%rsp)
+    movl (%rsp), %eax
+    andl $0xffc0, %eax
+    movzwl 4(%rsp), %edx
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
+    movl (%rsp), %ecx
+    andl $0xffc0, %ecx
+    cmpl %ecx, %eax
+    jne 2f
+    cmpw 4(%rsp), %dx
+    jne 2f
+1:
     addq $8, %rsp
     popq %r15
     popq %r14
@@ -115,6 +127,10 @@ qksoft_switch:
     popq %rbx
     popq %rbp
     ret
+2:
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    jmp 1b
     .size qksoft_switch, .-qksoft_switch
 )");
 
@@ -331,9 +347,24 @@ void fail_host_task(const std::string& message) {
 
 namespace {
 
+int pick();
+void enter_fiber(int i);
+
+// The running fiber gives way to the next one the schedule picks: directly, fiber to fiber (half
+// the switches of going through the scheduler), or to the scheduler when no fiber can run (the
+// block ended or deadlocked: run_block decides which). The same picks in the same order as a
+// round trip through run_block's loop, so every schedule runs exactly as it would there.
 void yield_fiber() {
+    Launch& L = *g_launch;
     Fiber& f = me();
-    context_switch(f.ctx, g_launch->sched);
+    const int next = pick();
+    if (next == L.cur) return;
+    if (next < 0) {
+        context_switch(f.ctx, L.sched);
+        return;
+    }
+    enter_fiber(next);
+    context_switch(f.ctx, g_fibers[next].ctx);
 }
 
 // Lands a copy issued by the running thread (the tools see its shared-memory write there).
@@ -451,9 +482,11 @@ float half_bits_to_float(uint16_t h, int sub) {
         r.x = h;
         return __half2float(__half(r));
     }
-    __nv_bfloat16_raw r;
-    r.x = h;
-    return __bfloat162float(__nv_bfloat16(r));
+    // A bfloat16 is the high half of the float it stands for (what __bfloat162float computes).
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
 void execute(WarpOp& op, int warp) {
@@ -509,9 +542,22 @@ void execute(WarpOp& op, int warp) {
                 C[g + 8][2 * t] = in.c[2];
                 C[g + 8][2 * t + 1] = in.c[3];
             }
+            // A row of A that is all zeros (a decode GEMV's padding rows: 15 of 16 at one row) with
+            // B finite contributes only zero products: D = C there, computed without them, except
+            // where C is -0 (-0 + +0 is +0: the products' signs decide, so that element is summed).
+            bool b_finite = true;
+            for (int k = 0; k < 16; ++k) {
+                for (int j = 0; j < 8; ++j) b_finite &= std::isfinite(B[k][j]);
+            }
             float D[16][8];
             for (int i = 0; i < 16; ++i) {
+                bool zero_row = b_finite;
+                for (int k = 0; k < 16; ++k) zero_row &= A[i][k] == 0.0f;
                 for (int j = 0; j < 8; ++j) {
+                    if (zero_row && !(C[i][j] == 0.0f && std::signbit(C[i][j]))) {
+                        D[i][j] = static_cast<float>(static_cast<double>(C[i][j]));
+                        continue;
+                    }
                     double s = C[i][j];
                     for (int k = 0; k < 16; ++k) s += static_cast<double>(A[i][k]) * static_cast<double>(B[k][j]);
                     D[i][j] = static_cast<float>(s);
@@ -605,19 +651,28 @@ int pick() {
         }
         return -1;
     }
+    // Round robin from the cursor (every fiber's turn comes), without a division per step: this
+    // runs at every switch.
+    const bool reverse = s.threads == ThreadOrder::Reverse;
+    int i = static_cast<int>(L.cursor);
     for (int step = 0; step < n; ++step) {
-        int i;
-        if (s.threads == ThreadOrder::Reverse) {
-            i = static_cast<int>((L.cursor + n - step % n) % n);
-        } else {
-            i = static_cast<int>((L.cursor + step) % n);
-        }
         if (g_fibers[i].state == State::Runnable) {
-            L.cursor = s.threads == ThreadOrder::Reverse ? (i + n - 1) % n : (i + 1) % n;
+            L.cursor = reverse ? (i == 0 ? n - 1 : i - 1) : (i + 1 == n ? 0 : i + 1);
             return i;
         }
+        i = reverse ? (i == 0 ? n - 1 : i - 1) : (i + 1 == n ? 0 : i + 1);
     }
     return -1;
+}
+
+// Makes fiber i the running thread (what the kernel-facing functions and the tools read).
+void enter_fiber(int i) {
+    g_launch->cur = i;
+    qksoft_current = &g_fibers[i].view;
+    g_running.thread = i;
+    g_running.warp = i / 32;
+    g_running.lane = i % 32;
+    g_running.active = true;
 }
 
 std::string deadlock_report() {
@@ -712,12 +767,7 @@ void run_block(Launch& L, uint3 block, uint64_t linear) {
             L.failure = deadlock_report();
             return;
         }
-        L.cur = i;
-        qksoft_current = &g_fibers[i].view;
-        g_running.thread = i;
-        g_running.warp = i / 32;
-        g_running.lane = i % 32;
-        g_running.active = true;
+        enter_fiber(i);
         context_switch(L.sched, g_fibers[i].ctx);
         g_running.active = false;
         qksoft_current = nullptr;
