@@ -103,7 +103,8 @@ __device__ __forceinline__ void gemv_norm_prologue(const T* __restrict__ x, int 
 }
 
 // xs[r * k + i] = T(w_norm[i] * T(x[r, i] * inv[r])) for r < rows, i < k: the block's normalised
-// rows in shared memory (16-byte aligned; rows * k elements), visible to every thread on return.
+// rows in shared memory (16-byte aligned; rows * k elements; 16-bit vectors in gemv.cuh's swizzled
+// layout, staged_vector), visible to every thread on return.
 template <typename T, bool VEC>
 __device__ __forceinline__ void gemv_stage_norm(const T* __restrict__ x, const T* __restrict__ w_norm,
                                                 const float* inv, int rows, int k, T* xs) {
@@ -118,7 +119,8 @@ __device__ __forceinline__ void gemv_stage_norm(const T* __restrict__ x, const T
             Vec16<T> out;
 #pragma unroll
             for (int e = 0; e < Vec16<T>::N; ++e) out.v[e] = from_float<T>(to_float(wv.v[e]) * round_to<T>(to_float(xv.v[e]) * ir));
-            *reinterpret_cast<Vec16<T>*>(xs + at) = out;
+            const int to = staged_swizzle<T, VEC>() ? staged_vector(r, i, items) : i;
+            *reinterpret_cast<Vec16<T>*>(xs + static_cast<long long>(r) * k + static_cast<long long>(to) * V) = out;
         } else {
             xs[at] = from_float<T>(to_float(w_norm[i]) * round_to<T>(to_float(x[at]) * ir));
         }
@@ -159,7 +161,7 @@ __device__ __forceinline__ void dec_qkv(const T* __restrict__ x, const T* __rest
     const long long n0 = static_cast<long long>(h) * d + i, n1 = n0 + half;
     const T* const wrow[2] = {valid ? w + n0 * hidden : nullptr, valid ? w + n1 * hidden : nullptr};
     float acc[2];
-    gemv_block_dots<T, VEC, 2>(xs, wrow, valid, rows, hidden, acc);
+    gemv_block_dots<T, VEC, 2, true>(xs, wrow, valid, rows, hidden, acc);
     if (!valid || lane >= rows) return;
     const int r = lane;
     const int pos = positions[r], slot = slot_mapping[r];
@@ -217,7 +219,7 @@ __device__ __forceinline__ void dec_gate_up(const T* __restrict__ x, const T* __
     const T* const wrow[2] = {valid ? w + static_cast<long long>(i) * hidden : nullptr,
                               valid ? w + static_cast<long long>(inter + i) * hidden : nullptr};
     float acc[2];
-    gemv_block_dots<T, VEC, 2>(xs, wrow, valid, rows, hidden, acc);
+    gemv_block_dots<T, VEC, 2, true>(xs, wrow, valid, rows, hidden, acc);
     if (!valid || lane >= rows) return;
     act[static_cast<long long>(lane) * inter + i] = swiglu_one(from_float<T>(acc[0]), from_float<T>(acc[1]));
 }
@@ -238,7 +240,7 @@ __device__ __forceinline__ void dec_head(const T* __restrict__ x, const T* __res
     const bool valid = out < n;  // every warp takes part in the dot products and the barrier below
     const T* const wrow[1] = {valid ? w + static_cast<long long>(out) * hidden : nullptr};
     float acc[1];
-    gemv_block_dots<T, VEC, 1>(xs, wrow, valid, rows, hidden, acc);
+    gemv_block_dots<T, VEC, 1, true>(xs, wrow, valid, rows, hidden, acc);
     if (valid && lane < rows) {
         const float v = acc[0];
         logits[static_cast<long long>(lane) * n + out] = v;

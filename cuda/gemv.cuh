@@ -52,6 +52,24 @@ constexpr int GEMV_MAX_ROWS = GEMV_MMA_MAX_ROWS;
 constexpr int MMA_ROW_STRIDE = 36;
 constexpr int gemv_mma_exchange_bytes(int nout) { return GEMV_WARPS * nout * GEMV_WARPS * MMA_ROW_STRIDE * 4; }
 
+// ---- the staged rows' layout --------------------------------------------------------------------
+
+// decode.cu's kernels with a norm prologue stage x's normalised rows in shared memory, where the
+// tensor-core path reads them 16 bytes a thread: thread (g, t) reads rows g and g + 8 at the same
+// k. At the models' widths (896 and 1536 16-bit elements) a staged row is a multiple of 128 bytes,
+// so rows g and g + 1, which share a quarter warp's phase, would meet in the same 16 banks: a
+// 2-way conflict on every load past one row. So on that path the staged rows are swizzled: row r's
+// 16-byte vector v is stored at vector v ^ 4 (r & 1) inside each full group of 8 vectors (128
+// bytes), which puts the two rows of a phase in opposite halves of the banks; a last, partial
+// group stays in place. The f32 path (a warp reads one row's consecutive vectors) and the scalar
+// path stage and read rows unswizzled.
+template <typename T, bool VEC>
+__device__ __forceinline__ constexpr bool staged_swizzle() {
+    return VEC && sizeof(T) == 2;
+}
+// Where row r's vector v (of nv) is stored when the rows are swizzled.
+__device__ __forceinline__ int staged_vector(int r, int v, int nv) { return v < (nv & ~7) ? v ^ ((r & 1) << 2) : v; }
+
 // ---- f32: CUDA cores ----------------------------------------------------------------------------
 
 // x may be global or shared memory (gemv_stage_norm's rows). On return, out[j] in lane r < rows is
@@ -161,8 +179,8 @@ __device__ __forceinline__ void load8(const T* __restrict__ row, int k0, int k, 
 }
 
 // A warp's chunks of 32 k (w, w + 8, w + 16, ...) for MT m tiles of rows (2 past 16 rows; a
-// template, so that the unrolled loops test nothing per tile).
-template <typename T, bool VEC, int NOUT, int MT>
+// template, so that the unrolled loops test nothing per tile); SWZ: x is staged rows, swizzled.
+template <typename T, bool VEC, int NOUT, int MT, bool SWZ>
 __device__ __forceinline__ void mma_chunks(const T* __restrict__ x, const T* const (&wg)[NOUT], int rows, int k,
                                            float (&acc)[NOUT][2][4]) {
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -183,7 +201,8 @@ __device__ __forceinline__ void mma_chunks(const T* __restrict__ x, const T* con
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int r = m * 16 + h * 8 + g;
-                    load8<T, VEC>(r < rows ? x + static_cast<long long>(r) * k : nullptr, k0, k, xv[u][m][h]);
+                    const int kx = SWZ && k0 < k ? 8 * staged_vector(r, k0 / 8, k / 8) : k0;
+                    load8<T, VEC>(r < rows ? x + static_cast<long long>(r) * k : nullptr, kx, k, xv[u][m][h]);
                 }
             }
         }
@@ -207,8 +226,9 @@ __device__ __forceinline__ void mma_chunks(const T* __restrict__ x, const T* con
 
 // The block's 8 units on tensor cores (header). Every thread of the block must call it (it has two
 // block barriers); `red` is dynamic shared memory of gemv_mma_exchange_bytes(NOUT) bytes, which
-// may be the memory x is staged in (x is last read before the first barrier here).
-template <typename T, bool VEC, int NOUT>
+// may be the memory x is staged in (x is last read before the first barrier here); SWZ: x is
+// staged rows, swizzled (staged_vector).
+template <typename T, bool VEC, int NOUT, bool SWZ>
 __device__ __forceinline__ void gemv_mma_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], bool valid,
                                               int rows, int k, float* red, float (&out)[NOUT]) {
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -231,9 +251,9 @@ __device__ __forceinline__ void gemv_mma_dots(const T* __restrict__ x, const T* 
         for (int m = 0; m < 2; ++m) acc[j][m][0] = acc[j][m][1] = acc[j][m][2] = acc[j][m][3] = 0.0f;
     }
     if (mtiles == 2) {
-        mma_chunks<T, VEC, NOUT, 2>(x, wg, rows, k, acc);
+        mma_chunks<T, VEC, NOUT, 2, SWZ>(x, wg, rows, k, acc);
     } else {
-        mma_chunks<T, VEC, NOUT, 1>(x, wg, rows, k, acc);
+        mma_chunks<T, VEC, NOUT, 1, SWZ>(x, wg, rows, k, acc);
     }
     __syncthreads();  // every warp is past its reads of x, which may share red's memory
     // Fragment c: c[0], c[1] = (row g, units 2t, 2t + 1); c[2], c[3] = (row g + 8, the same units).
@@ -288,8 +308,9 @@ __device__ __forceinline__ void prefetch_rows_l2(const T* w, long long first, in
 
 // Warp u's unit (wrow; valid false: none, past the last unit) for rows 0..rows-1 of x; out[j] in
 // lane r < rows. Every thread of the block must call it. f16/bf16 read gemv_mma_exchange_bytes(NOUT)
-// bytes of dynamic shared memory.
-template <typename T, bool VEC, int NOUT>
+// bytes of dynamic shared memory. STAGED: x is rows staged by decode.cu's gemv_stage_norm (in the
+// staged layout above), else x is plain [rows, k].
+template <typename T, bool VEC, int NOUT, bool STAGED = false>
 __device__ __forceinline__ void gemv_block_dots(const T* __restrict__ x, const T* const (&wrow)[NOUT], bool valid,
                                                 int rows, int k, float (&out)[NOUT]) {
     if constexpr (sizeof(T) == 4) {
@@ -297,7 +318,7 @@ __device__ __forceinline__ void gemv_block_dots(const T* __restrict__ x, const T
         for (int j = 0; j < NOUT; ++j) out[j] = 0.0f;
         if (valid) gemv_fma_dots<T, VEC, NOUT>(x, wrow, rows, k, out);
     } else {
-        gemv_mma_dots<T, VEC, NOUT>(x, wrow, valid, rows, k, dynamic_shared<float>(), out);
+        gemv_mma_dots<T, VEC, NOUT, STAGED && staged_swizzle<T, VEC>()>(x, wrow, valid, rows, k, dynamic_shared<float>(), out);
     }
 }
 

@@ -240,6 +240,18 @@ pub const MUTANTS: &[Mutant] = &[
         at: None,
     },
     Mutant {
+        name: "decode_staged_rows_unswizzled",
+        module: "decode",
+        // The norm prologue stages its rows in place while gemv.cuh reads them swizzled: every
+        // odd row's halves of each 128 bytes are read swapped (the unfused GEMV reads plain rows).
+        find: "const int to = staged_swizzle<T, VEC>() ? staged_vector(r, i, items) : i;",
+        replace: "const int to = i;",
+        caught_by: &["decode::qkv_equals_rmsnorm_gemv_rope_qkv"],
+        says: "rows 3 hidden 72 heads 4/2 d 16 Auto: q",
+        device_error: false,
+        at: None,
+    },
+    Mutant {
         name: "decode_gate_up_swapped",
         module: "decode",
         find: "swiglu_one(from_float<T>(acc[0]), from_float<T>(acc[1]))",
