@@ -301,9 +301,9 @@ pub(crate) fn prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
 
 /// Qwen2.5-0.5B's golden model in f32 at its real size: the greedy tokens equal the float64
 /// truth's 32, on both decode paths. The software device runs every kernel thread by thread, so
-/// a fused step of the real model (0.5 G multiply-adds, every load checked) takes about 20 s
+/// a fused step of the real model (0.5 G multiply-adds, every load checked) takes about 10 s
 /// there: it checks the fused path's first 2 tokens (and the cuBLAS path's 32, whose GEMMs run
-/// natively); a GPU checks all 32 on both.
+/// natively; tests/cli.rs runs the fused path's 32 through `diff`); a GPU checks all 32 on both.
 fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
     let (file, w) = golden_model("qwen2.5-0.5b");
     let prompt = ids(&file, "prompt");
