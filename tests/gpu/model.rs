@@ -303,7 +303,7 @@ pub(crate) fn prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
 /// truth's 32, on both decode paths. The software device runs every kernel thread by thread, so
 /// a fused step of the real model (0.5 G multiply-adds, every load checked) takes about 10 s
 /// there: it checks the fused path's first 2 tokens (and the cuBLAS path's 32, whose GEMMs run
-/// natively; tests/cli.rs runs the fused path's 32 through `diff`); a GPU checks all 32 on both.
+/// natively); a GPU checks all 32 on both, as `diff --backend cuda --model qwen2.5-0.5b` does anywhere.
 fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
     let (file, w) = golden_model("qwen2.5-0.5b");
     let prompt = ids(&file, "prompt");
