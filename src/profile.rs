@@ -112,6 +112,11 @@ impl Profile {
     pub fn ideal_bytes(&self) -> u64 {
         self.nodes.iter().map(|n| n.ideal_bytes).sum()
     }
+    /// Every load and store as the threads issued them (counted on the software device; 0 on a
+    /// GPU): past the bytes moved, these are re-reads that L2 (or L1) serves.
+    pub fn requested_bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| n.requested_bytes).sum()
+    }
     pub fn modelled_us(&self) -> f64 {
         self.nodes.iter().map(|n| n.modelled_us).sum()
     }
@@ -192,13 +197,20 @@ impl Profile {
         }
         let (r, w, i) = (self.read_bytes(), self.write_bytes(), self.ideal_bytes());
         let ratio = if i > 0 { (r + w) as f64 / i as f64 } else { f64::NAN };
+        // What the threads requested against what a DRAM would move: the re-reads (a decode GEMV's
+        // activation rows, read again by every block) that L2 serves and the model does not charge.
+        let requested = if counted && r + w > 0 {
+            format!(", requested {} bytes ({:.2}x moved)", self.requested_bytes(), self.requested_bytes() as f64 / (r + w) as f64)
+        } else {
+            String::new()
+        };
         let measured = match self.measured_step_us {
             Some(t) => format!(", measured {t:.1} us"),
             None => String::new(),
         };
         writeln!(
             s,
-            "step: {} nodes ({} in the graph), {r} bytes read, {w} bytes written, ideal {i} bytes, ratio {ratio:.3}, modelled {:.1} us (H200){measured}",
+            "step: {} nodes ({} in the graph), {r} bytes read, {w} bytes written, ideal {i} bytes, ratio {ratio:.3}{requested}, modelled {:.1} us (H200){measured}",
             self.nodes.len(),
             self.graph_nodes,
             self.modelled_us()

@@ -384,7 +384,8 @@ fn profile_prints_every_node_of_a_decode_step_and_the_summary() {
     assert_eq!(code, 0, "{err}\n{out}");
     assert!(out.contains("counts (softgpu counters tool), times are a model, not measurements"), "{out}");
     let summary = out.lines().last().unwrap_or_default();
-    // step: N nodes (G in the graph), R bytes read, W bytes written, ideal I bytes, ratio X, modelled T us (H200)
+    // step: N nodes (G in the graph), R bytes read, W bytes written, ideal I bytes, ratio X,
+    // requested Q bytes (Yx moved), modelled T us (H200)
     assert!(summary.starts_with("step: ") && summary.ends_with(" us (H200)"), "{summary}");
     // The number just before `what` in the summary.
     let number = |what: &str| -> f64 {
@@ -403,6 +404,9 @@ fn profile_prints_every_node_of_a_decode_step_and_the_summary() {
     let moved: u64 = rows.iter().map(|r| r.split_whitespace().nth(7).unwrap().parse::<u64>().unwrap()).sum();
     let (read, written) = (number(" bytes read"), number(" bytes written"));
     assert_eq!(read as u64 + written as u64, moved, "{summary}");
+    // The bytes the threads requested (L2 serves what a DRAM does not move): the column's sum.
+    let requested: u64 = rows.iter().map(|r| r.split_whitespace().nth(6).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(number(" bytes ("), requested as f64, "{summary}");
     let (_, ratio) = summary.split_once("ratio ").unwrap();
     let ratio: f64 = ratio.split(',').next().unwrap().parse().unwrap();
     // Each node moves at least its ideal (a sector holds the bytes it serves); the whole step,
