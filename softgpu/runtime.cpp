@@ -654,13 +654,13 @@ int pick() {
     // Round robin from the cursor (every fiber's turn comes), without a division per step: this
     // runs at every switch.
     const bool reverse = s.threads == ThreadOrder::Reverse;
+    auto after = [&](int i) { return reverse ? (i == 0 ? n - 1 : i - 1) : (i + 1 == n ? 0 : i + 1); };
     int i = static_cast<int>(L.cursor);
-    for (int step = 0; step < n; ++step) {
+    for (int step = 0; step < n; ++step, i = after(i)) {
         if (g_fibers[i].state == State::Runnable) {
-            L.cursor = reverse ? (i == 0 ? n - 1 : i - 1) : (i + 1 == n ? 0 : i + 1);
+            L.cursor = after(i);
             return i;
         }
-        i = reverse ? (i == 0 ? n - 1 : i - 1) : (i + 1 == n ? 0 : i + 1);
     }
     return -1;
 }

@@ -157,8 +157,8 @@ fn decode_gemvs_read_staged_rows_without_bank_conflicts(gpu: &Gpu) {
             decode::gate_up(gpu, &x.view(), &norm.view(), 1e-6, &w.view(), &mut act.view_mut()).unwrap();
             decode::head(gpu, &x.view(), &norm.view(), 1e-6, &wh.view(), &mut logits.view_mut(), vocab, &mut cand).unwrap();
         });
+        let names: Vec<&str> = records.iter().map(|c| c.name()).collect();
         for name in ["dec_gate_up_bf16_vec", "dec_head_bf16_vec"] {
-            let names: Vec<&str> = records.iter().map(|c| c.name()).collect();
             let c = records.iter().find(|c| c.name() == name).unwrap_or_else(|| panic!("no {name} launch among {names:?}"));
             assert!(c.shared_requests > 0, "{name}: no shared access counted: {c:?}");
             assert_eq!(c.shared_bank_conflicts, 0, "{name}, hidden {hidden}, {rows} rows: {c:?}");
