@@ -44,16 +44,20 @@ namespace qk {
 
 // 16-byte vector load and store (ld / st .v4.b32: one access, which must be 16-byte aligned). The
 // host compiler would split the 16 bytes into smaller accesses; the device runtime makes it the one
-// access a GPU makes, for the tools (softgpu/tools.cpp) to check and count as such.
+// access a GPU makes, for the tools (softgpu/tools.cpp) to check and count as such. Values cross
+// into the runtime by value (kernel_api.h's Bits16): a register's contents are not memory.
 template <typename V> __device__ __forceinline__ V ld16(const V* p) {
     static_assert(sizeof(V) == 16, "a 16-byte vector");
+    const ::qksoft::Bits16 b = ::qksoft::ptx_ld16(p);
     V v;
-    ::qksoft::ptx_ld16(&v, p);
+    memcpy(&v, &b, 16);
     return v;
 }
 template <typename V> __device__ __forceinline__ void st16(V* p, const V& v) {
     static_assert(sizeof(V) == 16, "a 16-byte vector");
-    ::qksoft::ptx_st16(p, &v);
+    ::qksoft::Bits16 b;
+    memcpy(&b, &v, 16);
+    ::qksoft::ptx_st16(p, b);
 }
 
 // 16-byte global -> shared copy that bypasses registers; `valid == false` copies nothing and
@@ -68,18 +72,28 @@ template <int PENDING> __device__ __forceinline__ void cp_async_wait(const char*
                                                                     int line = __builtin_LINE()) {
     ::qksoft::ptx_cp_async_wait(PENDING, file, line);
 }
-// D = A B + C, m16n8k16, 16-bit inputs, FP32 accumulation (c is C on entry, D on return).
+// D = A B + C, m16n8k16, 16-bit inputs, FP32 accumulation (c is C on entry, D on return); the
+// registers cross into the runtime by value.
+__device__ __forceinline__ void soft_mma_m16n8k16(::qksoft::MmaType type, float (&c)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1, const char* file, int line) {
+    const ::qksoft::Floats4 cin = {{c[0], c[1], c[2], c[3]}};
+    const ::qksoft::Bits16 ain = {a[0] | static_cast<uint64_t>(a[1]) << 32, a[2] | static_cast<uint64_t>(a[3]) << 32};
+    const ::qksoft::Floats4 d = ::qksoft::ptx_mma_m16n8k16(type, cin, ain, b0, b1, file, line);
+    c[0] = d.v[0], c[1] = d.v[1], c[2] = d.v[2], c[3] = d.v[3];
+}
 __device__ __forceinline__ void mma_m16n8k16_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
                                                  QK_CALL_SITE) {
-    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::F16, c, a, b0, b1, file, line);
+    soft_mma_m16n8k16(::qksoft::MmaType::F16, c, a, b0, b1, file, line);
 }
 __device__ __forceinline__ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1
                                                   QK_CALL_SITE) {
-    ::qksoft::ptx_mma_m16n8k16(::qksoft::MmaType::BF16, c, a, b0, b1, file, line);
+    soft_mma_m16n8k16(::qksoft::MmaType::BF16, c, a, b0, b1, file, line);
 }
 // Four 8 x 8 matrices of 16-bit elements from shared memory (see the header).
 template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row QK_CALL_SITE) {
-    ::qksoft::ptx_ldmatrix_x4(TRANS, r, row, file, line);
+    const ::qksoft::Bits16 b = ::qksoft::ptx_ldmatrix_x4(TRANS, row, file, line);
+    r[0] = static_cast<uint32_t>(b.lo), r[1] = static_cast<uint32_t>(b.lo >> 32);
+    r[2] = static_cast<uint32_t>(b.hi), r[3] = static_cast<uint32_t>(b.hi >> 32);
 }
 // The launch's dynamic shared memory (`sharedMemBytes` of the launch), 16-byte aligned.
 template <typename T> __device__ __forceinline__ T* dynamic_shared() {

@@ -250,7 +250,9 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
     runtime.include(&softgpu_dir).files(["runtime.cpp", "memory.cpp", "tools.cpp", "driver.cpp"].map(|f| softgpu_dir.join(f)));
     objects.extend(runtime.compile_intermediates());
     let libcuda = dir.join("libcuda.so");
-    link(&runtime, &objects, &libcuda, "libcuda.so", &[]);
+    // -Bsymbolic: the kernels' calls into the runtime (a tools hook at every access) bind inside
+    // the library, direct calls rather than through its PLT; nothing interposes them.
+    link(&runtime, &objects, &libcuda, "libcuda.so", &["-Wl,-Bsymbolic".to_string()]);
     line_table(&libcuda);
 
     let mut blas = base_build(&include);

@@ -57,9 +57,15 @@ namespace qksoft {
 
 void fill_pattern(void* p, size_t bytes, uint32_t pattern) {
     unsigned char* b = static_cast<unsigned char*>(p);
-    size_t i = 0;
-    for (; i + 4 <= bytes; i += 4) memcpy(b + i, &pattern, 4);
-    for (; i < bytes; ++i) b[i] = reinterpret_cast<unsigned char*>(&pattern)[i % 4];
+    // The first 4 bytes, then the filled prefix copied onto what follows it, doubling (memcpy's
+    // speed: shared memory is poisoned at every block's start).
+    size_t done = std::min<size_t>(bytes, 4);
+    memcpy(b, &pattern, done);
+    while (done < bytes) {
+        const size_t n = std::min(done, bytes - done);
+        memcpy(b + done, b, n);
+        done += n;
+    }
 }
 
 std::string format(const char* fmt, ...) {
@@ -519,20 +525,49 @@ void execute(WarpOp& op, int warp) {
         case OpKind::Mma: {
             // Gather A (16 x 16), B (16 x 8, [k][n]) and C (16 x 8) from the fragments (ptx.cuh's
             // table), then D = A B + C with exact products summed in double and rounded once.
+            //
+            // A row of A that is all zeros (a decode GEMV's padding rows: 15 of 16 at one row) with
+            // B finite contributes only zero products: D = C there, computed without them, except
+            // where C is -0 (-0 + +0 is +0: the products' signs decide, so that element is summed).
+            // Both are read from the bits: an element is +-0 when its bits other than the sign
+            // (0x8000 in f16 and bf16) are clear, and B's element is finite unless its exponent
+            // (0x7c00 in f16, 0x7f80 in bf16) is all ones.
+            const uint32_t exponent = op.sub == 0 ? 0x7c00u : 0x7f80u;
+            auto finite2 = [&](uint32_t x) { return (x & exponent) != exponent && (x >> 16 & exponent) != exponent; };
+            bool b_finite = true;
+            uint32_t nonzero[2][8] = {};  // [row g or g + 8][g]: OR of the row's bits, sign cleared
+            for (int l = 0; l < 32; ++l) {
+                const LaneIn& in = op.in[l];
+                b_finite &= finite2(in.b[0]) && finite2(in.b[1]);
+                nonzero[0][l / 4] |= (in.v[0] | in.v[2]) & 0x7fff7fffu;
+                nonzero[1][l / 4] |= (in.v[1] | in.v[3]) & 0x7fff7fffu;
+            }
+            // Element (i, k) of A from its fragment: lane 4 (i % 8) + (k % 8) / 2, register a[0] (row
+            // g, k < 8), a[1] (row g + 8, k < 8), a[2], a[3] (k >= 8), the odd k in the high half.
+            auto a_element = [&](int i, int k) {
+                const uint32_t r = op.in[4 * (i % 8) + (k % 8) / 2].v[(i / 8) + 2 * (k / 8)];
+                return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), op.sub);
+            };
             float A[16][16], B[16][8], C[16][8];
+            bool zero_row[16];
+            for (int i = 0; i < 16; ++i) zero_row[i] = b_finite && nonzero[i / 8][i % 8] == 0;
             for (int l = 0; l < 32; ++l) {
                 const int g = l / 4, t = l % 4;
                 const LaneIn& in = op.in[l];
                 auto lo = [&](uint32_t x) { return half_bits_to_float(static_cast<uint16_t>(x & 0xffff), op.sub); };
                 auto hi = [&](uint32_t x) { return half_bits_to_float(static_cast<uint16_t>(x >> 16), op.sub); };
-                A[g][2 * t] = lo(in.v[0]);
-                A[g][2 * t + 1] = hi(in.v[0]);
-                A[g + 8][2 * t] = lo(in.v[1]);
-                A[g + 8][2 * t + 1] = hi(in.v[1]);
-                A[g][2 * t + 8] = lo(in.v[2]);
-                A[g][2 * t + 9] = hi(in.v[2]);
-                A[g + 8][2 * t + 8] = lo(in.v[3]);
-                A[g + 8][2 * t + 9] = hi(in.v[3]);
+                if (!zero_row[g]) {
+                    A[g][2 * t] = lo(in.v[0]);
+                    A[g][2 * t + 1] = hi(in.v[0]);
+                    A[g][2 * t + 8] = lo(in.v[2]);
+                    A[g][2 * t + 9] = hi(in.v[2]);
+                }
+                if (!zero_row[g + 8]) {
+                    A[g + 8][2 * t] = lo(in.v[1]);
+                    A[g + 8][2 * t + 1] = hi(in.v[1]);
+                    A[g + 8][2 * t + 8] = lo(in.v[3]);
+                    A[g + 8][2 * t + 9] = hi(in.v[3]);
+                }
                 B[2 * t][g] = lo(in.b[0]);
                 B[2 * t + 1][g] = hi(in.b[0]);
                 B[2 * t + 8][g] = lo(in.b[1]);
@@ -542,24 +577,20 @@ void execute(WarpOp& op, int warp) {
                 C[g + 8][2 * t] = in.c[2];
                 C[g + 8][2 * t + 1] = in.c[3];
             }
-            // A row of A that is all zeros (a decode GEMV's padding rows: 15 of 16 at one row) with
-            // B finite contributes only zero products: D = C there, computed without them, except
-            // where C is -0 (-0 + +0 is +0: the products' signs decide, so that element is summed).
-            bool b_finite = true;
-            for (int k = 0; k < 16; ++k) {
-                for (int j = 0; j < 8; ++j) b_finite &= std::isfinite(B[k][j]);
-            }
             float D[16][8];
             for (int i = 0; i < 16; ++i) {
-                bool zero_row = b_finite;
-                for (int k = 0; k < 16; ++k) zero_row &= A[i][k] == 0.0f;
                 for (int j = 0; j < 8; ++j) {
-                    if (zero_row && !(C[i][j] == 0.0f && std::signbit(C[i][j]))) {
+                    if (zero_row[i] && !(C[i][j] == 0.0f && std::signbit(C[i][j]))) {
                         D[i][j] = static_cast<float>(static_cast<double>(C[i][j]));
                         continue;
                     }
+                    // A zero row reaches here only for C = -0: its elements (+-0, whose signs
+                    // count) are read from the fragments, which it skipped.
                     double s = C[i][j];
-                    for (int k = 0; k < 16; ++k) s += static_cast<double>(A[i][k]) * static_cast<double>(B[k][j]);
+                    for (int k = 0; k < 16; ++k) {
+                        const double a = zero_row[i] ? static_cast<double>(a_element(i, k)) : static_cast<double>(A[i][k]);
+                        s += a * static_cast<double>(B[k][j]);
+                    }
                     D[i][j] = static_cast<float>(s);
                 }
             }
@@ -1147,22 +1178,27 @@ void ptx_cp_async_wait(int pending, const char*, int) {
     f.groups.erase(f.groups.begin(), f.groups.begin() + done);
 }
 
-void ptx_mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, const char* file,
-                      int line) {
+Floats4 ptx_mma_m16n8k16(MmaType type, Floats4 c, Bits16 a, uint32_t b0, uint32_t b1, const char* file, int line) {
     LaneIn in{};
-    memcpy(in.v, a, sizeof in.v);
+    in.v[0] = static_cast<uint32_t>(a.lo);
+    in.v[1] = static_cast<uint32_t>(a.lo >> 32);
+    in.v[2] = static_cast<uint32_t>(a.hi);
+    in.v[3] = static_cast<uint32_t>(a.hi >> 32);
     in.b[0] = b0;
     in.b[1] = b1;
-    memcpy(in.c, c, sizeof in.c);
+    memcpy(in.c, c.v, sizeof in.c);
     arrive(OpKind::Mma, type == MmaType::F16 ? 0 : 1, 0xffffffffu, 0, 32, in, file, line);
-    memcpy(c, me().out, sizeof c);
+    Floats4 d;
+    memcpy(d.v, me().out, sizeof d.v);
+    return d;
 }
 
-void ptx_ldmatrix_x4(bool trans, uint32_t (&r)[4], const void* row, const char* file, int line) {
+Bits16 ptx_ldmatrix_x4(bool trans, const void* row, const char* file, int line) {
     LaneIn in{};
     in.addr = row;
     arrive(OpKind::Ldmatrix, trans ? 1 : 0, 0xffffffffu, 0, 32, in, file, line);
-    memcpy(r, me().out, sizeof r);
+    const uint32_t* r = me().out;
+    return Bits16{r[0] | static_cast<uint64_t>(r[1]) << 32, r[2] | static_cast<uint64_t>(r[3]) << 32};
 }
 
 void ptx_griddepcontrol_wait() {
@@ -1170,16 +1206,6 @@ void ptx_griddepcontrol_wait() {
 }
 
 void ptx_griddepcontrol_launch_dependents() {}
-
-void ptx_ld16(void* out, const void* src) {
-    tools::vector_access(src, false, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
-    memcpy(out, src, 16);
-}
-
-void ptx_st16(void* dst, const void* in) {
-    tools::vector_access(dst, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
-    memcpy(dst, in, 16);
-}
 
 void ptx_prefetch_l2(const void* p) {
     tools::prefetch(p, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));

@@ -154,8 +154,6 @@ void barrier_released();
 // griddepcontrol.wait by thread `thread` of the running block.
 void dependency_waited(int thread);
 void warp_synced(int warp);
-// A 16-byte vector access of the running thread, `site` the return address in the kernel.
-void vector_access(const void* p, bool write, uintptr_t site);
 // An L2 prefetch's address (memcheck only: a hint reads nothing).
 void prefetch(const void* p, uintptr_t site);
 // A memory access the runtime makes for a thread (cp.async, ldmatrix), with its call site.
