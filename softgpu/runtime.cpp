@@ -495,7 +495,8 @@ float half_bits_to_float(uint16_t h, int sub) {
     return f;
 }
 
-void execute(WarpOp& op, int warp) {
+// Out of line: arrive() stays small for the 31 lanes that only wait.
+__attribute__((noinline)) void execute(WarpOp& op, int warp) {
     Fiber* lanes = &g_fibers[warp * 32];
     switch (op.kind) {
         case OpKind::SyncWarp:

@@ -684,6 +684,9 @@ inline bool quiet_read16(uint64_t p) {
 
 Bits16 ptx_ld16(const void* src) {
     const uint64_t p = reinterpret_cast<uint64_t>(src);
+    // The same thread's next vector of a warp-strided loop (32 lanes x 16 bytes on), the way the
+    // kernels read weights: a hint to the host's caches, which never faults.
+    __builtin_prefetch(static_cast<const char*>(src) + 512);
     if (!(g_running.active && quiet_read16(p))) access(src, 16, false, false, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
     Bits16 v;
     memcpy(&v, src, 16);
