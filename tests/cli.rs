@@ -188,11 +188,13 @@ fn diff_fused_decode_bf16_whole_model_passes() {
 
 /// VibeThinker-1.5B in f32: the CUDA-core GEMVs at the larger model's shapes (hidden 1536, 12/2
 /// heads, intermediate 8960), its greedy tokens equal to the truth's 32 (about 19 s of CPU time a
-/// step on the software device). Its bf16 fused path, another 15 minutes there, is left to a GPU's
-/// `check` and to `diff --backend cuda --dtype bf16 --model vibethinker-1.5b` by hand.
+/// step on the software device). Its bf16 fused path, another 12 minutes there, is left to a GPU's
+/// `check` and to `diff --backend cuda --dtype bf16 --model vibethinker-1.5b` by hand. Named to
+/// sort right after check_backend_cuda_passes_every_row_on_the_device_it_names: libtest starts
+/// tests in the order of their names, so on 2 cores the two longest start together.
 #[test]
 #[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
-fn diff_fused_decode_f32_vibethinker_passes() {
+fn check_fused_decode_f32_vibethinker_by_diff() {
     diff_fused_decode_passes("vibethinker-1.5b", "f32", 28);
 }
 

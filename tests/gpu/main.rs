@@ -50,6 +50,12 @@ pub type GpuTest = (&'static str, fn(&Gpu));
 
 /// Set to "i/n" in a shard process (see run_shards).
 const SHARD: &str = "QK_GPU_SHARD";
+/// In a shard process: the folder where the shards claim tests (see run_shards).
+const CLAIMS: &str = "QK_GPU_CLAIMS";
+
+/// The tests that take minutes on the software device (whole models at their real size): the
+/// shards claim them first, so that none is left to start when the others are done.
+const LONGEST: &[&str] = &["model::greedy_f32_equals_the_truth_qwen", "golden::kernels_pass_every_golden"];
 
 /// Tests that need the software device (its schedules or its mutant modules): skipped on hardware.
 const SOFTWARE_ONLY: &[&str] = &[
@@ -141,10 +147,10 @@ fn main() -> ExitCode {
         let (i, n) = s.split_once('/')?;
         Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
     });
-    let selected: Vec<GpuTest> = match shard {
-        Some((i, n)) => selected.into_iter().enumerate().filter(|(j, _)| j % n == i).map(|(_, t)| t).collect(),
-        None => selected,
-    };
+    // The longest first (a stable sort: the rest keep their order).
+    let mut selected = selected;
+    selected.sort_by_key(|(name, _)| !LONGEST.contains(name));
+    let claims = std::env::var_os(CLAIMS).map(std::path::PathBuf::from);
 
     let device_word = match gpu() {
         Ok(g) => {
@@ -173,7 +179,14 @@ fn main() -> ExitCode {
         return run_shards(jobs.min(selected.len()), device_word);
     }
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for (name, test) in selected {
+    for (index, (name, test)) in selected.into_iter().enumerate() {
+        // A shard runs the tests it claims: the first to create the test's file in the claims
+        // folder (create_new: atomic) runs it, so a shard that is done takes the next one.
+        if let Some(dir) = &claims {
+            if std::fs::OpenOptions::new().write(true).create_new(true).open(dir.join(index.to_string())).is_err() {
+                continue;
+            }
+        }
         match gpu() {
             Ok(g) if g.info().kind == DeviceKind::Hardware && SOFTWARE_ONLY.contains(&name) => {
                 skipped += 1;
@@ -220,16 +233,20 @@ fn main() -> ExitCode {
 }
 
 /// The software device runs a launch on one CPU core: spread the tests over `n` processes of
-/// this binary (shard i runs tests i, i + n, ...), then print each one's output and the total.
+/// this binary, each taking the next unclaimed test when it is done with one (claims in a fresh
+/// folder, removed at the end), then print each one's output and the total.
 fn run_shards(n: usize, device_word: &str) -> ExitCode {
     let exe = std::env::current_exe().expect("the test binary's path");
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let claims = std::env::temp_dir().join(format!("qk-gpu-claims-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&claims).expect("the shards' claims folder");
     println!("running the tests in {n} processes (QK_GPU_JOBS=1: one)");
     let children: Vec<_> = (0..n)
         .map(|i| {
-            let (exe, args) = (exe.clone(), args.clone());
+            let (exe, args, claims) = (exe.clone(), args.clone(), claims.clone());
             std::thread::spawn(move || {
-                std::process::Command::new(exe).args(args).env(SHARD, format!("{i}/{n}")).output()
+                std::process::Command::new(exe).args(args).env(SHARD, format!("{i}/{n}")).env(CLAIMS, claims).output()
             })
         })
         .collect();
@@ -265,6 +282,7 @@ fn run_shards(n: usize, device_word: &str) -> ExitCode {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&claims);
     println!("{device_word}: {passed} passed, {failed} failed, {skipped} skipped");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

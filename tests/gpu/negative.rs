@@ -42,6 +42,7 @@ fn lazily_loaded_functions_launch_and_capture(_gpu: &Gpu) {
         .env(CHILD, "1")
         .env("QK_GPU_JOBS", "1")
         .env_remove("QK_GPU_SHARD")
+        .env_remove("QK_GPU_CLAIMS")
         .env_remove("QK_REQUIRE_GPU")
         .output()
         .unwrap();
@@ -61,6 +62,7 @@ fn required_gpu_with_a_filter_that_selects_nothing_fails(_gpu: &Gpu) {
         .env(CHILD, "1")
         .env("QK_GPU_JOBS", "1")
         .env_remove("QK_GPU_SHARD")
+        .env_remove("QK_GPU_CLAIMS")
         .env_remove("QK_DEVICE")
         .output()
         .unwrap();
@@ -95,6 +97,7 @@ fn source_mutants_are_caught(_gpu: &Gpu) {
             .env(CHILD, "1")
             .env("QK_GPU_JOBS", "1")
             .env_remove("QK_GPU_SHARD")
+            .env_remove("QK_GPU_CLAIMS")
             .env_remove("QK_REQUIRE_GPU")
             .env_remove("QK_SOFTGPU_SCHEDULE")
             .output()
