@@ -22,6 +22,7 @@ use rand::Rng;
 
 pub const TESTS: &[GpuTest] = &[
     ("model::greedy_f32_equals_the_truth_qwen", greedy_f32_equals_the_truth_qwen),
+    ("model::whole_model_f32_vibethinker_on_the_fused_path", whole_model_f32_vibethinker_on_the_fused_path),
     ("model::long_greedy_follows_the_cpu_reference", long_greedy_follows_the_cpu_reference),
     ("model::batch_of_different_lengths_equals_each_alone", batch_of_different_lengths_equals_each_alone),
     ("model::graph_replay_equals_direct_launches", graph_replay_equals_direct_launches),
@@ -315,6 +316,24 @@ fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
         let ours = m.greedy(gpu, 0, &prompt, truth.len()).unwrap();
         assert_eq!(ours, truth, "f32 greedy tokens on the device ({path} decode) against the float64 truth's");
     }
+}
+
+/// VibeThinker-1.5B's golden model in f32 at its real size on the fused decode path (the CUDA-core
+/// GEMVs at hidden 1536, 12/2 heads, intermediate 8960): every whole-model row `check` prints for
+/// it (diff::rows: the teacher-forced layers and logits within the reference's error model, the
+/// 32 greedy tokens equal to the float64 truth's). About 19 s of CPU time a decode step on the
+/// software device; its bf16 fused path, another 13 minutes there, is run by hand (`diff
+/// --backend cuda --dtype bf16 --model vibethinker-1.5b`) and by a GPU's `check`.
+fn whole_model_f32_vibethinker_on_the_fused_path(gpu: &Gpu) {
+    let (file, w) = golden_model("vibethinker-1.5b");
+    let report = diff::analyse_with_on(&file, &w, Forward::Device { gpu, dtype: DType::F32, path: DecodePath::Fused }).unwrap();
+    assert!(report.forward.contains("f32, fused decode"), "{}", report.forward);
+    let rows = diff::rows(&report);
+    assert_eq!(rows.iter().map(|r| r.op.as_str()).collect::<Vec<_>>(), ["model.layers.forced", "model.logits.forced", "model.greedy32"]);
+    for r in rows {
+        assert!(r.comparison.passed(), "{}: {}", r.op, r.comparison);
+    }
+    assert_eq!(report.greedy_ours, report.greedy_truth, "{}", diff::greedy_note(&report));
 }
 
 /// 160 greedy steps of the random model: every token equals the CPU reference's. The reference's
