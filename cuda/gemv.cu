@@ -9,7 +9,7 @@
 // K, their partials meet in a fixed tree), CUDA cores for f32 (one warp a feature, lanes split K,
 // a butterfly's order). The order of every addition depends on K alone, never on R, on the row's
 // place among them or on the grid, so a row's y is the same bit for bit whatever the batch (cuBLAS
-// promises no such thing). f16/bf16 launches take gemv_mma_exchange_bytes(1) = 9,216 bytes of
+// promises no such thing). f16/bf16 launches take gemv_mma_exchange_bytes(1, 1) = 9,216 bytes of
 // dynamic shared memory.
 #include "args.h"
 #include "gemv.cuh"
@@ -22,12 +22,12 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int out = blockIdx.x * GEMV_WARPS + warp;
     const bool valid = out < n;  // past N a warp still takes part in the block's exchange
-    const T* const wrow[1] = {valid ? w + static_cast<long long>(out) * k : nullptr};
-    float sum[1];
-    gemv_block_dots<T, VEC, 1>(x, wrow, valid, rows, k, sum);
+    const T* const wrow[1][1] = {{valid ? w + static_cast<long long>(out) * k : nullptr}};
+    float sum[1][1];
+    gemv_block_dots<T, VEC, 1>(x, wrow, rows, k, sum);
     if (valid && lane < rows) {
         const float bias = b == nullptr ? 0.0f : to_float(b[out]);
-        y[static_cast<long long>(lane) * n + out] = from_float<TY>(sum[0] + bias);
+        y[static_cast<long long>(lane) * n + out] = from_float<TY>(sum[0][0] + bias);
     }
 }
 

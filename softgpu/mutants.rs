@@ -244,8 +244,8 @@ pub const MUTANTS: &[Mutant] = &[
         module: "decode",
         // The norm prologue stages its rows in place while gemv.cuh reads them swizzled: every
         // odd row's halves of each 128 bytes are read swapped (the unfused GEMV reads plain rows).
-        find: "const int to = staged_swizzle<T, VEC>() ? staged_vector(r, i, items) : i;",
-        replace: "const int to = i;",
+        find: "return staged_swizzle<T, VEC>() ? staged_vector(r, i, items) : i;",
+        replace: "return (void)r, (void)items, i;",
         caught_by: &["decode::qkv_equals_rmsnorm_gemv_rope_qkv"],
         says: "rows 3 hidden 72 heads 4/2 d 16 Auto: q",
         device_error: false,
@@ -289,6 +289,20 @@ pub const MUTANTS: &[Mutant] = &[
         caught_by: &["decode::head_equals_rmsnorm_gemv_argmax_and_advance"],
         says: "Auto: argmax",
         device_error: false,
+        at: None,
+    },
+    Mutant {
+        name: "decode_wide_head_tiles_overlap",
+        module: "decode",
+        // A wide head block writes its 4 tiles' argmax candidates as if its blocks were narrow:
+        // block b's tile jj lands on candidate b + jj, so the blocks overwrite each other's
+        // candidates and most tiles' are lost (the head's launches are wide).
+        // racecheck sees two blocks write one candidate before any answer is compared.
+        find: "const int tile = blockIdx.x * NT + jj;",
+        replace: "const int tile = blockIdx.x + jj;",
+        caught_by: &["decode::head_equals_rmsnorm_gemv_argmax_and_advance"],
+        says: "racecheck: two blocks of one launch write",
+        device_error: true,
         at: None,
     },
     Mutant {

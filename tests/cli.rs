@@ -108,7 +108,7 @@ fn info_runs_without_a_gpu() {
 fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
     assert!(qwen_kernels::kernels::built(), "the kernels were not built, and build.rs did not set cfg(qk_no_kernels)");
     // On a GPU the decode steps run the fused kernels (the default). The software device runs
-    // them thread by thread, 6-9 s a step of Qwen2.5-0.5B and three times that of
+    // them thread by thread, 5.5-7.5 s a step of Qwen2.5-0.5B and three times that of
     // VibeThinker-1.5B: there these whole-model rows decode on the cuBLAS path (its GEMMs run
     // natively), and the fused path is checked on whole models by
     // diff_fused_decode_bf16_whole_model_passes below (Qwen2.5-0.5B bf16) and in tests/gpu/model.rs
@@ -164,7 +164,7 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
 /// GEMVs, against its golden: `diff --backend cuda` judges the same rows as `check` (the
 /// free-running error after every layer and in the logits no larger than PyTorch bf16's own,
 /// beyond chance) and exits 1 on any FAIL. On a GPU, `check` above already decodes both models in
-/// f32 and bf16 on the fused path; on the software device (about 9 s of CPU time a fused step of
+/// f32 and bf16 on the fused path; on the software device (about 7.5 s of CPU time a fused step of
 /// this model) this is how CI sees the tensor-core path run a real model end to end, 33 steps.
 /// The f32 fused path runs there on whole models in model::greedy_f32_equals_the_truth_qwen and
 /// model::whole_model_f32_vibethinker_on_the_fused_path (tests/gpu/model.rs).

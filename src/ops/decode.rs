@@ -43,9 +43,35 @@ pub const GATE_UP_OP: &str = "decode gate_up";
 pub const HEAD_OP: &str = "decode head";
 
 use super::gemv::{exchange_bytes, max_rows};
-/// Units (output features, or feature pairs) a block computes: one per warp of 256 threads.
-const UNITS_PER_BLOCK: usize = 8;
+/// Units (output features, or feature pairs) a tile of a block computes: one per warp of 256
+/// threads. A narrow block is one tile, a wide one [`WIDE_TILES`].
+const UNITS_PER_TILE: usize = 8;
 const THREADS: u32 = 256;
+
+/// Tiles of 8 units in a wide block of gate/up and the head (gemv.cuh's GEMV_WIDE).
+pub const WIDE_TILES: usize = 4;
+/// Rows past which gate/up takes wide blocks in f16/bf16. A block reads all of its launch's rows
+/// of x, and the norm row, against its units' weights (R + 1 rows of K against 16 rows of W for
+/// 8 units of gate/up), so past 8 rows a narrow block reads about as many bytes of activations
+/// (from L2) as of weights, and more as R grows; a wide block shares each x fragment among 4
+/// tiles. Up to 8 rows gate/up stays narrow, which fills the GPU four times as well (608 blocks
+/// against 152 for Qwen2.5-0.5B, on 132 SMs). The head is wide at every row count and dtype:
+/// 151,936 units are 4,748 wide blocks, and a narrow block's norm (x and the norm row: 3.5 KiB at
+/// one bf16 row) beside its 14 KiB of weight is a quarter more bytes. q/k/v, o and down stay narrow:
+/// their 576 to 1536 units would leave a wide grid 18 to 48 blocks for 132 SMs. A unit's sums are
+/// the same in either block (gemv.cuh), so rows stay batch-invariant across the switch.
+pub const WIDE_PAST_ROWS: usize = 8;
+
+/// Tiles a block of `base` ("gate_up" or "head") takes for a launch of `rows` rows of `dtype`.
+/// In f32 (CUDA cores, 16 rows at most) the head's wide block takes its units one after another
+/// (its norm once for 32 units); gate/up stays narrow.
+pub fn norm_tiles(base: &str, dtype: DType, rows: usize) -> usize {
+    match dtype {
+        _ if base == "head" => WIDE_TILES,
+        DType::F16 | DType::BF16 if rows > WIDE_PAST_ROWS => WIDE_TILES,
+        _ => 1,
+    }
+}
 
 fn dims2(op: &'static str, what: &str, l: Layout) -> Result<(usize, usize)> {
     match *l.shape.dims() {
@@ -67,9 +93,10 @@ fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::unsupported(op, format!("{what} {v} past i32")))
 }
 
-/// The kernel name for `base`, dtype and path: the vector path needs K a multiple of the 16-byte
-/// vector and every row base (`offsets`, bytes) 16-byte aligned.
-fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize], path: Path) -> Result<&'static str> {
+/// The kernel name for `base`, dtype and path, wide (`tiles` [`WIDE_TILES`]; gate_up and head in
+/// f16/bf16) or not: the vector path needs K a multiple of the 16-byte vector and every row base
+/// (`offsets`, bytes) 16-byte aligned.
+fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize], path: Path, tiles: usize) -> Result<&'static str> {
     let ok = (k * dtype.size()) % 16 == 0 && offsets.iter().all(|o| o % 16 == 0);
     let vec = path.vectorized(op, ok, || format!("16-byte vector path needs K ({k} of {dtype}) in whole vectors and aligned bases {offsets:?}"))?;
     // KERNELS is ordered by kernel, then dtype (f32, f16, bf16), then path (vec, scalar).
@@ -79,6 +106,15 @@ fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize
         DType::F16 => 1,
         DType::BF16 => 2,
     };
+    if tiles == WIDE_TILES {
+        // WIDE_KERNELS: gate_up in f16, bf16, then head in f32, f16, bf16; vec, then scalar.
+        let at = match (base, dt) {
+            ("gate_up", 1 | 2) => (dt - 1) * 2 + usize::from(!vec),
+            ("head", _) => 4 + dt * 2 + usize::from(!vec),
+            _ => return Err(Error::unsupported(op, format!("no wide block for {base} in {dtype}"))),
+        };
+        return Ok(WIDE_KERNELS[at]);
+    }
     Ok(KERNELS[kernel * 6 + dt * 2 + usize::from(!vec)])
 }
 
@@ -90,13 +126,19 @@ const KERNELS: &[&str] = &[
     "dec_head_f32_vec", "dec_head_f32_scalar", "dec_head_f16_vec", "dec_head_f16_scalar", "dec_head_bf16_vec", "dec_head_bf16_scalar",
 ];
 
+/// The wide blocks' entry points (cuda/decode.cu's entries with GEMV_WIDE).
+const WIDE_KERNELS: &[&str] = &[
+    "dec_gate_up_f16_vec_wide", "dec_gate_up_f16_scalar_wide", "dec_gate_up_bf16_vec_wide", "dec_gate_up_bf16_scalar_wide",
+    "dec_head_f32_vec_wide", "dec_head_f32_scalar_wide", "dec_head_f16_vec_wide", "dec_head_f16_scalar_wide", "dec_head_bf16_vec_wide", "dec_head_bf16_scalar_wide",
+];
+
 /// The row groups of `rows` rows, `per` at a time: 0..per, per..2 per, ...
 fn groups(rows: usize, per: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..rows).step_by(per).map(move |r0| r0..(r0 + per).min(rows))
 }
 
-fn config(units: usize, shared_bytes: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (units.div_ceil(UNITS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared_bytes as u32 }
+fn config(units: usize, tiles: usize, shared_bytes: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (units.div_ceil(UNITS_PER_TILE * tiles) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared_bytes as u32 }
 }
 
 /// The least shared memory a block may opt in to on the built targets: 99 KiB (sm_86/89; sm_80
@@ -127,10 +169,11 @@ fn staged_rows(op: &'static str, hidden: usize, dtype: DType) -> Result<usize> {
     Ok(per.min(max_rows(dtype)))
 }
 
-/// Dynamic shared memory of a norm kernel's launch of `rows` rows: the staged rows, or the tensor
-/// cores' exchange of `units_out` outputs a unit where that is larger (it reuses their memory).
-fn staged_bytes(rows: usize, hidden: usize, dtype: DType, units_out: usize) -> usize {
-    (rows * hidden * dtype.size()).max(exchange_bytes(dtype, units_out))
+/// Dynamic shared memory of a norm kernel's launch of `rows` rows in blocks of `tiles` tiles: the
+/// staged rows, or the tensor cores' exchange of `units_out` outputs a unit where that is larger
+/// (it reuses their memory).
+fn staged_bytes(rows: usize, hidden: usize, dtype: DType, units_out: usize, tiles: usize) -> usize {
+    (rows * hidden * dtype.size()).max(exchange_bytes(dtype, units_out, tiles))
 }
 
 /// Allow `bytes` of dynamic shared memory for `f` where the default does not.
@@ -219,14 +262,14 @@ pub fn qkv_with_path(
     if rows == 0 {
         return Ok(());
     }
-    let name = kernel(op, "qkv", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path)?;
+    let name = kernel(op, "qkv", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path, 1)?;
     let f = gpu.function(MODULE, name)?;
     let geometry = CacheArgs::new(table, &c);
     let (inv_freq, status) = table.device_parts();
     let (hidden_i, heads_i, kv_i, half_i) = (i32_of(op, "hidden", hidden)?, heads as i32, kv_heads as i32, (d / 2) as i32);
     i32_of(op, "rows of w", width.saturating_mul(hidden))?;
     let per = staged_rows(op, hidden, x.layout().dtype)?;
-    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 2);
+    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 2, 1);
     allow_shared(&f, name, shared_for(per.min(rows)))?;
     for g in groups(rows, per) {
         let shared = shared_for(g.len());
@@ -259,7 +302,7 @@ pub fn qkv_with_path(
         // d, of one dtype (checked above); the kernel reads x's rows of the group and w's rows of
         // its units (< width), and writes q_out's rows of the group and the cache only at a slot
         // checked on the device against num_pages * page_size, as rope_qkv (check_kv above).
-        unsafe { gpu.launch_struct(&f, name, &a, config((heads + 2 * kv_heads) * d / 2, shared)) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config((heads + 2 * kv_heads) * d / 2, 1, shared)) }?;
     }
     Ok(())
 }
@@ -281,7 +324,7 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
     if rows == 0 || n == 0 {
         return Ok(());
     }
-    let name = kernel(op, "residual", x.layout().dtype, k, &[x.byte_offset(), w.byte_offset()], path)?;
+    let name = kernel(op, "residual", x.layout().dtype, k, &[x.byte_offset(), w.byte_offset()], path, 1)?;
     let f = gpu.function(MODULE, name)?;
     let (k_i, n_i) = (i32_of(op, "K", k)?, i32_of(op, "N", n)?);
     i32_of(op, "elements of w", n.saturating_mul(k))?;
@@ -293,7 +336,7 @@ pub fn residual_with_path(gpu: &Gpu, x: &View, w: &View, resid: &mut ViewMut, pa
         let a = QkDecResidualArgs { x: p.read(&xg.data), w: p.read(&w.data), resid: p.write(&mut rg.data), rows: rows_i, k: k_i, n: n_i };
         // SAFETY: x's group holds rows * K, w N * K and resid's group rows * N elements of one
         // dtype (checked above); warp n reads w's row n < N and writes resid[r, n], r < rows.
-        unsafe { gpu.launch_struct(&f, name, &a, config(n, exchange_bytes(x.layout().dtype, 1))) }?;
+        unsafe { gpu.launch_struct(&f, name, &a, config(n, 1, exchange_bytes(x.layout().dtype, 1, 1))) }?;
     }
     Ok(())
 }
@@ -316,15 +359,17 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
     if rows == 0 {
         return Ok(());
     }
-    let name = kernel(op, "gate_up", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path)?;
-    let f = gpu.function(MODULE, name)?;
+    let dtype = x.layout().dtype;
+    let offsets = [x.byte_offset(), w.byte_offset(), norm.byte_offset()];
     let (hidden_i, inter_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "I", inter)?);
     i32_of(op, "elements of w", n.saturating_mul(hidden))?;
-    let per = staged_rows(op, hidden, x.layout().dtype)?;
-    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 2);
-    allow_shared(&f, name, shared_for(per.min(rows)))?;
+    let per = staged_rows(op, hidden, dtype)?;
     for g in groups(rows, per) {
-        let shared = shared_for(g.len());
+        let tiles = norm_tiles("gate_up", dtype, g.len());
+        let name = kernel(op, "gate_up", dtype, hidden, &offsets, path, tiles)?;
+        let f = gpu.function(MODULE, name)?;
+        let shared = staged_bytes(g.len(), hidden, dtype, 2, tiles);
+        allow_shared(&f, name, shared)?;
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut ag = act.rows_mut(g)?;
@@ -340,14 +385,15 @@ pub fn gate_up_with_path(gpu: &Gpu, x: &View, norm: &View, eps: f32, w: &View, a
             inter: inter_i,
         };
         // SAFETY: x's group holds rows * H, norm H, w 2I * H and act's group rows * I elements of
-        // one dtype (checked above); warp i reads w's rows i and I + i and writes act[r, i].
-        unsafe { gpu.launch_struct(&f, name, &a, config(inter, shared)) }?;
+        // one dtype (checked above); unit i < I reads w's rows i and I + i and writes act[r, i].
+        unsafe { gpu.launch_struct(&f, name, &a, config(inter, tiles, shared)) }?;
     }
     Ok(())
 }
 
-/// The head's per-block argmax candidates: [rows, blocks] values and indices, allocated once for
-/// up to `rows` rows of a vocabulary of `vocab` (so a step is captured without allocating).
+/// The head's argmax candidates, one per tile of 8 features: [rows, tiles] values and indices,
+/// allocated once for up to `rows` rows of a vocabulary of `vocab` (so a step is captured without
+/// allocating). A wide block writes its 4 tiles' candidates.
 pub struct HeadCandidates {
     part_v: CudaSlice<f32>,
     part_i: CudaSlice<i32>,
@@ -357,7 +403,7 @@ pub struct HeadCandidates {
 
 impl HeadCandidates {
     pub fn new(gpu: &Gpu, rows: usize, vocab: usize) -> Result<Self> {
-        let blocks = vocab.div_ceil(UNITS_PER_BLOCK).max(1);
+        let blocks = vocab.div_ceil(UNITS_PER_TILE).max(1);
         let n = rows.max(1) * blocks;
         let part_v = gpu.stream().alloc_zeros::<f32>(n).cuda("cuMemAlloc(decode head candidates)")?;
         let part_i = gpu.stream().alloc_zeros::<i32>(n).cuda("cuMemAlloc(decode head candidates)")?;
@@ -398,22 +444,24 @@ pub fn head_with_path(
     if n_valid == 0 || n_valid > vocab {
         return Err(Error::invalid(op, format!("n_valid {n_valid} must be in 1..={vocab}")));
     }
-    let blocks = vocab.div_ceil(UNITS_PER_BLOCK);
+    let blocks = vocab.div_ceil(UNITS_PER_TILE);
     if rows > cand.rows || blocks != cand.blocks {
         return Err(Error::shape(op, format!("candidates for {} rows of {} blocks, need {rows} of {blocks}", cand.rows, cand.blocks)));
     }
     if rows == 0 {
         return Ok(());
     }
-    let name = kernel(op, "head", x.layout().dtype, hidden, &[x.byte_offset(), w.byte_offset(), norm.byte_offset()], path)?;
-    let f = gpu.function(MODULE, name)?;
+    let dtype = x.layout().dtype;
+    let offsets = [x.byte_offset(), w.byte_offset(), norm.byte_offset()];
     let (hidden_i, vocab_i, valid_i) = (i32_of(op, "hidden", hidden)?, i32_of(op, "V", vocab)?, n_valid as i32);
     i32_of(op, "elements of w", vocab.saturating_mul(hidden))?;
-    let per = staged_rows(op, hidden, x.layout().dtype)?;
-    let shared_for = |rows: usize| staged_bytes(rows, hidden, x.layout().dtype, 1);
-    allow_shared(&f, name, shared_for(per.min(rows)))?;
+    let per = staged_rows(op, hidden, dtype)?;
     for g in groups(rows, per) {
-        let shared = shared_for(g.len());
+        let tiles = norm_tiles("head", dtype, g.len());
+        let name = kernel(op, "head", dtype, hidden, &offsets, path, tiles)?;
+        let f = gpu.function(MODULE, name)?;
+        let shared = staged_bytes(g.len(), hidden, dtype, 1, tiles);
+        allow_shared(&f, name, shared)?;
         let rows_i = g.len() as i32;
         let xg = x.rows(g.clone())?;
         let mut lg = logits.rows_mut(g.clone())?;
@@ -435,9 +483,9 @@ pub fn head_with_path(
             part_i: p.write(&mut pi).cast(),
         };
         // SAFETY: x's group holds rows * H, norm H, w V * H of one dtype, logits' group rows * V
-        // f32, the candidates rows * blocks each (checked above); block c writes candidate
-        // [r, c] for r < rows, warp n < V reads w's row n and writes logits[r, n].
-        unsafe { gpu.launch_struct(&f, name, &a, config(vocab, shared)) }?;
+        // f32, the candidates rows * blocks each (checked above); tile c < blocks writes
+        // candidate [r, c] for r < rows, feature n < V reads w's row n and writes logits[r, n].
+        unsafe { gpu.launch_struct(&f, name, &a, config(vocab, tiles, shared)) }?;
     }
     Ok(())
 }
@@ -576,17 +624,17 @@ mod tests {
 
     #[test]
     fn kernels_and_groups() {
-        assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 896, &[0, 32, 16], Path::Auto).unwrap(), "dec_qkv_bf16_vec");
-        assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 897, &[0, 0], Path::Auto).unwrap(), "dec_qkv_bf16_scalar");
-        assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto).unwrap(), "dec_head_f32_scalar");
+        assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 896, &[0, 32, 16], Path::Auto, 1).unwrap(), "dec_qkv_bf16_vec");
+        assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 897, &[0, 0], Path::Auto, 1).unwrap(), "dec_qkv_bf16_scalar");
+        assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto, 1).unwrap(), "dec_head_f32_scalar");
         for base in ["qkv", "residual", "gate_up", "head"] {
             for (dtype, dt) in [(DType::F32, "f32"), (DType::F16, "f16"), (DType::BF16, "bf16")] {
                 for (path, p) in [(Path::Vector16, "vec"), (Path::Scalar, "scalar")] {
-                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path).unwrap(), format!("dec_{base}_{dt}_{p}"));
+                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path, 1).unwrap(), format!("dec_{base}_{dt}_{p}"));
                 }
             }
         }
-        assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16), Err(Error::Alignment { .. })));
+        assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16, 1), Err(Error::Alignment { .. })));
         assert_eq!(groups(33, 16).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
         assert_eq!(groups(0, 16).count(), 0);
         // Staged rows: 16 of Qwen2.5-0.5B in f32 (CUDA cores), 32 of both models in bf16 (96 KiB
@@ -600,8 +648,26 @@ mod tests {
         assert!(matches!(staged_rows(HEAD_OP, 20481, DType::F32), Err(Error::UnsupportedSize { .. })));
         assert!(matches!(staged_rows(HEAD_OP, 49153, DType::BF16), Err(Error::UnsupportedSize { .. })));
         // The exchange of partials fits under the staged rows' memory at one row of either model.
-        assert_eq!(staged_bytes(1, 896, DType::BF16, 2), 18432);
-        assert_eq!(staged_bytes(32, 1536, DType::BF16, 2), 98304);
-        assert_eq!(staged_bytes(3, 896, DType::F32, 2), 10752);
+        assert_eq!(staged_bytes(1, 896, DType::BF16, 2, 1), 18432);
+        assert_eq!(staged_bytes(32, 1536, DType::BF16, 2, 1), 98304);
+        assert_eq!(staged_bytes(3, 896, DType::F32, 2, 1), 10752);
+        // Wide blocks: gate/up's exchange (73,728 bytes) is the larger at 9 rows of 896, the
+        // staged rows at 32 of 1536; both within the staged limit.
+        assert_eq!(staged_bytes(9, 896, DType::BF16, 2, WIDE_TILES), 73728);
+        assert_eq!(staged_bytes(32, 1536, DType::BF16, 2, WIDE_TILES), 98304);
+        assert_eq!(staged_bytes(32, 896, DType::BF16, 1, WIDE_TILES), 57344);
+        assert!(exchange_bytes(DType::BF16, 2, WIDE_TILES) <= stage_bytes(DType::BF16));
+        // Wide blocks for gate/up past 8 rows of f16/bf16, for the head at any rows and dtype.
+        let tiles = |base, dtype, rows| norm_tiles(base, dtype, rows);
+        assert_eq!((tiles("gate_up", DType::BF16, 8), tiles("gate_up", DType::BF16, 9), tiles("gate_up", DType::F16, 32), tiles("gate_up", DType::F32, 16)), (1, WIDE_TILES, WIDE_TILES, 1));
+        assert_eq!((tiles("head", DType::BF16, 1), tiles("head", DType::F16, 32), tiles("head", DType::F32, 1)), (WIDE_TILES, WIDE_TILES, WIDE_TILES));
+        for (base, dtypes) in [("gate_up", &[(DType::F16, "f16"), (DType::BF16, "bf16")][..]), ("head", &[(DType::F32, "f32"), (DType::F16, "f16"), (DType::BF16, "bf16")][..])] {
+            for &(dtype, dt) in dtypes {
+                for (path, p) in [(Path::Vector16, "vec"), (Path::Scalar, "scalar")] {
+                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path, WIDE_TILES).unwrap(), format!("dec_{base}_{dt}_{p}_wide"));
+                }
+            }
+        }
+        assert!(matches!(kernel(HEAD_OP, "gate_up", DType::F32, 64, &[0], Path::Auto, WIDE_TILES), Err(Error::UnsupportedSize { .. })));
     }
 }

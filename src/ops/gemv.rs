@@ -37,12 +37,12 @@ pub fn max_rows(dtype: DType) -> usize {
 }
 
 /// Dynamic shared memory a launch of `dtype` needs beside any rows it stages: the 8 warps'
-/// partials of `units_out` outputs a unit on tensor cores (gemv.cuh's gemv_mma_exchange_bytes:
-/// 8 warps x outputs x 8 units x 36 floats), none on CUDA cores.
-pub fn exchange_bytes(dtype: DType, units_out: usize) -> usize {
+/// partials of `units_out` outputs a unit for `tiles` tiles of 8 units on tensor cores (gemv.cuh's
+/// gemv_mma_exchange_bytes: 8 warps x outputs x tiles x 8 units x 36 floats), none on CUDA cores.
+pub fn exchange_bytes(dtype: DType, units_out: usize, tiles: usize) -> usize {
     match dtype {
         DType::F32 => 0,
-        DType::F16 | DType::BF16 => 8 * units_out * 8 * 36 * 4,
+        DType::F16 | DType::BF16 => 8 * units_out * tiles * 8 * 36 * 4,
     }
 }
 /// Output features a block computes (one per warp of 256 threads).
@@ -97,7 +97,7 @@ pub fn gemv_with_path(gpu: &Gpu, x: &View, w: &View, b: Option<&View>, y: &mut V
         n,
     };
     let blocks = dims.out_features.div_ceil(FEATURES_PER_BLOCK) as u32;
-    let shared = exchange_bytes(x.layout().dtype, 1) as u32;
+    let shared = exchange_bytes(x.layout().dtype, 1, 1) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: shared };
     // SAFETY: x holds rows * K, W N * K and b (when given) N elements of the dtype, y rows * N of
     // its own (check_linear, check_output); block c reads W's rows 8c..8c+7 that are < N and x's

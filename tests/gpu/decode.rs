@@ -167,6 +167,9 @@ fn gate_up_equals_rmsnorm_gemv_swiglu(gpu: &Gpu) {
         }
     }
     gate_up_case(gpu, DType::BF16, 1, 896, 4864, Path::Auto, 980);
+    // Wide blocks (past 8 rows) at both models' shapes: 4864 = 152 blocks of 32 units, 8960 = 280.
+    gate_up_case(gpu, DType::BF16, 9, 896, 4864, Path::Auto, 981);
+    gate_up_case(gpu, DType::F16, 32, 1536, 8960, Path::Auto, 982);
 }
 
 /// Logits with a planted tie at each row's maximum (the lower index must win) and, when n_valid <

@@ -134,34 +134,40 @@ fn decode_reads_only_the_workspace_it_writes(gpu: &Gpu) {
     assert_eq!(unwritten.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), poisoned.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
 }
 
-/// The fused decode GEMVs with a norm prologue stage the normalised rows in shared memory and read
-/// them 16 bytes a thread, rows g and g + 1 in one phase of 8 lanes. At the models' widths a staged
-/// bf16 row is 1792 or 3072 bytes, a multiple of 128, so unswizzled the two rows of a phase would
-/// share 16 banks (2-way conflicts on every read past one row); the rows' swizzle (cuda/gemv.cuh,
-/// staged_vector) puts them in opposite halves. 32 rows (both m tiles), gate/up (two outputs a
-/// unit) and the head (one), at both models' hidden sizes: no bank conflict in any shared access
-/// of either launch (the staging writes, the rows' reads, the warps' exchange).
+/// The fused decode GEMVs with a norm prologue stage the rows in shared memory (a copy, then the
+/// norm in place) and read them 16 bytes a thread, rows g and g + 1 in one phase of 8 lanes. At
+/// the models' widths a staged bf16 row is 1792 or 3072 bytes, a multiple of 128, so unswizzled
+/// the two rows of a phase would share 16 banks (2-way conflicts on every read past one row); the
+/// rows' swizzle (cuda/gemv.cuh, staged_vector) puts them in opposite halves. Gate/up (two
+/// outputs a unit) and the head (one), at both models' hidden sizes and 8 and 32 rows (both m
+/// tiles), in narrow blocks and wide ones (4 tiles of units): no bank conflict in any shared access
+/// of any launch (the staging copy, the sums of squares, the norm, the rows' reads, the warps'
+/// exchange).
 fn decode_gemvs_read_staged_rows_without_bank_conflicts(gpu: &Gpu) {
     for cfg in Qwen2Config::presets() {
-        let (rows, hidden, inter, vocab) = (32usize, cfg.hidden_size, 16usize, 40usize);
-        let mut r = rng(43);
-        let up = |r: &mut rand::rngs::StdRng, shape: &[usize], lo: f32, hi: f32| DeviceTensor::from_host(gpu, &uniform(r, DType::BF16, shape, lo, hi)).unwrap();
-        let x = up(&mut r, &[rows, hidden], -2.0, 2.0);
-        let norm = up(&mut r, &[hidden], 0.5, 2.0);
-        let w = up(&mut r, &[2 * inter, hidden], -0.2, 0.2);
-        let wh = up(&mut r, &[vocab, hidden], -0.2, 0.2);
-        let mut act = DeviceTensor::zeros(gpu, DType::BF16, &[rows, inter]).unwrap();
-        let mut logits = DeviceTensor::zeros(gpu, DType::F32, &[rows, vocab]).unwrap();
-        let mut cand = HeadCandidates::new(gpu, rows, vocab).unwrap();
-        let records = counted(gpu, || {
-            decode::gate_up(gpu, &x.view(), &norm.view(), 1e-6, &w.view(), &mut act.view_mut()).unwrap();
-            decode::head(gpu, &x.view(), &norm.view(), 1e-6, &wh.view(), &mut logits.view_mut(), vocab, &mut cand).unwrap();
-        });
-        let names: Vec<&str> = records.iter().map(|c| c.name()).collect();
-        for name in ["dec_gate_up_bf16_vec", "dec_head_bf16_vec"] {
-            let c = records.iter().find(|c| c.name() == name).unwrap_or_else(|| panic!("no {name} launch among {names:?}"));
-            assert!(c.shared_requests > 0, "{name}: no shared access counted: {c:?}");
-            assert_eq!(c.shared_bank_conflicts, 0, "{name}, hidden {hidden}, {rows} rows: {c:?}");
+        for rows in [8usize, 32] {
+            let (hidden, inter, vocab) = (cfg.hidden_size, 40usize, 72usize);
+            let mut r = rng(43);
+            let up = |r: &mut rand::rngs::StdRng, shape: &[usize], lo: f32, hi: f32| DeviceTensor::from_host(gpu, &uniform(r, DType::BF16, shape, lo, hi)).unwrap();
+            let x = up(&mut r, &[rows, hidden], -2.0, 2.0);
+            let norm = up(&mut r, &[hidden], 0.5, 2.0);
+            let w = up(&mut r, &[2 * inter, hidden], -0.2, 0.2);
+            let wh = up(&mut r, &[vocab, hidden], -0.2, 0.2);
+            let mut act = DeviceTensor::zeros(gpu, DType::BF16, &[rows, inter]).unwrap();
+            let mut logits = DeviceTensor::zeros(gpu, DType::F32, &[rows, vocab]).unwrap();
+            let mut cand = HeadCandidates::new(gpu, rows, vocab).unwrap();
+            let records = counted(gpu, || {
+                decode::gate_up(gpu, &x.view(), &norm.view(), 1e-6, &w.view(), &mut act.view_mut()).unwrap();
+                decode::head(gpu, &x.view(), &norm.view(), 1e-6, &wh.view(), &mut logits.view_mut(), vocab, &mut cand).unwrap();
+            });
+            let names: Vec<&str> = records.iter().map(|c| c.name()).collect();
+            for (base, kernel) in [("gate_up", "dec_gate_up_bf16_vec"), ("head", "dec_head_bf16_vec")] {
+                let suffix = if decode::norm_tiles(base, DType::BF16, rows) > 1 { "_wide" } else { "" };
+                let name = format!("{kernel}{suffix}");
+                let c = records.iter().find(|c| c.name() == name).unwrap_or_else(|| panic!("no {name} launch among {names:?}"));
+                assert!(c.shared_requests > 0, "{name}: no shared access counted: {c:?}");
+                assert_eq!(c.shared_bank_conflicts, 0, "{name}, hidden {hidden}, {rows} rows: {c:?}");
+            }
         }
     }
 }
