@@ -29,8 +29,8 @@
 // equal, bit for bit, what rmsnorm/add_rmsnorm, gemv, rope_qkv and swiglu_fused compute one launch
 // at a time. Rows are the decode batch; nothing a row computes depends on the other rows.
 //
-// Launches: grid (ceil(units / (8 NT)), 1, 1), block (256, 1, 1), NT = 1 or GEMV_WIDE (the _wide
-// entries); a unit is one output feature (a pair of features for dec_qkv: i and i + d/2 of one
+// Launches: grid (ceil(units / (8 NT)), 1, 1), block (256, 1, 1), NT = GEMV_WIDE for dec_head and
+// the _wide entries, else 1; a unit is one output feature (a pair of features for dec_qkv: i and i + d/2 of one
 // head; for dec_gate_up: gate i and up i). The norm prologue (every thread of the block) runs
 // before any warp leaves: it stages x's rows in dynamic shared memory (rows * hidden elements,
 // read from global memory once per block), finds each row's 1 / rms there and normalises them in
@@ -381,9 +381,9 @@ template <typename T, int NT> __device__ __forceinline__ void prefetch_gate_up(c
 
 // Entry points: dec_<kernel>_<dtype>_<path>, path in {vec, scalar} (vec: every row of x and W and
 // the norm weight 16-byte aligned and K a multiple of the vector), their wide blocks
-// dec_gate_up_<f16|bf16>_<path>_wide and dec_head_<dtype>_<path>_wide (4 tiles of 8 units a block,
-// gemv.cuh: gate/up past 8 rows, the head always; not q/k/v, o or down, whose 576 to 1536 units
-// would leave a wide grid 18 to 48 blocks for 132 SMs), and dec_finish. Each takes its argument struct (args.h) by value, and each may be
+// dec_gate_up_<f16|bf16>_<path>_wide (4 tiles of 8 units a block, gemv.cuh: for more than 8 rows;
+// dec_head is always so wide; not q/k/v, o or down, whose 576 to 1536 units would leave a wide grid
+// 18 to 48 blocks for 132 SMs), and dec_finish. Each takes its argument struct (args.h) by value, and each may be
 // a programmatic dependent launch (ptx.cuh): every thread first hints its block's weight rows into
 // L2 (they are nobody's output), then waits for the kernel before it, then lets the next one start.
 #define QK_DECODE_ENTRY(NAME, T, VEC)                                                                    \
@@ -406,9 +406,10 @@ template <typename T, int NT> __device__ __forceinline__ void prefetch_gate_up(c
                                  static_cast<T*>(a.resid), a.rows, a.k, a.n);                            \
     }                                                                                                   \
     QK_DECODE_GATE_UP_ENTRY(NAME, T, VEC, 1)                                                            \
-    QK_DECODE_HEAD_ENTRY(NAME, T, VEC, 1)
+    QK_DECODE_HEAD_ENTRY(NAME, T, VEC, qk::GEMV_WIDE)
 
-// gate_up and head, NT tiles of 8 units a block (NAME ends in _wide where NT is GEMV_WIDE).
+// gate_up and head, NT tiles of 8 units a block (the head's always GEMV_WIDE; gate_up's NAME ends
+// in _wide where NT is GEMV_WIDE).
 #define QK_DECODE_GATE_UP_ENTRY(NAME, T, VEC, NT)                                                        \
     extern "C" __global__ void dec_gate_up_##NAME(const QkDecGateUpArgs a) {                            \
         qk::prefetch_gate_up<T, NT>(a);                                                                 \
@@ -434,16 +435,10 @@ QK_DECODE_ENTRY(f16_vec, __half, true)
 QK_DECODE_ENTRY(f16_scalar, __half, false)
 QK_DECODE_ENTRY(bf16_vec, __nv_bfloat16, true)
 QK_DECODE_ENTRY(bf16_scalar, __nv_bfloat16, false)
-QK_DECODE_HEAD_ENTRY(f32_vec_wide, float, true, qk::GEMV_WIDE)
-QK_DECODE_HEAD_ENTRY(f32_scalar_wide, float, false, qk::GEMV_WIDE)
 QK_DECODE_GATE_UP_ENTRY(f16_vec_wide, __half, true, qk::GEMV_WIDE)
 QK_DECODE_GATE_UP_ENTRY(f16_scalar_wide, __half, false, qk::GEMV_WIDE)
 QK_DECODE_GATE_UP_ENTRY(bf16_vec_wide, __nv_bfloat16, true, qk::GEMV_WIDE)
 QK_DECODE_GATE_UP_ENTRY(bf16_scalar_wide, __nv_bfloat16, false, qk::GEMV_WIDE)
-QK_DECODE_HEAD_ENTRY(f16_vec_wide, __half, true, qk::GEMV_WIDE)
-QK_DECODE_HEAD_ENTRY(f16_scalar_wide, __half, false, qk::GEMV_WIDE)
-QK_DECODE_HEAD_ENTRY(bf16_vec_wide, __nv_bfloat16, true, qk::GEMV_WIDE)
-QK_DECODE_HEAD_ENTRY(bf16_scalar_wide, __nv_bfloat16, false, qk::GEMV_WIDE)
 
 extern "C" __global__ void dec_finish(const QkDecFinishArgs a) {
     qk::grid_dependency_wait();

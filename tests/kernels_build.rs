@@ -79,7 +79,7 @@ fn decode_kernels_fit_their_shared_memory() {
     let mut seen = 0;
     for r in kernels::resources() {
         let Some(dtype) = [("_f32_", DType::F32), ("_f16_", DType::F16), ("_bf16_", DType::BF16)].into_iter().find(|(s, _)| r.kernel.contains(s)).map(|(_, d)| d) else { continue };
-        let tiles = if r.kernel.ends_with("_wide") { decode::WIDE_TILES } else { 1 };
+        let tiles = if r.kernel.ends_with("_wide") || r.kernel.starts_with("dec_head_") { decode::WIDE_TILES } else { 1 };
         let dynamic = if ["dec_qkv_", "dec_gate_up_", "dec_head_"].iter().any(|p| r.kernel.starts_with(p)) {
             decode::stage_bytes(dtype).max(gemv::exchange_bytes(dtype, 2, tiles))
         } else if r.kernel.starts_with("dec_residual_") || r.kernel.starts_with("gemv_") {

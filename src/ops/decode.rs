@@ -48,7 +48,7 @@ use super::gemv::{exchange_bytes, max_rows};
 const UNITS_PER_TILE: usize = 8;
 const THREADS: u32 = 256;
 
-/// Tiles of 8 units in a wide block of gate/up and the head (gemv.cuh's GEMV_WIDE).
+/// Tiles of 8 units in a wide block: the head's, and gate/up's past 8 rows (gemv.cuh's GEMV_WIDE).
 pub const WIDE_TILES: usize = 4;
 /// Rows past which gate/up takes wide blocks in f16/bf16. A block reads all of its launch's rows
 /// of x, and the norm row, against its units' weights (R + 1 rows of K against 16 rows of W for
@@ -62,9 +62,10 @@ pub const WIDE_TILES: usize = 4;
 /// the same in either block (gemv.cuh), so rows stay batch-invariant across the switch.
 pub const WIDE_PAST_ROWS: usize = 8;
 
-/// Tiles a block of `base` ("gate_up" or "head") takes for a launch of `rows` rows of `dtype`.
-/// In f32 (CUDA cores, 16 rows at most) the head's wide block takes its units one after another
-/// (its norm once for 32 units); gate/up stays narrow.
+/// Tiles a block of `base` ("gate_up" or "head") takes for a launch of `rows` rows of `dtype`:
+/// the head's entry points are wide in every dtype (in f32, on CUDA cores, a warp takes its units
+/// one after another: the norm once for 32 units); gate/up has narrow and wide ones, and is narrow
+/// in f32.
 pub fn norm_tiles(base: &str, dtype: DType, rows: usize) -> usize {
     match dtype {
         _ if base == "head" => WIDE_TILES,
@@ -93,9 +94,9 @@ fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::unsupported(op, format!("{what} {v} past i32")))
 }
 
-/// The kernel name for `base`, dtype and path, wide (`tiles` [`WIDE_TILES`]; gate_up and head in
-/// f16/bf16) or not: the vector path needs K a multiple of the 16-byte vector and every row base
-/// (`offsets`, bytes) 16-byte aligned.
+/// The kernel name for `base`, dtype and path (gate_up's wide one for `tiles` [`WIDE_TILES`]; the
+/// head's is wide whatever its name): the vector path needs K a multiple of the 16-byte vector and
+/// every row base (`offsets`, bytes) 16-byte aligned.
 fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize], path: Path, tiles: usize) -> Result<&'static str> {
     let ok = (k * dtype.size()) % 16 == 0 && offsets.iter().all(|o| o % 16 == 0);
     let vec = path.vectorized(op, ok, || format!("16-byte vector path needs K ({k} of {dtype}) in whole vectors and aligned bases {offsets:?}"))?;
@@ -106,14 +107,11 @@ fn kernel(op: &'static str, base: &str, dtype: DType, k: usize, offsets: &[usize
         DType::F16 => 1,
         DType::BF16 => 2,
     };
-    if tiles == WIDE_TILES {
-        // WIDE_KERNELS: gate_up in f16, bf16, then head in f32, f16, bf16; vec, then scalar.
-        let at = match (base, dt) {
-            ("gate_up", 1 | 2) => (dt - 1) * 2 + usize::from(!vec),
-            ("head", _) => 4 + dt * 2 + usize::from(!vec),
-            _ => return Err(Error::unsupported(op, format!("no wide block for {base} in {dtype}"))),
-        };
-        return Ok(WIDE_KERNELS[at]);
+    match (base, tiles, dt) {
+        // WIDE_KERNELS: f16, then bf16; vec, then scalar.
+        ("gate_up", WIDE_TILES, 1 | 2) => return Ok(WIDE_KERNELS[(dt - 1) * 2 + usize::from(!vec)]),
+        ("head", WIDE_TILES, _) | ("qkv" | "residual" | "gate_up", 1, _) => {}
+        _ => return Err(Error::unsupported(op, format!("no {base} kernel of {tiles} tiles of 8 units in {dtype}"))),
     }
     Ok(KERNELS[kernel * 6 + dt * 2 + usize::from(!vec)])
 }
@@ -126,11 +124,8 @@ const KERNELS: &[&str] = &[
     "dec_head_f32_vec", "dec_head_f32_scalar", "dec_head_f16_vec", "dec_head_f16_scalar", "dec_head_bf16_vec", "dec_head_bf16_scalar",
 ];
 
-/// The wide blocks' entry points (cuda/decode.cu's entries with GEMV_WIDE).
-const WIDE_KERNELS: &[&str] = &[
-    "dec_gate_up_f16_vec_wide", "dec_gate_up_f16_scalar_wide", "dec_gate_up_bf16_vec_wide", "dec_gate_up_bf16_scalar_wide",
-    "dec_head_f32_vec_wide", "dec_head_f32_scalar_wide", "dec_head_f16_vec_wide", "dec_head_f16_scalar_wide", "dec_head_bf16_vec_wide", "dec_head_bf16_scalar_wide",
-];
+/// gate_up's wide entry points (cuda/decode.cu's QK_DECODE_GATE_UP_ENTRY with GEMV_WIDE).
+const WIDE_KERNELS: &[&str] = &["dec_gate_up_f16_vec_wide", "dec_gate_up_f16_scalar_wide", "dec_gate_up_bf16_vec_wide", "dec_gate_up_bf16_scalar_wide"];
 
 /// The row groups of `rows` rows, `per` at a time: 0..per, per..2 per, ...
 fn groups(rows: usize, per: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
@@ -626,15 +621,16 @@ mod tests {
     fn kernels_and_groups() {
         assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 896, &[0, 32, 16], Path::Auto, 1).unwrap(), "dec_qkv_bf16_vec");
         assert_eq!(kernel(QKV_OP, "qkv", DType::BF16, 897, &[0, 0], Path::Auto, 1).unwrap(), "dec_qkv_bf16_scalar");
-        assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto, 1).unwrap(), "dec_head_f32_scalar");
+        assert_eq!(kernel(HEAD_OP, "head", DType::F32, 896, &[4], Path::Auto, WIDE_TILES).unwrap(), "dec_head_f32_scalar");
         for base in ["qkv", "residual", "gate_up", "head"] {
             for (dtype, dt) in [(DType::F32, "f32"), (DType::F16, "f16"), (DType::BF16, "bf16")] {
                 for (path, p) in [(Path::Vector16, "vec"), (Path::Scalar, "scalar")] {
-                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path, 1).unwrap(), format!("dec_{base}_{dt}_{p}"));
+                    let tiles = if base == "head" { WIDE_TILES } else { 1 };
+                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path, tiles).unwrap(), format!("dec_{base}_{dt}_{p}"));
                 }
             }
         }
-        assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16, 1), Err(Error::Alignment { .. })));
+        assert!(matches!(kernel(HEAD_OP, "head", DType::F32, 3, &[0], Path::Vector16, WIDE_TILES), Err(Error::Alignment { .. })));
         assert_eq!(groups(33, 16).collect::<Vec<_>>(), vec![0..16, 16..32, 32..33]);
         assert_eq!(groups(0, 16).count(), 0);
         // Staged rows: 16 of Qwen2.5-0.5B in f32 (CUDA cores), 32 of both models in bf16 (96 KiB
@@ -661,13 +657,13 @@ mod tests {
         let tiles = |base, dtype, rows| norm_tiles(base, dtype, rows);
         assert_eq!((tiles("gate_up", DType::BF16, 8), tiles("gate_up", DType::BF16, 9), tiles("gate_up", DType::F16, 32), tiles("gate_up", DType::F32, 16)), (1, WIDE_TILES, WIDE_TILES, 1));
         assert_eq!((tiles("head", DType::BF16, 1), tiles("head", DType::F16, 32), tiles("head", DType::F32, 1)), (WIDE_TILES, WIDE_TILES, WIDE_TILES));
-        for (base, dtypes) in [("gate_up", &[(DType::F16, "f16"), (DType::BF16, "bf16")][..]), ("head", &[(DType::F32, "f32"), (DType::F16, "f16"), (DType::BF16, "bf16")][..])] {
-            for &(dtype, dt) in dtypes {
-                for (path, p) in [(Path::Vector16, "vec"), (Path::Scalar, "scalar")] {
-                    assert_eq!(kernel(HEAD_OP, base, dtype, 64, &[0], path, WIDE_TILES).unwrap(), format!("dec_{base}_{dt}_{p}_wide"));
-                }
+        for (dtype, dt) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+            for (path, p) in [(Path::Vector16, "vec"), (Path::Scalar, "scalar")] {
+                assert_eq!(kernel(HEAD_OP, "gate_up", dtype, 64, &[0], path, WIDE_TILES).unwrap(), format!("dec_gate_up_{dt}_{p}_wide"));
             }
         }
-        assert!(matches!(kernel(HEAD_OP, "gate_up", DType::F32, 64, &[0], Path::Auto, WIDE_TILES), Err(Error::UnsupportedSize { .. })));
+        for (base, dtype, tiles) in [("gate_up", DType::F32, WIDE_TILES), ("head", DType::BF16, 1), ("qkv", DType::BF16, WIDE_TILES), ("residual", DType::F16, 2)] {
+            assert!(matches!(kernel(HEAD_OP, base, dtype, 64, &[0], Path::Auto, tiles), Err(Error::UnsupportedSize { .. })), "{base} {dtype} {tiles}");
+        }
     }
 }
