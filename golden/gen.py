@@ -694,12 +694,13 @@ def load_model(config, dtype, weights, attn):
     return model
 
 
-def run_model(model, prompt, steps, real_vocab):
+def run_model(model, prompt, steps, real_vocab, feed=None):
     """Prefill `prompt`, then `steps` greedy tokens with transformers' KV cache (argmax over the
-    real vocabulary). Returns the residual stream after the embedding and every layer [L+1, T, H],
-    after each layer's attention [L, T, H], the final norm's output that produced each greedy token
-    [steps, H], the tokens, each step's top-1 margin, the prefill's last logits and the eager
-    attention probabilities of the prefill (when the model returns them)."""
+    real vocabulary; with `feed`, step i is fed feed[i] instead of its own argmax). Returns the
+    residual stream after the embedding and every layer [L+1, T, H], after each layer's attention
+    [L, T, H], the final norm's output that produced each greedy token [steps, H], the tokens, each
+    step's top-1 margin, the prefill's last logits and the eager attention probabilities of the
+    prefill (when the model returns them)."""
     layers = model.model.layers
     captured = {"out": [None] * len(layers), "mid": [None] * len(layers), "norm": None}
     hooks = []
@@ -725,7 +726,8 @@ def run_model(model, prompt, steps, real_vocab):
             tokens.append(int(top.indices[0]))
             margins.append(float(top.values[0] - top.values[1]))
             normed.append(captured["norm"][0, -1].clone())
-            out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True)
+            fed = tokens[-1] if feed is None else feed[len(tokens) - 1]
+            out = model(input_ids=torch.tensor([[fed]]), past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[0, -1]
     for h in hooks:
         h.remove()
@@ -744,7 +746,8 @@ def model_goldens(preset, config, weights=None, profile_meta=None, real_vocab=ha
     attention add); logits.truth (f32, one rounding of float64) / logits.torch [V] at the prompt's
     last position; greedy.tokens.truth / .torch (i32 [N]); greedy.margin.truth (f32 [N]: top-1 minus
     top-2 logit of the real vocabulary); greedy.normed.truth [N, H] (the final norm's output each
-    greedy token was chosen from). Truths are stored as float32 (relative error 2^-24)."""
+    greedy token was chosen from); greedy.normed.torch [N, H] (PyTorch bf16's, fed the truth's
+    tokens: its error at each decode step along the same text). Truths are stored as float32 (relative error 2^-24)."""
     recorded = {}
     if weights is None:
         prof = hazards.build(preset, config, SEED)
@@ -781,6 +784,9 @@ def model_goldens(preset, config, weights=None, profile_meta=None, real_vocab=ha
 
     model = load_model(config, torch.bfloat16, weights, "sdpa")
     got = run_model(model, prompt, GREEDY_STEPS, real_vocab)
+    # Fed the truth's tokens instead of its own, PyTorch bf16 decodes the truth's text: its final
+    # norm's output at every step is what a 16-bit decode step of ours is judged against.
+    out["greedy.normed.torch"] = run_model(model, prompt, GREEDY_STEPS, real_vocab, feed=truth["tokens"])["normed"]
     del model
     out["hidden.torch"] = got["hidden"]
     out["logits.torch"] = got["last_logits"]
