@@ -9,8 +9,11 @@
 //!   one layer shows in that layer and no other: this is what localises a bug, and what PASSes or
 //!   FAILs.
 //! - free-running: the whole model from the prompt's tokens, as an engine runs it. Errors
-//!   compound, so this is reported (rel-L2 and max-abs after every attention and MLP, the growth per
-//!   layer, PyTorch bf16's own rel-L2 beside ours) but judged only through the greedy tokens.
+//!   compound, so in f32 this is reported (rel-L2 and max-abs after every attention and MLP, the
+//!   growth per layer, PyTorch bf16's own rel-L2 beside ours) but judged only through the greedy
+//!   tokens. A 16-bit forward has no f32 error model: its free-running error is judged against
+//!   PyTorch bf16's own, after every layer and in the logits of the prefill and in the final norm
+//!   of every decode step fed the truth's tokens ([`DecodeReport`], [`rows`]).
 //!
 //! Greedy decoding: the truth's continuation (argmax over the real vocabulary at every step, with
 //! transformers' KV cache) must be reproduced token for token, with our KV cache. The generator
@@ -95,6 +98,26 @@ pub struct ModelReport {
     /// Per greedy step, rel-L2 of our final-norm output against the truth's (while the tokens
     /// agree; the CPU reference only).
     pub normed_rel_l2: Vec<f64>,
+    /// The device's decode steps along the truth's text against PyTorch bf16's (None for the CPU
+    /// reference, or a golden made before `greedy.normed.torch` was).
+    pub decode: Option<DecodeReport>,
+}
+
+/// The decode steps of a device forward fed the truth's tokens: at every step the final norm's
+/// output (what the head reads, in the storage dtype) against the truth's, beside PyTorch bf16's
+/// fed the same tokens (`greedy.normed.torch`). This is where a 16-bit decode step is judged: the
+/// prefill's rows (`model.layers.free`, `model.logits.free`) never run the decode kernels.
+#[derive(Clone, Debug)]
+pub struct DecodeReport {
+    /// Decode steps compared: greedy steps 1..=steps (step 0's norm is the prefill's).
+    pub steps: usize,
+    /// Ours and PyTorch bf16's against the truth, over every compared step.
+    pub ours: Comparison,
+    pub torch: Comparison,
+    /// Our error over PyTorch bf16's ([`excess`]).
+    pub vs_torch: Excess,
+    /// Per compared step, (ours, PyTorch's) rel-L2 against the truth.
+    pub per_step: Vec<(f64, f64)>,
 }
 
 fn tensor_rows(file: &GoldenFile, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
@@ -109,9 +132,15 @@ pub fn analyse(cfg: &Qwen2Config) -> Result<ModelReport> {
 
 /// Run every whole-model comparison for `cfg` on `forward`.
 pub fn analyse_on(cfg: &Qwen2Config, forward: Forward) -> Result<ModelReport> {
+    analyse_steps_on(cfg, forward, None)
+}
+
+/// As [`analyse_on`], with the greedy continuation cut to its first `steps` tokens (None: all
+/// the golden's); a cut run's rows are named after the steps it ran.
+pub fn analyse_steps_on(cfg: &Qwen2Config, forward: Forward, steps: Option<usize>) -> Result<ModelReport> {
     let file = GoldenFile::open(cfg.name, "model")?;
     let weights = ModelWeights::from_recipes(cfg, &file)?;
-    analyse_with_on(&file, &weights, forward)
+    analyse_with_steps_on(&file, &weights, forward, steps)
 }
 
 /// The whole-model golden of a Hugging Face checkpoint directory (config.json + bf16
@@ -141,6 +170,11 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
 
 /// As [`analyse_with`], on `forward`.
 pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) -> Result<ModelReport> {
+    analyse_with_steps_on(file, w, forward, None)
+}
+
+/// As [`analyse_with_on`], with the greedy continuation cut to its first `steps` tokens.
+pub fn analyse_with_steps_on(file: &GoldenFile, w: &ModelWeights, forward: Forward, steps: Option<usize>) -> Result<ModelReport> {
     let cfg = &w.config;
     let golden_err = |detail: String| file.error(detail);
     let prompt = token_ids(file, "prompt")?;
@@ -163,7 +197,15 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
     let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
 
     // Free-running: the prefill and the greedy continuation.
-    let greedy_truth = token_ids(file, "greedy.tokens.truth")?;
+    let mut greedy_truth = token_ids(file, "greedy.tokens.truth")?;
+    let mut greedy_torch = token_ids(file, "greedy.tokens.torch")?;
+    if let Some(n) = steps {
+        if n == 0 || n > greedy_truth.len() {
+            return Err(Error::invalid("diff", format!("{n} greedy steps asked of a golden with {}", greedy_truth.len())));
+        }
+        greedy_truth.truncate(n);
+        greedy_torch.truncate(n);
+    }
     let logits_truth = values_of_len(file, "logits.truth", cfg.vocab_size)?;
     let run = match forward {
         Forward::Cpu => {
@@ -184,10 +226,15 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
                 logits: run.logits,
                 tokens: run.tokens,
                 normed_rel_l2,
+                decode_normed: None,
                 forced: None,
             }
         }
-        Forward::Device { gpu, dtype, path } => device_run(gpu, dtype, path, w, &prompt, greedy_truth.len(), &truth)?,
+        Forward::Device { gpu, dtype, path } => device_run(gpu, dtype, path, w, &prompt, &greedy_truth, &truth)?,
+    };
+    let decode = match (&run.decode_normed, file.has("greedy.normed.torch")) {
+        (Some(ours), true) => Some(decode_report(file, ours, h)?),
+        _ => None,
     };
 
     let exact = Tolerance { atol: 0.0, rtol: 0.0 };
@@ -234,7 +281,7 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
     let torch_logits = compare(&logits_torch, &logits_truth, exact);
     let logits_vs_torch = excess(&run.logits, &logits_torch, &logits_truth);
 
-    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().copied().fold(f64::INFINITY, f64::min);
+    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().take(greedy_truth.len()).copied().fold(f64::INFINITY, f64::min);
     let normed_rel_l2 = run.normed_rel_l2;
     Ok(ModelReport {
         model: cfg.name.to_string(),
@@ -249,9 +296,10 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
         logits_vs_torch,
         greedy_truth,
         greedy_ours: run.tokens,
-        greedy_torch: token_ids(file, "greedy.tokens.torch")?,
+        greedy_torch,
         min_margin,
         normed_rel_l2,
+        decode,
     })
 }
 
@@ -324,6 +372,9 @@ struct Run {
     logits: Vec<f32>,
     tokens: Vec<u32>,
     normed_rel_l2: Vec<f64>,
+    /// The device's final-norm output at greedy steps 1.. (fed the truth's tokens; None: the CPU
+    /// reference, which runs free).
+    decode_normed: Option<Vec<Vec<f32>>>,
     /// The device's teacher-forced outputs (None: the CPU reference's, computed with their bounds).
     forced: Option<DeviceForced>,
 }
@@ -335,22 +386,33 @@ struct DeviceForced {
     logits: Vec<f32>,
 }
 
-/// The whole model on the device in `dtype`: a traced prefill of `prompt`, `steps` greedy tokens
-/// with the KV cache (decode steps replayed from a CUDA graph), and, in f32, every layer and the
-/// head teacher-forced.
-fn device_run(gpu: &Gpu, dtype: DType, path: DecodePath, w: &ModelWeights, prompt: &[u32], steps: usize, truth: &Truth) -> Result<Run> {
-    let (t, h) = (prompt.len(), w.config.hidden_size);
+/// The whole model on the device in `dtype`: a traced prefill of `prompt`, then one greedy
+/// step for each of the truth's tokens `fed` but the last, with the KV cache (decode steps
+/// replayed from a CUDA graph), and, in f32, every layer and the head teacher-forced.
+///
+/// Each decode step is fed the truth's token (`DeviceModel::feed_tokens`; positions and lengths
+/// advance on the device as in any decode), not our previous argmax, so that every step's final
+/// norm can be set beside the truth's and PyTorch's along the same text ([`DecodeReport`]). The
+/// tokens returned are our argmax at each step: while they agree with the truth's they are the
+/// tokens greedy decoding would have produced, so where they first part is where a free-running
+/// greedy run parts (`DeviceModel::greedy` runs free, tests/gpu/model.rs).
+fn device_run(gpu: &Gpu, dtype: DType, path: DecodePath, w: &ModelWeights, prompt: &[u32], fed: &[u32], truth: &Truth) -> Result<Run> {
+    let (t, h, steps) = (prompt.len(), w.config.hidden_size, fed.len());
     let options = ModelOptions { prefill_chunk: t.max(1), decode_path: path, ..ModelOptions::new(dtype, 1, (t + steps).max(1)) };
     let mut m = DeviceModel::new(gpu, w, options)?;
     let (first, trace) = m.prefill_traced(gpu, 0, prompt)?;
     let logits = m.prefill_logits().to_host(gpu)?.into_data();
     let mut tokens = vec![first];
-    m.begin_decode(gpu, &[0], &[first])?;
-    while tokens.len() < steps {
+    let mut normed = Vec::with_capacity(steps.saturating_sub(1));
+    for (i, &token) in fed.iter().take(steps.saturating_sub(1)).enumerate() {
+        match i {
+            0 => m.begin_decode(gpu, &[0], &[token])?,
+            _ => m.feed_tokens(gpu, &[token])?,
+        }
         m.decode_step(gpu)?;
         tokens.push(m.next_tokens(gpu)?[0]);
+        normed.push(m.decode_normed(gpu)?.into_data());
     }
-    tokens.truncate(steps);
     let forced = if dtype == DType::F32 {
         let input = |i: usize| HostTensor::from_f32(DType::F32, &[t, h], truth.hidden(i).iter().map(|&v| v as f32).collect());
         let mut layers = Vec::with_capacity(w.config.num_hidden_layers);
@@ -369,8 +431,31 @@ fn device_run(gpu: &Gpu, dtype: DType, path: DecodePath, w: &ModelWeights, promp
         logits,
         tokens,
         normed_rel_l2: Vec::new(),
+        decode_normed: Some(normed),
         forced,
     })
+}
+
+/// [`DecodeReport`] of our final-norm outputs `ours` at greedy steps 1..=ours.len().
+fn decode_report(file: &GoldenFile, ours: &[Vec<f32>], h: usize) -> Result<DecodeReport> {
+    let (truth, torch) = (file.tensor("greedy.normed.truth")?.values, file.tensor("greedy.normed.torch")?.values);
+    let n = ours.len();
+    if torch.len() != truth.len() || truth.len() < (n + 1) * h || ours.iter().any(|o| o.len() != h) {
+        return Err(file.error(format!("greedy.normed.truth and .torch hold {} and {} values; {n} decode steps of {h} want [{}, {h}] each", truth.len(), torch.len(), n + 1)));
+    }
+    let exact = Tolerance { atol: 0.0, rtol: 0.0 };
+    let truth = &truth[h..(n + 1) * h];
+    let torch: Vec<f32> = torch[h..(n + 1) * h].iter().map(|&v| v as f32).collect();
+    let all = ours.concat();
+    let per_step = ours
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let at = i * h..(i + 1) * h;
+            (compare(o, &truth[at.clone()], exact).rel_l2, compare(&torch[at.clone()], &truth[at], exact).rel_l2)
+        })
+        .collect();
+    Ok(DecodeReport { steps: n, ours: compare(&all, truth, exact), torch: compare(&torch, truth, exact), vs_torch: excess(&all, &torch, truth), per_step })
 }
 
 /// Layer `i` of the CPU reference fed the truth of its input, with its error bounds: (after
@@ -422,7 +507,10 @@ pub fn first_divergence(a: &[u32], b: &[u32]) -> usize {
 /// free-running error with PyTorch's own at bf16 (`hidden.torch`, `logits.torch`), and pass when
 /// ours is no larger (vs_torch <= 1), or larger only by chance ([`Excess`]: both round the same
 /// stored values, so the ratio sits at 1 give or take where a value rounds the other way), after
-/// every layer (the row shows the layer with the largest ratio) and in the logits. How far its greedy tokens follow the truth is reported by
+/// every layer (the row shows the layer with the largest ratio), in the logits (these two rows are
+/// the prefill's) and in the final norm's output of every decode step fed the truth's tokens
+/// (`model.decode<N>.free`, N steps: the decode kernels, [`DecodeReport`]). How far its greedy
+/// tokens follow the truth is reported by
 /// [`greedy_note`], not judged: with a top-1 margin of 1e-3 and a bf16 logit error near 1e-2,
 /// where a 16-bit stream parts from the truth is chance, for PyTorch as for us.
 ///
@@ -460,6 +548,9 @@ pub fn rows(r: &ModelReport) -> Vec<Row> {
             rows.push(row("model.layers.free", exact, c, Some(worst.torch_out.clone())));
         }
         rows.push(row("model.logits.free", exact, judged(r.free_logits.clone(), &r.logits_vs_torch), Some(r.torch_logits.clone())));
+        if let Some(d) = &r.decode {
+            rows.push(row(&format!("model.decode{}.free", d.steps), exact, judged(d.ours.clone(), &d.vs_torch), Some(d.torch.clone())));
+        }
         return rows;
     }
     let forced = merged(r.layers.iter().flat_map(|l| [l.forced_mid.as_ref(), l.forced_out.as_ref()]).flatten());
@@ -479,8 +570,9 @@ pub fn rows(r: &ModelReport) -> Vec<Row> {
 pub fn free_note(r: &ModelReport) -> String {
     let worst = r.layers.iter().enumerate().max_by(|a, b| a.1.vs_torch.ratio.total_cmp(&b.1.vs_torch.ratio));
     let layer = worst.map_or("-".to_string(), |(i, l)| format!("layer {i}: ratio {:.4}, z {:.2}", l.vs_torch.ratio, l.vs_torch.z));
+    let decode = r.decode.as_ref().map_or(String::new(), |d| format!("; decode steps ratio {:.4}, z {:.2}", d.vs_torch.ratio, d.vs_torch.z));
     format!(
-        "{} {}: free-running error over PyTorch bf16's: worst {layer}; logits ratio {:.4}, z {:.2} (reported, not judged)",
+        "{} {}: free-running error over PyTorch bf16's: worst {layer}; logits ratio {:.4}, z {:.2}{decode} (reported, not judged)",
         r.model, r.dtype, r.logits_vs_torch.ratio, r.logits_vs_torch.z
     )
 }
@@ -562,5 +654,15 @@ pub fn print(r: &ModelReport) {
     );
     if let (Some(first), Some(last)) = (r.normed_rel_l2.first(), r.normed_rel_l2.last()) {
         println!("final-norm output rel-L2 over the greedy steps: {first:.3e} (step 0) .. {last:.3e} (step {})", r.normed_rel_l2.len() - 1);
+    }
+    if let Some(d) = &r.decode {
+        println!(
+            "decode steps 1..{} fed the truth's tokens, final-norm output: rel-L2 {:.3e}, max abs {:.3e} (PyTorch bf16: {:.3e}, {:.3e}; ratio {:.4}, excess z {:.2})",
+            d.steps, d.ours.rel_l2, d.ours.max_abs_err, d.torch.rel_l2, d.torch.max_abs_err, d.vs_torch.ratio, d.vs_torch.z
+        );
+        println!("{:>5}  {:>10} {:>10} {:>8}", "step", "rel-L2", "torch bf16", "ratio");
+        for (i, (ours, torch)) in d.per_step.iter().enumerate() {
+            println!("{:>5}  {:>10.3e} {:>10.3e} {:>8.4}", i + 1, ours, torch, ours / torch);
+        }
     }
 }

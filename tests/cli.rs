@@ -133,8 +133,15 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
     for model in ["qwen2.5-0.5b", "vibethinker-1.5b"] {
         assert!(rows.iter().any(|r| r.contains(model)), "no row for {model}");
         // The whole model from the kernels: f32 against the error model and the greedy truth, bf16
-        // against PyTorch bf16's own error.
-        for (op, dtype) in [("model.layers.forced", "f32"), ("model.logits.forced", "f32"), ("model.greedy32", "f32"), ("model.layers.free", "bf16"), ("model.logits.free", "bf16")] {
+        // against PyTorch bf16's own error (the prefill's layers and logits, the 31 decode steps).
+        for (op, dtype) in [
+            ("model.layers.forced", "f32"),
+            ("model.logits.forced", "f32"),
+            ("model.greedy32", "f32"),
+            ("model.layers.free", "bf16"),
+            ("model.logits.free", "bf16"),
+            ("model.decode31.free", "bf16"),
+        ] {
             assert!(
                 rows.iter().any(|r| r.split_whitespace().take(3).collect::<Vec<_>>() == [op, model, dtype]),
                 "no {op} {dtype} row for {model}"
@@ -162,12 +169,13 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
 
 /// Qwen2.5-0.5B's whole model on the fused decode path (the default) in bf16, the tensor-core
 /// GEMVs, against its golden: `diff --backend cuda` judges the same rows as `check` (the
-/// free-running error after every layer and in the logits no larger than PyTorch bf16's own,
-/// beyond chance) and exits 1 on any FAIL. On a GPU, `check` above already decodes both models in
+/// free-running error after every layer and in the logits, which the prefill computes, and the
+/// final norm's output of the 31 decode steps fed the truth's tokens, which the fused decode
+/// kernels compute, each no larger than PyTorch bf16's own, beyond chance) and exits 1 on any FAIL. On a GPU, `check` above already decodes both models in
 /// f32 and bf16 on the fused path; on the software device (about 7.5 s of CPU time a fused step of
 /// this model) this is how CI sees the tensor-core path run a real model end to end, 33 steps.
 /// The f32 fused path runs there on whole models in model::greedy_f32_equals_the_truth_qwen and
-/// model::whole_model_f32_vibethinker_on_the_fused_path (tests/gpu/model.rs).
+/// model::whole_model_vibethinker_on_the_fused_path (tests/gpu/model.rs).
 #[test]
 #[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
 fn diff_fused_decode_bf16_whole_model_passes() {
@@ -178,6 +186,7 @@ fn diff_fused_decode_bf16_whole_model_passes() {
     let layers = out.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<usize>().is_ok())).count();
     assert_eq!(layers, 24, "a row for each of 24 layers:\n{out}");
     assert!(out.contains("logits: forced tolerance used -; free-running rel-L2"), "{out}");
+    assert!(out.contains("decode steps 1..31 fed the truth's tokens, final-norm output: rel-L2"), "the decode steps judged:\n{out}");
 }
 
 /// `generate` on the tiny checkpoint with its own tokenizer (golden/data/tiny-qwen2-gen), in f32,

@@ -632,6 +632,20 @@ impl DeviceModel {
         Ok(())
     }
 
+    /// Teacher forcing: the next decode step is fed `tokens` (one a row of the batch) instead of
+    /// the tokens the last step chose. Only the tokens are replaced: positions, lengths and
+    /// slots stay the ones the device advanced. The copy is ordered on the stream after the steps
+    /// already queued, whose reports still read back their own choices.
+    pub fn feed_tokens(&mut self, gpu: &Gpu, tokens: &[u32]) -> Result<()> {
+        let b = self.batch.len();
+        if b == 0 || tokens.len() != b {
+            return Err(bad(format!("feed_tokens: {} tokens for a decode batch of {b} rows (one a row, after begin_decode)", tokens.len())));
+        }
+        embed::check_tokens(tokens, self.config.vocab_size)?;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        gpu.stream().memcpy_htod(&ids, &mut self.ws.argmax.index_mut().slice_mut(0..b)).cuda("cuMemcpyHtoD(fed tokens)")
+    }
+
     /// The batch's device metadata from the host's: positions (the lens), lens + 1, the slots of
     /// those positions and the block table rows in batch order. The decode step reads them and
     /// advances the first three itself.

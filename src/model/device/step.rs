@@ -194,6 +194,25 @@ impl DeviceModel {
 }
 
 impl DeviceModel {
+    /// The final norm's output that the last decode step's head read, rows 0..b of the batch, in
+    /// the storage dtype (returned as f32 values): what `diff` compares with the truth's and
+    /// PyTorch's at every greedy step. On the cuBLAS path it is the head GEMM's input (`xn`); the
+    /// fused head normalises in its prologue and keeps the rows in shared memory, so the rmsnorm
+    /// kernel recomputes them from the final residual stream into `xn`: the same bits, since the
+    /// fused head equals rmsnorm + GEMV bit for bit (tests/gpu/decode.rs). Call it after
+    /// [`DeviceModel::next_tokens`] has read the step (nothing is in flight then).
+    pub fn decode_normed(&mut self, gpu: &Gpu) -> Result<HostTensor> {
+        let b = self.batch.len();
+        if b == 0 || self.steps_in_flight() > 0 {
+            return Err(bad(format!("decode_normed wants a decode step read back and none in flight ({} in flight, batch of {b})", self.steps_in_flight())));
+        }
+        if self.options.decode_path == DecodePath::Fused {
+            let ws = &mut self.ws;
+            rmsnorm(gpu, &ws.resid.view().rows(0..b)?, &self.norm.view(), self.config.rms_norm_eps, &mut ws.xn.view_mut().rows_mut(0..b)?)?;
+        }
+        self.ws.xn.view().rows(0..b)?.to_host(gpu)
+    }
+
     /// Nodes of the captured graph of the current batch's decode step (kernels, copies and sets:
     /// what one step launches), or None before its first step or with graphs off.
     pub fn decode_graph_nodes(&self) -> Result<Option<usize>> {
