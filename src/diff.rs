@@ -23,7 +23,7 @@
 
 use crate::check::Row;
 use crate::error::{Error, Result};
-use crate::golden::metrics::{compare, compare_scaled, excess, Comparison, Excess, Tolerance};
+use crate::golden::metrics::{compare, compare_scaled, excess, excess_over_units, Comparison, Excess, Tolerance};
 use crate::golden::GoldenFile;
 use crate::model::{DecodePath, DeviceModel, ModelOptions, ModelWeights, Qwen2Config};
 use crate::reference::model::{self as model_ref, Act, KvCache, U};
@@ -107,6 +107,17 @@ pub struct ModelReport {
 /// output (what the head reads, in the storage dtype) against the truth's, beside PyTorch bf16's
 /// fed the same tokens (`greedy.normed.torch`). This is where a 16-bit decode step is judged: the
 /// prefill's rows (`model.layers.free`, `model.logits.free`) never run the decode kernels.
+///
+/// Judged step by step ([`excess_over_units`] of the per-step rel-L2 ratios), not element by
+/// element: the paired element test ([`excess`]) assumes each element's error is its own
+/// rounding, and here it is not. The final norm's elements err by up to 20% at the early steps
+/// (errors carried from upstream through near-one-hot attention, not roundings), so a whole step
+/// moves together with how a few upstream values rounded. Measured on the VibeThinker-1.5B
+/// golden: our fused and cuBLAS decode paths, which differ only in the f32 summation order of
+/// their projections, put step 2 at 1.041 and 0.992 of PyTorch's error, and PyTorch's own eager
+/// bf16 attention at 1.036 of its SDPA's; over all 31 steps the element test gives z 3.10 and
+/// 1.33 for our two paths and 1.85 for PyTorch eager against SDPA, chance moving it far beyond its
+/// nominal spread. The element test is still printed (`vs_torch_elements`).
 #[derive(Clone, Debug)]
 pub struct DecodeReport {
     /// Decode steps compared: greedy steps 1..=steps (step 0's norm is the prefill's).
@@ -114,8 +125,10 @@ pub struct DecodeReport {
     /// Ours and PyTorch bf16's against the truth, over every compared step.
     pub ours: Comparison,
     pub torch: Comparison,
-    /// Our error over PyTorch bf16's ([`excess`]).
+    /// Our error over PyTorch bf16's, step by step ([`excess_over_units`]): what is judged.
     pub vs_torch: Excess,
+    /// The same element by element ([`excess`]): reported.
+    pub vs_torch_elements: Excess,
     /// Per compared step, (ours, PyTorch's) rel-L2 against the truth.
     pub per_step: Vec<(f64, f64)>,
 }
@@ -447,7 +460,7 @@ fn decode_report(file: &GoldenFile, ours: &[Vec<f32>], h: usize) -> Result<Decod
     let truth = &truth[h..(n + 1) * h];
     let torch: Vec<f32> = torch[h..(n + 1) * h].iter().map(|&v| v as f32).collect();
     let all = ours.concat();
-    let per_step = ours
+    let per_step: Vec<(f64, f64)> = ours
         .iter()
         .enumerate()
         .map(|(i, o)| {
@@ -455,7 +468,15 @@ fn decode_report(file: &GoldenFile, ours: &[Vec<f32>], h: usize) -> Result<Decod
             (compare(o, &truth[at.clone()], exact).rel_l2, compare(&torch[at.clone()], &truth[at], exact).rel_l2)
         })
         .collect();
-    Ok(DecodeReport { steps: n, ours: compare(&all, truth, exact), torch: compare(&torch, truth, exact), vs_torch: excess(&all, &torch, truth), per_step })
+    let ratios: Vec<f64> = per_step.iter().map(|&(ours, torch)| ours / torch).collect();
+    Ok(DecodeReport {
+        steps: n,
+        ours: compare(&all, truth, exact),
+        torch: compare(&torch, truth, exact),
+        vs_torch: excess_over_units(&ratios),
+        vs_torch_elements: excess(&all, &torch, truth),
+        per_step,
+    })
 }
 
 /// Layer `i` of the CPU reference fed the truth of its input, with its error bounds: (after
@@ -509,9 +530,8 @@ pub fn first_divergence(a: &[u32], b: &[u32]) -> usize {
 /// stored values, so the ratio sits at 1 give or take where a value rounds the other way), after
 /// every layer (the row shows the layer with the largest ratio), in the logits (these two rows are
 /// the prefill's) and in the final norm's output of every decode step fed the truth's tokens
-/// (`model.decode<N>.free`, N steps: the decode kernels, [`DecodeReport`]). How far its greedy
-/// tokens follow the truth is reported by
-/// [`greedy_note`], not judged: with a top-1 margin of 1e-3 and a bf16 logit error near 1e-2,
+/// (`model.decode<N>.free`, N steps: the decode kernels, judged step by step, [`DecodeReport`]).
+/// How far its greedy tokens follow the truth is reported by [`greedy_note`], not judged: with a top-1 margin of 1e-3 and a bf16 logit error near 1e-2,
 /// where a 16-bit stream parts from the truth is chance, for PyTorch as for us.
 ///
 /// The paired test treats elements as independent pairs. That holds where the storage rounding
@@ -570,7 +590,7 @@ pub fn rows(r: &ModelReport) -> Vec<Row> {
 pub fn free_note(r: &ModelReport) -> String {
     let worst = r.layers.iter().enumerate().max_by(|a, b| a.1.vs_torch.ratio.total_cmp(&b.1.vs_torch.ratio));
     let layer = worst.map_or("-".to_string(), |(i, l)| format!("layer {i}: ratio {:.4}, z {:.2}", l.vs_torch.ratio, l.vs_torch.z));
-    let decode = r.decode.as_ref().map_or(String::new(), |d| format!("; decode steps ratio {:.4}, z {:.2}", d.vs_torch.ratio, d.vs_torch.z));
+    let decode = r.decode.as_ref().map_or(String::new(), |d| format!("; decode steps ratio {:.4}, t {:.2}", d.vs_torch.ratio, d.vs_torch.z));
     format!(
         "{} {}: free-running error over PyTorch bf16's: worst {layer}; logits ratio {:.4}, z {:.2}{decode} (reported, not judged)",
         r.model, r.dtype, r.logits_vs_torch.ratio, r.logits_vs_torch.z
@@ -657,8 +677,8 @@ pub fn print(r: &ModelReport) {
     }
     if let Some(d) = &r.decode {
         println!(
-            "decode steps 1..{} fed the truth's tokens, final-norm output: rel-L2 {:.3e}, max abs {:.3e} (PyTorch bf16: {:.3e}, {:.3e}; ratio {:.4}, excess z {:.2})",
-            d.steps, d.ours.rel_l2, d.ours.max_abs_err, d.torch.rel_l2, d.torch.max_abs_err, d.vs_torch.ratio, d.vs_torch.z
+            "decode steps 1..{} fed the truth's tokens, final-norm output: rel-L2 {:.3e}, max abs {:.3e} (PyTorch bf16: {:.3e}, {:.3e}); over PyTorch's by step: ratio {:.4}, t {:.2} (judged); by element: ratio {:.4}, z {:.2}",
+            d.steps, d.ours.rel_l2, d.ours.max_abs_err, d.torch.rel_l2, d.torch.max_abs_err, d.vs_torch.ratio, d.vs_torch.z, d.vs_torch_elements.ratio, d.vs_torch_elements.z
         );
         println!("{:>5}  {:>10} {:>10} {:>8}", "step", "rel-L2", "torch bf16", "ratio");
         for (i, (ours, torch)) in d.per_step.iter().enumerate() {

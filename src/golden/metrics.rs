@@ -152,6 +152,33 @@ impl Excess {
     }
 }
 
+/// [`Excess`] judged over units whose errors are independent of each other, when the elements
+/// within a unit are not (the decode steps of a whole model, `diff::DecodeReport`): `ratios`
+/// holds each unit's ours-over-peer rel-L2 ratio. The ratio is their geometric mean and z the
+/// t statistic of their logarithms, mean / (sd / sqrt(n)): if ours were no worse than the peer
+/// each log ratio would be centred on 0. Fewer than two units, or units that all agree, leave no
+/// spread to measure chance by: z is then 0 when the ratio is at most 1, else infinite.
+pub fn excess_over_units(ratios: &[f64]) -> Excess {
+    let n = ratios.len() as f64;
+    if ratios.is_empty() {
+        return Excess { ratio: 1.0, z: 0.0 };
+    }
+    let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+    let mean = logs.iter().sum::<f64>() / n;
+    let ratio = mean.exp();
+    let sd = if logs.len() > 1 { (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    let z = if !mean.is_finite() || !sd.is_finite() {
+        if mean > 0.0 || mean.is_nan() { f64::INFINITY } else { 0.0 }
+    } else if sd > 0.0 {
+        mean / (sd / n.sqrt())
+    } else if mean > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    Excess { ratio, z }
+}
+
 /// [`Excess`] of `ours` over `peer` against `truth` (finite pairs only: non-finite values are the
 /// comparisons' business).
 pub fn excess<E: Copy + Into<f64>>(ours: &[f32], peer: &[f32], truth: &[E]) -> Excess {
@@ -170,4 +197,38 @@ pub fn excess<E: Copy + Into<f64>>(ours: &[f32], peer: &[f32], truth: &[E]) -> E
     let ratio = if sum_b > 0.0 { (sum_a / sum_b).sqrt() } else if sum_a == 0.0 { 1.0 } else { f64::INFINITY };
     let z = if d2 > 0.0 { d / d2.sqrt() } else { 0.0 };
     Excess { ratio, z }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excess_pairs_elements() {
+        let truth = [1.0f64, 2.0, 3.0, 4.0];
+        let peer = [1.1f32, 1.9, 3.1, 3.9];
+        assert_eq!(excess(&peer, &peer, &truth), Excess { ratio: 1.0, z: 0.0 });
+        // Twice the peer's error on every element: the same sign in every pair.
+        let ours = [1.2f32, 1.8, 3.2, 3.8];
+        let e = excess(&ours, &peer, &truth);
+        assert!((e.ratio - 2.0).abs() < 1e-5 && e.z > 1.99 && !(Excess { z: 3.5, ..e }).passed(), "{e:?}");
+    }
+
+    #[test]
+    fn excess_over_units_is_a_t_test_of_log_ratios() {
+        assert_eq!(excess_over_units(&[]), Excess { ratio: 1.0, z: 0.0 });
+        // No spread: only a ratio at most 1 passes.
+        assert_eq!(excess_over_units(&[1.0, 1.0]).z, 0.0);
+        assert!(excess_over_units(&[1.5, 1.5, 1.5]).z.is_infinite() && !excess_over_units(&[1.5]).passed());
+        assert!(excess_over_units(&[0.9]).passed());
+        // ln 1.1 and ln 1.2 (mean 0.1388, sd 0.0615): t = 0.1388 / (0.0615 / sqrt 2) = 3.19.
+        let e = excess_over_units(&[1.1, 1.2]);
+        assert!((e.ratio - (1.1f64 * 1.2).sqrt()).abs() < 1e-12 && (e.z - 3.19).abs() < 0.01 && !e.passed(), "{e:?}");
+        // The per-step ratios of a device decode that passes: spread around 1 at the early steps.
+        let e = excess_over_units(&[1.0535, 1.0410, 1.0154, 0.9996, 1.0008, 0.9984, 1.0011, 0.9999]);
+        assert!(e.ratio > 1.0 && e.z < EXCESS_Z && e.passed(), "{e:?}");
+        // Every step twice as far from the truth, give or take: far beyond chance.
+        assert!(!excess_over_units(&[1.9, 2.1, 2.0, 1.95]).passed());
+        assert!(excess_over_units(&[f64::INFINITY, 1.0]).z.is_infinite());
+    }
 }
