@@ -183,10 +183,12 @@ fn diff_fused_decode_bf16_whole_model_passes() {
     let (code, out, err) = run(&mut qwen_kernels(&["diff", "--backend", "cuda", "--dtype", "bf16", "--model", "qwen2.5-0.5b"]));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("bf16, fused decode)"), "not the fused path in bf16:\n{out}");
-    let layers = out.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<usize>().is_ok())).count();
-    assert_eq!(layers, 24, "a row for each of 24 layers:\n{out}");
+    // Rows that start with a number: a layer's has 11 columns, a decode step's 4.
+    let numbered = |columns: usize| out.lines().filter(|l| l.split_whitespace().next().is_some_and(|w| w.parse::<usize>().is_ok()) && l.split_whitespace().count() == columns).count();
+    assert_eq!(numbered(11), 24, "a row for each of 24 layers:\n{out}");
     assert!(out.contains("logits: forced tolerance used -; free-running rel-L2"), "{out}");
     assert!(out.contains("decode steps 1..31 fed the truth's tokens, final-norm output: rel-L2"), "the decode steps judged:\n{out}");
+    assert_eq!(numbered(4), 31, "a row for each of 31 decode steps:\n{out}");
 }
 
 /// `generate` on the tiny checkpoint with its own tokenizer (golden/data/tiny-qwen2-gen), in f32,
