@@ -145,15 +145,9 @@ pub fn analyse(cfg: &Qwen2Config) -> Result<ModelReport> {
 
 /// Run every whole-model comparison for `cfg` on `forward`.
 pub fn analyse_on(cfg: &Qwen2Config, forward: Forward) -> Result<ModelReport> {
-    analyse_steps_on(cfg, forward, None)
-}
-
-/// As [`analyse_on`], with the greedy continuation cut to its first `steps` tokens (None: all
-/// the golden's); a cut run's rows are named after the steps it ran.
-pub fn analyse_steps_on(cfg: &Qwen2Config, forward: Forward, steps: Option<usize>) -> Result<ModelReport> {
     let file = GoldenFile::open(cfg.name, "model")?;
     let weights = ModelWeights::from_recipes(cfg, &file)?;
-    analyse_with_steps_on(&file, &weights, forward, steps)
+    analyse_with_on(&file, &weights, forward)
 }
 
 /// The whole-model golden of a Hugging Face checkpoint directory (config.json + bf16
@@ -183,11 +177,6 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
 
 /// As [`analyse_with`], on `forward`.
 pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) -> Result<ModelReport> {
-    analyse_with_steps_on(file, w, forward, None)
-}
-
-/// As [`analyse_with_on`], with the greedy continuation cut to its first `steps` tokens.
-pub fn analyse_with_steps_on(file: &GoldenFile, w: &ModelWeights, forward: Forward, steps: Option<usize>) -> Result<ModelReport> {
     let cfg = &w.config;
     let golden_err = |detail: String| file.error(detail);
     let prompt = token_ids(file, "prompt")?;
@@ -210,15 +199,8 @@ pub fn analyse_with_steps_on(file: &GoldenFile, w: &ModelWeights, forward: Forwa
     let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
 
     // Free-running: the prefill and the greedy continuation.
-    let mut greedy_truth = token_ids(file, "greedy.tokens.truth")?;
-    let mut greedy_torch = token_ids(file, "greedy.tokens.torch")?;
-    if let Some(n) = steps {
-        if n == 0 || n > greedy_truth.len() {
-            return Err(Error::invalid("diff", format!("{n} greedy steps asked of a golden with {}", greedy_truth.len())));
-        }
-        greedy_truth.truncate(n);
-        greedy_torch.truncate(n);
-    }
+    let greedy_truth = token_ids(file, "greedy.tokens.truth")?;
+    let greedy_torch = token_ids(file, "greedy.tokens.torch")?;
     let logits_truth = values_of_len(file, "logits.truth", cfg.vocab_size)?;
     let run = match forward {
         Forward::Cpu => {
@@ -294,7 +276,7 @@ pub fn analyse_with_steps_on(file: &GoldenFile, w: &ModelWeights, forward: Forwa
     let torch_logits = compare(&logits_torch, &logits_truth, exact);
     let logits_vs_torch = excess(&run.logits, &logits_torch, &logits_truth);
 
-    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().take(greedy_truth.len()).copied().fold(f64::INFINITY, f64::min);
+    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().copied().fold(f64::INFINITY, f64::min);
     let normed_rel_l2 = run.normed_rel_l2;
     Ok(ModelReport {
         model: cfg.name.to_string(),

@@ -175,7 +175,7 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
 /// f32 and bf16 on the fused path; on the software device (about 7.5 s of CPU time a fused step of
 /// this model) this is how CI sees the tensor-core path run a real model end to end, 33 steps.
 /// The f32 fused path runs there on whole models in model::greedy_f32_equals_the_truth_qwen and
-/// model::whole_model_vibethinker_on_the_fused_path (tests/gpu/model.rs).
+/// model::whole_model_f32_vibethinker_on_the_fused_path (tests/gpu/model.rs).
 #[test]
 #[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
 fn diff_fused_decode_bf16_whole_model_passes() {
