@@ -80,6 +80,24 @@ fn base_build(include: &Path) -> cc::Build {
     b
 }
 
+/// Whether the kernels are compiled with `-mfma`. Every kernel's `fmaf` is then one instruction;
+/// without it, a call into libm through the PLT (about a tenth of the CPU time of an f32 decode
+/// step). The result is the same either way (fmaf rounds once; `-ffp-contract=off` still keeps
+/// every a*b+c that the source does not write as fmaf two roundings). The libraries are embedded
+/// in the crate this machine builds, so they use FMA when this machine has it, and `cuInit`
+/// refuses a CPU without it (driver.cpp, QK_SOFTGPU_FMA) rather than stop on an illegal
+/// instruction.
+fn host_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::env::var("HOST").ok() == std::env::var("TARGET").ok() && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The generated source of one module: the kernel file, then its registration.
 fn module_source(cuda_dir: &Path, softgpu_dir: &Path, module: &str, source: &Path, kernels: &[String], fatbin: &[u8], mutant: Option<&str>) -> String {
     let mut s = String::new();
@@ -237,6 +255,10 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
         .flag("-fsanitize=thread")
         .flag("--param=tsan-instrument-func-entry-exit=0")
         .flag("-g");
+    let fma = host_fma();
+    if fma {
+        kernel_build.flag("-mfma");
+    }
     let mut sources = Vec::new();
     for (module, fatbin) in fatbins {
         let image = fs::read(fatbin).unwrap();
@@ -247,6 +269,7 @@ pub fn build(manifest: &Path, out_dir: &Path, nvcc: &Path, report: &str, fatbins
     }
     let mut objects = kernel_build.clone().files(&sources).compile_intermediates();
     let mut runtime = base_build(&include);
+    runtime.define("QK_SOFTGPU_FMA", if fma { "1" } else { "0" });
     runtime.include(&softgpu_dir).files(["runtime.cpp", "memory.cpp", "tools.cpp", "driver.cpp"].map(|f| softgpu_dir.join(f)));
     objects.extend(runtime.compile_intermediates());
     let libcuda = dir.join("libcuda.so");

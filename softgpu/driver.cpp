@@ -198,6 +198,12 @@ QKSOFT_API CUresult cuInit(unsigned int flags) {
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
     std::lock_guard<std::mutex> lock(g_init_mutex);
     if (g_initialised) return CUDA_SUCCESS;
+#if QK_SOFTGPU_FMA
+    // The kernels were compiled with -mfma on a machine that has it (softgpu/build.rs, host_fma).
+    if (!__builtin_cpu_supports("fma")) {
+        return note(CUDA_ERROR_NOT_INITIALIZED, "this build's kernels use FMA instructions (the building machine has them) and this CPU has none: build the crate on this machine");
+    }
+#endif
     // Test builds: QK_SOFTGPU_MUTANT names a library holding a source mutant of one module, which
     // replaces that module (tests/softgpu.rs shows the suite catching each planted defect).
     if (const char* mutant = getenv("QK_SOFTGPU_MUTANT")) {

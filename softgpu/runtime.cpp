@@ -444,8 +444,11 @@ uint32_t warp_lanes(int warp) {
 
 void execute(WarpOp& op, int warp);
 
-// A lane arrives at a warp collective; returns once the collective has run.
-void arrive(OpKind kind, int sub, unsigned mask, int operand, int width, const LaneIn& in, const char* file, int line) {
+// A lane arrives at a warp collective: arrive_at checks it and returns the lane's input slot, which
+// the caller fills (in place: a struct built on the stack and copied would be read back as 16-byte
+// vectors right after its scalar stores, which the host cannot forward), then arrive_done runs the
+// collective once every lane of the mask is in and returns once it has run.
+LaneIn& arrive_at(OpKind kind, int sub, unsigned mask, int operand, int width, const char* file, int line) {
     Fiber& f = me();
     Launch& L = *g_launch;
     WarpOp& op = L.ops[f.warp];
@@ -479,11 +482,16 @@ void arrive(OpKind kind, int sub, unsigned mask, int operand, int width, const L
                              f.lane, op_name(kind, sub), short_file(file).c_str(), line, mask, lanes_text(op.arrived).c_str(),
                              op_name(op.kind, op.sub), short_file(op.file).c_str(), op.line, op.mask, where(f).c_str()));
     }
-    op.in[f.lane] = in;
-    op.arrived |= 1u << f.lane;
-    f.state = State::AtWarp;
     f.file = file;
     f.line = line;
+    return op.in[f.lane];
+}
+
+void arrive_done() {
+    Fiber& f = me();
+    WarpOp& op = g_launch->ops[f.warp];
+    op.arrived |= 1u << f.lane;
+    f.state = State::AtWarp;
     if (op.arrived == op.mask) {
         execute(op, f.warp);
         op.arrived = 0;
@@ -507,7 +515,7 @@ float half_bits_to_float(uint16_t h, int sub) {
     return f;
 }
 
-// Out of line: arrive() stays small for the 31 lanes that only wait.
+// Out of line: arrive_done() stays small for the 31 lanes that only wait.
 __attribute__((noinline)) void execute(WarpOp& op, int warp) {
     Fiber* lanes = &g_fibers[warp * 32];
     switch (op.kind) {
@@ -561,56 +569,71 @@ __attribute__((noinline)) void execute(WarpOp& op, int warp) {
                 const uint32_t r = op.in[4 * (i % 8) + (k % 8) / 2].v[(i / 8) + 2 * (k / 8)];
                 return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), op.sub);
             };
-            float A[16][16], B[16][8], C[16][8];
+            // Element (k, j) of B: lane 4 j + (k % 8) / 2, register b[0] (k < 8) or b[1], odd k high.
+            auto b_element = [&](int k, int j) {
+                const uint32_t r = op.in[4 * j + (k % 8) / 2].b[k / 8];
+                return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), op.sub);
+            };
+            // Element (i, j) of C: lane 4 (i % 8) + j / 2, c[2 (i / 8) + j % 2].
+            auto c_element = [&](int i, int j) { return op.in[4 * (i % 8) + j / 2].c[2 * (i / 8) + j % 2]; };
             bool zero_row[16];
-            for (int i = 0; i < 16; ++i) zero_row[i] = b_finite && nonzero[i / 8][i % 8] == 0;
-            for (int l = 0; l < 32; ++l) {
-                const int g = l / 4, t = l % 4;
-                const LaneIn& in = op.in[l];
-                auto lo = [&](uint32_t x) { return half_bits_to_float(static_cast<uint16_t>(x & 0xffff), op.sub); };
-                auto hi = [&](uint32_t x) { return half_bits_to_float(static_cast<uint16_t>(x >> 16), op.sub); };
-                if (!zero_row[g]) {
-                    A[g][2 * t] = lo(in.v[0]);
-                    A[g][2 * t + 1] = hi(in.v[0]);
-                    A[g][2 * t + 8] = lo(in.v[2]);
-                    A[g][2 * t + 9] = hi(in.v[2]);
-                }
-                if (!zero_row[g + 8]) {
-                    A[g + 8][2 * t] = lo(in.v[1]);
-                    A[g + 8][2 * t + 1] = hi(in.v[1]);
-                    A[g + 8][2 * t + 8] = lo(in.v[3]);
-                    A[g + 8][2 * t + 9] = hi(in.v[3]);
-                }
-                B[2 * t][g] = lo(in.b[0]);
-                B[2 * t + 1][g] = hi(in.b[0]);
-                B[2 * t + 8][g] = lo(in.b[1]);
-                B[2 * t + 9][g] = hi(in.b[1]);
-                C[g][2 * t] = in.c[0];
-                C[g][2 * t + 1] = in.c[1];
-                C[g + 8][2 * t] = in.c[2];
-                C[g + 8][2 * t + 1] = in.c[3];
+            bool all_zero = true;
+            for (int i = 0; i < 16; ++i) {
+                zero_row[i] = b_finite && nonzero[i / 8][i % 8] == 0;
+                all_zero &= zero_row[i];
             }
+            // D element (i, j): C plus the 16 products in k order, summed in double, rounded once.
+            // A zero row reaches here only for C = -0: its elements (+-0, whose signs count) are
+            // summed as any row's.
+            double B[16][8];
+            if (!all_zero) {
+                for (int l = 0; l < 32; ++l) {  // lane 4 j + t holds k = 2t, 2t + 1 (b[0]) and + 8 (b[1])
+                    const int j = l / 4, t = l % 4;
+                    const uint32_t b0 = op.in[l].b[0], b1 = op.in[l].b[1];
+                    B[2 * t][j] = half_bits_to_float(static_cast<uint16_t>(b0 & 0xffff), op.sub);
+                    B[2 * t + 1][j] = half_bits_to_float(static_cast<uint16_t>(b0 >> 16), op.sub);
+                    B[2 * t + 8][j] = half_bits_to_float(static_cast<uint16_t>(b1 & 0xffff), op.sub);
+                    B[2 * t + 9][j] = half_bits_to_float(static_cast<uint16_t>(b1 >> 16), op.sub);
+                }
+            }
+            auto dot = [&](int i, int j) {
+                if (all_zero) {
+                    double s = c_element(i, j);
+                    for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * static_cast<double>(b_element(k, j));
+                    return static_cast<float>(s);
+                }
+                double s = c_element(i, j);
+                for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * B[k][j];
+                return static_cast<float>(s);
+            };
             float D[16][8];
             for (int i = 0; i < 16; ++i) {
-                for (int j = 0; j < 8; ++j) {
-                    if (zero_row[i] && !(C[i][j] == 0.0f && std::signbit(C[i][j]))) {
-                        D[i][j] = static_cast<float>(static_cast<double>(C[i][j]));
-                        continue;
-                    }
-                    // A zero row reaches here only for C = -0: its elements (+-0, whose signs
-                    // count) are read from the fragments, which it skipped.
-                    double s = C[i][j];
-                    for (int k = 0; k < 16; ++k) {
-                        const double a = zero_row[i] ? static_cast<double>(a_element(i, k)) : static_cast<double>(A[i][k]);
-                        s += a * static_cast<double>(B[k][j]);
-                    }
-                    D[i][j] = static_cast<float>(s);
+                if (zero_row[i]) continue;
+                double a[16];
+                for (int k = 0; k < 16; ++k) a[k] = static_cast<double>(a_element(i, k));
+                // The row's 8 sums side by side (each still in k order: the same additions).
+                double s[8];
+                for (int j = 0; j < 8; ++j) s[j] = c_element(i, j);
+                for (int k = 0; k < 16; ++k) {
+                    for (int j = 0; j < 8; ++j) s[j] += a[k] * B[k][j];
                 }
+                for (int j = 0; j < 8; ++j) D[i][j] = static_cast<float>(s[j]);
             }
             for (int l = 0; l < 32; ++l) {
                 const int g = l / 4, t = l % 4;
-                float d[4] = {D[g][2 * t], D[g][2 * t + 1], D[g + 8][2 * t], D[g + 8][2 * t + 1]};
-                memcpy(lanes[l].out, d, sizeof d);
+                const float* c = op.in[l].c;
+                for (int e = 0; e < 4; ++e) {
+                    const int i = g + 8 * (e / 2), j = 2 * t + e % 2;
+                    float d;
+                    if (!zero_row[i]) {
+                        d = D[i][j];
+                    } else if (c[e] == 0.0f && std::signbit(c[e])) {
+                        d = dot(i, j);
+                    } else {
+                        d = static_cast<float>(static_cast<double>(c[e]));
+                    }
+                    memcpy(&lanes[l].out[e], &d, sizeof d);
+                }
             }
             break;
         }
@@ -1135,8 +1158,8 @@ void syncthreads(const char* file, int line) {
 }
 
 void syncwarp(unsigned mask, const char* file, int line) {
-    LaneIn in{};
-    arrive(OpKind::SyncWarp, 0, mask, 0, 32, in, file, line);
+    arrive_at(OpKind::SyncWarp, 0, mask, 0, 32, file, line);
+    arrive_done();
 }
 
 uint32_t shfl(Shfl kind, unsigned mask, uint32_t value, int operand, int width, const char* file, int line) {
@@ -1144,9 +1167,8 @@ uint32_t shfl(Shfl kind, unsigned mask, uint32_t value, int operand, int width, 
         fail_in_fiber(format("shuffle at %s:%d: width %d is not a power of two in 1..32 (%s)", short_file(file).c_str(),
                              line, width, where(me()).c_str()));
     }
-    LaneIn in{};
-    in.v[0] = value;
-    arrive(OpKind::Shfl, static_cast<int>(kind), mask, operand, width, in, file, line);
+    arrive_at(OpKind::Shfl, static_cast<int>(kind), mask, operand, width, file, line).v[0] = value;
+    arrive_done();
     return me().out[0];
 }
 
@@ -1192,24 +1214,21 @@ void ptx_cp_async_wait(int pending, const char*, int) {
 }
 
 Floats4 ptx_mma_m16n8k16(MmaType type, Floats4 c, Bits16 a, uint32_t b0, uint32_t b1, const char* file, int line) {
-    LaneIn in{};
-    in.v[0] = static_cast<uint32_t>(a.lo);
-    in.v[1] = static_cast<uint32_t>(a.lo >> 32);
-    in.v[2] = static_cast<uint32_t>(a.hi);
-    in.v[3] = static_cast<uint32_t>(a.hi >> 32);
+    LaneIn& in = arrive_at(OpKind::Mma, type == MmaType::F16 ? 0 : 1, 0xffffffffu, 0, 32, file, line);
+    memcpy(&in.v[0], &a.lo, 8);  // v[0], v[1]: a[0], a[1] (little-endian halves of lo)
+    memcpy(&in.v[2], &a.hi, 8);
     in.b[0] = b0;
     in.b[1] = b1;
     memcpy(in.c, c.v, sizeof in.c);
-    arrive(OpKind::Mma, type == MmaType::F16 ? 0 : 1, 0xffffffffu, 0, 32, in, file, line);
+    arrive_done();
     Floats4 d;
     memcpy(d.v, me().out, sizeof d.v);
     return d;
 }
 
 Bits16 ptx_ldmatrix_x4(bool trans, const void* row, const char* file, int line) {
-    LaneIn in{};
-    in.addr = row;
-    arrive(OpKind::Ldmatrix, trans ? 1 : 0, 0xffffffffu, 0, 32, in, file, line);
+    arrive_at(OpKind::Ldmatrix, trans ? 1 : 0, 0xffffffffu, 0, 32, file, line).addr = row;
+    arrive_done();
     const uint32_t* r = me().out;
     return Bits16{r[0] | static_cast<uint64_t>(r[1]) << 32, r[2] | static_cast<uint64_t>(r[3]) << 32};
 }
