@@ -120,9 +120,7 @@ impl HostTensor {
                 format!("{} values for shape {} ({} elements)", values.len(), layout.shape, layout.numel()),
             ));
         }
-        for v in &mut values {
-            *v = dtype.round(*v);
-        }
+        dtype.round_slice(&mut values);
         Ok(HostTensor { layout, data: values })
     }
 
