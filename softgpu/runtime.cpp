@@ -596,14 +596,9 @@ __attribute__((noinline)) void execute(WarpOp& op, int warp) {
                     B[2 * t + 9][j] = half_bits_to_float(static_cast<uint16_t>(b1 >> 16), op.sub);
                 }
             }
-            auto dot = [&](int i, int j) {
-                if (all_zero) {
-                    double s = c_element(i, j);
-                    for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * static_cast<double>(b_element(k, j));
-                    return static_cast<float>(s);
-                }
+            auto dot = [&](int i, int j) {  // a zero row's element where C is -0 (rare: from the fragments)
                 double s = c_element(i, j);
-                for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * B[k][j];
+                for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * static_cast<double>(b_element(k, j));
                 return static_cast<float>(s);
             };
             float D[16][8];

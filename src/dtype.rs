@@ -54,43 +54,20 @@ impl DType {
     /// run a block at a time (`half`'s slice conversions: F16C's 8-wide instructions where the CPU
     /// has them), which matters at the models' sizes (an lm_head is 136-233 M values).
     pub fn round_slice(self, values: &mut [f32]) {
-        const BLOCK: usize = 1024;
         match self {
             DType::F32 => {}
-            DType::F16 => {
-                let mut tmp = [f16::ZERO; BLOCK];
-                for chunk in values.chunks_mut(BLOCK) {
-                    let tmp = &mut tmp[..chunk.len()];
-                    tmp.convert_from_f32_slice(chunk);
-                    tmp.convert_to_f32_slice(chunk);
-                }
-            }
-            DType::BF16 => {
-                let mut tmp = [bf16::ZERO; BLOCK];
-                for chunk in values.chunks_mut(BLOCK) {
-                    let tmp = &mut tmp[..chunk.len()];
-                    tmp.convert_from_f32_slice(chunk);
-                    tmp.convert_to_f32_slice(chunk);
-                }
-            }
+            DType::F16 => round_blocks::<f16>(values),
+            DType::BF16 => round_blocks::<bf16>(values),
         }
     }
 
     /// Little-endian storage bytes of `values`, each rounded to this dtype (converted a block at a
     /// time, as in [`DType::round_slice`]).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
-        let bits: Vec<u16> = match self {
+        let bits = match self {
             DType::F32 => return values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            DType::F16 => {
-                let mut h = vec![f16::ZERO; values.len()];
-                h.convert_from_f32_slice(values);
-                h.iter().map(|x| x.to_bits()).collect()
-            }
-            DType::BF16 => {
-                let mut h = vec![bf16::ZERO; values.len()];
-                h.convert_from_f32_slice(values);
-                h.iter().map(|x| x.to_bits()).collect()
-            }
+            DType::F16 => half_bits::<f16>(values),
+            DType::BF16 => half_bits::<bf16>(values),
         };
         bits.iter().flat_map(|b| b.to_le_bytes()).collect()
     }
@@ -118,4 +95,27 @@ impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// `values` rounded to the 16-bit float `H` and back, a block at a time.
+fn round_blocks<H: Copy + Default>(values: &mut [f32])
+where
+    [H]: HalfFloatSliceExt,
+{
+    let mut tmp = [H::default(); 1024];
+    for chunk in values.chunks_mut(tmp.len()) {
+        let tmp = &mut tmp[..chunk.len()];
+        tmp.convert_from_f32_slice(chunk);
+        tmp.convert_to_f32_slice(chunk);
+    }
+}
+
+/// The bits of `values` rounded to the 16-bit float `H`.
+fn half_bits<H: Copy + Default>(values: &[f32]) -> Vec<u16>
+where
+    [H]: HalfFloatSliceExt,
+{
+    let mut h = vec![H::default(); values.len()];
+    h.convert_from_f32_slice(values);
+    h.reinterpret_cast().to_vec()
 }
