@@ -177,6 +177,14 @@ pub fn analyse_with(file: &GoldenFile, w: &ModelWeights) -> Result<ModelReport> 
 
 /// As [`analyse_with`], on `forward`.
 pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) -> Result<ModelReport> {
+    analyse_with_steps_on(file, w, forward, None)
+}
+
+/// As [`analyse_with_on`], with the greedy continuation cut to its first `steps` tokens (None:
+/// all of the golden's): the prefill's rows are the same, the decode rows are named after the
+/// steps run (`model.decode<steps - 1>.free`), the greedy tokens and margin cover those steps.
+/// For a forward whose steps are slow (a real-size model on the software device).
+pub fn analyse_with_steps_on(file: &GoldenFile, w: &ModelWeights, forward: Forward, steps: Option<usize>) -> Result<ModelReport> {
     let cfg = &w.config;
     let golden_err = |detail: String| file.error(detail);
     let prompt = token_ids(file, "prompt")?;
@@ -199,8 +207,15 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
     let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
 
     // Free-running: the prefill and the greedy continuation.
-    let greedy_truth = token_ids(file, "greedy.tokens.truth")?;
-    let greedy_torch = token_ids(file, "greedy.tokens.torch")?;
+    let mut greedy_truth = token_ids(file, "greedy.tokens.truth")?;
+    let mut greedy_torch = token_ids(file, "greedy.tokens.torch")?;
+    if let Some(n) = steps {
+        if n == 0 || n > greedy_truth.len() {
+            return Err(Error::invalid("diff", format!("{n} greedy steps asked of a golden with {}", greedy_truth.len())));
+        }
+        greedy_truth.truncate(n);
+        greedy_torch.truncate(n);
+    }
     let logits_truth = values_of_len(file, "logits.truth", cfg.vocab_size)?;
     let run = match forward {
         Forward::Cpu => {
@@ -276,7 +291,7 @@ pub fn analyse_with_on(file: &GoldenFile, w: &ModelWeights, forward: Forward) ->
     let torch_logits = compare(&logits_torch, &logits_truth, exact);
     let logits_vs_torch = excess(&run.logits, &logits_torch, &logits_truth);
 
-    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().copied().fold(f64::INFINITY, f64::min);
+    let min_margin = file.tensor("greedy.margin.truth")?.values.iter().take(greedy_truth.len()).copied().fold(f64::INFINITY, f64::min);
     let normed_rel_l2 = run.normed_rel_l2;
     Ok(ModelReport {
         model: cfg.name.to_string(),

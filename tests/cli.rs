@@ -112,9 +112,10 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
     // VibeThinker-1.5B: there these whole-model rows decode on the cuBLAS path (its GEMMs run
     // natively), and the fused path is checked on whole models by
     // diff_fused_decode_bf16_whole_model_passes below (Qwen2.5-0.5B bf16) and in tests/gpu/model.rs
-    // (Qwen2.5-0.5B's and VibeThinker-1.5B's f32 rows), at the models' shapes kernel by kernel
-    // (tests/gpu/decode.rs) and by every small-model test. (This process holds up to 13 GB:
-    // beside another real-size model in f32 it would exceed a 24 GiB machine.)
+    // (Qwen2.5-0.5B's and VibeThinker-1.5B's f32 rows, VibeThinker-1.5B's bf16 prefill and first 8
+    // decode steps), at the models' shapes kernel by kernel (tests/gpu/decode.rs) and by every
+    // small-model test. (This process holds up to 13 GB: beside another real-size model in f32 it
+    // would exceed a 24 GiB machine.)
     let software = qwen_kernels::Gpu::any(0).is_ok_and(|g| g.info().kind == qwen_kernels::DeviceKind::Software);
     let path = if software { "cublas" } else { "fused" };
     let (code, out, err) = run(&mut qwen_kernels(&["check", "--backend", "cuda", "--decode-path", path]));
@@ -175,7 +176,8 @@ fn check_backend_cuda_passes_every_row_on_the_device_it_names() {
 /// f32 and bf16 on the fused path; on the software device (about 7.5 s of CPU time a fused step of
 /// this model) this is how CI sees the tensor-core path run a real model end to end, 33 steps.
 /// The f32 fused path runs there on whole models in model::greedy_f32_equals_the_truth_qwen and
-/// model::whole_model_f32_vibethinker_on_the_fused_path (tests/gpu/model.rs).
+/// model::whole_model_vibethinker_on_the_fused_path (tests/gpu/model.rs), which also runs
+/// VibeThinker-1.5B's bf16 prefill and first 8 decode steps.
 #[test]
 #[cfg_attr(qk_no_kernels, ignore = "the kernels were not built (no nvcc): scripts/setup-cuda.sh")]
 fn diff_fused_decode_bf16_whole_model_passes() {

@@ -56,7 +56,7 @@ const CLAIMS: &str = "QK_GPU_CLAIMS";
 /// The tests that take minutes on the software device (whole models at their real size): the
 /// shards claim them first, so that none is left to start when the others are done.
 const LONGEST: &[&str] =
-    &["model::whole_model_f32_vibethinker_on_the_fused_path", "model::greedy_f32_equals_the_truth_qwen", "golden::kernels_pass_every_golden"];
+    &["model::whole_model_vibethinker_on_the_fused_path", "model::greedy_f32_equals_the_truth_qwen", "golden::kernels_pass_every_golden"];
 
 /// Tests that need the software device (its schedules or its mutant modules): skipped on hardware.
 const SOFTWARE_ONLY: &[&str] = &[

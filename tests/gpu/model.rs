@@ -22,7 +22,7 @@ use rand::Rng;
 
 pub const TESTS: &[GpuTest] = &[
     ("model::greedy_f32_equals_the_truth_qwen", greedy_f32_equals_the_truth_qwen),
-    ("model::whole_model_f32_vibethinker_on_the_fused_path", whole_model_f32_vibethinker_on_the_fused_path),
+    ("model::whole_model_vibethinker_on_the_fused_path", whole_model_vibethinker_on_the_fused_path),
     ("model::long_greedy_follows_the_cpu_reference", long_greedy_follows_the_cpu_reference),
     ("model::batch_of_different_lengths_equals_each_alone", batch_of_different_lengths_equals_each_alone),
     ("model::graph_replay_equals_direct_launches", graph_replay_equals_direct_launches),
@@ -326,15 +326,23 @@ fn greedy_f32_equals_the_truth_qwen(gpu: &Gpu) {
     }
 }
 
-/// VibeThinker-1.5B's golden model in f32 at its real size on the fused decode path (the CUDA-core
-/// GEMVs at hidden 1536, 12/2 heads, intermediate 8960): every whole-model row `check` prints for
-/// it (diff::rows: the teacher-forced layers and logits within the reference's error model, the
-/// 32 greedy tokens equal to the float64 truth's). About 14 s of CPU time a decode step on the
-/// software device. Its bf16 whole model is judged in CI by `check` on the cuBLAS decode path
-/// (tests/cli.rs: the prefill's rows and `model.decode31.free`); on the fused path, where a step
-/// is about 20 s of CPU time and the run 15 minutes, by hand (`diff --backend cuda --dtype bf16
-/// --model vibethinker-1.5b`) and by a GPU's `check`.
-fn whole_model_f32_vibethinker_on_the_fused_path(gpu: &Gpu) {
+/// VibeThinker-1.5B's golden model at its real size on the fused decode path, in f32 (the
+/// CUDA-core GEMVs at hidden 1536, 12/2 heads, intermediate 8960) and then in bf16 (the
+/// tensor-core GEMVs), one after the other so that the two are never in memory together (12.8 GB
+/// of the software device's memory and shadow for f32).
+/// - f32: every whole-model row `check` prints for it (diff::rows: the teacher-forced layers and
+///   logits within the reference's error model, the 32 greedy tokens equal to the float64
+///   truth's). About 14 s of CPU time a decode step on the software device.
+/// - bf16: the prefill's free-running error after every layer and in the logits, and the final
+///   norm's output of BF16_STEPS decode steps fed the truth's tokens, each no larger than PyTorch
+///   bf16's beyond chance (diff::rows). A bf16 step of this model is about 20 s of CPU time on the
+///   software device (32 lanes meet at every one of its 12.1 M mma.sync), so CI runs BF16_STEPS of
+///   the golden's 31 decode steps: 8 x 1536 = 12,288 paired elements, as many as a layer row of the
+///   prefill. All 31 are judged on this path by `diff --backend cuda --dtype bf16 --model
+///   vibethinker-1.5b` and by a GPU's `check`, and on the cuBLAS decode path by `check` in CI
+///   (tests/cli.rs).
+fn whole_model_vibethinker_on_the_fused_path(gpu: &Gpu) {
+    const BF16_STEPS: usize = 8;
     let (file, w) = golden_model("vibethinker-1.5b");
     let report = diff::analyse_with_on(&file, &w, Forward::Device { gpu, dtype: DType::F32, path: DecodePath::Fused }).unwrap();
     assert!(report.forward.contains("f32, fused decode"), "{}", report.forward);
@@ -344,6 +352,17 @@ fn whole_model_f32_vibethinker_on_the_fused_path(gpu: &Gpu) {
         assert!(r.comparison.passed(), "{}: {}", r.op, r.comparison);
     }
     assert_eq!(report.greedy_ours, report.greedy_truth, "{}", diff::greedy_note(&report));
+
+    // The prefill's token and BF16_STEPS decode steps.
+    let report = diff::analyse_with_steps_on(&file, &w, Forward::Device { gpu, dtype: DType::BF16, path: DecodePath::Fused }, Some(BF16_STEPS + 1)).unwrap();
+    assert!(report.forward.contains("bf16, fused decode"), "{}", report.forward);
+    let rows = diff::rows(&report);
+    let decode = format!("model.decode{BF16_STEPS}.free");
+    assert_eq!(rows.iter().map(|r| r.op.as_str()).collect::<Vec<_>>(), ["model.layers.free", "model.logits.free", decode.as_str()]);
+    for r in &rows {
+        assert!(r.comparison.passed(), "{}: {} ({})", r.op, r.comparison, diff::free_note(&report));
+    }
+    assert_eq!(rows[2].comparison.len, BF16_STEPS * 1536, "every decode step's final norm compared");
 }
 
 /// 160 greedy steps of the random model: every token equals the CPU reference's. The reference's
