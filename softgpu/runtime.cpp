@@ -227,6 +227,7 @@ struct Fiber {
     State state = State::Runnable;
     const char* file = nullptr;
     int line = 0;
+    uint32_t out[4] = {0, 0, 0, 0};
     std::vector<Copy> open;                 // issued since the last commit
     std::vector<std::vector<Copy>> groups;  // committed, oldest first
 };
@@ -266,9 +267,6 @@ struct WarpOp {
     int line = 0;
     uint32_t arrived = 0;
     LaneIn in[32];
-    // What each lane gets back, side by side (one pass of stores; a lane reads its own row when it
-    // resumes, before it can arrive at the warp's next collective).
-    alignas(16) uint32_t out[32][4];
 };
 
 struct Launch {
@@ -308,11 +306,6 @@ int g_sticky = CUDA_SUCCESS;
 std::string g_last_error;
 
 Fiber& me() { return g_fibers[g_launch->cur]; }
-// What the running lane's last warp collective gave it.
-const uint32_t* lane_out() {
-    const Fiber& f = me();
-    return g_launch->ops[f.warp].out[f.lane];
-}
 
 std::string where(const Fiber& f) {
     const uint3 b = g_launch->block;
@@ -509,7 +502,7 @@ void arrive_done() {
     yield_fiber();
 }
 
-inline float half_bits_to_float(uint16_t h, int sub) {
+float half_bits_to_float(uint16_t h, int sub) {
     if (sub == 0) {
         __half_raw r;
         r.x = h;
@@ -520,105 +513,6 @@ inline float half_bits_to_float(uint16_t h, int sub) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
-}
-
-// mma.sync.m16n8k16: gather A (16 x 16), B (16 x 8, [k][n]) and C (16 x 8) from the fragments
-// (ptx.cuh's table), then D = A B + C with exact products summed in double and rounded once.
-//
-// A row of A that is all zeros (a decode GEMV's padding rows: 15 of 16 at one row) with B finite
-// contributes only zero products: D = C there, computed without them, except where C is -0
-// (-0 + +0 is +0: the products' signs decide, so that element is summed). Both are read from the
-// bits: an element is +-0 when its bits other than the sign (0x8000 in f16 and bf16) are clear,
-// and B's element is finite unless its exponent (0x7c00 in f16, 0x7f80 in bf16) is all ones.
-// D's fragment is C's (lane 4 (i % 8) + j / 2, element 2 (i / 8) + j % 2), so a zero row's
-// elements stay in the lane and slot they came from.
-// SUB: 0 f16, 1 bf16 (a template, so that each element's conversion is the one instruction or
-// call its type needs, with no test of the type in the loops).
-template <int SUB>
-__attribute__((noinline)) void execute_mma(WarpOp& op) {
-    constexpr int sub = SUB;
-    constexpr uint32_t exponent = sub == 0 ? 0x7c00u : 0x7f80u;
-    auto finite2 = [&](uint32_t x) { return (x & exponent) != exponent && (x >> 16 & exponent) != exponent; };
-    // Bit i: row i of A has an element that is not +-0. Row g + 8 h lives in lanes 4 g + 0..3,
-    // registers a[h] (k < 8) and a[h + 2] (k >= 8).
-    uint32_t rows = 0;
-    bool b_finite = true;
-    for (int g = 0; g < 8; ++g) {
-        uint32_t lo = 0, hi = 0;
-        for (int t = 0; t < 4; ++t) {
-            const LaneIn& in = op.in[4 * g + t];
-            lo |= in.v[0] | in.v[2];
-            hi |= in.v[1] | in.v[3];
-            b_finite &= finite2(in.b[0]) && finite2(in.b[1]);
-        }
-        rows |= static_cast<uint32_t>((lo & 0x7fff7fffu) != 0) << g | static_cast<uint32_t>((hi & 0x7fff7fffu) != 0) << (g + 8);
-    }
-    if (!b_finite) rows = 0xffffu;
-    // Element (i, k) of A from its fragment: lane 4 (i % 8) + (k % 8) / 2, register a[0] (row g,
-    // k < 8), a[1] (row g + 8, k < 8), a[2], a[3] (k >= 8), the odd k in the high half.
-    auto a_element = [&](int i, int k) {
-        const uint32_t r = op.in[4 * (i % 8) + (k % 8) / 2].v[(i / 8) + 2 * (k / 8)];
-        return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), sub);
-    };
-    // Element (k, j) of B: lane 4 j + (k % 8) / 2, register b[0] (k < 8) or b[1], odd k high.
-    auto b_element = [&](int k, int j) {
-        const uint32_t r = op.in[4 * j + (k % 8) / 2].b[k / 8];
-        return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), sub);
-    };
-    // Element (i, j) of C: lane 4 (i % 8) + j / 2, c[2 (i / 8) + j % 2].
-    auto c_element = [&](int i, int j) { return op.in[4 * (i % 8) + j / 2].c[2 * (i / 8) + j % 2]; };
-    // D element (i, j): C plus the 16 products in k order, summed in double, rounded once.
-    float D[16][8];
-    if (rows) {
-        double B[16][8];
-        for (int l = 0; l < 32; ++l) {  // lane 4 j + t holds k = 2t, 2t + 1 (b[0]) and + 8 (b[1])
-            const int j = l / 4, t = l % 4;
-            const uint32_t b0 = op.in[l].b[0], b1 = op.in[l].b[1];
-            B[2 * t][j] = half_bits_to_float(static_cast<uint16_t>(b0 & 0xffff), sub);
-            B[2 * t + 1][j] = half_bits_to_float(static_cast<uint16_t>(b0 >> 16), sub);
-            B[2 * t + 8][j] = half_bits_to_float(static_cast<uint16_t>(b1 & 0xffff), sub);
-            B[2 * t + 9][j] = half_bits_to_float(static_cast<uint16_t>(b1 >> 16), sub);
-        }
-        for (uint32_t left = rows; left; left &= left - 1) {
-            const int i = __builtin_ctz(left);
-            double a[16];
-            for (int k = 0; k < 16; ++k) a[k] = static_cast<double>(a_element(i, k));
-            // The row's 8 sums side by side (each still in k order: the same additions).
-            double s[8];
-            for (int j = 0; j < 8; ++j) s[j] = c_element(i, j);
-            for (int k = 0; k < 16; ++k) {
-                for (int j = 0; j < 8; ++j) s[j] += a[k] * B[k][j];
-            }
-            for (int j = 0; j < 8; ++j) D[i][j] = static_cast<float>(s[j]);
-        }
-    }
-    // A zero row's element where C is -0 (rare): summed from the fragments, its sign from the products.
-    auto dot = [&](int i, int j) {
-        double s = c_element(i, j);
-        for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * static_cast<double>(b_element(k, j));
-        return static_cast<float>(s);
-    };
-    for (int l = 0; l < 32; ++l) {
-        const int g = l / 4, t = l % 4;
-        const float* c = op.in[l].c;
-        // Stored element by element where the lane reads them (a float[4] built here and copied
-        // would be read back as one 16-byte vector right after four scalar stores, which the host
-        // cannot forward: a stall a lane).
-        float* d = reinterpret_cast<float*>(op.out[l]);
-        for (int h = 0; h < 2; ++h) {  // row g + 8 h: elements 2 h, 2 h + 1 (columns 2 t, 2 t + 1)
-            const int i = g + 8 * h;
-            if (rows >> i & 1) {
-                d[2 * h] = D[i][2 * t];
-                d[2 * h + 1] = D[i][2 * t + 1];
-                continue;
-            }
-            for (int e = 2 * h; e < 2 * h + 2; ++e) {
-                uint32_t bits;
-                memcpy(&bits, &c[e], 4);
-                d[e] = bits == 0x80000000u ? dot(i, 2 * t + e % 2) : static_cast<float>(static_cast<double>(c[e]));
-            }
-        }
-    }
 }
 
 // Out of line: arrive_done() stays small for the 31 lanes that only wait.
@@ -645,17 +539,99 @@ __attribute__((noinline)) void execute(WarpOp& op, int warp) {
                                          op_name(op.kind, op.sub), short_file(op.file).c_str(), op.line, l, src, op.mask,
                                          where(f).c_str()));
                 }
-                op.out[l][0] = op.in[src].v[0];
+                lanes[l].out[0] = op.in[src].v[0];
             }
             break;
         }
-        case OpKind::Mma:
-            if (op.sub == 0) {
-                execute_mma<0>(op);
-            } else {
-                execute_mma<1>(op);
+        case OpKind::Mma: {
+            // Gather A (16 x 16), B (16 x 8, [k][n]) and C (16 x 8) from the fragments (ptx.cuh's
+            // table), then D = A B + C with exact products summed in double and rounded once.
+            //
+            // A row of A that is all zeros (a decode GEMV's padding rows: 15 of 16 at one row) with
+            // B finite contributes only zero products: D = C there, computed without them, except
+            // where C is -0 (-0 + +0 is +0: the products' signs decide, so that element is summed).
+            // Both are read from the bits: an element is +-0 when its bits other than the sign
+            // (0x8000 in f16 and bf16) are clear, and B's element is finite unless its exponent
+            // (0x7c00 in f16, 0x7f80 in bf16) is all ones.
+            const uint32_t exponent = op.sub == 0 ? 0x7c00u : 0x7f80u;
+            auto finite2 = [&](uint32_t x) { return (x & exponent) != exponent && (x >> 16 & exponent) != exponent; };
+            bool b_finite = true;
+            uint32_t nonzero[2][8] = {};  // [row g or g + 8][g]: OR of the row's bits, sign cleared
+            for (int l = 0; l < 32; ++l) {
+                const LaneIn& in = op.in[l];
+                b_finite &= finite2(in.b[0]) && finite2(in.b[1]);
+                nonzero[0][l / 4] |= (in.v[0] | in.v[2]) & 0x7fff7fffu;
+                nonzero[1][l / 4] |= (in.v[1] | in.v[3]) & 0x7fff7fffu;
+            }
+            // Element (i, k) of A from its fragment: lane 4 (i % 8) + (k % 8) / 2, register a[0] (row
+            // g, k < 8), a[1] (row g + 8, k < 8), a[2], a[3] (k >= 8), the odd k in the high half.
+            auto a_element = [&](int i, int k) {
+                const uint32_t r = op.in[4 * (i % 8) + (k % 8) / 2].v[(i / 8) + 2 * (k / 8)];
+                return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), op.sub);
+            };
+            // Element (k, j) of B: lane 4 j + (k % 8) / 2, register b[0] (k < 8) or b[1], odd k high.
+            auto b_element = [&](int k, int j) {
+                const uint32_t r = op.in[4 * j + (k % 8) / 2].b[k / 8];
+                return half_bits_to_float(static_cast<uint16_t>(k % 2 ? r >> 16 : r & 0xffff), op.sub);
+            };
+            // Element (i, j) of C: lane 4 (i % 8) + j / 2, c[2 (i / 8) + j % 2].
+            auto c_element = [&](int i, int j) { return op.in[4 * (i % 8) + j / 2].c[2 * (i / 8) + j % 2]; };
+            bool zero_row[16];
+            bool all_zero = true;
+            for (int i = 0; i < 16; ++i) {
+                zero_row[i] = b_finite && nonzero[i / 8][i % 8] == 0;
+                all_zero &= zero_row[i];
+            }
+            // D element (i, j): C plus the 16 products in k order, summed in double, rounded once.
+            // A zero row reaches here only for C = -0: its elements (+-0, whose signs count) are
+            // summed as any row's.
+            double B[16][8];
+            if (!all_zero) {
+                for (int l = 0; l < 32; ++l) {  // lane 4 j + t holds k = 2t, 2t + 1 (b[0]) and + 8 (b[1])
+                    const int j = l / 4, t = l % 4;
+                    const uint32_t b0 = op.in[l].b[0], b1 = op.in[l].b[1];
+                    B[2 * t][j] = half_bits_to_float(static_cast<uint16_t>(b0 & 0xffff), op.sub);
+                    B[2 * t + 1][j] = half_bits_to_float(static_cast<uint16_t>(b0 >> 16), op.sub);
+                    B[2 * t + 8][j] = half_bits_to_float(static_cast<uint16_t>(b1 & 0xffff), op.sub);
+                    B[2 * t + 9][j] = half_bits_to_float(static_cast<uint16_t>(b1 >> 16), op.sub);
+                }
+            }
+            auto dot = [&](int i, int j) {  // a zero row's element where C is -0 (rare: from the fragments)
+                double s = c_element(i, j);
+                for (int k = 0; k < 16; ++k) s += static_cast<double>(a_element(i, k)) * static_cast<double>(b_element(k, j));
+                return static_cast<float>(s);
+            };
+            float D[16][8];
+            for (int i = 0; i < 16; ++i) {
+                if (zero_row[i]) continue;
+                double a[16];
+                for (int k = 0; k < 16; ++k) a[k] = static_cast<double>(a_element(i, k));
+                // The row's 8 sums side by side (each still in k order: the same additions).
+                double s[8];
+                for (int j = 0; j < 8; ++j) s[j] = c_element(i, j);
+                for (int k = 0; k < 16; ++k) {
+                    for (int j = 0; j < 8; ++j) s[j] += a[k] * B[k][j];
+                }
+                for (int j = 0; j < 8; ++j) D[i][j] = static_cast<float>(s[j]);
+            }
+            for (int l = 0; l < 32; ++l) {
+                const int g = l / 4, t = l % 4;
+                const float* c = op.in[l].c;
+                for (int e = 0; e < 4; ++e) {
+                    const int i = g + 8 * (e / 2), j = 2 * t + e % 2;
+                    float d;
+                    if (!zero_row[i]) {
+                        d = D[i][j];
+                    } else if (c[e] == 0.0f && std::signbit(c[e])) {
+                        d = dot(i, j);
+                    } else {
+                        d = static_cast<float>(static_cast<double>(c[e]));
+                    }
+                    memcpy(&lanes[l].out[e], &d, sizeof d);
+                }
             }
             break;
+        }
         case OpKind::Ldmatrix: {
             // Matrix m's row r is at lane 8m + r's address: 8 elements of 16 bits.
             for (int l = 0; l < 32; ++l) {
@@ -678,7 +654,7 @@ __attribute__((noinline)) void execute(WarpOp& op, int warp) {
             for (int l = 0; l < 32; ++l) {
                 const int g = l / 4, t = l % 4;
                 for (int m = 0; m < 4; ++m) {
-                    op.out[l][m] = op.sub ? element(m, 2 * t, g) | element(m, 2 * t + 1, g) << 16
+                    lanes[l].out[m] = op.sub ? element(m, 2 * t, g) | element(m, 2 * t + 1, g) << 16
                                              : element(m, g, 2 * t) | element(m, g, 2 * t + 1) << 16;
                 }
             }
@@ -1188,7 +1164,7 @@ uint32_t shfl(Shfl kind, unsigned mask, uint32_t value, int operand, int width, 
     }
     arrive_at(OpKind::Shfl, static_cast<int>(kind), mask, operand, width, file, line).v[0] = value;
     arrive_done();
-    return lane_out()[0];
+    return me().out[0];
 }
 
 void ptx_cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line) {
@@ -1241,14 +1217,14 @@ Floats4 ptx_mma_m16n8k16(MmaType type, Floats4 c, Bits16 a, uint32_t b0, uint32_
     memcpy(in.c, c.v, sizeof in.c);
     arrive_done();
     Floats4 d;
-    memcpy(d.v, lane_out(), sizeof d.v);
+    memcpy(d.v, me().out, sizeof d.v);
     return d;
 }
 
 Bits16 ptx_ldmatrix_x4(bool trans, const void* row, const char* file, int line) {
     arrive_at(OpKind::Ldmatrix, trans ? 1 : 0, 0xffffffffu, 0, 32, file, line).addr = row;
     arrive_done();
-    const uint32_t* r = lane_out();
+    const uint32_t* r = me().out;
     return Bits16{r[0] | static_cast<uint64_t>(r[1]) << 32, r[2] | static_cast<uint64_t>(r[3]) << 32};
 }
 
