@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Rows of the library table below (checked, so the README's count stays true).
-const CPU_ROWS: usize = 93;
+const CPU_ROWS: usize = 95;
 /// Rows of the CLI table below.
 const CLI_ROWS: usize = 9;
 
@@ -346,6 +346,11 @@ fn every_bad_input_is_a_typed_error_naming_the_op_and_values() {
     let w = weights.clone();
     let no_greedy = edited_golden(&dir, "no-greedy.safetensors", |t, _| t.retain(|t| t.0 != "greedy.tokens.truth"));
     rows.push(row!("no greedy.tokens.truth", "diff::analyse_with", diff::analyse_with(&GoldenFile::open_path(no_greedy.clone(), "tiny-qwen2", "regen".into())?, &w), Golden, ["no tensor greedy.tokens.truth", "regenerate: regen"]));
+    // A greedy run cut to no tokens, or to more than the golden holds (its 32).
+    let w = weights.clone();
+    rows.push(row!("greedy run cut to 0 steps", "diff::analyse_with_steps_on", diff::analyse_with_steps_on(&GoldenFile::open_path(tiny_golden(), "tiny-qwen2", "regen".into())?, &w, diff::Forward::Cpu, Some(0)), InvalidArgument, ["diff", "0 greedy steps", "golden with 32"]));
+    let w = weights.clone();
+    rows.push(row!("greedy run cut to 33 of 32 steps", "diff::analyse_with_steps_on", diff::analyse_with_steps_on(&GoldenFile::open_path(tiny_golden(), "tiny-qwen2", "regen".into())?, &w, diff::Forward::Cpu, Some(33)), InvalidArgument, ["diff", "33 greedy steps", "golden with 32"]));
 
     // ---- checkpoints ----------------------------------------------------------------------------
     let cfg = tiny_config();
